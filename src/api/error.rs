@@ -1,0 +1,77 @@
+//! The one API error type: a status code and a JSON body that names what is
+//! wrong without exposing internals.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::event::FieldError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Invalid events: nothing of the request was written.
+    #[error("{message}")]
+    Invalid {
+        message: String,
+        errors: Vec<FieldError>,
+        total: usize,
+    },
+    /// A bad query parameter.
+    #[error("parameter {param}: {reason}")]
+    BadParam { param: String, reason: String },
+    #[error("request body is larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("{0}")]
+    TooManyEvents(String),
+    /// A dependency is down; the client should retry after `retry_after` seconds.
+    #[error("{reason}")]
+    Unavailable { reason: String, retry_after: u64 },
+    #[error("{0}")]
+    NotFound(String),
+    /// Details go to the log, not to the client.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = match &self {
+            ApiError::Invalid {
+                message,
+                errors,
+                total,
+            } => (
+                StatusCode::BAD_REQUEST,
+                json!({"error": message, "accepted": 0, "invalid_events": total, "errors": errors}),
+            ),
+            ApiError::BadParam { param, reason } => (
+                StatusCode::BAD_REQUEST,
+                json!({"error": self.to_string(), "param": param, "reason": reason}),
+            ),
+            ApiError::TooLarge { .. } | ApiError::TooManyEvents(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({"error": self.to_string(), "accepted": 0}),
+            ),
+            ApiError::Unavailable { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": self.to_string(), "accepted": 0}),
+            ),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, json!({"error": m})),
+            ApiError::Internal(detail) => {
+                tracing::error!(%detail, "internal error");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    json!({"error": "internal error; see the server log"}),
+                )
+            }
+        };
+        let mut resp = (status, Json(body)).into_response();
+        if let ApiError::Unavailable { retry_after, .. } = self {
+            if let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        resp
+    }
+}

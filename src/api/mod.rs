@@ -1,0 +1,62 @@
+//! The HTTP API.
+//!
+//! - `POST /v1/events`: ingest (role `ingest`);
+//! - `GET /v1/rollups/hourly`, `GET /v1/rollups/daily`: rollup rows as JSON or CSV (role `api`);
+//! - `GET /v1/status`: streams, groups, checkpoints, runners (role `api`);
+//! - `GET /healthz`, `GET /metrics`: always.
+//!
+//! [`router`] builds the whole thing from an [`AppState`], so tests drive it
+//! with `tower::ServiceExt::oneshot` and no socket.
+
+mod error;
+mod ingest;
+mod rollups;
+mod status;
+
+use std::sync::Arc;
+
+use axum::routing::{get, post};
+use axum::Router;
+
+pub use error::ApiError;
+pub use ingest::parse_body;
+pub use rollups::{QueryCatalog, RollupTable};
+
+use crate::config::IngestConfig;
+use crate::event::SchemaRegistry;
+use crate::processor::ProcessorRegistry;
+use crate::store::Store;
+use crate::stream::{Keys, Producer, Redis};
+
+/// Everything the handlers use.
+#[derive(Clone)]
+pub struct AppState {
+    pub schemas: Arc<SchemaRegistry>,
+    pub processors: Arc<ProcessorRegistry>,
+    pub redis: Redis,
+    pub keys: Keys,
+    /// Present when the `ingest` role runs.
+    pub producer: Option<Producer>,
+    /// Present when the `api` role runs.
+    pub store: Option<Store>,
+    pub catalog: Arc<QueryCatalog>,
+    pub ingest: IngestConfig,
+}
+
+/// Builds the router for the roles present in `state`.
+pub fn router(state: AppState) -> Router {
+    let mut r = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(status::metrics));
+    if state.producer.is_some() {
+        r = r.route("/v1/events", post(ingest::ingest));
+    }
+    if state.store.is_some() {
+        r = r
+            .route("/v1/rollups/hourly", get(rollups::hourly))
+            .route("/v1/rollups/daily", get(rollups::daily))
+            .route("/v1/status", get(status::status));
+    }
+    r.fallback(|| async { ApiError::NotFound("no such endpoint; see docs/api.md".into()) })
+        .with_state(state)
+}

@@ -1,0 +1,205 @@
+//! Wiring: builds every component from the [`Settings`] and runs the roles.
+
+use std::collections::BTreeSet;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{self, AppState, QueryCatalog};
+use crate::config::Settings;
+use crate::event::{EventError, SchemaRegistry};
+use crate::processor::{new_worker_id, ProcessorContext, ProcessorError, ProcessorRegistry};
+use crate::store::{Store, StoreError};
+use crate::stream::{Keys, Producer, Redis, StreamError};
+
+/// What can stop `serve` or `migrate`; each says what to do next.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Schemas(#[from] EventError),
+    #[error(transparent)]
+    Processor(#[from] ProcessorError),
+    #[error("MySQL: {0} (is MariaDB/MySQL running and mysql.url right? `scripts/services start` starts a local one)")]
+    Store(#[from] StoreError),
+    #[error("Redis: {0} (is Redis running and redis.url right? `scripts/services start` starts a local one)")]
+    Stream(#[from] StreamError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("unknown role {0:?}; roles are ingest, api, rollup")]
+    UnknownRole(String),
+}
+
+/// A part of `flowmeter serve`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// `POST /v1/events` into Redis.
+    Ingest,
+    /// Rollup queries and status.
+    Api,
+    /// The processors of `processors/` (consumer groups).
+    Rollup,
+}
+
+impl FromStr for Role {
+    type Err = AppError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "ingest" => Ok(Role::Ingest),
+            "api" => Ok(Role::Api),
+            "rollup" => Ok(Role::Rollup),
+            other => Err(AppError::UnknownRole(other.to_string())),
+        }
+    }
+}
+
+/// A set of roles, parsed from `ingest,api,rollup`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Roles(pub BTreeSet<Role>);
+
+impl Roles {
+    pub fn all() -> Self {
+        Roles(
+            [Role::Ingest, Role::Api, Role::Rollup]
+                .into_iter()
+                .collect(),
+        )
+    }
+    pub fn has(&self, r: Role) -> bool {
+        self.0.contains(&r)
+    }
+}
+
+impl FromStr for Roles {
+    type Err = AppError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.split(',')
+            .filter(|p| !p.trim().is_empty())
+            .map(Role::from_str)
+            .collect::<Result<_, _>>()
+            .map(Roles)
+    }
+}
+
+/// Opens the database named in the config (creating it) and applies migrations.
+pub async fn migrate(settings: &Settings) -> Result<(), AppError> {
+    let store = Store::connect(&settings.mysql.url, settings.mysql.max_connections).await?;
+    store.migrate(&settings.paths.migrations).await?;
+    Ok(())
+}
+
+/// Runs the given roles until `shutdown` is cancelled. `listener` lets tests
+/// bind port 0; without it `server.listen` is bound.
+pub async fn serve(
+    settings: Settings,
+    roles: Roles,
+    listener: Option<TcpListener>,
+    shutdown: CancellationToken,
+) -> Result<(), AppError> {
+    let schemas = Arc::new(SchemaRegistry::load(&settings.paths.schemas)?);
+    let processors = Arc::new(ProcessorRegistry::load(
+        &settings.paths.processors,
+        &schemas,
+    )?);
+    let redis = Redis::connect(
+        &settings.redis.url,
+        Duration::from_millis(settings.redis.command_timeout_ms),
+    )
+    .await?;
+    let keys = Keys::new(settings.redis.prefix.clone(), settings.redis.shards);
+    let store = if roles.has(Role::Api) || roles.has(Role::Rollup) {
+        Some(Store::connect(&settings.mysql.url, settings.mysql.max_connections).await?)
+    } else {
+        None
+    };
+    let tracker = TaskTracker::new();
+
+    if roles.has(Role::Rollup) {
+        let store = store.clone().ok_or_else(|| {
+            AppError::Store(StoreError::BadUrl(
+                "no MySQL connection for the rollup role".into(),
+            ))
+        })?;
+        let ctx = ProcessorContext {
+            redis: redis.clone(),
+            keys: keys.clone(),
+            store,
+            schemas: schemas.clone(),
+            settings: settings.rollup.clone(),
+            worker_id: new_worker_id(),
+        };
+        for def in processors.enabled() {
+            let p = def.build(ctx.clone()).await?;
+            let token = shutdown.child_token();
+            let name = def.name().to_string();
+            tracker.spawn(async move {
+                if let Err(e) = p.run(token).await {
+                    tracing::error!(processor = %name, error = %e, "processor stopped with an error");
+                }
+            });
+        }
+    }
+
+    // Every role serves HTTP: `/healthz` and `/metrics` always (liveness
+    // probes and Prometheus scrape rollup-only workers too), the ingest and
+    // query endpoints only with their roles.
+    {
+        let catalog = match (&store, roles.has(Role::Api)) {
+            (Some(s), true) => QueryCatalog::build(&processors, s).await?,
+            _ => QueryCatalog::default(),
+        };
+        let state = AppState {
+            schemas: schemas.clone(),
+            processors: processors.clone(),
+            redis: redis.clone(),
+            keys: keys.clone(),
+            producer: roles
+                .has(Role::Ingest)
+                .then(|| Producer::new(redis.clone(), keys.clone())),
+            store: if roles.has(Role::Api) {
+                store.clone()
+            } else {
+                None
+            },
+            catalog: Arc::new(catalog),
+            ingest: settings.ingest.clone(),
+        };
+        let listener = match listener {
+            Some(l) => l,
+            None => TcpListener::bind(&settings.server.listen)
+                .await
+                .map_err(|source| AppError::Listen {
+                    addr: settings.server.listen.clone(),
+                    source,
+                })?,
+        };
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, roles = ?roles.0, "listening");
+        }
+        let app = api::router(state);
+        let stop = shutdown.clone();
+        tracker.spawn(async move {
+            let res = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+            if let Err(e) = res {
+                tracing::error!(error = %e, "http server failed");
+            }
+        });
+    }
+    tracker.close();
+    shutdown.cancelled().await;
+    tracing::info!("shutting down: flushing and acknowledging");
+    let grace = Duration::from_millis(settings.server.shutdown_timeout_ms);
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!("shutdown took longer than server.shutdown_timeout_ms; exiting anyway (unacked entries are redelivered)");
+    }
+    Ok(())
+}

@@ -1,0 +1,344 @@
+//! The one typed configuration of flowmeter.
+//!
+//! Precedence, lowest first: the defaults in this file < the TOML file
+//! (`flowmeter.toml` in the working directory when present, or `--config PATH`,
+//! which must exist) < environment variables `FLOWMETER__SECTION__KEY`
+//! (e.g. `FLOWMETER__REDIS__URL`). Unknown keys are an error that names the key.
+//! Every field is documented here; `flowmeter.example.toml` repeats these docs.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Errors while loading the configuration. None of them is worth retrying:
+/// the operator has to fix the file or the environment.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub server: ServerConfig,
+    pub redis: RedisConfig,
+    pub mysql: MysqlConfig,
+    pub paths: PathsConfig,
+    pub ingest: IngestConfig,
+    pub rollup: RollupConfig,
+}
+
+/// The HTTP listener (ingest, query and status API).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address the API listens on.
+    pub listen: String,
+    /// Graceful shutdown: how long in-flight requests and the final flush may take.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            shutdown_timeout_ms: 15_000,
+        }
+    }
+}
+
+/// Redis, where the event streams live.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// Connection URL (`redis://[:password@]host:port[/db]`).
+    pub url: String,
+    /// Every key flowmeter writes starts with this prefix, so tests and
+    /// tenants can share one server.
+    pub prefix: String,
+    /// Shard streams per event kind (`{prefix}:{kind:0}` … `{prefix}:{kind:S-1}`).
+    /// Changing it on a live system strands entries in the removed shards.
+    pub shards: u32,
+    /// Timeout for one Redis command or pipeline; past it the caller gets an
+    /// error (ingest answers 503 with Retry-After).
+    pub command_timeout_ms: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            prefix: "fm".into(),
+            shards: 4,
+            command_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// MySQL (or MariaDB), where rollups and checkpoints live.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MysqlConfig {
+    /// Connection URL; the database is created if it does not exist.
+    pub url: String,
+    /// Upper bound of the connection pool.
+    pub max_connections: u32,
+}
+
+impl Default for MysqlConfig {
+    fn default() -> Self {
+        Self {
+            url: "mysql://root@127.0.0.1:3306/flowmeter".into(),
+            max_connections: 8,
+        }
+    }
+}
+
+/// Where the declarative parts live. Relative paths are relative to the
+/// working directory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PathsConfig {
+    /// Event JSON Schemas, one file per kind and version (`KIND.vN.json`).
+    pub schemas: PathBuf,
+    /// Processor definitions (`*.toml`).
+    pub processors: PathBuf,
+    /// sqlx migrations for MySQL 8 / MariaDB 10.11.
+    pub migrations: PathBuf,
+}
+
+impl Default for PathsConfig {
+    fn default() -> Self {
+        Self {
+            schemas: "schemas".into(),
+            processors: "processors".into(),
+            migrations: "migrations".into(),
+        }
+    }
+}
+
+/// The ingest endpoint (`POST /v1/events`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Largest accepted request body; larger bodies get 413.
+    pub max_body_bytes: usize,
+    /// Most events in one request; more gets 413.
+    pub max_events_per_request: usize,
+    /// Most per-event errors listed in a 400 answer (the count is always exact).
+    pub max_reported_errors: usize,
+    /// Seconds a client is told to wait (Retry-After) when Redis is unreachable.
+    pub retry_after_secs: u64,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            max_events_per_request: 10_000,
+            max_reported_errors: 100,
+            retry_after_secs: 1,
+        }
+    }
+}
+
+/// The rollup runner (consumer groups folding streams into MySQL).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RollupConfig {
+    /// Flush aggregates to MySQL at least this often.
+    pub flush_interval_ms: u64,
+    /// Flush early once this many events are aggregated in memory.
+    pub max_batch_events: usize,
+    /// COUNT of one XREADGROUP call.
+    pub read_count: usize,
+    /// Batches buffered between shard readers and the aggregator.
+    pub read_queue_batches: usize,
+    /// Pause before polling an idle shard again.
+    pub idle_poll_ms: u64,
+    /// Shard lease lifetime: a dead worker's shards move to others after this.
+    pub lease_ms: u64,
+    /// Retries of one flush transaction on deadlock or lock-wait timeout.
+    pub max_flush_retries: u32,
+}
+
+impl Default for RollupConfig {
+    fn default() -> Self {
+        Self {
+            flush_interval_ms: 1_000,
+            max_batch_events: 50_000,
+            read_count: 2_000,
+            read_queue_batches: 16,
+            idle_poll_ms: 50,
+            lease_ms: 10_000,
+            max_flush_retries: 10,
+        }
+    }
+}
+
+impl Settings {
+    /// Loads defaults < file < environment. `path` is `--config`; without it
+    /// `flowmeter.toml` is read when it exists.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_from(path, env)
+    }
+
+    /// Like [`Settings::load`] with an explicit environment (used by tests).
+    pub fn load_from(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let defaults = config::Config::try_from(&Settings::default())
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let mut builder = config::Config::builder().add_source(defaults);
+        match path {
+            Some(p) => {
+                if !p.exists() {
+                    return Err(ConfigError::MissingFile(p.to_path_buf()));
+                }
+                builder =
+                    builder.add_source(config::File::from(p).format(config::FileFormat::Toml));
+            }
+            None => {
+                let p = Path::new("flowmeter.toml");
+                if p.exists() {
+                    builder =
+                        builder.add_source(config::File::from(p).format(config::FileFormat::Toml));
+                }
+            }
+        }
+        let env: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("FLOWMETER__"))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix("FLOWMETER")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env)),
+        );
+        let settings: Settings = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.redis.shards == 0 || self.redis.shards > 1024 {
+            return bad("redis.shards must be between 1 and 1024");
+        }
+        if self.redis.prefix.is_empty() || self.redis.prefix.contains(['{', '}', ' ']) {
+            return bad("redis.prefix must be non-empty, without braces or spaces");
+        }
+        if self.rollup.read_count == 0 || self.rollup.max_batch_events == 0 {
+            return bad("rollup.read_count and rollup.max_batch_events must be > 0");
+        }
+        if self.rollup.lease_ms < 300 {
+            return bad("rollup.lease_ms must be at least 300");
+        }
+        if self.rollup.read_queue_batches == 0 {
+            return bad("rollup.read_queue_batches must be > 0");
+        }
+        if self.ingest.max_body_bytes == 0 || self.ingest.max_events_per_request == 0 {
+            return bad("ingest.max_body_bytes and ingest.max_events_per_request must be > 0");
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML with passwords in URLs masked.
+    pub fn to_masked_toml(&self) -> String {
+        let mut s = self.clone();
+        s.redis.url = mask_url(&s.redis.url);
+        s.mysql.url = mask_url(&s.mysql.url);
+        toml::to_string_pretty(&s).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+/// Replaces the password of a URL with `***`.
+pub fn mask_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(_) => raw.to_string(),
+        Err(_) => "<unparseable url>".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_match_the_docs() {
+        let s = Settings::load_from(Some(Path::new("flowmeter.example.toml")), env(&[]))
+            .expect("example config loads");
+        assert_eq!(s.server.listen, "127.0.0.1:8080");
+        assert_eq!(s.redis.prefix, "fm");
+        assert_eq!(s.redis.shards, 4);
+        assert_eq!(s.rollup.flush_interval_ms, 1000);
+        assert_eq!(s.ingest.max_body_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("FLOWMETER__REDIS__PREFIX", "tenant1"),
+                ("FLOWMETER__REDIS__SHARDS", "8"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(s.redis.prefix, "tenant1");
+        assert_eq!(s.redis.shards, 8);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("bad.toml");
+        std::fs::write(&p, "[redis]\nshardz = 3\n").expect("write");
+        let err = Settings::load_from(Some(&p), env(&[])).expect_err("must fail");
+        assert!(err.to_string().contains("shardz"), "{err}");
+        let err = Settings::load_from(None, env(&[("FLOWMETER__RDIS__URL", "x")]))
+            .expect_err("must fail");
+        assert!(err.to_string().contains("rdis"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let err = Settings::load_from(Some(Path::new("/nonexistent/fm.toml")), env(&[]))
+            .expect_err("must fail");
+        assert!(matches!(err, ConfigError::MissingFile(_)));
+    }
+
+    #[test]
+    fn masks_passwords() {
+        assert_eq!(
+            mask_url("mysql://root:secret@db:3306/fm"),
+            "mysql://root:***@db:3306/fm"
+        );
+        assert_eq!(mask_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        let mut s = Settings::default();
+        s.redis.url = "redis://:hunter2@r:6379".into();
+        assert!(!s.to_masked_toml().contains("hunter2"));
+    }
+}

@@ -1,0 +1,33 @@
+//! flowmeter: an event-sourced stream processor for traffic and bandwidth metrics.
+//!
+//! Collectors append raw events to Redis Streams; consumer groups read them with
+//! acknowledgements; the rollup processor folds them into MySQL hourly and daily
+//! tables, exactly once in effect (see `docs/guarantees.md`).
+//!
+//! # Layout
+//!
+//! | module | concept |
+//! |---|---|
+//! | [`config`] | the one typed, layered configuration (defaults < file < env) |
+//! | [`event`] | event kinds, their JSON Schemas, validation, timestamps |
+//! | [`stream`] | Redis: every key name, the producer (XADD), fenced group reads, leases |
+//! | [`store`] | MySQL: pool, migrations, checkpoints, generic rollup upserts |
+//! | [`processor`] | processor definitions (`processors/*.toml`), registry and runner; one directory per processor type |
+//! | [`sketch`] | mergeable quantile (DDSketch) and distinct-count (HyperLogLog) sketches |
+//! | [`expr`] | the small filter/value expression language of processor definitions |
+//! | [`status`] | the figures of `GET /v1/status` and `flowmeter status` |
+//! | [`api`] | the HTTP API: ingest, rollup queries, status |
+//! | [`app`] | wiring: builds every component from the config and runs the roles |
+//! | [`telemetry`] | tracing setup and the names of every counter |
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod event;
+pub mod expr;
+pub mod processor;
+pub mod sketch;
+pub mod status;
+pub mod store;
+pub mod stream;
+pub mod telemetry;

@@ -1,0 +1,121 @@
+//! Loads and checks every processor definition in `processors/`.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::rollup::RollupDef;
+use super::{Processor, ProcessorContext, ProcessorError};
+use crate::event::SchemaRegistry;
+
+/// One definition file, by `type`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ProcessorConfig {
+    /// Folds events into MySQL rollup tables (see `processor::rollup`).
+    Rollup(RollupDef),
+}
+
+impl ProcessorConfig {
+    pub fn name(&self) -> &str {
+        match self {
+            ProcessorConfig::Rollup(d) => &d.name,
+        }
+    }
+    pub fn group(&self) -> &str {
+        match self {
+            ProcessorConfig::Rollup(d) => &d.group,
+        }
+    }
+    pub fn kinds(&self) -> &[String] {
+        match self {
+            ProcessorConfig::Rollup(d) => &d.kinds,
+        }
+    }
+    pub fn enabled(&self) -> bool {
+        match self {
+            ProcessorConfig::Rollup(d) => d.enabled,
+        }
+    }
+
+    /// Checks what can be checked without the database.
+    pub fn check(&self) -> Result<(), String> {
+        match self {
+            ProcessorConfig::Rollup(d) => d.check(),
+        }
+    }
+
+    /// Builds the running component (checks the definition against the database).
+    pub async fn build(&self, ctx: ProcessorContext) -> Result<Box<dyn Processor>, ProcessorError> {
+        match self {
+            ProcessorConfig::Rollup(d) => Ok(Box::new(d.build(ctx).await?)),
+        }
+    }
+}
+
+/// All definitions of a directory.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessorRegistry {
+    pub processors: Vec<ProcessorConfig>,
+}
+
+impl ProcessorRegistry {
+    /// Reads `dir/*.toml`, validating each against the known event kinds.
+    pub fn load(dir: &Path, schemas: &SchemaRegistry) -> Result<Self, ProcessorError> {
+        let bad = |file: &Path, reason: String| ProcessorError::Definition {
+            file: file.display().to_string(),
+            reason,
+        };
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .map_err(|e| bad(dir, e.to_string()))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        files.sort();
+        let mut processors: Vec<ProcessorConfig> = Vec::new();
+        for file in files {
+            let text = std::fs::read_to_string(&file).map_err(|e| bad(&file, e.to_string()))?;
+            let def: ProcessorConfig =
+                toml::from_str(&text).map_err(|e| bad(&file, e.to_string()))?;
+            for kind in def.kinds() {
+                if schemas.kind_index(kind).is_none() {
+                    return Err(bad(
+                        &file,
+                        format!("reads kind {kind:?}, which has no schema in schemas/"),
+                    ));
+                }
+            }
+            def.check().map_err(|reason| bad(&file, reason))?;
+            for other in &processors {
+                if other.name() == def.name() {
+                    return Err(bad(
+                        &file,
+                        format!("processor name {:?} is used twice", def.name()),
+                    ));
+                }
+                let overlap = other.kinds().iter().find(|k| def.kinds().contains(k));
+                if let (true, Some(k)) = (other.group() == def.group(), overlap) {
+                    return Err(bad(
+                        &file,
+                        format!(
+                            "group {:?} already reads kind {k:?} for processor {:?}; give this one its own group",
+                            def.group(),
+                            other.name()
+                        ),
+                    ));
+                }
+            }
+            processors.push(def);
+        }
+        Ok(Self { processors })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&ProcessorConfig> {
+        self.processors.iter().find(|p| p.name() == name)
+    }
+
+    pub fn enabled(&self) -> impl Iterator<Item = &ProcessorConfig> {
+        self.processors.iter().filter(|p| p.enabled())
+    }
+}

@@ -1,0 +1,640 @@
+//! The rollup runner.
+//!
+//! One task per owned shard reads entries (first the shard's pending list,
+//! then new entries) under a Lua-fenced XREADGROUP and sends batches over a
+//! bounded channel to the aggregator (this task). The aggregator folds events
+//! into per-row state and, every `flush_interval_ms` or `max_batch_events`,
+//! runs ONE transaction that moves each touched shard's checkpoint by
+//! compare-and-set and upserts every touched row; only after COMMIT does it
+//! XACK. Entries at or below a shard's checkpoint are acked without being
+//! applied. When a checkpoint moved under us (another worker committed the
+//! shard), the transaction rolls back, all in-memory state is dropped, and
+//! every owned shard restarts from its pending list.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::agg::{CompiledTable, MState, RowKey};
+use super::config::RollupDef;
+use super::writer::write_table;
+use crate::event::parse_ts_value;
+use crate::processor::{Processor, ProcessorContext, ProcessorError};
+use crate::store::{advance_checkpoint, StoreError};
+use crate::stream::{
+    ack, ensure_group, GroupReader, LeaseManager, LeaseOutcome, ReadOutcome, Shard, StreamId,
+};
+use crate::telemetry::metrics;
+
+/// Most backoff between failed flush attempts.
+const MAX_FLUSH_BACKOFF: Duration = Duration::from_secs(5);
+/// Pause after a failed read before trying the shard again.
+const READ_ERROR_BACKOFF: Duration = Duration::from_millis(500);
+
+/// What a shard reader sends to the aggregator.
+struct Batch {
+    shard: Shard,
+    generation: u64,
+    outcome: ReadOutcome,
+}
+
+struct ShardState {
+    stream: String,
+    /// Committed position (all effects up to here are in MySQL).
+    checkpoint: StreamId,
+    /// Last entry applied to the in-memory state (> checkpoint when dirty).
+    seen: StreamId,
+    /// Applied entries to ack after the next commit.
+    acks: Vec<StreamId>,
+    /// Entries at or below the checkpoint, to ack without applying.
+    stale: Vec<StreamId>,
+    generation: u64,
+    reader: Option<(CancellationToken, JoinHandle<()>)>,
+    /// Lease gone or surrendered: stop after the next successful flush.
+    leaving: Option<Leaving>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Leaving {
+    Lost,
+    Surplus,
+}
+
+/// Figures the runner publishes for `status`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunnerStats {
+    pub worker: String,
+    pub shards: Vec<String>,
+    pub last_flush_at: Option<String>,
+    pub last_flush_ms: u64,
+    pub last_flush_events: u64,
+    pub last_flush_rows: u64,
+    pub events_per_sec: f64,
+    pub events_total: u64,
+    pub invalid_total: u64,
+    pub flushes_total: u64,
+    pub flush_failures_total: u64,
+}
+
+/// A built rollup processor.
+pub struct RollupProcessor {
+    def: RollupDef,
+    tables: Vec<CompiledTable>,
+    ctx: ProcessorContext,
+}
+
+impl RollupDef {
+    /// Checks the definition against the database and builds the runner.
+    pub async fn build(&self, ctx: ProcessorContext) -> Result<RollupProcessor, ProcessorError> {
+        let mut tables = Vec::new();
+        for t in &self.tables {
+            let cols = ctx.store.columns(&t.name).await?;
+            let compiled =
+                CompiledTable::compile(t, &cols).map_err(|reason| ProcessorError::Definition {
+                    file: format!("processor {}", self.name),
+                    reason: format!("table {}: {reason}", t.name),
+                })?;
+            tables.push(compiled);
+        }
+        Ok(RollupProcessor {
+            def: self.clone(),
+            tables,
+            ctx,
+        })
+    }
+}
+
+impl Processor for RollupProcessor {
+    fn name(&self) -> &str {
+        &self.def.name
+    }
+
+    fn run(
+        self: Box<Self>,
+        shutdown: CancellationToken,
+    ) -> BoxFuture<'static, Result<(), ProcessorError>> {
+        Box::pin(async move {
+            let mut runner = Runner::new(*self);
+            runner.run(shutdown).await
+        })
+    }
+}
+
+type TableRows = HashMap<RowKey, Vec<MState>>;
+
+struct Runner {
+    p: RollupProcessor,
+    leases: LeaseManager,
+    shards: BTreeMap<Shard, ShardState>,
+    aggs: Vec<TableRows>,
+    pending_events: usize,
+    tx: mpsc::Sender<Batch>,
+    rx: mpsc::Receiver<Batch>,
+    stats: RunnerStats,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    last_flush: Instant,
+}
+
+impl Runner {
+    fn new(p: RollupProcessor) -> Self {
+        let ctx = &p.ctx;
+        let all: Vec<Shard> = p
+            .def
+            .kinds
+            .iter()
+            .flat_map(|k| ctx.keys.shards_of(k))
+            .collect();
+        let leases = LeaseManager::new(
+            ctx.redis.clone(),
+            ctx.keys.clone(),
+            p.def.group.clone(),
+            ctx.worker_id.clone(),
+            ctx.settings.lease_ms,
+            all,
+        );
+        let (tx, rx) = mpsc::channel(ctx.settings.read_queue_batches);
+        let aggs = p.tables.iter().map(|_| HashMap::new()).collect();
+        let stats = RunnerStats {
+            worker: ctx.worker_id.clone(),
+            ..Default::default()
+        };
+        Self {
+            p,
+            leases,
+            shards: BTreeMap::new(),
+            aggs,
+            pending_events: 0,
+            tx,
+            rx,
+            stats,
+            retry_at: None,
+            backoff: Duration::from_millis(100),
+            last_flush: Instant::now(),
+        }
+    }
+
+    async fn run(&mut self, shutdown: CancellationToken) -> Result<(), ProcessorError> {
+        let s = &self.p.ctx.settings;
+        let mut lease_tick =
+            tokio::time::interval(Duration::from_millis((s.lease_ms / 3).max(100)));
+        lease_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut flush_tick =
+            tokio::time::interval(Duration::from_millis(s.flush_interval_ms.max(10)));
+        flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let max_batch = s.max_batch_events;
+        tracing::info!(processor = %self.p.def.name, group = %self.p.def.group, worker = %self.p.ctx.worker_id, "rollup runner started");
+        loop {
+            let accepting = self.retry_at.is_none() && self.pending_events < max_batch;
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = lease_tick.tick() => self.on_lease_tick().await,
+                _ = flush_tick.tick() => {
+                    if self.retry_at.is_none_or(|t| Instant::now() >= t) {
+                        self.flush().await;
+                    }
+                }
+                Some(batch) = self.rx.recv(), if accepting => {
+                    self.on_batch(batch);
+                    if self.pending_events >= max_batch {
+                        self.flush().await;
+                    }
+                }
+            }
+        }
+        // Graceful stop: stop reading, flush what we hold, ack, hand shards back.
+        self.stop_readers().await;
+        while let Ok(batch) = self.rx.try_recv() {
+            self.on_batch(batch);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.is_dirty() && Instant::now() < deadline {
+            if self.flush().await {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if let Err(e) = self.leases.release_all().await {
+            tracing::warn!(error = %e, "could not release leases; they expire by themselves");
+        }
+        tracing::info!(processor = %self.p.def.name, "rollup runner stopped");
+        Ok(())
+    }
+
+    fn is_dirty(&self) -> bool {
+        self.pending_events > 0
+            || self
+                .shards
+                .values()
+                .any(|s| !s.acks.is_empty() || !s.stale.is_empty())
+    }
+
+    async fn on_lease_tick(&mut self) {
+        let outcomes = match self.leases.tick().await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, "lease tick failed; retrying");
+                return;
+            }
+        };
+        for o in outcomes {
+            match o {
+                LeaseOutcome::Acquired(shard) => {
+                    if let Err(e) = self.start_shard(shard.clone()).await {
+                        tracing::warn!(shard = %shard, error = %e, "cannot start shard; releasing it");
+                        let _ = self.leases.release(&shard).await;
+                    }
+                }
+                LeaseOutcome::Lost(shard) => {
+                    tracing::warn!(shard = %shard, "lease lost");
+                    self.mark_leaving(&shard, Leaving::Lost).await;
+                }
+                LeaseOutcome::Surplus(shard) => {
+                    tracing::info!(shard = %shard, "handing shard to another worker");
+                    self.mark_leaving(&shard, Leaving::Surplus).await;
+                }
+            }
+        }
+        if self.shards.values().any(|s| s.leaving.is_some()) {
+            self.flush().await;
+        }
+        self.publish_stats().await;
+    }
+
+    async fn mark_leaving(&mut self, shard: &Shard, how: Leaving) {
+        if let Some(st) = self.shards.get_mut(shard) {
+            if st.leaving != Some(Leaving::Lost) {
+                st.leaving = Some(how);
+            }
+            if let Some((tok, h)) = st.reader.take() {
+                tok.cancel();
+                let _ = h.await;
+            }
+        }
+    }
+
+    /// Loads the checkpoint, makes sure the group exists, starts reading the pending list.
+    async fn start_shard(&mut self, shard: Shard) -> Result<(), ProcessorError> {
+        let ctx = &self.p.ctx;
+        let stream = ctx.keys.stream(&shard);
+        ensure_group(&ctx.redis, &stream, &self.p.def.group, "0").await?;
+        let checkpoint = ctx
+            .store
+            .load_checkpoint(&self.p.def.group, &stream)
+            .await?;
+        let generation = self.shards.get(&shard).map_or(0, |s| s.generation + 1);
+        let mut st = ShardState {
+            stream,
+            checkpoint,
+            seen: checkpoint,
+            acks: Vec::new(),
+            stale: Vec::new(),
+            generation,
+            reader: None,
+            leaving: None,
+        };
+        st.reader = Some(self.spawn_reader(&shard, &st));
+        tracing::info!(shard = %shard, checkpoint = %checkpoint, "shard acquired");
+        self.shards.insert(shard, st);
+        Ok(())
+    }
+
+    fn spawn_reader(&self, shard: &Shard, st: &ShardState) -> (CancellationToken, JoinHandle<()>) {
+        let ctx = &self.p.ctx;
+        let mut reader = GroupReader::new(
+            ctx.redis.clone(),
+            st.stream.clone(),
+            ctx.keys.lease(&self.p.def.group, shard),
+            self.p.def.group.clone(),
+            shard.label(),
+            ctx.worker_id.clone(),
+            ctx.settings.read_count,
+        );
+        let tok = CancellationToken::new();
+        let stop = tok.clone();
+        let tx = self.tx.clone();
+        let shard = shard.clone();
+        let generation = st.generation;
+        let idle = Duration::from_millis(ctx.settings.idle_poll_ms.max(1));
+        let handle = tokio::spawn(async move {
+            loop {
+                let res = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = reader.read() => r,
+                };
+                match res {
+                    Ok(ReadOutcome::Entries(e)) if e.is_empty() => {
+                        tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(idle) => {} }
+                    }
+                    Ok(outcome) => {
+                        let lost = matches!(outcome, ReadOutcome::LeaseLost);
+                        let batch = Batch {
+                            shard: shard.clone(),
+                            generation,
+                            outcome,
+                        };
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            r = tx.send(batch) => if r.is_err() { return },
+                        }
+                        if lost {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(shard = %shard, error = %e, "read failed; retrying");
+                        tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(READ_ERROR_BACKOFF) => {} }
+                    }
+                }
+            }
+        });
+        (tok, handle)
+    }
+
+    fn on_batch(&mut self, batch: Batch) {
+        let Some(st) = self.shards.get_mut(&batch.shard) else {
+            return;
+        };
+        if st.generation != batch.generation || st.leaving.is_some() {
+            return; // from a reader we already stopped
+        }
+        let entries = match batch.outcome {
+            ReadOutcome::LeaseLost => {
+                st.leaving = Some(Leaving::Lost);
+                st.reader = None;
+                return;
+            }
+            ReadOutcome::Entries(e) => e,
+        };
+        for e in entries {
+            if e.id <= st.checkpoint {
+                st.stale.push(e.id); // effect already committed: ack without applying
+                continue;
+            }
+            if e.id <= st.seen {
+                continue; // already in this flush's state (cannot happen with one reader)
+            }
+            st.seen = e.id;
+            st.acks.push(e.id);
+            match decode(e.data.as_deref()) {
+                Ok((ev, ts)) => {
+                    for (t, rows) in self.p.tables.iter().zip(self.aggs.iter_mut()) {
+                        if let Some(key) = t.key(&ev, ts) {
+                            let row = rows.entry(key).or_insert_with(|| t.new_row());
+                            t.apply(row, &ev, ts);
+                        }
+                    }
+                    self.pending_events += 1;
+                }
+                Err(reason) => {
+                    self.stats.invalid_total += 1;
+                    metrics::EVENTS_INVALID.inc();
+                    tracing::warn!(stream = %st.stream, id = %e.id, %reason, "skipping undecodable entry");
+                }
+            }
+        }
+    }
+
+    /// Commits the current state. Returns whether everything held was flushed.
+    async fn flush(&mut self) -> bool {
+        let dirty_shards: Vec<(Shard, String, StreamId, StreamId)> = self
+            .shards
+            .iter()
+            .filter(|(_, s)| s.seen > s.checkpoint)
+            .map(|(k, s)| (k.clone(), s.stream.clone(), s.checkpoint, s.seen))
+            .collect();
+        let has_acks = self
+            .shards
+            .values()
+            .any(|s| !s.acks.is_empty() || !s.stale.is_empty());
+        if dirty_shards.is_empty() && !has_acks {
+            self.finish_leaving().await;
+            return true;
+        }
+        let started = Instant::now();
+        let events = self.pending_events as u64;
+        let mut rows: Vec<Vec<(RowKey, Vec<MState>)>> = Vec::with_capacity(self.aggs.len());
+        for a in &self.aggs {
+            let mut v: Vec<(RowKey, Vec<MState>)> =
+                a.iter().map(|(k, s)| (k.clone(), s.clone())).collect();
+            v.sort_by(|x, y| x.0.cmp(&y.0));
+            rows.push(v);
+        }
+        let row_count: usize = rows.iter().map(Vec::len).sum();
+        let mut attempt = 0;
+        let result = loop {
+            attempt += 1;
+            let mut work = rows.clone();
+            match self.commit(&dirty_shards, &mut work).await {
+                Err(e)
+                    if e.is_lock_conflict() && attempt <= self.p.ctx.settings.max_flush_retries =>
+                {
+                    metrics::FLUSH_RETRIES.inc();
+                    tokio::time::sleep(Duration::from_millis(10 * u64::from(attempt))).await;
+                }
+                other => break other,
+            }
+        };
+        match result {
+            Ok(()) => {
+                for (shard, _, _, to) in &dirty_shards {
+                    if let Some(st) = self.shards.get_mut(shard) {
+                        st.checkpoint = *to;
+                    }
+                }
+                for a in &mut self.aggs {
+                    a.clear();
+                }
+                self.pending_events = 0;
+                self.retry_at = None;
+                self.backoff = Duration::from_millis(100);
+                self.ack_committed().await;
+                let elapsed = self.last_flush.elapsed().as_secs_f64().max(0.001);
+                self.last_flush = Instant::now();
+                self.stats.last_flush_ms = started.elapsed().as_millis() as u64;
+                self.stats.last_flush_events = events;
+                self.stats.last_flush_rows = row_count as u64;
+                self.stats.events_per_sec = events as f64 / elapsed;
+                self.stats.events_total += events;
+                self.stats.flushes_total += 1;
+                self.stats.last_flush_at =
+                    Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+                metrics::EVENTS_APPLIED.add(events);
+                metrics::FLUSHES.inc();
+                tracing::debug!(
+                    events,
+                    rows = row_count,
+                    ms = self.stats.last_flush_ms,
+                    "flushed"
+                );
+                self.finish_leaving().await;
+                true
+            }
+            Err(StoreError::CheckpointMoved { group, stream }) => {
+                tracing::warn!(%group, %stream, "checkpoint moved under us: dropping uncommitted state and re-reading pending entries");
+                self.stats.flush_failures_total += 1;
+                self.reset_all().await;
+                false
+            }
+            Err(e) => {
+                self.stats.flush_failures_total += 1;
+                metrics::FLUSH_FAILURES.inc();
+                tracing::warn!(error = %e, retryable = e.retryable(), backoff_ms = self.backoff.as_millis() as u64, "flush failed; holding state and pausing reads");
+                self.retry_at = Some(Instant::now() + self.backoff);
+                self.backoff = (self.backoff * 2).min(MAX_FLUSH_BACKOFF);
+                false
+            }
+        }
+    }
+
+    async fn commit(
+        &self,
+        dirty: &[(Shard, String, StreamId, StreamId)],
+        rows: &mut [Vec<(RowKey, Vec<MState>)>],
+    ) -> Result<(), StoreError> {
+        let ctx = &self.p.ctx;
+        let mut tx = ctx.store.pool().begin().await?;
+        // Checkpoints first, in shard order: fails fast on a moved checkpoint and
+        // serializes two workers racing on one shard.
+        for (_, stream, from, to) in dirty {
+            advance_checkpoint(
+                &mut tx,
+                &self.p.def.group,
+                stream,
+                *from,
+                *to,
+                &ctx.worker_id,
+            )
+            .await?;
+        }
+        for (t, r) in self.p.tables.iter().zip(rows.iter_mut()) {
+            write_table(&mut tx, t, r).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// XACK everything committed. A failed ack leaves entries pending; they sit
+    /// at or below the checkpoint and are acked when re-read.
+    async fn ack_committed(&mut self) {
+        let ctx = &self.p.ctx;
+        for st in self.shards.values_mut() {
+            let mut ids: Vec<StreamId> = std::mem::take(&mut st.stale);
+            ids.append(&mut st.acks);
+            if ids.is_empty() {
+                continue;
+            }
+            match ack(&ctx.redis, &st.stream, &self.p.def.group, &ids).await {
+                Ok(()) => metrics::ENTRIES_ACKED.add(ids.len() as u64),
+                Err(e) => {
+                    tracing::warn!(stream = %st.stream, error = %e, "XACK failed; entries stay pending and are acked on re-read")
+                }
+            }
+        }
+    }
+
+    /// Removes shards that were leaving once their work is committed.
+    async fn finish_leaving(&mut self) {
+        let leaving: Vec<(Shard, Leaving)> = self
+            .shards
+            .iter()
+            .filter_map(|(k, s)| s.leaving.map(|l| (k.clone(), l)))
+            .collect();
+        for (shard, how) in leaving {
+            if let Some(mut st) = self.shards.remove(&shard) {
+                if let Some((tok, h)) = st.reader.take() {
+                    tok.cancel();
+                    let _ = h.await;
+                }
+            }
+            if how == Leaving::Surplus {
+                if let Err(e) = self.leases.release(&shard).await {
+                    tracing::warn!(shard = %shard, error = %e, "release failed; lease will expire");
+                }
+            }
+        }
+    }
+
+    /// Drops all uncommitted state and restarts every shard from its pending list.
+    async fn reset_all(&mut self) {
+        for a in &mut self.aggs {
+            a.clear();
+        }
+        self.pending_events = 0;
+        self.stop_readers().await;
+        while self.rx.try_recv().is_ok() {}
+        let shards: Vec<(Shard, Option<Leaving>)> = self
+            .shards
+            .iter()
+            .map(|(k, s)| (k.clone(), s.leaving))
+            .collect();
+        for (shard, leaving) in shards {
+            match leaving {
+                Some(how) => {
+                    self.shards.remove(&shard);
+                    if how == Leaving::Surplus {
+                        let _ = self.leases.release(&shard).await;
+                    }
+                }
+                None => {
+                    if let Err(e) = self.start_shard(shard.clone()).await {
+                        tracing::warn!(shard = %shard, error = %e, "restart failed; dropping shard (lease will be retaken)");
+                        self.shards.remove(&shard);
+                        let _ = self.leases.release(&shard).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn stop_readers(&mut self) {
+        for st in self.shards.values_mut() {
+            if let Some((tok, h)) = st.reader.take() {
+                tok.cancel();
+                let _ = h.await;
+            }
+        }
+    }
+
+    async fn publish_stats(&mut self) {
+        let ctx = &self.p.ctx;
+        self.stats.shards = self.shards.keys().map(Shard::label).collect();
+        let Ok(json) = serde_json::to_string(&self.stats) else {
+            return;
+        };
+        let mut conn = ctx.redis.conn.clone();
+        let key = ctx.keys.stats(&self.p.def.name);
+        let mut pipe = redis::pipe();
+        pipe.cmd("HSET")
+            .arg(&key)
+            .arg(&ctx.worker_id)
+            .arg(json)
+            .ignore();
+        pipe.cmd("PEXPIRE")
+            .arg(&key)
+            .arg(ctx.settings.lease_ms * 6)
+            .ignore();
+        if let Err(e) = ctx.redis.run(pipe.query_async::<()>(&mut conn)).await {
+            tracing::debug!(error = %e, "cannot publish stats");
+        }
+    }
+}
+
+/// Decodes an entry's `data` into the event object and its time.
+pub fn decode(data: Option<&str>) -> Result<(Map<String, Value>, i64), String> {
+    let data = data.ok_or("entry has no data field (deleted or foreign entry)")?;
+    let ev: Map<String, Value> =
+        serde_json::from_str(data).map_err(|e| format!("data is not a JSON object: {e}"))?;
+    let ts = ev
+        .get("ts")
+        .ok_or("event has no ts")
+        .and_then(|v| parse_ts_value(v).map_err(|_| "bad ts"))?;
+    Ok((ev, ts))
+}

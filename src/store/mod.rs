@@ -1,0 +1,150 @@
+//! MySQL (8.x) / MariaDB (10.11) storage: pool, migrations, checkpoints, and
+//! table introspection for the generic rollup writer.
+//!
+//! Every connection runs with `time_zone = '+00:00'` (all times are UTC) and
+//! READ COMMITTED isolation (locking reads see the latest committed row and
+//! take no gap locks, which keeps concurrent flushes from deadlocking on inserts).
+
+mod checkpoint;
+mod columns;
+
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlPoolOptions};
+use sqlx::{ConnectOptions, Executor, MySqlPool};
+
+pub use checkpoint::{advance as advance_checkpoint, Checkpoint};
+pub use columns::{ColumnInfo, ColumnKind};
+
+/// MySQL error numbers worth retrying the whole transaction for.
+const ER_LOCK_DEADLOCK: u16 = 1213;
+const ER_LOCK_WAIT_TIMEOUT: u16 = 1205;
+
+/// Storage errors. `retryable()` separates outages and lock conflicts (retry
+/// with backoff) from mistakes that waiting cannot fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("mysql: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("invalid mysql.url: {0}")]
+    BadUrl(String),
+    #[error("checkpoint of {group} on {stream} moved: another worker committed this shard")]
+    CheckpointMoved { group: String, stream: String },
+    #[error("table {table}: {reason}")]
+    Schema { table: String, reason: String },
+}
+
+impl StoreError {
+    pub fn retryable(&self) -> bool {
+        match self {
+            StoreError::Db(e) => is_retryable_db(e),
+            _ => false,
+        }
+    }
+
+    /// Deadlock or lock-wait timeout: retry the same transaction at once.
+    pub fn is_lock_conflict(&self) -> bool {
+        match self {
+            StoreError::Db(sqlx::Error::Database(d)) => d
+                .try_downcast_ref::<MySqlDatabaseError>()
+                .is_some_and(|m| matches!(m.number(), ER_LOCK_DEADLOCK | ER_LOCK_WAIT_TIMEOUT)),
+            _ => false,
+        }
+    }
+}
+
+fn is_retryable_db(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(d) => d.try_downcast_ref::<MySqlDatabaseError>().is_some_and(|m| {
+            matches!(
+                m.number(),
+                ER_LOCK_DEADLOCK | ER_LOCK_WAIT_TIMEOUT | 1040 /* too many connections */
+                    | 1053 /* server shutdown */ | 2006 | 2013 /* gone away, lost */
+                    | 1927 /* connection killed */
+            )
+        }),
+        _ => false,
+    }
+}
+
+/// The MySQL pool.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: MySqlPool,
+}
+
+impl Store {
+    /// Connects, creating the database named in the URL when it does not exist.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let opts: MySqlConnectOptions = url
+            .parse()
+            .map_err(|e: sqlx::Error| StoreError::BadUrl(e.to_string()))?;
+        let db = url::Url::parse(url)
+            .map_err(|e| StoreError::BadUrl(e.to_string()))?
+            .path()
+            .trim_start_matches('/')
+            .to_string();
+        if db.is_empty() {
+            return Err(StoreError::BadUrl(
+                "the URL must name a database, e.g. mysql://root@127.0.0.1:3306/flowmeter".into(),
+            ));
+        }
+        if !db.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(StoreError::BadUrl(format!(
+                "database name {db:?}: use letters, digits and '_'"
+            )));
+        }
+        {
+            let server = opts.clone().database("");
+            let mut conn = tokio::time::timeout(Duration::from_secs(10), server.connect())
+                .await
+                .map_err(|_| sqlx::Error::PoolTimedOut)??;
+            conn.execute(format!("CREATE DATABASE IF NOT EXISTS `{db}`").as_str())
+                .await?;
+        }
+        let pool = MySqlPoolOptions::new()
+            .max_connections(max_connections.max(2))
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute("SET time_zone = '+00:00'").await?;
+                    conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                        .await?;
+                    Ok(())
+                })
+            })
+            .connect_with(opts)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &MySqlPool {
+        &self.pool
+    }
+
+    /// Applies the sqlx migrations in `dir` (idempotent).
+    pub async fn migrate(&self, dir: &Path) -> Result<(), StoreError> {
+        let migrator = sqlx::migrate::Migrator::new(dir).await?;
+        migrator.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Drops the database (tests only).
+    pub async fn drop_database(&self) -> Result<(), StoreError> {
+        let name: (String,) = sqlx::query_as("SELECT DATABASE()")
+            .fetch_one(&self.pool)
+            .await?;
+        self.pool
+            .execute(format!("DROP DATABASE IF EXISTS `{}`", name.0).as_str())
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,291 @@
+//! Consumer-group reads, fenced by the shard lease, and acknowledgements.
+//!
+//! The owner of a shard reads it under the consumer name of the shard
+//! (`kind:i`), so whoever owns the shard next finds the previous owner's
+//! unacknowledged entries in the same pending list and re-reads them first.
+//! Each read runs as a Lua script that checks the lease and calls XREADGROUP
+//! atomically: a worker whose lease has expired cannot take entries after the
+//! new owner started, which keeps every owner's view of the shard contiguous.
+
+use std::fmt;
+use std::str::FromStr;
+
+use redis::Value;
+
+use super::{Redis, StreamError};
+
+/// XACK ids per command; bounds one command's size.
+const ACK_CHUNK: usize = 1_000;
+
+const READ_SCRIPT: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+return redis.call('XREADGROUP', 'GROUP', ARGV[2], ARGV[3], 'COUNT', ARGV[4], 'STREAMS', KEYS[2], ARGV[5])
+"#;
+
+/// A stream entry id `ms-seq`, ordered as Redis orders them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct StreamId {
+    pub ms: u64,
+    pub seq: u64,
+}
+
+impl StreamId {
+    pub const ZERO: StreamId = StreamId { ms: 0, seq: 0 };
+}
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+impl FromStr for StreamId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (ms, seq) = s.split_once('-').unwrap_or((s, "0"));
+        match (ms.parse(), seq.parse()) {
+            (Ok(ms), Ok(seq)) => Ok(StreamId { ms, seq }),
+            _ => Err(format!("not a stream id: {s:?} (expected MS-SEQ)")),
+        }
+    }
+}
+
+/// One entry read from a shard.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub id: StreamId,
+    /// `kind` field.
+    pub kind: Option<String>,
+    /// `data` field; `None` when the entry was deleted (trimmed) while pending,
+    /// or written without `data` by a foreign producer.
+    pub data: Option<String>,
+}
+
+/// Result of one read.
+#[derive(Debug)]
+pub enum ReadOutcome {
+    Entries(Vec<Entry>),
+    /// The lease is no longer ours: stop reading this shard.
+    LeaseLost,
+}
+
+/// Creates the group on a stream at `start` (`0`, `$` or an id), with MKSTREAM.
+/// An existing group is left as it is.
+pub async fn ensure_group(
+    redis: &Redis,
+    stream: &str,
+    group: &str,
+    start: &str,
+) -> Result<(), StreamError> {
+    let mut conn = redis.conn.clone();
+    let res: Result<(), StreamError> = redis
+        .run(
+            redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(stream)
+                .arg(group)
+                .arg(start)
+                .arg("MKSTREAM")
+                .query_async::<()>(&mut conn),
+        )
+        .await;
+    match res {
+        Err(StreamError::Redis(e)) if e.code() == Some("BUSYGROUP") => Ok(()),
+        other => other,
+    }
+}
+
+/// Reads one shard for one group as the shard's owner.
+pub struct GroupReader {
+    redis: Redis,
+    script: redis::Script,
+    stream: String,
+    lease: String,
+    group: String,
+    consumer: String,
+    worker: String,
+    count: usize,
+    /// `Some(after)` while re-reading our pending list; `None` once reading new entries.
+    pending_after: Option<StreamId>,
+}
+
+impl GroupReader {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        redis: Redis,
+        stream: String,
+        lease: String,
+        group: String,
+        consumer: String,
+        worker: String,
+        count: usize,
+    ) -> Self {
+        Self {
+            redis,
+            script: redis::Script::new(READ_SCRIPT),
+            stream,
+            lease,
+            group,
+            consumer,
+            worker,
+            count: count.max(1),
+            pending_after: Some(StreamId::ZERO),
+        }
+    }
+
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// Reads the next batch: first the pending list (from the start), then new entries.
+    pub async fn read(&mut self) -> Result<ReadOutcome, StreamError> {
+        loop {
+            let from = match self.pending_after {
+                Some(id) => id.to_string(),
+                None => ">".to_string(),
+            };
+            let mut conn = self.redis.conn.clone();
+            let mut inv = self.script.prepare_invoke();
+            inv.key(&self.lease)
+                .key(&self.stream)
+                .arg(&self.worker)
+                .arg(&self.group)
+                .arg(&self.consumer)
+                .arg(self.count)
+                .arg(&from);
+            let reply: Value = self.redis.run(inv.invoke_async(&mut conn)).await?;
+            if let Value::Int(-1) = reply {
+                return Ok(ReadOutcome::LeaseLost);
+            }
+            let entries = parse_xread(reply)?;
+            match self.pending_after {
+                Some(_) if entries.is_empty() => {
+                    self.pending_after = None; // pending list drained: go on with new entries
+                    continue;
+                }
+                Some(_) => {
+                    self.pending_after = entries.last().map(|e| e.id);
+                }
+                None => {}
+            }
+            return Ok(ReadOutcome::Entries(entries));
+        }
+    }
+}
+
+/// Acknowledges ids on a stream (chunked, one pipeline).
+pub async fn ack(
+    redis: &Redis,
+    stream: &str,
+    group: &str,
+    ids: &[StreamId],
+) -> Result<(), StreamError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut pipe = redis::pipe();
+    for chunk in ids.chunks(ACK_CHUNK) {
+        let cmd = pipe.cmd("XACK").arg(stream).arg(group);
+        for id in chunk {
+            cmd.arg(id.to_string());
+        }
+        cmd.ignore();
+    }
+    let mut conn = redis.conn.clone();
+    redis.run(pipe.query_async::<()>(&mut conn)).await
+}
+
+/// Parses an XREAD/XREADGROUP reply for a single stream.
+fn parse_xread(v: Value) -> Result<Vec<Entry>, StreamError> {
+    let streams = match v {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Array(a) => a,
+        Value::Map(m) => m.into_iter().flat_map(|(k, v)| [k, v]).collect::<Vec<_>>(),
+        other => return Err(StreamError::Protocol(format!("XREADGROUP reply {other:?}"))),
+    };
+    let mut out = Vec::new();
+    for s in streams {
+        let parts = match s {
+            Value::Array(p) => p,
+            // RESP3 map flattening leaves the stream name and entries as siblings
+            Value::BulkString(_) => continue,
+            other => return Err(StreamError::Protocol(format!("stream reply {other:?}"))),
+        };
+        let entries = match parts.into_iter().nth(1) {
+            Some(Value::Array(e)) => e,
+            Some(Value::Nil) | None => continue,
+            Some(other) => return Err(StreamError::Protocol(format!("entries {other:?}"))),
+        };
+        for e in entries {
+            out.push(parse_entry(e)?);
+        }
+    }
+    Ok(out)
+}
+
+fn parse_entry(v: Value) -> Result<Entry, StreamError> {
+    let Value::Array(mut parts) = v else {
+        return Err(StreamError::Protocol("entry is not an array".into()));
+    };
+    let fields = if parts.len() > 1 { parts.pop() } else { None };
+    let id = match parts.pop() {
+        Some(Value::BulkString(b)) => String::from_utf8_lossy(&b)
+            .parse::<StreamId>()
+            .map_err(StreamError::Protocol)?,
+        other => return Err(StreamError::Protocol(format!("entry id {other:?}"))),
+    };
+    let mut entry = Entry {
+        id,
+        kind: None,
+        data: None,
+    };
+    if let Some(Value::Array(f)) = fields {
+        let mut it = f.into_iter();
+        while let (Some(k), Some(v)) = (it.next(), it.next()) {
+            let (Value::BulkString(k), Value::BulkString(v)) = (k, v) else {
+                continue;
+            };
+            match k.as_slice() {
+                b"data" => entry.data = Some(String::from_utf8_lossy(&v).into_owned()),
+                b"kind" => entry.kind = Some(String::from_utf8_lossy(&v).into_owned()),
+                _ => {}
+            }
+        }
+    }
+    Ok(entry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_order_and_parse() {
+        let a: StreamId = "5-1".parse().expect("id");
+        let b: StreamId = "5-10".parse().expect("id");
+        let c: StreamId = "6".parse().expect("id");
+        assert!(a < b && b < c);
+        assert_eq!(b.to_string(), "5-10");
+        assert!("x-1".parse::<StreamId>().is_err());
+    }
+
+    #[test]
+    fn parses_replies_including_deleted_entries() {
+        let bs = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let reply = Value::Array(vec![Value::Array(vec![
+            bs("fm:{http:0}"),
+            Value::Array(vec![
+                Value::Array(vec![
+                    bs("1-0"),
+                    Value::Array(vec![bs("kind"), bs("http"), bs("data"), bs("{}")]),
+                ]),
+                Value::Array(vec![bs("2-0"), Value::Nil]),
+            ]),
+        ])]);
+        let e = parse_xread(reply).expect("parses");
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[0].data.as_deref(), Some("{}"));
+        assert_eq!(e[1].data, None);
+        assert!(parse_xread(Value::Nil).expect("nil").is_empty());
+    }
+}

@@ -1,0 +1,113 @@
+//! Every Redis key flowmeter uses is built here, and nowhere else.
+
+use std::fmt;
+
+/// One shard stream of one kind.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Shard {
+    pub kind: String,
+    pub index: u32,
+}
+
+impl Shard {
+    pub fn new(kind: impl Into<String>, index: u32) -> Self {
+        Self {
+            kind: kind.into(),
+            index,
+        }
+    }
+
+    /// `kind:index`: the hash tag, the consumer name of the shard's owner, and
+    /// the shard's name in status output.
+    pub fn label(&self) -> String {
+        format!("{}:{}", self.kind, self.index)
+    }
+}
+
+impl fmt::Display for Shard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.kind, self.index)
+    }
+}
+
+/// Key builder bound to the configured prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+    shards: u32,
+}
+
+impl Keys {
+    pub fn new(prefix: impl Into<String>, shards: u32) -> Self {
+        Self {
+            prefix: prefix.into(),
+            shards: shards.max(1),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn shard_count(&self) -> u32 {
+        self.shards
+    }
+
+    /// The shard a partition hash maps to.
+    pub fn shard_for(&self, kind: &str, partition: u64) -> Shard {
+        // Multiply-shift maps the hash onto [0, shards) without modulo bias.
+        let idx = ((u128::from(partition) * u128::from(self.shards)) >> 64) as u32;
+        Shard::new(kind, idx)
+    }
+
+    /// All shards of a kind.
+    pub fn shards_of(&self, kind: &str) -> Vec<Shard> {
+        (0..self.shards).map(|i| Shard::new(kind, i)).collect()
+    }
+
+    /// `{prefix}:{kind:i}`.
+    pub fn stream(&self, shard: &Shard) -> String {
+        format!("{}:{{{}}}", self.prefix, shard.label())
+    }
+
+    /// Lease of a shard for a group: `{prefix}:lease:{group}:{kind:i}` (same slot as the stream).
+    pub fn lease(&self, group: &str, shard: &Shard) -> String {
+        format!("{}:lease:{}:{{{}}}", self.prefix, group, shard.label())
+    }
+
+    /// Sorted set of live workers of a group (score: heartbeat expiry, ms).
+    pub fn workers(&self, group: &str) -> String {
+        format!("{}:workers:{}", self.prefix, group)
+    }
+
+    /// Hash of per-worker runner statistics of a processor.
+    pub fn stats(&self, processor: &str) -> String {
+        format!("{}:stats:{}", self.prefix, processor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_layout() {
+        let k = Keys::new("fm", 4);
+        let s = Shard::new("http", 2);
+        assert_eq!(k.stream(&s), "fm:{http:2}");
+        assert_eq!(k.lease("rollup", &s), "fm:lease:rollup:{http:2}");
+        assert_eq!(k.shards_of("webrtc").len(), 4);
+    }
+
+    #[test]
+    fn shards_spread_and_stay_in_range() {
+        let k = Keys::new("fm", 4);
+        let mut seen = [0u32; 4];
+        for i in 0..10_000u64 {
+            let h = xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes());
+            seen[k.shard_for("http", h).index as usize] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 2_000), "{seen:?}");
+        assert_eq!(k.shard_for("http", u64::MAX).index, 3);
+    }
+}

@@ -1,0 +1,88 @@
+//! Redis Streams: every key name, the producer, fenced consumer-group reads
+//! and shard leases.
+//!
+//! Layout: kind `K` goes to `S` shard streams `{prefix}:{K:0}` …
+//! `{prefix}:{K:S-1}`. The braces are a Redis Cluster hash tag; every key that
+//! belongs to one shard (its lease) carries the same tag, so scripts touching a
+//! shard and its lease stay in one slot. Entries have the fields `kind`, `v`
+//! and `data` (the event JSON), readable by any Redis client.
+
+mod consumer;
+mod keys;
+mod lease;
+mod producer;
+
+use std::time::Duration;
+
+pub use consumer::{ack, ensure_group, Entry, GroupReader, ReadOutcome, StreamId};
+pub use keys::{Keys, Shard};
+pub use lease::{LeaseManager, LeaseOutcome};
+pub use producer::Producer;
+
+/// Errors talking to Redis. `retryable()` tells callers whether waiting helps.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("unexpected reply from redis: {0}")]
+    Protocol(String),
+}
+
+impl StreamError {
+    /// Whether the same call may succeed later (connection trouble, timeouts).
+    pub fn retryable(&self) -> bool {
+        match self {
+            StreamError::Redis(e) => {
+                e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.is_timeout()
+                    || matches!(
+                        e.kind(),
+                        redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
+                    )
+            }
+            StreamError::Timeout(_) => true,
+            StreamError::Protocol(_) => false,
+        }
+    }
+}
+
+/// A Redis connection that reconnects by itself, plus the per-call timeout.
+#[derive(Clone)]
+pub struct Redis {
+    pub conn: redis::aio::ConnectionManager,
+    pub timeout: Duration,
+}
+
+impl Redis {
+    /// Connects (the first connection must succeed, so misconfiguration shows at start).
+    pub async fn connect(url: &str, timeout: Duration) -> Result<Self, StreamError> {
+        let client = redis::Client::open(url)?;
+        let cfg = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = tokio::time::timeout(
+            timeout,
+            redis::aio::ConnectionManager::new_with_config(client, cfg),
+        )
+        .await
+        .map_err(|_| StreamError::Timeout(timeout))??;
+        Ok(Self { conn, timeout })
+    }
+
+    /// Runs one command or pipeline future under the timeout.
+    pub async fn run<T>(
+        &self,
+        fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StreamError> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(StreamError::Timeout(self.timeout)),
+        }
+    }
+}
