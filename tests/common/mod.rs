@@ -1,0 +1,227 @@
+//! Shared helpers of the integration tests. Every test gets its own Redis key
+//! prefix and its own MariaDB database, so tests run in parallel against the
+//! real servers on 127.0.0.1 (`scripts/services start`).
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use flowmeter::app::{self, Roles};
+use flowmeter::config::Settings;
+use flowmeter::store::Store;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+pub const MYSQL_SERVER: &str = "mysql://root@127.0.0.1:3306";
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// One test's isolated world.
+pub struct TestEnv {
+    pub name: String,
+    pub settings: Settings,
+}
+
+impl TestEnv {
+    /// A fresh prefix and database named after the test.
+    pub fn new(test: &str) -> Self {
+        init_tracing();
+        let name = format!("fmt_{}_{:06x}", test, rand::random::<u32>() & 0xff_ffff);
+        let mut s = Settings::default();
+        s.redis.url = REDIS_URL.into();
+        s.redis.prefix = name.clone();
+        s.mysql.url = format!("{MYSQL_SERVER}/{name}");
+        s.paths.schemas = repo().join("schemas");
+        s.paths.processors = repo().join("processors");
+        s.paths.migrations = repo().join("migrations");
+        s.rollup.flush_interval_ms = 200;
+        s.rollup.lease_ms = 2_000;
+        s.rollup.idle_poll_ms = 20;
+        s.server.shutdown_timeout_ms = 10_000;
+        Self { name, settings: s }
+    }
+
+    pub async fn migrate(&self) {
+        app::migrate(&self.settings)
+            .await
+            .expect("migrations apply");
+    }
+
+    pub async fn store(&self) -> Store {
+        Store::connect(&self.settings.mysql.url, 4)
+            .await
+            .expect("mysql")
+    }
+
+    /// Starts `serve` in-process on an ephemeral port.
+    pub async fn start(&self, roles: &str) -> Server {
+        start_with(self.settings.clone(), roles).await
+    }
+
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(REDIS_URL)
+            .expect("url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis")
+    }
+
+    /// Writes `settings` as a TOML file (for child processes).
+    pub fn write_config(&self, dir: &Path) -> PathBuf {
+        let p = dir.join("flowmeter.toml");
+        std::fs::write(&p, toml::to_string(&self.settings).expect("toml")).expect("write config");
+        p
+    }
+
+    /// Removes the test's keys and database.
+    pub async fn cleanup(&self) {
+        let mut r = self.redis().await;
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", self.name))
+            .query_async(&mut r)
+            .await
+            .unwrap_or_default();
+        for chunk in keys.chunks(500) {
+            let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query_async(&mut r).await;
+        }
+        if let Ok(store) = Store::connect(&self.settings.mysql.url, 2).await {
+            let _ = store.drop_database().await;
+        }
+    }
+}
+
+pub async fn start_with(settings: Settings, roles: &str) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let shutdown = CancellationToken::new();
+    let roles: Roles = roles.parse().expect("roles");
+    let token = shutdown.clone();
+    let handle = tokio::spawn(async move {
+        app::serve(settings, roles, Some(listener), token)
+            .await
+            .expect("serve runs");
+    });
+    let server = Server {
+        addr,
+        shutdown,
+        handle,
+    };
+    let client = http_client();
+    wait_until(Duration::from_secs(20), || {
+        let c = client.clone();
+        let url = server.url("/healthz");
+        async move { c.get(url).send().await.is_ok() }
+    })
+    .await;
+    server
+}
+
+/// A server running in this process.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub handle: JoinHandle<()>,
+}
+
+impl Server {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(20), self.handle).await;
+    }
+}
+
+/// Logs of the code under test, shown for failing tests; `RUST_LOG` picks the level.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A client with timeouts, so a server that accepts but never answers fails
+/// the test instead of hanging it.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("http client")
+}
+
+/// Polls `f` until it returns true; panics after `limit`.
+pub async fn wait_until<F, Fut>(limit: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !f().await {
+        assert!(
+            start.elapsed() < limit,
+            "condition not met within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One integer from MySQL (e.g. `SELECT SUM(requests) FROM http_hourly`); NULL → 0.
+pub async fn scalar(store: &Store, sql: &str) -> i64 {
+    let v: Option<f64> = sqlx::query_scalar(&format!("SELECT CAST(({sql}) AS DOUBLE)"))
+        .fetch_one(store.pool())
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    v.unwrap_or(0.0) as i64
+}
+
+/// GETs `url` and decodes the JSON reply.
+pub async fn get_json(client: &reqwest::Client, url: String) -> serde_json::Value {
+    client
+        .get(url)
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json reply")
+}
+
+/// POSTs an NDJSON body; returns (status, body).
+pub async fn post_ndjson(
+    client: &reqwest::Client,
+    url: &str,
+    body: String,
+) -> (u16, serde_json::Value) {
+    let r = client
+        .post(url)
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .expect("request");
+    let status = r.status().as_u16();
+    let v = r.json().await.unwrap_or(serde_json::Value::Null);
+    (status, v)
+}
+
+/// A valid http event at `ts_ms` (varying fields derived from `i`).
+pub fn http_event(i: u64, ts_ms: i64) -> serde_json::Value {
+    serde_json::json!({
+        "kind": "http", "ts": ts_ms, "service": format!("svc{}", i % 3),
+        "endpoint": format!("/api/e{}/:id", i % 5), "method": if i % 4 == 0 { "POST" } else { "GET" },
+        "status": if i % 17 == 0 { 503 } else if i % 11 == 0 { 404 } else { 200 },
+        "req_bytes": 100 + i % 50, "resp_bytes": 1000 + (i * 37) % 5000,
+        "duration_ms": 1.0 + (i % 100) as f64 * 0.5, "user_id": format!("u{}", i % 40)
+    })
+}
