@@ -19,15 +19,21 @@
 //! | [`api`] | the HTTP API: ingest, rollup queries, status |
 //! | [`app`] | wiring: builds every component from the config and runs the roles |
 //! | [`telemetry`] | tracing setup and the names of every counter |
+//! | [`loadgen`] | seeded synthetic traffic for both kinds, and its exact totals |
+//! | [`bench`] | `flowmeter bench`: the end-to-end benchmark |
+//! | [`table`] | aligned plain-text tables for the CLI |
 
 pub mod api;
 pub mod app;
+pub mod bench;
 pub mod config;
 pub mod event;
 pub mod expr;
+pub mod loadgen;
 pub mod processor;
 pub mod sketch;
 pub mod status;
 pub mod store;
 pub mod stream;
+pub mod table;
 pub mod telemetry;

@@ -42,6 +42,45 @@ enum Command {
     Migrate,
     /// Print the effective configuration (passwords masked).
     Config,
+    /// End-to-end benchmark: spawn an ingest and a rollup process, post
+    /// generated events in batches, wait until MySQL holds them all, check the
+    /// totals, and report events/s, latency, RSS and commits/min next to
+    /// redis-benchmark's pipelined XADD rate measured in the same run.
+    ///
+    /// Uses its own key prefix and database (--prefix), wiped at every run.
+    /// Build with --release: the children are this same binary.
+    Bench {
+        /// Events per run.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// Events per POST /v1/events.
+        #[arg(long, default_value_t = 1_000)]
+        batch: usize,
+        /// Concurrent POSTs in flight.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// Runs; the report gives each and their median.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Event kinds to send.
+        #[arg(long, value_enum, default_value = "mixed")]
+        kind: flowmeter::loadgen::KindMix,
+        /// Seed of the generated traffic.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Redis key prefix and MySQL database of the bench (deleted first!).
+        #[arg(long, default_value = "fmbench")]
+        prefix: String,
+        /// Entries written by the redis-benchmark reference.
+        #[arg(long, default_value_t = 500_000)]
+        reference_entries: u64,
+        /// Fail when MySQL makes no progress for this many seconds.
+        #[arg(long, default_value_t = 60)]
+        stall_secs: u64,
+        /// No progress bars.
+        #[arg(long)]
+        quiet: bool,
+    },
 }
 
 #[tokio::main]
@@ -60,6 +99,33 @@ async fn main() -> anyhow::Result<()> {
                 "migrations applied to {}",
                 flowmeter::config::mask_url(&settings.mysql.url)
             );
+        }
+        Command::Bench {
+            events,
+            batch,
+            concurrency,
+            runs,
+            kind,
+            seed,
+            prefix,
+            reference_entries,
+            stall_secs,
+            quiet,
+        } => {
+            let opts = flowmeter::bench::BenchOptions {
+                events,
+                batch,
+                concurrency,
+                runs,
+                kind,
+                seed,
+                prefix,
+                reference_entries,
+                stall_timeout: std::time::Duration::from_secs(stall_secs),
+                progress: !quiet,
+            };
+            let report = flowmeter::bench::run(&settings, &opts).await?;
+            print!("{}", report.render());
         }
         Command::Serve { roles, listen } => {
             flowmeter::telemetry::init();

@@ -1,0 +1,629 @@
+//! `flowmeter bench`: the end-to-end benchmark.
+//!
+//! Each run starts from an empty prefix and database, spawns two child
+//! processes of this same binary (`serve --roles ingest,api` and
+//! `serve --roles rollup`), posts pre-generated NDJSON batches with several
+//! concurrent connections, and waits until MySQL holds every event. It then
+//! checks the rollup totals against the generator's truth (a mismatch fails
+//! the bench) and reports:
+//!
+//! - ingest events/s (first POST to last 202) and end-to-end events/s (first
+//!   POST to the last event committed in MySQL);
+//! - ingest latency p50/p99 per request;
+//! - peak RSS (VmHWM) of the rollup worker and of the ingest process;
+//! - MySQL commits per minute while draining (server-wide `Com_commit`);
+//! - as the reference, redis-benchmark's pipelined XADD rate for an entry of
+//!   the same shape, measured in the same invocation, and the ratio.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::Value;
+use tokio::process::{Child, Command};
+
+use crate::config::Settings;
+use crate::loadgen::{GenConfig, Generator, KindMix, Truth};
+use crate::sketch::DdSketch;
+use crate::store::Store;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Events per run.
+    pub events: u64,
+    /// Events per POST.
+    pub batch: usize,
+    /// Concurrent POSTs in flight.
+    pub concurrency: usize,
+    pub runs: usize,
+    pub kind: KindMix,
+    pub seed: u64,
+    /// Key prefix and database name of the bench (wiped at each run).
+    pub prefix: String,
+    /// Entries of the redis-benchmark reference.
+    pub reference_entries: u64,
+    /// Give up when MySQL makes no progress for this long.
+    pub stall_timeout: Duration,
+    pub progress: bool,
+}
+
+/// Figures of one run.
+#[derive(Debug, Clone, Default)]
+pub struct RunFigures {
+    pub events: u64,
+    pub ingest_eps: f64,
+    pub e2e_eps: f64,
+    pub ingest_p50_ms: f64,
+    pub ingest_p99_ms: f64,
+    pub rollup_rss_mb: f64,
+    pub ingest_rss_mb: f64,
+    pub commits_per_min: f64,
+}
+
+/// Everything `bench` measured.
+#[derive(Debug, Clone)]
+pub struct BenchReport {
+    pub runs: Vec<RunFigures>,
+    pub reference_xadd_per_s: Option<f64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("{0}")]
+    Setup(String),
+    #[error("the stack failed during the run: {0}")]
+    Run(String),
+    #[error("rollup totals differ from what was sent (the bench fails): {0}")]
+    Mismatch(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    App(#[from] crate::app::AppError),
+}
+
+/// Runs `opts.runs` runs and the reference measurement.
+pub async fn run(base: &Settings, opts: &BenchOptions) -> Result<BenchReport, BenchError> {
+    if opts.batch == 0 || opts.concurrency == 0 || opts.events == 0 {
+        return Err(BenchError::Setup(
+            "--events, --batch and --concurrency must be positive".into(),
+        ));
+    }
+    let settings = bench_settings(base, &opts.prefix)?;
+    eprintln!("generating {} events (seed {})…", opts.events, opts.seed);
+    let (bodies, truth) = generate(opts);
+    let reference = reference_xadd(&settings, opts).await;
+    if let Err(e) = &reference {
+        eprintln!("reference not measured: {e}");
+    }
+    let mut runs = Vec::new();
+    for i in 0..opts.runs.max(1) {
+        eprintln!("run {}/{}", i + 1, opts.runs.max(1));
+        runs.push(one_run(&settings, opts, &bodies, truth).await?);
+    }
+    Ok(BenchReport {
+        runs,
+        reference_xadd_per_s: reference.ok(),
+    })
+}
+
+fn bench_settings(base: &Settings, prefix: &str) -> Result<Settings, BenchError> {
+    if prefix.is_empty()
+        || !prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        return Err(BenchError::Setup(format!(
+            "--prefix {prefix:?}: use letters, digits and '_' (it names a database too)"
+        )));
+    }
+    let mut s = base.clone();
+    s.redis.prefix = prefix.to_string();
+    let mut url =
+        url::Url::parse(&s.mysql.url).map_err(|e| BenchError::Setup(format!("mysql.url: {e}")))?;
+    url.set_path(prefix);
+    s.mysql.url = url.to_string();
+    Ok(s)
+}
+
+/// NDJSON bodies of `opts.batch` events, spread evenly over six hours of
+/// 2026-03-01 so the tables get a realistic number of rows.
+fn generate(opts: &BenchOptions) -> (Vec<Bytes>, Truth) {
+    const T0: i64 = 1_772_323_200_000; // 2026-03-01T00:00:00Z
+    const SPAN: i64 = 6 * 3_600_000;
+    let mut g = Generator::new(GenConfig {
+        seed: opts.seed,
+        kind: opts.kind,
+        ..GenConfig::default()
+    });
+    let step = (SPAN / opts.events.max(1) as i64).max(1);
+    let mut bodies = Vec::new();
+    let mut body = Vec::with_capacity(opts.batch * 320);
+    let mut in_body = 0;
+    for i in 0..opts.events {
+        let ev = g.next_event(T0 + (i as i64 * step) % SPAN);
+        if in_body > 0 {
+            body.push(b'\n');
+        }
+        // Serializing a Value into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut body, &ev);
+        in_body += 1;
+        if in_body == opts.batch {
+            bodies.push(Bytes::from(std::mem::take(&mut body)));
+            in_body = 0;
+        }
+    }
+    if in_body > 0 {
+        bodies.push(Bytes::from(body));
+    }
+    (bodies, g.truth)
+}
+
+/// Wipes the bench's keys and database and applies the migrations.
+async fn reset(settings: &Settings) -> Result<(), BenchError> {
+    let client = redis::Client::open(settings.redis.url.as_str())
+        .map_err(|e| BenchError::Setup(format!("redis.url: {e}")))?;
+    let mut r = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| BenchError::Setup(format!("cannot reach Redis: {e}")))?;
+    let pattern = format!("{}:*", settings.redis.prefix);
+    let keys: Vec<String> = {
+        use futures::StreamExt;
+        let iter: redis::AsyncIter<String> = redis::cmd("SCAN")
+            .cursor_arg(0)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .clone()
+            .iter_async(&mut r)
+            .await
+            .map_err(|e| BenchError::Setup(format!("SCAN: {e}")))?;
+        iter.filter_map(|k| async move { k.ok() }).collect().await
+    };
+    for chunk in keys.chunks(500) {
+        let _: () = redis::cmd("DEL")
+            .arg(chunk)
+            .query_async(&mut r)
+            .await
+            .map_err(|e| BenchError::Setup(format!("DEL: {e}")))?;
+    }
+    let store = Store::connect(&settings.mysql.url, 2).await?;
+    store.drop_database().await?;
+    crate::app::migrate(settings).await?;
+    Ok(())
+}
+
+/// A child `flowmeter serve` process.
+struct Stack {
+    ingest: Child,
+    rollup: Child,
+    url: String,
+    _config: TempConfig,
+}
+
+struct TempConfig(PathBuf);
+impl Drop for TempConfig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn free_port() -> Result<u16, BenchError> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| BenchError::Setup(format!("no free port: {e}")))
+}
+
+fn spawn_serve(config: &Path, roles: &str, listen: &str) -> Result<Child, BenchError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| BenchError::Setup(format!("cannot find this binary: {e}")))?;
+    Command::new(exe)
+        .arg("--config")
+        .arg(config)
+        .args(["serve", "--roles", roles, "--listen", listen])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| BenchError::Setup(format!("cannot start `serve --roles {roles}`: {e}")))
+}
+
+async fn start_stack(settings: &Settings, http: &reqwest::Client) -> Result<Stack, BenchError> {
+    let path = std::env::temp_dir().join(format!(
+        "flowmeter-bench-{}-{}.toml",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let text = toml::to_string(settings)
+        .map_err(|e| BenchError::Setup(format!("cannot write the bench config: {e}")))?;
+    std::fs::write(&path, text)
+        .map_err(|e| BenchError::Setup(format!("{}: {e}", path.display())))?;
+    let config = TempConfig(path);
+    let port = free_port()?;
+    let listen = format!("127.0.0.1:{port}");
+    let ingest = spawn_serve(&config.0, "ingest,api", &listen)?;
+    let rollup = spawn_serve(&config.0, "rollup", &format!("127.0.0.1:{}", free_port()?))?;
+    let url = format!("http://{listen}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http.get(format!("{url}/healthz")).send().await.is_err() {
+        if Instant::now() > deadline {
+            return Err(BenchError::Setup(
+                "the ingest process did not answer /healthz within 30 s".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(Stack {
+        ingest,
+        rollup,
+        url,
+        _config: config,
+    })
+}
+
+/// Peak resident set of a process, from /proc (Linux), in MB.
+fn peak_rss_mb(child: &Child) -> f64 {
+    let Some(pid) = child.id() else { return 0.0 };
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+async fn commits(store: &Store) -> Result<f64, BenchError> {
+    let row: (String, String) = sqlx::query_as("SHOW GLOBAL STATUS LIKE 'Com_commit'")
+        .fetch_one(store.pool())
+        .await
+        .map_err(|e| BenchError::Run(format!("Com_commit: {e}")))?;
+    Ok(row.1.parse().unwrap_or(0.0))
+}
+
+/// Totals in the rollup tables, in the order of [`Truth`]'s fields.
+async fn totals(store: &Store, hourly: bool) -> Result<[u64; 6], BenchError> {
+    let (h, w) = if hourly {
+        ("http_hourly", "webrtc_hourly")
+    } else {
+        ("http_daily", "webrtc_daily")
+    };
+    let sql = format!(
+        "SELECT \
+         CAST(COALESCE((SELECT SUM(requests) FROM {h}),0) AS UNSIGNED), \
+         CAST(COALESCE((SELECT SUM(bytes_in) FROM {h}),0) AS UNSIGNED), \
+         CAST(COALESCE((SELECT SUM(bytes_out) FROM {h}),0) AS UNSIGNED), \
+         CAST(COALESCE((SELECT SUM(samples) FROM {w}),0) AS UNSIGNED), \
+         CAST(COALESCE((SELECT SUM(bytes_sent) FROM {w}),0) AS UNSIGNED), \
+         CAST(COALESCE((SELECT SUM(bytes_received) FROM {w}),0) AS UNSIGNED)"
+    );
+    let r: (u64, u64, u64, u64, u64, u64) = sqlx::query_as(&sql)
+        .fetch_one(store.pool())
+        .await
+        .map_err(|e| BenchError::Run(format!("reading totals: {e}")))?;
+    Ok([r.0, r.1, r.2, r.3, r.4, r.5])
+}
+
+fn truth_array(t: &Truth) -> [u64; 6] {
+    [
+        t.http_requests,
+        t.http_bytes_in,
+        t.http_bytes_out,
+        t.webrtc_samples,
+        t.webrtc_bytes_sent,
+        t.webrtc_bytes_received,
+    ]
+}
+
+fn bar(opts: &BenchOptions, len: u64, what: &str) -> ProgressBar {
+    if !opts.progress {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(len);
+    let style = ProgressStyle::with_template(&format!(
+        "  {what:<9} [{{bar:30}}] {{pos:>9}}/{{len}} {{per_sec:>12}} {{elapsed}}"
+    ))
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    pb.set_style(style.progress_chars("=> "));
+    pb
+}
+
+async fn one_run(
+    settings: &Settings,
+    opts: &BenchOptions,
+    bodies: &[Bytes],
+    truth: Truth,
+) -> Result<RunFigures, BenchError> {
+    reset(settings).await?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(opts.concurrency)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| BenchError::Setup(format!("http client: {e}")))?;
+    let mut stack = start_stack(settings, &http).await?;
+    let store = Store::connect(&settings.mysql.url, 2).await?;
+    let commits_before = commits(&store).await?;
+
+    let total = truth.events();
+    let sent_bar = bar(opts, total, "ingested");
+    let next = Arc::new(AtomicUsize::new(0));
+    let accepted = Arc::new(AtomicU64::new(0));
+    let bodies: Arc<Vec<Bytes>> = Arc::new(bodies.to_vec());
+    let url = format!("{}/v1/events", stack.url);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..opts.concurrency {
+        let (next, accepted, bodies, http, url, pb) = (
+            next.clone(),
+            accepted.clone(),
+            bodies.clone(),
+            http.clone(),
+            url.clone(),
+            sent_bar.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut lat = DdSketch::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(body) = bodies.get(i) else { break };
+                let t = Instant::now();
+                let resp = http
+                    .post(&url)
+                    .header("content-type", "application/x-ndjson")
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .map_err(|e| format!("POST: {e}"))?;
+                let status = resp.status();
+                let reply: Value = resp.json().await.unwrap_or(Value::Null);
+                if status.as_u16() != 202 {
+                    return Err(format!("POST answered {status}: {reply}"));
+                }
+                lat.add(t.elapsed().as_secs_f64() * 1000.0);
+                let n = reply["accepted"].as_u64().unwrap_or(0);
+                accepted.fetch_add(n, Ordering::Relaxed);
+                pb.inc(n);
+            }
+            Ok::<DdSketch, String>(lat)
+        }));
+    }
+    let mut latency = DdSketch::new();
+    for t in tasks {
+        let sketch = t
+            .await
+            .map_err(|e| BenchError::Run(format!("sender task: {e}")))?
+            .map_err(BenchError::Run)?;
+        latency.merge(&sketch);
+    }
+    let ingest_secs = start.elapsed().as_secs_f64();
+    sent_bar.finish_and_clear();
+    let accepted = accepted.load(Ordering::Relaxed);
+    if accepted != total {
+        return Err(BenchError::Run(format!(
+            "{accepted} of {total} events accepted"
+        )));
+    }
+
+    let commit_bar = bar(opts, total, "committed");
+    let mut last = 0;
+    let mut last_progress = Instant::now();
+    let want = truth_array(&truth);
+    loop {
+        let got = totals(&store, true).await?;
+        let done = got[0] + got[3];
+        commit_bar.set_position(done.min(total));
+        if done >= total {
+            break;
+        }
+        if done > last {
+            last = done;
+            last_progress = Instant::now();
+        } else if last_progress.elapsed() > opts.stall_timeout {
+            return Err(BenchError::Run(format!(
+                "MySQL stopped at {done} of {total} events for {:?}",
+                opts.stall_timeout
+            )));
+        }
+        if let Ok(Some(status)) = stack.rollup.try_wait() {
+            return Err(BenchError::Run(format!(
+                "the rollup worker exited: {status}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let e2e_secs = start.elapsed().as_secs_f64();
+    commit_bar.finish_and_clear();
+    let commits_after = commits(&store).await?;
+    let figures = RunFigures {
+        events: total,
+        ingest_eps: total as f64 / ingest_secs,
+        e2e_eps: total as f64 / e2e_secs,
+        ingest_p50_ms: latency.quantile(0.5).unwrap_or(0.0),
+        ingest_p99_ms: latency.quantile(0.99).unwrap_or(0.0),
+        rollup_rss_mb: peak_rss_mb(&stack.rollup),
+        ingest_rss_mb: peak_rss_mb(&stack.ingest),
+        commits_per_min: (commits_after - commits_before) / (e2e_secs / 60.0),
+    };
+    // Let a late flush land (there must be none: totals already match), then
+    // check every sum of the hourly and daily tables against the truth.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for hourly in [true, false] {
+        let got = totals(&store, hourly).await?;
+        if got != want {
+            return Err(BenchError::Mismatch(format!(
+                "{} tables: got {got:?}, sent {want:?} (requests, bytes_in, bytes_out, samples, bytes_sent, bytes_received)",
+                if hourly { "hourly" } else { "daily" }
+            )));
+        }
+    }
+    let _ = stack.ingest.kill().await;
+    let _ = stack.rollup.kill().await;
+    Ok(figures)
+}
+
+/// redis-benchmark's pipelined XADD rate for an entry shaped like ours.
+async fn reference_xadd(settings: &Settings, opts: &BenchOptions) -> Result<f64, String> {
+    let url = url::Url::parse(&settings.redis.url).map_err(|e| e.to_string())?;
+    let host = url.host_str().unwrap_or("127.0.0.1").to_string();
+    let port = url.port().unwrap_or(6379).to_string();
+    let mut g = Generator::new(GenConfig {
+        seed: opts.seed,
+        kind: KindMix::Http,
+        ..GenConfig::default()
+    });
+    let payload = g.next_event(1_772_323_200_000).to_string();
+    let key = format!("{}:reference", settings.redis.prefix);
+    eprintln!(
+        "reference: redis-benchmark -P 64 -c 4 -n {} XADD … ({} byte entry)",
+        opts.reference_entries,
+        payload.len()
+    );
+    let out = Command::new("redis-benchmark")
+        .args(["-h", &host, "-p", &port, "-q", "-P", "64", "-c", "4", "-n"])
+        .arg(opts.reference_entries.to_string())
+        .args([
+            "XADD", &key, "*", "kind", "http", "v", "1", "data", &payload,
+        ])
+        .output()
+        .await
+        .map_err(|e| format!("cannot run redis-benchmark (apt-get install redis-tools): {e}"))?;
+    if let Ok(client) = redis::Client::open(settings.redis.url.as_str()) {
+        if let Ok(mut r) = client.get_multiplexed_async_connection().await {
+            let _: Result<(), _> = redis::cmd("DEL").arg(&key).query_async(&mut r).await;
+        }
+    }
+    parse_redis_benchmark(&String::from_utf8_lossy(&out.stdout))
+        .ok_or_else(|| "could not read redis-benchmark's output".to_string())
+}
+
+/// The requests-per-second figure of `redis-benchmark -q` output.
+fn parse_redis_benchmark(out: &str) -> Option<f64> {
+    // The line may carry progress output separated by '\r'.
+    let line = out.rsplit('\r').next().unwrap_or(out);
+    let before = line.split(" requests per second").next()?;
+    before.rsplit([' ', ':']).next()?.trim().parse().ok()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+impl BenchReport {
+    /// The median of one figure over the runs.
+    pub fn median(&self, f: impl Fn(&RunFigures) -> f64) -> f64 {
+        median(self.runs.iter().map(f).collect())
+    }
+
+    /// An aligned table of every run and the medians.
+    pub fn render(&self) -> String {
+        let head = [
+            "run",
+            "events",
+            "ingest ev/s",
+            "e2e ev/s",
+            "p50 ms",
+            "p99 ms",
+            "rollup RSS MB",
+            "ingest RSS MB",
+            "commits/min",
+        ];
+        let row = |name: String, f: &RunFigures| {
+            vec![
+                name,
+                f.events.to_string(),
+                format!("{:.0}", f.ingest_eps),
+                format!("{:.0}", f.e2e_eps),
+                format!("{:.1}", f.ingest_p50_ms),
+                format!("{:.1}", f.ingest_p99_ms),
+                format!("{:.1}", f.rollup_rss_mb),
+                format!("{:.1}", f.ingest_rss_mb),
+                format!("{:.0}", f.commits_per_min),
+            ]
+        };
+        let mut rows: Vec<Vec<String>> = vec![head.iter().map(|s| s.to_string()).collect()];
+        for (i, f) in self.runs.iter().enumerate() {
+            rows.push(row((i + 1).to_string(), f));
+        }
+        let med = RunFigures {
+            events: self.runs.first().map(|f| f.events).unwrap_or(0),
+            ingest_eps: self.median(|f| f.ingest_eps),
+            e2e_eps: self.median(|f| f.e2e_eps),
+            ingest_p50_ms: self.median(|f| f.ingest_p50_ms),
+            ingest_p99_ms: self.median(|f| f.ingest_p99_ms),
+            rollup_rss_mb: self.median(|f| f.rollup_rss_mb),
+            ingest_rss_mb: self.median(|f| f.ingest_rss_mb),
+            commits_per_min: self.median(|f| f.commits_per_min),
+        };
+        rows.push(row("median".into(), &med));
+        let mut out = crate::table::table(&rows);
+        match self.reference_xadd_per_s {
+            Some(x) => out.push_str(&format!(
+                "\nreference: redis-benchmark pipelined XADD {x:.0} entries/s; \
+                 median end to end = {:.1} % of it\n",
+                100.0 * med.e2e_eps / x
+            )),
+            None => out.push_str("\nreference: not measured (redis-benchmark missing)\n"),
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_redis_benchmark_output() {
+        let out = "XADD fm:ref * kind http: rps=0.0 (overall: nan) avg_msec=nan\r\
+                   XADD fm:ref * kind http v 1 data {\"a\":1}: 412371.12 requests per second, p50=0.559 msec\n";
+        assert_eq!(parse_redis_benchmark(out), Some(412371.12));
+        assert_eq!(parse_redis_benchmark("garbage"), None);
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(vec![]), 0.0);
+    }
+
+    #[test]
+    fn bodies_hold_every_event_once() {
+        let opts = BenchOptions {
+            events: 2_500,
+            batch: 1_000,
+            concurrency: 1,
+            runs: 1,
+            kind: KindMix::Mixed,
+            seed: 7,
+            prefix: "x".into(),
+            reference_entries: 1,
+            stall_timeout: Duration::from_secs(1),
+            progress: false,
+        };
+        let (bodies, truth) = generate(&opts);
+        assert_eq!(bodies.len(), 3);
+        let lines: usize = bodies
+            .iter()
+            .map(|b| b.split(|&c| c == b'\n').count())
+            .sum();
+        assert_eq!(lines, 2_500);
+        assert_eq!(truth.events(), 2_500);
+    }
+}

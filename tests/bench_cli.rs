@@ -1,0 +1,33 @@
+//! `flowmeter bench` end to end on a small load: it spawns its own ingest and
+//! rollup processes, and exits non-zero unless every rollup total equals what
+//! it sent.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+#[tokio::test]
+async fn bench_runs_and_checks_the_totals() {
+    let env = TestEnv::new("bench");
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = env.write_config(dir.path());
+    let out = Command::new(env!("CARGO_BIN_EXE_flowmeter"))
+        .arg("--config")
+        .arg(&config)
+        .args(["bench", "--events", "6000", "--batch", "500", "--runs", "1"])
+        .args(["--reference-entries", "2000", "--quiet", "--prefix", &env.name])
+        .output()
+        .expect("run flowmeter bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed:\n{stdout}\n{stderr}");
+    let median = stdout
+        .lines()
+        .find(|l| l.starts_with("median"))
+        .unwrap_or_else(|| panic!("no median row in:\n{stdout}"));
+    assert_eq!(median.split_whitespace().nth(1), Some("6000"), "{stdout}");
+    assert!(stdout.contains("reference: redis-benchmark"), "{stdout}");
+    env.cleanup().await;
+}
