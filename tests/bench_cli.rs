@@ -17,7 +17,13 @@ async fn bench_runs_and_checks_the_totals() {
         .arg("--config")
         .arg(&config)
         .args(["bench", "--events", "6000", "--batch", "500", "--runs", "1"])
-        .args(["--reference-entries", "2000", "--quiet", "--prefix", &env.name])
+        .args([
+            "--reference-entries",
+            "2000",
+            "--quiet",
+            "--prefix",
+            &env.name,
+        ])
         .output()
         .expect("run flowmeter bench");
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -229,7 +229,7 @@ async fn query(
                     .map(|v| v.map_or(Value::Null, Value::from)),
                 ColumnKind::Float => r
                     .try_get::<Option<f64>, _>(i)
-                    .map(|v| v.map_or(Value::Null, Value::from)),
+                    .map(|v| v.map_or(Value::Null, |x| Value::from(tidy(x)))),
                 _ => r
                     .try_get::<Option<String>, _>(i)
                     .map(|v| v.map_or(Value::Null, Value::from)),
@@ -276,6 +276,16 @@ pub fn to_csv(columns: &[&str], rows: &[Map<String, Value>]) -> String {
     s
 }
 
+/// Drops binary floating-point noise from sums (36.653999999999996 → 36.654):
+/// nine decimals, far below any measure's resolution.
+fn tidy(x: f64) -> f64 {
+    if x.is_finite() && x.abs() < 1e9 {
+        (x * 1e9).round() / 1e9
+    } else {
+        x
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,5 +299,13 @@ mod tests {
             to_csv(&["a", "b", "c"], &[m]),
             "a,b,c\n\"x,\"\"y\"\"\",1.5,\n"
         );
+    }
+
+    #[test]
+    fn tidy_drops_float_noise_only() {
+        assert_eq!(tidy(36.653999999999996), 36.654);
+        assert_eq!(tidy(0.000_123_456_789), 0.000_123_457);
+        assert_eq!(tidy(2e12 + 0.1), 2e12 + 0.1);
+        assert!(tidy(f64::NAN).is_nan());
     }
 }
