@@ -19,6 +19,7 @@
 //! | [`api`] | the HTTP API: ingest, rollup queries, status |
 //! | [`app`] | wiring: builds every component from the config and runs the roles |
 //! | [`telemetry`] | tracing setup and the names of every counter |
+//! | [`collector`] | the in-process tower layer that records `http` events, with its batching, spilling sender |
 //! | [`loadgen`] | seeded synthetic traffic for both kinds, and its exact totals |
 //! | [`bench`] | `flowmeter bench`: the end-to-end benchmark |
 //! | [`table`] | aligned plain-text tables for the CLI |
@@ -26,6 +27,7 @@
 pub mod api;
 pub mod app;
 pub mod bench;
+pub mod collector;
 pub mod config;
 pub mod event;
 pub mod expr;

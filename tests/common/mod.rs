@@ -225,3 +225,104 @@ pub fn http_event(i: u64, ts_ms: i64) -> serde_json::Value {
         "duration_ms": 1.0 + (i % 100) as f64 * 0.5, "user_id": format!("u{}", i % 40)
     })
 }
+
+/// The `data` of every entry of each shard of `kind`, in stream order.
+pub async fn stream_events(env: &TestEnv, kind: &str) -> Vec<Vec<serde_json::Value>> {
+    let mut r = env.redis().await;
+    let mut out = Vec::new();
+    for i in 0..env.settings.redis.shards {
+        let key = format!("{}:{{{kind}:{i}}}", env.name);
+        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(&key)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut r)
+            .await
+            .expect("xrange");
+        out.push(
+            entries
+                .into_iter()
+                .filter_map(|(_, fields)| fields.into_iter().find(|(k, _)| k == "data"))
+                .map(|(_, d)| serde_json::from_str(&d).expect("data is JSON"))
+                .collect(),
+        );
+    }
+    out
+}
+
+/// A TCP forwarder that counts the bytes going each way (client → upstream,
+/// upstream → client). `listen` may name a fixed address (e.g. one a client
+/// was already pointed at, to make a "server" come back).
+pub struct TcpProxy {
+    pub addr: SocketAddr,
+    pub up: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub down: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+impl TcpProxy {
+    pub async fn start(listen: &str, upstream: SocketAddr) -> TcpProxy {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::Arc;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind(listen).await.expect("proxy bind");
+        let addr = listener.local_addr().expect("addr");
+        let up = Arc::new(AtomicU64::new(0));
+        let down = Arc::new(AtomicU64::new(0));
+        let (u, d) = (up.clone(), down.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let (u, d) = (u.clone(), d.clone());
+                tokio::spawn(async move {
+                    let a = async {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        while let Ok(n) = cr.read(&mut buf).await {
+                            if n == 0 || sw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                            u.fetch_add(n as u64, Ordering::SeqCst);
+                        }
+                    };
+                    let b = async {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        while let Ok(n) = sr.read(&mut buf).await {
+                            if n == 0 || cw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                            d.fetch_add(n as u64, Ordering::SeqCst);
+                        }
+                    };
+                    // Either side closing ends the connection (a client abort
+                    // closes the upstream side too).
+                    tokio::select! { _ = a => {}, _ = b => {} }
+                });
+            }
+        });
+        TcpProxy {
+            addr,
+            up,
+            down,
+            task,
+        }
+    }
+
+    /// (client → upstream, upstream → client) bytes so far.
+    pub fn counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering;
+        (
+            self.up.load(Ordering::SeqCst),
+            self.down.load(Ordering::SeqCst),
+        )
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
