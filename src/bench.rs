@@ -27,7 +27,7 @@ use serde_json::Value;
 use tokio::process::{Child, Command};
 
 use crate::config::Settings;
-use crate::loadgen::{GenConfig, Generator, KindMix, Truth};
+use crate::loadgen::{GenConfig, Generator, KindMix, Truth, TruthTable};
 use crate::sketch::DdSketch;
 use crate::store::Store;
 
@@ -95,7 +95,7 @@ pub async fn run(base: &Settings, opts: &BenchOptions) -> Result<BenchReport, Be
     }
     let settings = bench_settings(base, &opts.prefix)?;
     eprintln!("generating {} events (seed {})…", opts.events, opts.seed);
-    let (bodies, truth) = generate(opts);
+    let (bodies, truth, table) = generate(opts);
     let reference = reference_xadd(&settings, opts).await;
     if let Err(e) = &reference {
         eprintln!("reference not measured: {e}");
@@ -103,7 +103,7 @@ pub async fn run(base: &Settings, opts: &BenchOptions) -> Result<BenchReport, Be
     let mut runs = Vec::new();
     for i in 0..opts.runs.max(1) {
         eprintln!("run {}/{}", i + 1, opts.runs.max(1));
-        runs.push(one_run(&settings, opts, &bodies, truth).await?);
+        runs.push(one_run(&settings, opts, &bodies, truth, &table).await?);
     }
     Ok(BenchReport {
         runs,
@@ -132,7 +132,7 @@ fn bench_settings(base: &Settings, prefix: &str) -> Result<Settings, BenchError>
 
 /// NDJSON bodies of `opts.batch` events, spread evenly over six hours of
 /// 2026-03-01 so the tables get a realistic number of rows.
-fn generate(opts: &BenchOptions) -> (Vec<Bytes>, Truth) {
+fn generate(opts: &BenchOptions) -> (Vec<Bytes>, Truth, TruthTable) {
     const T0: i64 = 1_772_323_200_000; // 2026-03-01T00:00:00Z
     const SPAN: i64 = 6 * 3_600_000;
     let mut g = Generator::new(GenConfig {
@@ -144,8 +144,10 @@ fn generate(opts: &BenchOptions) -> (Vec<Bytes>, Truth) {
     let mut bodies = Vec::new();
     let mut body = Vec::with_capacity(opts.batch * 320);
     let mut in_body = 0;
+    let mut table = TruthTable::default();
     for i in 0..opts.events {
         let ev = g.next_event(T0 + (i as i64 * step) % SPAN);
+        table.add(&ev);
         if in_body > 0 {
             body.push(b'\n');
         }
@@ -160,7 +162,7 @@ fn generate(opts: &BenchOptions) -> (Vec<Bytes>, Truth) {
     if in_body > 0 {
         bodies.push(Bytes::from(body));
     }
-    (bodies, g.truth)
+    (bodies, g.truth, table)
 }
 
 /// Wipes the bench's keys and database and applies the migrations.
@@ -344,6 +346,7 @@ async fn one_run(
     opts: &BenchOptions,
     bodies: &[Bytes],
     truth: Truth,
+    table: &TruthTable,
 ) -> Result<RunFigures, BenchError> {
     reset(settings).await?;
     let http = reqwest::Client::builder()
@@ -466,6 +469,17 @@ async fn one_run(
                 if hourly { "hourly" } else { "daily" }
             )));
         }
+    }
+    let diffs = table
+        .compare(&store)
+        .await
+        .map_err(|e| BenchError::Run(format!("comparing with the truth: {e}")))?;
+    if !diffs.is_empty() {
+        return Err(BenchError::Mismatch(format!(
+            "{} hourly rows differ from the truth, first: {}",
+            diffs.len(),
+            diffs[0]
+        )));
     }
     let _ = stack.ingest.kill().await;
     let _ = stack.rollup.kill().await;
@@ -617,7 +631,8 @@ mod tests {
             stall_timeout: Duration::from_secs(1),
             progress: false,
         };
-        let (bodies, truth) = generate(&opts);
+        let (bodies, truth, table) = generate(&opts);
+        assert_eq!(table.events(), 2_500);
         assert_eq!(bodies.len(), 3);
         let lines: usize = bodies
             .iter()

@@ -42,6 +42,41 @@ enum Command {
     Migrate,
     /// Print the effective configuration (passwords masked).
     Config,
+    /// Send realistic generated traffic at a steady rate to the ingest API
+    /// (default) or straight into the streams (--redis), and report sent,
+    /// accepted, rejected, achieved rate and latency. Ctrl-C stops it.
+    Loadgen {
+        /// Events per second.
+        #[arg(long, default_value_t = 1_000.0)]
+        rate: f64,
+        /// How long, in seconds; 0 = until Ctrl-C.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Event kinds to send.
+        #[arg(long, value_enum, default_value = "mixed")]
+        kind: flowmeter::loadgen::KindMix,
+        /// Events per request (or per XADD pipeline).
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        /// Requests in flight.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// Seed of the generated traffic (same seed, same events).
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Base URL of the ingest API (default: http:// + server.listen).
+        #[arg(long, value_name = "URL", conflicts_with = "redis")]
+        url: Option<String>,
+        /// XADD into Redis directly (redis.url, redis.prefix) instead of the API.
+        #[arg(long)]
+        redis: bool,
+        /// Write the exact totals sent, per hour and dimension, to this NDJSON file.
+        #[arg(long, value_name = "FILE")]
+        truth: Option<PathBuf>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// End-to-end benchmark: spawn an ingest and a rollup process, post
     /// generated events in batches, wait until MySQL holds them all, check the
     /// totals, and report events/s, latency, RSS and commits/min next to
@@ -99,6 +134,43 @@ async fn main() -> anyhow::Result<()> {
                 "migrations applied to {}",
                 flowmeter::config::mask_url(&settings.mysql.url)
             );
+        }
+        Command::Loadgen {
+            rate,
+            duration,
+            kind,
+            batch,
+            concurrency,
+            seed,
+            url,
+            redis,
+            truth,
+            quiet,
+        } => {
+            use flowmeter::loadgen::{LoadOptions, Target};
+            let target = if redis {
+                Target::Redis
+            } else {
+                Target::Api(url.unwrap_or_else(|| format!("http://{}", settings.server.listen)))
+            };
+            let opts = LoadOptions {
+                rate,
+                duration: (duration > 0.0).then(|| std::time::Duration::from_secs_f64(duration)),
+                kind,
+                batch,
+                concurrency,
+                seed,
+                target,
+                truth,
+                progress: !quiet,
+            };
+            let stop = CancellationToken::new();
+            tokio::spawn(stop_on_signal(stop.clone()));
+            let report = flowmeter::loadgen::run(&settings, &opts, stop).await?;
+            print!("{}", report.render());
+            if report.accepted == 0 && report.sent > 0 {
+                anyhow::bail!("nothing was accepted; see the first error above");
+            }
         }
         Command::Bench {
             events,

@@ -9,6 +9,12 @@
 //! Everything is drawn from one seeded RNG, so a seed and a config give the
 //! same events every time.
 
+mod run;
+mod truth;
+
+pub use run::{run, LoadError, LoadOptions, LoadReport, Target};
+pub use truth::TruthTable;
+
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};

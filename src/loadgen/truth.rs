@@ -1,0 +1,235 @@
+//! The exact totals a load generator sent, per hour and dimension, and their
+//! comparison with the rollup tables.
+//!
+//! The truth file is NDJSON, one row per (kind, hour, dimensions):
+//! `{"kind":"http","hour":"2026-03-01T10:00:00Z","service":"svc-1","endpoint":"/api/r3/:id","method":"GET","requests":12,"bytes_in":4800,"bytes_out":51234}`
+//! `{"kind":"webrtc","hour":"…","meeting_id":"m-4","samples":30,"bytes_sent":…,"bytes_received":…}`
+//! — the column names of `http_hourly` and `webrtc_hourly`, so any run can be
+//! checked against the tables with plain SQL.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use crate::event::{format_rfc3339_ms, parse_ts_value};
+use crate::store::Store;
+
+const HOUR_MS: i64 = 3_600_000;
+
+/// (kind, hour start ms, dimension values) → (count, sum a, sum b).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct TruthTable {
+    rows: BTreeMap<(String, i64, Vec<String>), [u64; 3]>,
+}
+
+/// Dimension columns and the three measures of each kind's hourly table.
+fn layout(
+    kind: &str,
+) -> Option<(
+    &'static [&'static str],
+    [&'static str; 3],
+    [&'static str; 2],
+)> {
+    match kind {
+        "http" => Some((
+            &["service", "endpoint", "method"],
+            ["requests", "bytes_in", "bytes_out"],
+            ["req_bytes", "resp_bytes"],
+        )),
+        "webrtc" => Some((
+            &["meeting_id"],
+            ["samples", "bytes_sent", "bytes_received"],
+            ["bytes_sent", "bytes_received"],
+        )),
+        _ => None,
+    }
+}
+
+impl TruthTable {
+    /// Adds one generated event (events of other kinds are ignored).
+    pub fn add(&mut self, ev: &Value) {
+        let Some(kind) = ev.get("kind").and_then(Value::as_str) else {
+            return;
+        };
+        let Some((dims, _, fields)) = layout(kind) else {
+            return;
+        };
+        let Some(ts) = ev.get("ts").and_then(|t| parse_ts_value(t).ok()) else {
+            return;
+        };
+        let key: Vec<String> = dims
+            .iter()
+            .map(|d| {
+                ev.get(*d)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect();
+        let row = self
+            .rows
+            .entry((kind.to_string(), ts.div_euclid(HOUR_MS) * HOUR_MS, key))
+            .or_default();
+        row[0] += 1;
+        for (i, f) in fields.iter().enumerate() {
+            row[i + 1] += ev.get(*f).and_then(Value::as_u64).unwrap_or(0);
+        }
+    }
+
+    pub fn merge(&mut self, other: &TruthTable) {
+        for (k, v) in &other.rows {
+            let row = self.rows.entry(k.clone()).or_default();
+            for i in 0..3 {
+                row[i] += v[i];
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Events counted.
+    pub fn events(&self) -> u64 {
+        self.rows.values().map(|r| r[0]).sum()
+    }
+
+    fn row_json(kind: &str, hour: i64, dims: &[String], v: &[u64; 3]) -> Value {
+        let mut o = json!({"kind": kind, "hour": format_rfc3339_ms(hour)});
+        if let Some((names, measures, _)) = layout(kind) {
+            for (n, d) in names.iter().zip(dims) {
+                o[*n] = json!(d);
+            }
+            for (m, x) in measures.iter().zip(v) {
+                o[*m] = json!(x);
+            }
+        }
+        o
+    }
+
+    /// Writes the NDJSON truth file.
+    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+        for ((kind, hour, dims), v) in &self.rows {
+            writeln!(f, "{}", Self::row_json(kind, *hour, dims, v))?;
+        }
+        f.flush()
+    }
+
+    /// Compares with the hourly tables of `store`: every truth row must be
+    /// there with equal measures, and the tables must hold nothing else in
+    /// the truth's hours. Returns the differences (empty when equal).
+    pub async fn compare(&self, store: &Store) -> Result<Vec<String>, sqlx::Error> {
+        let mut diffs = Vec::new();
+        for kind in ["http", "webrtc"] {
+            let Some((dims, measures, _)) = layout(kind) else {
+                continue;
+            };
+            let mine: BTreeMap<(i64, Vec<String>), [u64; 3]> = self
+                .rows
+                .iter()
+                .filter(|((k, _, _), _)| k == kind)
+                .map(|((_, h, d), v)| ((*h, d.clone()), *v))
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let (lo, hi) = (
+                mine.keys().map(|k| k.0).min().unwrap_or(0),
+                mine.keys().map(|k| k.0).max().unwrap_or(0) + HOUR_MS,
+            );
+            let sql = format!(
+                "SELECT CAST(UNIX_TIMESTAMP(hour) * 1000 AS SIGNED), {}, {} FROM {kind}_hourly \
+                 WHERE hour >= FROM_UNIXTIME(?) AND hour < FROM_UNIXTIME(?)",
+                dims.iter()
+                    .map(|d| format!("CAST({d} AS CHAR)"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                measures
+                    .iter()
+                    .map(|m| format!("CAST({m} AS UNSIGNED)"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let rows = sqlx::query(&sql)
+                .bind(lo / 1000)
+                .bind(hi / 1000)
+                .fetch_all(store.pool())
+                .await?;
+            let mut theirs: BTreeMap<(i64, Vec<String>), [u64; 3]> = BTreeMap::new();
+            for r in rows {
+                use sqlx::Row;
+                let hour: i64 = r.try_get(0)?;
+                let mut d = Vec::new();
+                for i in 0..dims.len() {
+                    d.push(r.try_get::<String, _>(1 + i)?);
+                }
+                let mut v = [0u64; 3];
+                for (i, x) in v.iter_mut().enumerate() {
+                    *x = r.try_get::<u64, _>(1 + dims.len() + i)?;
+                }
+                theirs.insert((hour, d), v);
+            }
+            for (k, v) in &mine {
+                match theirs.get(k) {
+                    Some(t) if t == v => {}
+                    Some(t) => diffs.push(format!(
+                        "{kind} {} {:?}: table {t:?}, sent {v:?}",
+                        format_rfc3339_ms(k.0),
+                        k.1
+                    )),
+                    None => diffs.push(format!(
+                        "{kind} {} {:?}: missing from the table (sent {v:?})",
+                        format_rfc3339_ms(k.0),
+                        k.1
+                    )),
+                }
+            }
+            for k in theirs.keys().filter(|k| !mine.contains_key(*k)) {
+                diffs.push(format!(
+                    "{kind} {} {:?}: in the table but never sent",
+                    format_rfc3339_ms(k.0),
+                    k.1
+                ));
+            }
+        }
+        Ok(diffs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_per_hour_and_dimension() {
+        let mut t = TruthTable::default();
+        let ev = |ts: i64, ep: &str, b: u64| {
+            json!({"kind": "http", "ts": ts, "service": "s", "endpoint": ep, "method": "GET",
+                   "status": 200, "req_bytes": 1, "resp_bytes": b, "duration_ms": 1.0})
+        };
+        t.add(&ev(1_772_359_200_000, "/a", 10));
+        t.add(&ev(1_772_359_200_000 + HOUR_MS - 1, "/a", 5));
+        t.add(&ev(1_772_359_200_000 + HOUR_MS, "/a", 7));
+        t.add(&ev(1_772_359_200_000, "/b", 1));
+        t.add(&json!({"kind": "dns"}));
+        assert_eq!(t.len(), 3);
+        assert_eq!(t.events(), 4);
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("truth.ndjson");
+        t.write(&p).expect("write");
+        let text = std::fs::read_to_string(&p).expect("read");
+        let first: Value = serde_json::from_str(text.lines().next().expect("line")).expect("json");
+        assert_eq!(
+            first,
+            json!({"kind": "http", "hour": "2026-03-01T10:00:00Z", "service": "s", "endpoint": "/a",
+                   "method": "GET", "requests": 2, "bytes_in": 2, "bytes_out": 15})
+        );
+    }
+}
