@@ -12,6 +12,10 @@
 //! - ingest latency p50/p99 per request;
 //! - peak RSS (VmHWM) of the rollup worker and of the ingest process;
 //! - MySQL commits per minute while draining (server-wide `Com_commit`);
+//! - then, through a fresh rollup worker, a steady phase at `latency_share`
+//!   (default 50 %) of that run's end-to-end rate: the time from XADD to the
+//!   commit of the row (p50/p99, from the worker's own figures) and MySQL
+//!   commits per minute at that rate (to set against the full-speed phase);
 //! - as the reference, redis-benchmark's pipelined XADD rate for an entry of
 //!   the same shape, measured in the same invocation, and the ratio.
 
@@ -49,6 +53,10 @@ pub struct BenchOptions {
     pub reference_entries: u64,
     /// Give up when MySQL makes no progress for this long.
     pub stall_timeout: Duration,
+    /// Latency phase: steady load at this share of the run's end-to-end rate…
+    pub latency_share: f64,
+    /// …for this long (zero skips the phase).
+    pub latency_duration: Duration,
     pub progress: bool,
 }
 
@@ -63,6 +71,12 @@ pub struct RunFigures {
     pub rollup_rss_mb: f64,
     pub ingest_rss_mb: f64,
     pub commits_per_min: f64,
+    /// Latency phase: its steady rate, XADD-to-commit p50/p99 of its events,
+    /// and MySQL commits/min during it.
+    pub steady_eps: f64,
+    pub xadd_to_row_p50_ms: f64,
+    pub xadd_to_row_p99_ms: f64,
+    pub steady_commits_per_min: f64,
 }
 
 /// Everything `bench` measured.
@@ -167,12 +181,7 @@ fn generate(opts: &BenchOptions) -> (Vec<Bytes>, Truth, TruthTable) {
 
 /// Wipes the bench's keys and database and applies the migrations.
 async fn reset(settings: &Settings) -> Result<(), BenchError> {
-    let client = redis::Client::open(settings.redis.url.as_str())
-        .map_err(|e| BenchError::Setup(format!("redis.url: {e}")))?;
-    let mut r = client
-        .get_multiplexed_async_connection()
-        .await
-        .map_err(|e| BenchError::Setup(format!("cannot reach Redis: {e}")))?;
+    let mut r = bench_redis(settings).await?;
     let pattern = format!("{}:*", settings.redis.prefix);
     let keys: Vec<String> = {
         use futures::StreamExt;
@@ -206,7 +215,7 @@ struct Stack {
     ingest: Child,
     rollup: Child,
     url: String,
-    _config: TempConfig,
+    config: TempConfig,
 }
 
 struct TempConfig(PathBuf);
@@ -267,8 +276,24 @@ async fn start_stack(settings: &Settings, http: &reqwest::Client) -> Result<Stac
         ingest,
         rollup,
         url,
-        _config: config,
+        config,
     })
+}
+
+/// SIGTERM (graceful: flush, ack, release leases) and wait.
+async fn terminate(child: &mut Child) {
+    if let Some(pid) = child.id() {
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await;
+    }
+    if tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
 }
 
 /// Peak resident set of a process, from /proc (Linux), in MB.
@@ -457,6 +482,7 @@ async fn one_run(
         rollup_rss_mb: peak_rss_mb(&stack.rollup),
         ingest_rss_mb: peak_rss_mb(&stack.ingest),
         commits_per_min: (commits_after - commits_before) / (e2e_secs / 60.0),
+        ..RunFigures::default()
     };
     // Let a late flush land (there must be none: totals already match), then
     // check every sum of the hourly and daily tables against the truth.
@@ -481,9 +507,139 @@ async fn one_run(
             diffs[0]
         )));
     }
+    let mut figures = figures;
+    if !opts.latency_duration.is_zero() {
+        latency_phase(settings, opts, &mut stack, &store, total, &mut figures).await?;
+    }
     let _ = stack.ingest.kill().await;
     let _ = stack.rollup.kill().await;
     Ok(figures)
+}
+
+/// Steady load at `latency_share` of the measured rate through a fresh
+/// rollup worker: XADD-to-commit latency, commits/min, and the truth check.
+async fn latency_phase(
+    settings: &Settings,
+    opts: &BenchOptions,
+    stack: &mut Stack,
+    store: &Store,
+    already: u64,
+    figures: &mut RunFigures,
+) -> Result<(), BenchError> {
+    // A fresh worker, so its latency figures cover this phase only; SIGTERM
+    // releases the leases at once.
+    terminate(&mut stack.rollup).await;
+    forget_worker_stats(settings).await?;
+    stack.rollup = spawn_serve(
+        &stack.config.0,
+        "rollup",
+        &format!("127.0.0.1:{}", free_port()?),
+    )?;
+    let rate = (figures.e2e_eps * opts.latency_share).max(100.0);
+    let load = crate::loadgen::LoadOptions {
+        rate,
+        duration: Some(opts.latency_duration),
+        kind: opts.kind,
+        batch: opts.batch.min((rate / 20.0).max(1.0) as usize),
+        concurrency: opts.concurrency,
+        seed: opts.seed + 1,
+        target: crate::loadgen::Target::Api(stack.url.clone()),
+        truth: None,
+        progress: opts.progress,
+    };
+    let commits_before = commits(store).await?;
+    let start = Instant::now();
+    let report = crate::loadgen::run(settings, &load, tokio_util::sync::CancellationToken::new())
+        .await
+        .map_err(|e| BenchError::Run(format!("latency phase: {e}")))?;
+    if report.failed + report.rejected > 0 {
+        return Err(BenchError::Run(format!(
+            "latency phase: {} events failed or were rejected: {}",
+            report.failed + report.rejected,
+            report.first_error.unwrap_or_default()
+        )));
+    }
+    let want = already + report.accepted;
+    let deadline = Instant::now() + opts.stall_timeout;
+    loop {
+        let got = totals(store, true).await?;
+        if got[0] + got[3] >= want {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(BenchError::Run(format!(
+                "latency phase: MySQL holds {} of {want} events",
+                got[0] + got[3]
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    figures.steady_eps = report.rate();
+    figures.steady_commits_per_min = (commits(store).await? - commits_before) / (secs / 60.0);
+    let diffs = report
+        .truth
+        .compare(store)
+        .await
+        .map_err(|e| BenchError::Run(format!("comparing with the truth: {e}")))?;
+    if let Some(first) = diffs.first() {
+        return Err(BenchError::Mismatch(format!(
+            "latency phase: {} rows differ, first: {first}",
+            diffs.len()
+        )));
+    }
+    // The workers publish their stats after each flush; wait for the last one.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (p50, p99) = worker_latency(settings).await?;
+    figures.xadd_to_row_p50_ms = p50;
+    figures.xadd_to_row_p99_ms = p99;
+    Ok(())
+}
+
+const ROLLUPS: [&str; 2] = ["http_rollup", "webrtc_rollup"];
+
+async fn bench_redis(settings: &Settings) -> Result<redis::aio::MultiplexedConnection, BenchError> {
+    redis::Client::open(settings.redis.url.as_str())
+        .map_err(|e| BenchError::Setup(format!("redis.url: {e}")))?
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| BenchError::Run(format!("Redis: {e}")))
+}
+
+/// Drops the published stats of stopped workers, so the next figures are the
+/// fresh worker's alone.
+async fn forget_worker_stats(settings: &Settings) -> Result<(), BenchError> {
+    let mut r = bench_redis(settings).await?;
+    let keys = crate::stream::Keys::new(settings.redis.prefix.clone(), settings.redis.shards);
+    for name in ROLLUPS {
+        let _: () = redis::cmd("DEL")
+            .arg(keys.stats(name))
+            .query_async(&mut r)
+            .await
+            .map_err(|e| BenchError::Run(format!("worker stats: {e}")))?;
+    }
+    Ok(())
+}
+
+/// The largest XADD-to-commit p50 and p99 among the rollup workers' stats.
+async fn worker_latency(settings: &Settings) -> Result<(f64, f64), BenchError> {
+    let mut r = bench_redis(settings).await?;
+    let keys = crate::stream::Keys::new(settings.redis.prefix.clone(), settings.redis.shards);
+    let (mut p50, mut p99) = (0.0f64, 0.0f64);
+    for name in ROLLUPS {
+        let raw: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(keys.stats(name))
+            .query_async(&mut r)
+            .await
+            .map_err(|e| BenchError::Run(format!("worker stats: {e}")))?;
+        for v in raw.values() {
+            if let Ok(s) = serde_json::from_str::<crate::processor::RunnerStats>(v) {
+                p50 = p50.max(s.xadd_to_commit_p50_ms);
+                p99 = p99.max(s.xadd_to_commit_p99_ms);
+            }
+        }
+    }
+    Ok((p50, p99))
 }
 
 /// redis-benchmark's pipelined XADD rate for an entry shaped like ours.
@@ -544,22 +700,38 @@ impl BenchReport {
         median(self.runs.iter().map(f).collect())
     }
 
-    /// An aligned table of every run and the medians.
+    /// The medians of every figure.
+    pub fn medians(&self) -> RunFigures {
+        RunFigures {
+            events: self.runs.first().map(|f| f.events).unwrap_or(0),
+            ingest_eps: self.median(|f| f.ingest_eps),
+            e2e_eps: self.median(|f| f.e2e_eps),
+            ingest_p50_ms: self.median(|f| f.ingest_p50_ms),
+            ingest_p99_ms: self.median(|f| f.ingest_p99_ms),
+            rollup_rss_mb: self.median(|f| f.rollup_rss_mb),
+            ingest_rss_mb: self.median(|f| f.ingest_rss_mb),
+            commits_per_min: self.median(|f| f.commits_per_min),
+            steady_eps: self.median(|f| f.steady_eps),
+            xadd_to_row_p50_ms: self.median(|f| f.xadd_to_row_p50_ms),
+            xadd_to_row_p99_ms: self.median(|f| f.xadd_to_row_p99_ms),
+            steady_commits_per_min: self.median(|f| f.steady_commits_per_min),
+        }
+    }
+
+    /// Two aligned tables (full speed; steady latency phase) of every run
+    /// and the medians, and the reference.
     pub fn render(&self) -> String {
-        let head = [
-            "run",
-            "events",
-            "ingest ev/s",
-            "e2e ev/s",
-            "p50 ms",
-            "p99 ms",
-            "rollup RSS MB",
-            "ingest RSS MB",
-            "commits/min",
-        ];
-        let row = |name: String, f: &RunFigures| {
+        let med = self.medians();
+        let numbered: Vec<(String, &RunFigures)> = self
+            .runs
+            .iter()
+            .enumerate()
+            .map(|(i, f)| ((i + 1).to_string(), f))
+            .chain(std::iter::once(("median".to_string(), &med)))
+            .collect();
+        let full = |name: &String, f: &RunFigures| {
             vec![
-                name,
+                name.clone(),
                 f.events.to_string(),
                 format!("{:.0}", f.ingest_eps),
                 format!("{:.0}", f.e2e_eps),
@@ -570,22 +742,40 @@ impl BenchReport {
                 format!("{:.0}", f.commits_per_min),
             ]
         };
-        let mut rows: Vec<Vec<String>> = vec![head.iter().map(|s| s.to_string()).collect()];
-        for (i, f) in self.runs.iter().enumerate() {
-            rows.push(row((i + 1).to_string(), f));
-        }
-        let med = RunFigures {
-            events: self.runs.first().map(|f| f.events).unwrap_or(0),
-            ingest_eps: self.median(|f| f.ingest_eps),
-            e2e_eps: self.median(|f| f.e2e_eps),
-            ingest_p50_ms: self.median(|f| f.ingest_p50_ms),
-            ingest_p99_ms: self.median(|f| f.ingest_p99_ms),
-            rollup_rss_mb: self.median(|f| f.rollup_rss_mb),
-            ingest_rss_mb: self.median(|f| f.ingest_rss_mb),
-            commits_per_min: self.median(|f| f.commits_per_min),
+        let steady = |name: &String, f: &RunFigures| {
+            vec![
+                name.clone(),
+                format!("{:.0}", f.steady_eps),
+                format!("{:.0}", f.xadd_to_row_p50_ms),
+                format!("{:.0}", f.xadd_to_row_p99_ms),
+                format!("{:.0}", f.steady_commits_per_min),
+            ]
         };
-        rows.push(row("median".into(), &med));
-        let mut out = crate::table::table(&rows);
+        let head = |cols: &[&str]| cols.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let mut a = vec![head(&[
+            "run",
+            "events",
+            "ingest ev/s",
+            "e2e ev/s",
+            "ingest p50 ms",
+            "ingest p99 ms",
+            "rollup RSS MB",
+            "ingest RSS MB",
+            "commits/min",
+        ])];
+        a.extend(numbered.iter().map(|(n, f)| full(n, f)));
+        let mut b = vec![head(&[
+            "run",
+            "steady ev/s",
+            "xadd→row p50 ms",
+            "xadd→row p99 ms",
+            "commits/min",
+        ])];
+        b.extend(numbered.iter().map(|(n, f)| steady(n, f)));
+        let mut out = String::from("full speed (batches posted as fast as accepted):\n");
+        out.push_str(&crate::table::table(&a));
+        out.push_str("\nsteady phase (fresh rollup worker, loadgen at a fixed rate):\n");
+        out.push_str(&crate::table::table(&b));
         match self.reference_xadd_per_s {
             Some(x) => out.push_str(&format!(
                 "\nreference: redis-benchmark pipelined XADD {x:.0} entries/s; \
@@ -629,6 +819,8 @@ mod tests {
             prefix: "x".into(),
             reference_entries: 1,
             stall_timeout: Duration::from_secs(1),
+            latency_share: 0.5,
+            latency_duration: Duration::ZERO,
             progress: false,
         };
         let (bodies, truth, table) = generate(&opts);

@@ -112,6 +112,12 @@ enum Command {
         /// Fail when MySQL makes no progress for this many seconds.
         #[arg(long, default_value_t = 60)]
         stall_secs: u64,
+        /// Latency phase: steady load at this share of the run's end-to-end rate…
+        #[arg(long, default_value_t = 0.5)]
+        latency_share: f64,
+        /// …for this many seconds (0 skips it).
+        #[arg(long, default_value_t = 15)]
+        latency_secs: u64,
         /// No progress bars.
         #[arg(long)]
         quiet: bool,
@@ -182,6 +188,8 @@ async fn main() -> anyhow::Result<()> {
             prefix,
             reference_entries,
             stall_secs,
+            latency_share,
+            latency_secs,
             quiet,
         } => {
             let opts = flowmeter::bench::BenchOptions {
@@ -194,6 +202,8 @@ async fn main() -> anyhow::Result<()> {
                 prefix,
                 reference_entries,
                 stall_timeout: std::time::Duration::from_secs(stall_secs),
+                latency_share,
+                latency_duration: std::time::Duration::from_secs(latency_secs),
                 progress: !quiet,
             };
             let report = flowmeter::bench::run(&settings, &opts).await?;

@@ -152,8 +152,7 @@ pub async fn gather(
             .await?;
         let mut workers: Vec<RunnerStats> = raw
             .values()
-            .filter_map(|v| serde_json::from_str::<RunnerStatsIn>(v).ok())
-            .map(RunnerStats::from)
+            .filter_map(|v| serde_json::from_str::<RunnerStats>(v).ok())
             .collect();
         workers.sort_by(|a, b| a.worker.cmp(&b.worker));
         out.push(ProcessorStatus {
@@ -168,49 +167,6 @@ pub async fn gather(
         streams,
         processors: out,
     })
-}
-
-/// RunnerStats as published (Deserialize lives here so the runner's type stays write-only).
-#[derive(serde::Deserialize)]
-struct RunnerStatsIn {
-    worker: String,
-    #[serde(default)]
-    shards: Vec<String>,
-    last_flush_at: Option<String>,
-    #[serde(default)]
-    last_flush_ms: u64,
-    #[serde(default)]
-    last_flush_events: u64,
-    #[serde(default)]
-    last_flush_rows: u64,
-    #[serde(default)]
-    events_per_sec: f64,
-    #[serde(default)]
-    events_total: u64,
-    #[serde(default)]
-    invalid_total: u64,
-    #[serde(default)]
-    flushes_total: u64,
-    #[serde(default)]
-    flush_failures_total: u64,
-}
-
-impl From<RunnerStatsIn> for RunnerStats {
-    fn from(s: RunnerStatsIn) -> Self {
-        RunnerStats {
-            worker: s.worker,
-            shards: s.shards,
-            last_flush_at: s.last_flush_at,
-            last_flush_ms: s.last_flush_ms,
-            last_flush_events: s.last_flush_events,
-            last_flush_rows: s.last_flush_rows,
-            events_per_sec: s.events_per_sec,
-            events_total: s.events_total,
-            invalid_total: s.invalid_total,
-            flushes_total: s.flushes_total,
-            flush_failures_total: s.flush_failures_total,
-        }
-    }
 }
 
 /// A RESP2 flat key/value array (or RESP3 map) as a map.

@@ -226,13 +226,18 @@ impl SchemaRegistry {
         let Some(validator) = info.versions.get(&version) else {
             return Err(err(Some("v"), "unknown schema version".into()));
         };
-        let mut errors: Vec<FieldError> = validator
-            .iter_errors(event)
-            .map(|e| {
-                let (field, reason) = describe(&e);
-                FieldError::new(at, field.as_deref(), reason)
-            })
-            .collect();
+        // Fast path: valid events (nearly all) skip building error reports.
+        let mut errors: Vec<FieldError> = if validator.is_valid(event) {
+            Vec::new()
+        } else {
+            validator
+                .iter_errors(event)
+                .map(|e| {
+                    let (field, reason) = describe(&e);
+                    FieldError::new(at, field.as_deref(), reason)
+                })
+                .collect()
+        };
         let ts_ms = match obj.get("ts").map(parse_ts_value) {
             Some(Ok(ms)) => Some(ms),
             Some(Err(reason)) => {

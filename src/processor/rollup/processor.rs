@@ -66,8 +66,10 @@ enum Leaving {
     Surplus,
 }
 
-/// Figures the runner publishes for `status`.
-#[derive(Debug, Clone, Default, Serialize)]
+/// Figures the runner publishes for `status` (read back by `status::gather`;
+/// fields missing from an older worker's record default to zero).
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct RunnerStats {
     pub worker: String,
     pub shards: Vec<String>,
@@ -80,6 +82,12 @@ pub struct RunnerStats {
     pub invalid_total: u64,
     pub flushes_total: u64,
     pub flush_failures_total: u64,
+    /// Time from XADD (the entry id's milliseconds, Redis' clock) to the
+    /// commit of the flush that applied the event (this worker's clock),
+    /// over every event applied since the worker started.
+    pub xadd_to_commit_p50_ms: f64,
+    pub xadd_to_commit_p99_ms: f64,
+    pub xadd_to_commit_max_ms: f64,
 }
 
 /// A built rollup processor.
@@ -137,6 +145,8 @@ struct Runner {
     tx: mpsc::Sender<Batch>,
     rx: mpsc::Receiver<Batch>,
     stats: RunnerStats,
+    /// XADD-to-commit latency of every applied event (ms).
+    latency: crate::sketch::DdSketch,
     retry_at: Option<Instant>,
     backoff: Duration,
     last_flush: Instant,
@@ -174,6 +184,7 @@ impl Runner {
             tx,
             rx,
             stats,
+            latency: crate::sketch::DdSketch::new(),
             retry_at: None,
             backoff: Duration::from_millis(100),
             last_flush: Instant::now(),
@@ -455,6 +466,15 @@ impl Runner {
                 self.pending_events = 0;
                 self.retry_at = None;
                 self.backoff = Duration::from_millis(100);
+                let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
+                for st in self.shards.values() {
+                    for id in &st.acks {
+                        self.latency.add(now_ms.saturating_sub(id.ms) as f64);
+                    }
+                }
+                self.stats.xadd_to_commit_p50_ms = self.latency.quantile(0.5).unwrap_or(0.0);
+                self.stats.xadd_to_commit_p99_ms = self.latency.quantile(0.99).unwrap_or(0.0);
+                self.stats.xadd_to_commit_max_ms = self.latency.quantile(1.0).unwrap_or(0.0);
                 self.ack_committed().await;
                 let elapsed = self.last_flush.elapsed().as_secs_f64().max(0.001);
                 self.last_flush = Instant::now();
