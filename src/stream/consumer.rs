@@ -223,6 +223,12 @@ fn parse_xread(v: Value) -> Result<Vec<Entry>, StreamError> {
     Ok(out)
 }
 
+/// Takes the bytes without copying; invalid UTF-8 (a foreign producer) is
+/// replaced, and the entry then fails to decode with a clear reason.
+fn utf8(v: Vec<u8>) -> String {
+    String::from_utf8(v).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
 fn parse_entry(v: Value) -> Result<Entry, StreamError> {
     let Value::Array(mut parts) = v else {
         return Err(StreamError::Protocol("entry is not an array".into()));
@@ -246,8 +252,8 @@ fn parse_entry(v: Value) -> Result<Entry, StreamError> {
                 continue;
             };
             match k.as_slice() {
-                b"data" => entry.data = Some(String::from_utf8_lossy(&v).into_owned()),
-                b"kind" => entry.kind = Some(String::from_utf8_lossy(&v).into_owned()),
+                b"data" => entry.data = Some(utf8(v)),
+                b"kind" => entry.kind = Some(utf8(v)),
                 _ => {}
             }
         }

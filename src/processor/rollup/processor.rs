@@ -431,19 +431,23 @@ impl Runner {
         }
         let started = Instant::now();
         let events = self.pending_events as u64;
-        let mut rows: Vec<Vec<(RowKey, Vec<MState>)>> = Vec::with_capacity(self.aggs.len());
-        for a in &self.aggs {
-            let mut v: Vec<(RowKey, Vec<MState>)> =
-                a.iter().map(|(k, s)| (k.clone(), s.clone())).collect();
-            v.sort_by(|x, y| x.0.cmp(&y.0));
-            rows.push(v);
-        }
+        // Borrowed, sorted views of the state (keys sorted so concurrent
+        // flushes lock rows in the same order); nothing is cloned.
+        let rows: Vec<Vec<(&RowKey, &[MState])>> = self
+            .aggs
+            .iter()
+            .map(|a| {
+                let mut v: Vec<(&RowKey, &[MState])> =
+                    a.iter().map(|(k, s)| (k, s.as_slice())).collect();
+                v.sort_by(|x, y| x.0.cmp(y.0));
+                v
+            })
+            .collect();
         let row_count: usize = rows.iter().map(Vec::len).sum();
         let mut attempt = 0;
         let result = loop {
             attempt += 1;
-            let mut work = rows.clone();
-            match self.commit(&dirty_shards, &mut work).await {
+            match self.commit(&dirty_shards, &rows).await {
                 Err(e)
                     if e.is_lock_conflict() && attempt <= self.p.ctx.settings.max_flush_retries =>
                 {
@@ -517,7 +521,7 @@ impl Runner {
     async fn commit(
         &self,
         dirty: &[(Shard, String, StreamId, StreamId)],
-        rows: &mut [Vec<(RowKey, Vec<MState>)>],
+        rows: &[Vec<(&RowKey, &[MState])>],
     ) -> Result<(), StoreError> {
         let ctx = &self.p.ctx;
         let mut tx = ctx.store.pool().begin().await?;
@@ -534,7 +538,7 @@ impl Runner {
             )
             .await?;
         }
-        for (t, r) in self.p.tables.iter().zip(rows.iter_mut()) {
+        for (t, r) in self.p.tables.iter().zip(rows) {
             write_table(&mut tx, t, r).await?;
         }
         tx.commit().await?;

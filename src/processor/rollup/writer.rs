@@ -37,11 +37,14 @@ fn q(ident: &str) -> String {
     format!("`{}`", ident.replace('`', "``"))
 }
 
-/// Merges and writes `rows` (sorted by key) into `table`.
+/// Merges and writes `rows` (sorted by key) into `table`. The in-memory
+/// state is only read: each row is merged with its committed state in a copy
+/// that lives until its output values are built, so a failed transaction
+/// leaves the flush's state intact for the retry, without cloning it whole.
 pub async fn write_table(
     tx: &mut Transaction<'_, MySql>,
     table: &CompiledTable,
-    rows: &mut [(RowKey, Vec<MState>)],
+    rows: &[(&RowKey, &[MState])],
 ) -> Result<(), StoreError> {
     if rows.is_empty() {
         return Ok(());
@@ -121,16 +124,24 @@ pub async fn write_table(
         .collect::<Vec<_>>()
         .join(", ");
     let mut out_rows = Vec::with_capacity(rows.len());
-    for (key, state) in rows.iter_mut() {
-        if let Some(db) = existing.get(key) {
-            table.merge_db(state, db);
+    for (key, state) in rows {
+        match existing.remove(*key) {
+            Some(db) => {
+                let mut merged = state.to_vec();
+                table.merge_db(&mut merged, &db);
+                out_rows.push(table.output(key, &merged));
+            }
+            None => out_rows.push(table.output(key, state)),
         }
-        out_rows.push(table.output(key, state));
     }
-    for chunk in out_rows.chunks(MAX_BINDS_PER_STATEMENT / cols.len().max(1)) {
+    drop(existing);
+    let per_statement = (MAX_BINDS_PER_STATEMENT / cols.len().max(1)).max(1);
+    let mut out_rows = out_rows.into_iter().peekable();
+    while out_rows.peek().is_some() {
+        let chunk: Vec<Vec<SqlVal>> = out_rows.by_ref().take(per_statement).collect();
         let mut qb: QueryBuilder<MySql> =
             QueryBuilder::new(format!("INSERT INTO {name} ({col_list}) "));
-        qb.push_values(chunk.iter().cloned(), |mut b, row| {
+        qb.push_values(chunk, |mut b, row| {
             for v in row {
                 bind(&mut b, v);
             }
