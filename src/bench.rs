@@ -774,8 +774,10 @@ impl BenchReport {
         b.extend(numbered.iter().map(|(n, f)| steady(n, f)));
         let mut out = String::from("full speed (batches posted as fast as accepted):\n");
         out.push_str(&crate::table::table(&a));
-        out.push_str("\nsteady phase (fresh rollup worker, loadgen at a fixed rate):\n");
-        out.push_str(&crate::table::table(&b));
+        if self.runs.iter().any(|f| f.steady_eps > 0.0) {
+            out.push_str("\nsteady phase (fresh rollup worker, loadgen at a fixed rate):\n");
+            out.push_str(&crate::table::table(&b));
+        }
         match self.reference_xadd_per_s {
             Some(x) => out.push_str(&format!(
                 "\nreference: redis-benchmark pipelined XADD {x:.0} entries/s; \
