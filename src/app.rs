@@ -88,6 +88,28 @@ impl FromStr for Roles {
     }
 }
 
+/// The figures of `GET /v1/status`, read straight from Redis and MySQL (for
+/// `flowmeter status`). Without MySQL the checkpoints are left out and a
+/// warning is logged.
+pub async fn status(settings: &Settings) -> Result<crate::status::Status, AppError> {
+    let schemas = SchemaRegistry::load(&settings.paths.schemas)?;
+    let processors = ProcessorRegistry::load(&settings.paths.processors, &schemas)?;
+    let redis = Redis::connect(
+        &settings.redis.url,
+        Duration::from_millis(settings.redis.command_timeout_ms),
+    )
+    .await?;
+    let keys = Keys::new(settings.redis.prefix.clone(), settings.redis.shards);
+    let store = match Store::connect(&settings.mysql.url, 2).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "MySQL unreachable: checkpoints are not shown");
+            None
+        }
+    };
+    Ok(crate::status::gather(&redis, &keys, &schemas, &processors, store.as_ref()).await?)
+}
+
 /// Opens the database named in the config (creating it) and applies migrations.
 pub async fn migrate(settings: &Settings) -> Result<(), AppError> {
     let store = Store::connect(&settings.mysql.url, settings.mysql.max_connections).await?;

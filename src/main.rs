@@ -48,6 +48,19 @@ enum Command {
     Migrate,
     /// Print the effective configuration (passwords masked).
     Config,
+    /// Show streams (length, ids, retention window), consumer groups (lag,
+    /// lag age, pending, consumers), shard checkpoints and owners, and rollup
+    /// workers, as tables. With --max-lag-secs it is a probe: exit code 2 when
+    /// a group's lag age exceeds it.
+    Status {
+        /// Exit 2 when any group's lag age (seconds from its oldest unacked
+        /// entry to the stream's newest) is above this.
+        #[arg(long, value_name = "SECS")]
+        max_lag_secs: Option<f64>,
+        /// Print JSON (the same as GET /v1/status) instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
     /// Send realistic generated traffic at a steady rate to the ingest API
     /// (default) or straight into the streams (--redis), and report sent,
     /// accepted, rejected, achieved rate and latency. Ctrl-C stops it.
@@ -138,6 +151,27 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Config => {
             print!("{}", settings.to_masked_toml());
+        }
+        Command::Status { max_lag_secs, json } => {
+            flowmeter::telemetry::init();
+            let status = app::status(&settings).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", status.render());
+            }
+            if let Some(limit) = max_lag_secs {
+                let behind = status.lagging(limit);
+                for (stream, group, age) in &behind {
+                    eprintln!("group {group} on {stream} is {age:.1} s behind (limit {limit} s)");
+                }
+                if !behind.is_empty() {
+                    eprintln!(
+                        "are the groups' workers running and keeping up? see GROUPS and WORKERS above"
+                    );
+                    std::process::exit(2);
+                }
+            }
         }
         Command::Migrate => {
             flowmeter::telemetry::init();

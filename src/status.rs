@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::event::SchemaRegistry;
 use crate::processor::{ProcessorRegistry, RunnerStats};
 use crate::store::Store;
-use crate::stream::{Keys, LeaseManager, Redis, StreamError};
+use crate::stream::{Keys, LeaseManager, Redis, StreamError, StreamId};
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -37,6 +37,12 @@ pub struct GroupStatus {
     /// Entries not yet delivered to the group (Redis 7 `lag`); null when Redis cannot tell.
     pub lag: Option<u64>,
     pub last_delivered_id: Option<String>,
+    /// The group's oldest entry not yet acknowledged: the oldest pending one,
+    /// else the first not yet delivered; null when the group is caught up.
+    pub oldest_unacked_id: Option<String>,
+    /// Seconds from that entry to the stream's newest one (entry-id clocks):
+    /// how far behind the group is in time. 0 when caught up.
+    pub lag_age_secs: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -106,23 +112,45 @@ pub async fn gather(
                         pending: int(g.get("pending")).unwrap_or(0),
                         lag: int(g.get("lag")),
                         last_delivered_id: text(g.get("last-delivered-id")),
+                        oldest_unacked_id: None,
+                        lag_age_secs: 0.0,
                     })
                     .collect(),
                 _ => Vec::new(),
             };
+            let last_id = text(info.get("last-generated-id")).filter(|s| s != "0-0");
+            let mut groups = groups;
+            for g in &mut groups {
+                g.oldest_unacked_id = oldest_unacked(redis, &key, g).await?;
+                g.lag_age_secs = match (&g.oldest_unacked_id, &last_id) {
+                    (Some(old), Some(new)) => {
+                        match (old.parse::<StreamId>(), new.parse::<StreamId>()) {
+                            (Ok(o), Ok(n)) => n.ms.saturating_sub(o.ms) as f64 / 1000.0,
+                            _ => 0.0,
+                        }
+                    }
+                    _ => 0.0,
+                };
+            }
             streams.push(StreamStatus {
                 stream: key,
                 kind: kind.name.clone(),
                 shard: shard.index,
                 length: int(info.get("length")).unwrap_or(0),
                 first_id: entry_id(info.get("first-entry")),
-                last_id: text(info.get("last-generated-id")).filter(|s| s != "0-0"),
+                last_id,
                 groups,
             });
         }
     }
     let checkpoints = match store {
-        Some(s) => s.checkpoints(None).await.unwrap_or_default(),
+        Some(s) => match s.checkpoints(None).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read checkpoints");
+                Vec::new()
+            }
+        },
         None => Vec::new(),
     };
     let mut out = Vec::new();
@@ -191,6 +219,170 @@ fn to_map(v: Value) -> HashMap<String, Value> {
         _ => {}
     }
     out
+}
+
+/// The oldest pending entry of the group, else its first undelivered one.
+async fn oldest_unacked(
+    redis: &Redis,
+    key: &str,
+    g: &GroupStatus,
+) -> Result<Option<String>, StreamError> {
+    let mut conn = redis.conn.clone();
+    if g.pending > 0 {
+        let summary: Value = redis
+            .run(
+                redis::cmd("XPENDING")
+                    .arg(key)
+                    .arg(&g.group)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        if let Value::Array(parts) = summary {
+            if let Some(id) = text(parts.get(1)) {
+                return Ok(Some(id));
+            }
+        }
+    }
+    if g.lag == Some(0) {
+        return Ok(None);
+    }
+    let after = g.last_delivered_id.clone().unwrap_or_else(|| "0-0".into());
+    let next: Value = redis
+        .run(
+            redis::cmd("XRANGE")
+                .arg(key)
+                .arg(format!("({after}"))
+                .arg("+")
+                .arg("COUNT")
+                .arg(1)
+                .query_async(&mut conn),
+        )
+        .await?;
+    Ok(match next {
+        Value::Array(entries) => entries.first().and_then(|e| match e {
+            Value::Array(parts) => text(parts.first()),
+            _ => None,
+        }),
+        _ => None,
+    })
+}
+
+impl Status {
+    /// Every (stream, group, lag age) whose lag age exceeds `limit` seconds,
+    /// furthest behind first.
+    pub fn lagging(&self, limit: f64) -> Vec<(&str, &str, f64)> {
+        let mut out: Vec<(&str, &str, f64)> = self
+            .streams
+            .iter()
+            .flat_map(|s| {
+                s.groups
+                    .iter()
+                    .map(move |g| (s.stream.as_str(), g.group.as_str(), g.lag_age_secs))
+            })
+            .filter(|(_, _, age)| *age > limit)
+            .collect();
+        out.sort_by(|a, b| b.2.total_cmp(&a.2));
+        out
+    }
+
+    /// Aligned tables: streams, groups, shards (checkpoint, owner), workers.
+    pub fn render(&self) -> String {
+        let row = |cells: Vec<String>| cells;
+        let dash = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
+        let window = |s: &StreamStatus| match (
+            s.first_id
+                .as_deref()
+                .and_then(|i| i.parse::<StreamId>().ok()),
+            s.last_id
+                .as_deref()
+                .and_then(|i| i.parse::<StreamId>().ok()),
+        ) {
+            (Some(a), Some(b)) => format!("{:.0}", b.ms.saturating_sub(a.ms) as f64 / 1000.0),
+            _ => "-".into(),
+        };
+        let mut streams = vec![row(["stream", "length", "first id", "last id", "window s"]
+            .map(String::from)
+            .to_vec())];
+        let mut groups = vec![row([
+            "stream",
+            "group",
+            "lag",
+            "lag age s",
+            "pending",
+            "consumers",
+            "oldest unacked",
+        ]
+        .map(String::from)
+        .to_vec())];
+        for s in &self.streams {
+            streams.push(vec![
+                s.stream.clone(),
+                s.length.to_string(),
+                dash(&s.first_id),
+                dash(&s.last_id),
+                window(s),
+            ]);
+            for g in &s.groups {
+                groups.push(vec![
+                    s.stream.clone(),
+                    g.group.clone(),
+                    g.lag.map_or("-".into(), |l| l.to_string()),
+                    format!("{:.1}", g.lag_age_secs),
+                    g.pending.to_string(),
+                    g.consumers.to_string(),
+                    dash(&g.oldest_unacked_id),
+                ]);
+            }
+        }
+        let mut shards = vec![row(["processor", "stream", "checkpoint", "owner"]
+            .map(String::from)
+            .to_vec())];
+        let mut workers = vec![row([
+            "processor",
+            "worker",
+            "shards",
+            "last flush",
+            "events/s",
+            "events",
+            "xadd→row p99 ms",
+        ]
+        .map(String::from)
+        .to_vec())];
+        for p in &self.processors {
+            for sh in &p.shards {
+                shards.push(vec![
+                    p.name.clone(),
+                    sh.stream.clone(),
+                    dash(&sh.checkpoint),
+                    dash(&sh.owner),
+                ]);
+            }
+            for w in &p.workers {
+                workers.push(vec![
+                    p.name.clone(),
+                    w.worker.clone(),
+                    w.shards.len().to_string(),
+                    dash(&w.last_flush_at),
+                    format!("{:.0}", w.events_per_sec),
+                    w.events_total.to_string(),
+                    format!("{:.0}", w.xadd_to_commit_p99_ms),
+                ]);
+            }
+        }
+        let mut out = String::from("STREAMS\n");
+        out.push_str(&crate::table::table(&streams));
+        out.push_str("\nGROUPS\n");
+        out.push_str(&crate::table::table(&groups));
+        out.push_str("\nSHARDS\n");
+        out.push_str(&crate::table::table(&shards));
+        out.push_str("\nWORKERS\n");
+        if workers.len() == 1 {
+            out.push_str("(no rollup worker has published figures in the last minute)\n");
+        } else {
+            out.push_str(&crate::table::table(&workers));
+        }
+        out
+    }
 }
 
 fn text(v: Option<&Value>) -> Option<String> {

@@ -44,8 +44,9 @@ impl Store {
     /// Every checkpoint of a group (for status).
     pub async fn checkpoints(&self, group: Option<&str>) -> Result<Vec<Checkpoint>, StoreError> {
         let rows = sqlx::query(
-            "SELECT grp, stream, last_ms, last_seq, owner, \
-             DATE_FORMAT(updated_at, '%Y-%m-%dT%H:%i:%s.%fZ') \
+            // CAST: binary-collated columns would decode as VARBINARY.
+            "SELECT CAST(grp AS CHAR), CAST(stream AS CHAR), last_ms, last_seq, CAST(owner AS CHAR), \
+             CAST(DATE_FORMAT(updated_at, '%Y-%m-%dT%H:%i:%s.%fZ') AS CHAR) \
              FROM fm_checkpoints WHERE (? IS NULL OR grp = ?) ORDER BY grp, stream",
         )
         .bind(group)

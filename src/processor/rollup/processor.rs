@@ -492,6 +492,8 @@ impl Runner {
                     Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
                 metrics::EVENTS_APPLIED.add(events);
                 metrics::FLUSHES.inc();
+                // status shows every flush, not only the last lease tick's
+                self.publish_stats().await;
                 tracing::debug!(
                     events,
                     rows = row_count,
