@@ -88,18 +88,26 @@ impl FromStr for Roles {
     }
 }
 
+/// Redis and the key layout of the config (for the CLI's stream commands).
+pub async fn redis_and_keys(settings: &Settings) -> Result<(Redis, Keys), AppError> {
+    let redis = Redis::connect(
+        &settings.redis.url,
+        Duration::from_millis(settings.redis.command_timeout_ms),
+    )
+    .await?;
+    Ok((
+        redis,
+        Keys::new(settings.redis.prefix.clone(), settings.redis.shards),
+    ))
+}
+
 /// The figures of `GET /v1/status`, read straight from Redis and MySQL (for
 /// `flowmeter status`). Without MySQL the checkpoints are left out and a
 /// warning is logged.
 pub async fn status(settings: &Settings) -> Result<crate::status::Status, AppError> {
     let schemas = SchemaRegistry::load(&settings.paths.schemas)?;
     let processors = ProcessorRegistry::load(&settings.paths.processors, &schemas)?;
-    let redis = Redis::connect(
-        &settings.redis.url,
-        Duration::from_millis(settings.redis.command_timeout_ms),
-    )
-    .await?;
-    let keys = Keys::new(settings.redis.prefix.clone(), settings.redis.shards);
+    let (redis, keys) = redis_and_keys(settings).await?;
     let store = match Store::connect(&settings.mysql.url, 2).await {
         Ok(s) => Some(s),
         Err(e) => {

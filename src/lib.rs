@@ -15,6 +15,7 @@
 //! | [`processor`] | processor definitions (`processors/*.toml`), registry and runner; one directory per processor type |
 //! | [`sketch`] | mergeable quantile (DDSketch) and distinct-count (HyperLogLog) sketches |
 //! | [`expr`] | the small filter/value expression language of processor definitions |
+//! | [`dlq`] | dead-letter streams: entries a group could not process, and `flowmeter dlq` |
 //! | [`status`] | the figures of `GET /v1/status` and `flowmeter status` |
 //! | [`api`] | the HTTP API: ingest, rollup queries, status |
 //! | [`app`] | wiring: builds every component from the config and runs the roles |
@@ -29,6 +30,7 @@ pub mod app;
 pub mod bench;
 pub mod collector;
 pub mod config;
+pub mod dlq;
 pub mod event;
 pub mod expr;
 pub mod loadgen;

@@ -48,6 +48,15 @@ enum Command {
     Migrate,
     /// Print the effective configuration (passwords masked).
     Config,
+    /// Dead letters: entries a group could not process (e.g. undecodable
+    /// data), kept in {prefix}:dlq:{group} with the error and the original.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+        /// Consumer group.
+        #[arg(long, default_value = "rollup", global = true)]
+        group: String,
+    },
     /// Show streams (length, ids, retention window), consumer groups (lag,
     /// lag age, pending, consumers), shard checkpoints and owners, and rollup
     /// workers, as tables. With --max-lag-secs it is a probe: exit code 2 when
@@ -143,6 +152,31 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum DlqAction {
+    /// Table of dead letters, oldest first.
+    List {
+        #[arg(long, default_value_t = 50)]
+        count: usize,
+    },
+    /// One dead letter in full (JSON).
+    Show { dlq_id: String },
+    /// Re-append dead letters to their original streams (every group on that
+    /// stream sees them again) and remove them from the dead-letter stream.
+    Retry {
+        /// Dead-letter ids; none with --all.
+        dlq_ids: Vec<String>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Delete every dead letter of the group.
+    Purge {
+        /// Required: purging cannot be undone.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -170,6 +204,52 @@ async fn main() -> anyhow::Result<()> {
                         "are the groups' workers running and keeping up? see GROUPS and WORKERS above"
                     );
                     std::process::exit(2);
+                }
+            }
+        }
+        Command::Dlq { action, group } => {
+            let (redis, keys) = app::redis_and_keys(&settings).await?;
+            match action {
+                DlqAction::List { count } => {
+                    let letters = flowmeter::dlq::list(&redis, &keys, &group, "-", count).await?;
+                    let total = flowmeter::dlq::len(&redis, &keys, &group).await?;
+                    print!("{}", flowmeter::dlq::render(&letters));
+                    println!("{} of {total} dead letters of group {group}", letters.len());
+                }
+                DlqAction::Show { dlq_id } => {
+                    let found = flowmeter::dlq::list(&redis, &keys, &group, &dlq_id, 1).await?;
+                    match found.first().filter(|d| d.dlq_id == dlq_id) {
+                        Some(d) => println!("{}", serde_json::to_string_pretty(d)?),
+                        None => anyhow::bail!(
+                            "no dead letter {dlq_id} for group {group}; `flowmeter dlq list` shows the ids"
+                        ),
+                    }
+                }
+                DlqAction::Retry { dlq_ids, all } => {
+                    let letters = if all {
+                        flowmeter::dlq::list(&redis, &keys, &group, "-", usize::MAX >> 1).await?
+                    } else if dlq_ids.is_empty() {
+                        anyhow::bail!("name the dead letters to retry, or pass --all");
+                    } else {
+                        let mut v = Vec::new();
+                        for id in &dlq_ids {
+                            let found = flowmeter::dlq::list(&redis, &keys, &group, id, 1).await?;
+                            match found.into_iter().find(|d| &d.dlq_id == id) {
+                                Some(d) => v.push(d),
+                                None => anyhow::bail!("no dead letter {id} for group {group}"),
+                            }
+                        }
+                        v
+                    };
+                    let n = flowmeter::dlq::retry(&redis, &keys, &group, &letters).await?;
+                    println!("{n} dead letters re-appended to their streams");
+                }
+                DlqAction::Purge { yes } => {
+                    if !yes {
+                        anyhow::bail!("purging cannot be undone; pass --yes");
+                    }
+                    let n = flowmeter::dlq::purge(&redis, &keys, &group).await?;
+                    println!("{n} dead letters of group {group} deleted");
                 }
             }
         }

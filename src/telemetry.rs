@@ -68,7 +68,11 @@ pub mod metrics {
     );
     pub static EVENTS_INVALID: Counter = Counter::new(
         "flowmeter_rollup_events_invalid_total",
-        "stream entries the rollup could not decode (skipped and acked)",
+        "stream entries the rollup could not decode (dead-lettered, then acked)",
+    );
+    pub static DEAD_LETTERED: Counter = Counter::new(
+        "flowmeter_rollup_dead_lettered_total",
+        "entries written to a dead-letter stream",
     );
     pub static ENTRIES_ACKED: Counter = Counter::new(
         "flowmeter_rollup_entries_acked_total",
@@ -92,6 +96,7 @@ pub mod metrics {
         &EVENTS_INGESTED,
         &EVENTS_APPLIED,
         &EVENTS_INVALID,
+        &DEAD_LETTERED,
         &ENTRIES_ACKED,
         &FLUSHES,
         &FLUSH_FAILURES,

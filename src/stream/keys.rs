@@ -80,6 +80,11 @@ impl Keys {
         format!("{}:workers:{}", self.prefix, group)
     }
 
+    /// Dead-letter stream of a group: `{prefix}:dlq:{group}`.
+    pub fn dlq(&self, group: &str) -> String {
+        format!("{}:dlq:{}", self.prefix, group)
+    }
+
     /// Hash of per-worker runner statistics of a processor.
     pub fn stats(&self, processor: &str) -> String {
         format!("{}:stats:{}", self.prefix, processor)

@@ -28,7 +28,8 @@ use crate::event::parse_ts_value;
 use crate::processor::{Processor, ProcessorContext, ProcessorError};
 use crate::store::{advance_checkpoint, StoreError};
 use crate::stream::{
-    ack, ensure_group, GroupReader, LeaseManager, LeaseOutcome, ReadOutcome, Shard, StreamId,
+    ack, ensure_group, GroupReader, LeaseManager, LeaseOutcome, ReadOutcome, Shard, StreamError,
+    StreamId,
 };
 use crate::telemetry::metrics;
 
@@ -43,6 +44,19 @@ struct Batch {
     generation: u64,
     outcome: ReadOutcome,
 }
+
+/// An entry that cannot be decoded: it goes to the group's dead-letter
+/// stream before the flush that acknowledges it commits.
+struct Poison {
+    stream: String,
+    id: StreamId,
+    data: Option<String>,
+    reason: String,
+}
+
+/// Bound of each dead-letter stream (`XADD … MAXLEN ~`): the oldest dead
+/// letters go first.
+pub const DLQ_MAX_LEN: u64 = 100_000;
 
 struct ShardState {
     stream: String,
@@ -147,6 +161,8 @@ struct Runner {
     stats: RunnerStats,
     /// XADD-to-commit latency of every applied event (ms).
     latency: crate::sketch::DdSketch,
+    /// Undecodable entries of this flush, for the dead-letter stream.
+    poison: Vec<Poison>,
     retry_at: Option<Instant>,
     backoff: Duration,
     last_flush: Instant,
@@ -185,6 +201,7 @@ impl Runner {
             rx,
             stats,
             latency: crate::sketch::DdSketch::new(),
+            poison: Vec::new(),
             retry_at: None,
             backoff: Duration::from_millis(100),
             last_flush: Instant::now(),
@@ -394,7 +411,8 @@ impl Runner {
             }
             st.seen = e.id;
             st.acks.push(e.id);
-            match decode(e.data.as_deref()) {
+            let decoded = decode(e.data.as_deref());
+            match decoded {
                 Ok((ev, ts)) => {
                     for (t, rows) in self.p.tables.iter().zip(self.aggs.iter_mut()) {
                         if let Some(key) = t.key(&ev, ts) {
@@ -407,7 +425,13 @@ impl Runner {
                 Err(reason) => {
                     self.stats.invalid_total += 1;
                     metrics::EVENTS_INVALID.inc();
-                    tracing::warn!(stream = %st.stream, id = %e.id, %reason, "skipping undecodable entry");
+                    tracing::warn!(stream = %st.stream, id = %e.id, %reason, "undecodable entry: moving it to the dead-letter stream");
+                    self.poison.push(Poison {
+                        stream: st.stream.clone(),
+                        id: e.id,
+                        data: e.data,
+                        reason,
+                    });
                 }
             }
         }
@@ -428,6 +452,13 @@ impl Runner {
         if dirty_shards.is_empty() && !has_acks {
             self.finish_leaving().await;
             return true;
+        }
+        if let Err(e) = self.dead_letter().await {
+            self.stats.flush_failures_total += 1;
+            tracing::warn!(error = %e, "cannot write the dead-letter stream; holding state and pausing reads");
+            self.retry_at = Some(Instant::now() + self.backoff);
+            self.backoff = (self.backoff * 2).min(MAX_FLUSH_BACKOFF);
+            return false;
         }
         let started = Instant::now();
         let events = self.pending_events as u64;
@@ -547,6 +578,43 @@ impl Runner {
         Ok(())
     }
 
+    /// Appends this flush's undecodable entries to `{prefix}:dlq:{group}`
+    /// (one MULTI/EXEC) before the commit that lets them be acknowledged. A
+    /// crash between the two writes them again on redelivery.
+    async fn dead_letter(&mut self) -> Result<(), StreamError> {
+        if self.poison.is_empty() {
+            return Ok(());
+        }
+        let ctx = &self.p.ctx;
+        let key = ctx.keys.dlq(&self.p.def.group);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for p in &self.poison {
+            pipe.cmd("XADD")
+                .arg(&key)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(DLQ_MAX_LEN)
+                .arg("*")
+                .arg("stream")
+                .arg(&p.stream)
+                .arg("id")
+                .arg(p.id.to_string())
+                .arg("processor")
+                .arg(&self.p.def.name)
+                .arg("error")
+                .arg(&p.reason)
+                .arg("data")
+                .arg(p.data.as_deref().unwrap_or(""))
+                .ignore();
+        }
+        let mut conn = ctx.redis.conn.clone();
+        ctx.redis.run(pipe.query_async::<()>(&mut conn)).await?;
+        metrics::DEAD_LETTERED.add(self.poison.len() as u64);
+        self.poison.clear();
+        Ok(())
+    }
+
     /// XACK everything committed. A failed ack leaves entries pending; they sit
     /// at or below the checkpoint and are acked when re-read.
     async fn ack_committed(&mut self) {
@@ -593,6 +661,7 @@ impl Runner {
         for a in &mut self.aggs {
             a.clear();
         }
+        self.poison.clear();
         self.pending_events = 0;
         self.stop_readers().await;
         while self.rx.try_recv().is_ok() {}

@@ -1,0 +1,147 @@
+//! A poison entry (undecodable data) goes to the group's dead-letter stream
+//! with the error and the original, is acknowledged, and never blocks its
+//! shard; `flowmeter dlq` lists, retries and purges it.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_entries_are_dead_lettered_and_the_shard_moves_on() {
+    let mut env = TestEnv::new("dlq");
+    env.settings.redis.shards = 1;
+    env.settings.rollup.flush_interval_ms = 100;
+    env.migrate().await;
+    let server = env.start("ingest,rollup").await;
+    let client = http_client();
+    let stream = format!("{}:{{http:0}}", env.name);
+    let mut r = env.redis().await;
+    let good = |from: u64| {
+        (from..from + 50)
+            .map(|i| http_event(i, 1_772_359_200_000).to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(
+        post_ndjson(&client, &server.url("/v1/events"), good(0))
+            .await
+            .0,
+        202
+    );
+    // A foreign producer writes garbage between good events.
+    let poison_id: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("kind")
+        .arg("http")
+        .arg("v")
+        .arg(1)
+        .arg("data")
+        .arg("{not json")
+        .query_async(&mut r)
+        .await
+        .expect("xadd");
+    assert_eq!(
+        post_ndjson(&client, &server.url("/v1/events"), good(50))
+            .await
+            .0,
+        202
+    );
+
+    let store = env.store().await;
+    wait_until(Duration::from_secs(20), || {
+        let s = store.clone();
+        async move { scalar(&s, "SELECT SUM(requests) FROM http_hourly").await == 100 }
+    })
+    .await;
+    let dlq = format!("{}:dlq:rollup", env.name);
+    wait_until(Duration::from_secs(10), || {
+        let mut r = r.clone();
+        let dlq = dlq.clone();
+        async move {
+            redis::cmd("XLEN")
+                .arg(&dlq)
+                .query_async::<u64>(&mut r)
+                .await
+                .unwrap_or(0)
+                == 1
+        }
+    })
+    .await;
+    // acknowledged: nothing pending on the shard
+    wait_until(Duration::from_secs(10), || {
+        let mut r = r.clone();
+        let stream = stream.clone();
+        async move {
+            let p: redis::Value = redis::cmd("XPENDING")
+                .arg(&stream)
+                .arg("rollup")
+                .query_async(&mut r)
+                .await
+                .expect("xpending");
+            matches!(p, redis::Value::Array(v) if v.first() == Some(&redis::Value::Int(0)))
+        }
+    })
+    .await;
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = env.write_config(dir.path());
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_flowmeter"))
+            .arg("--config")
+            .arg(&config)
+            .arg("dlq")
+            .args(args)
+            .output()
+            .expect("flowmeter dlq");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, list, err) = cli(&["list"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(list.contains(&poison_id), "{list}");
+    assert!(list.contains("http_rollup"), "{list}");
+    assert!(list.contains("not a JSON object"), "{list}");
+    assert!(list.contains("1 of 1 dead letters"), "{list}");
+
+    // retry re-appends it to its stream; still undecodable, it comes back
+    // to the dead-letter stream with a new original id
+    let (code, out, err) = cli(&["retry", "--all"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("1 dead letters re-appended"), "{out}");
+    wait_until(Duration::from_secs(10), || {
+        let mut r = r.clone();
+        let dlq = dlq.clone();
+        let poison_id = poison_id.clone();
+        async move {
+            let v: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+                .arg(&dlq)
+                .arg("-")
+                .arg("+")
+                .query_async(&mut r)
+                .await
+                .unwrap_or_default();
+            v.len() == 1 && v[0].1.iter().any(|(k, id)| k == "id" && *id != poison_id)
+        }
+    })
+    .await;
+    assert_eq!(
+        scalar(&store, "SELECT SUM(requests) FROM http_hourly").await,
+        100
+    );
+
+    let (code, _, err) = cli(&["purge"]);
+    assert_eq!(code, Some(1), "purge without --yes must refuse");
+    assert!(err.contains("--yes"), "{err}");
+    let (code, out, _) = cli(&["purge", "--yes"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("1 dead letters"), "{out}");
+    server.stop().await;
+    env.cleanup().await;
+}
