@@ -15,6 +15,7 @@
 //! | [`processor`] | processor definitions (`processors/*.toml`), registry and runner; one directory per processor type |
 //! | [`sketch`] | mergeable quantile (DDSketch) and distinct-count (HyperLogLog) sketches |
 //! | [`expr`] | the small filter/value expression language of processor definitions |
+//! | [`groups`] | consumer-group administration: `flowmeter groups create/reset/delete` |
 //! | [`dlq`] | dead-letter streams: entries a group could not process, and `flowmeter dlq` |
 //! | [`status`] | the figures of `GET /v1/status` and `flowmeter status` |
 //! | [`api`] | the HTTP API: ingest, rollup queries, status |
@@ -33,6 +34,7 @@ pub mod config;
 pub mod dlq;
 pub mod event;
 pub mod expr;
+pub mod groups;
 pub mod loadgen;
 pub mod processor;
 pub mod sketch;

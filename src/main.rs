@@ -57,6 +57,12 @@ enum Command {
         #[arg(long, default_value = "rollup", global = true)]
         group: String,
     },
+    /// Consumer groups: list them, create one at a position, move one, delete
+    /// one. A group exists once per shard stream; these act on all of them.
+    Groups {
+        #[command(subcommand)]
+        action: GroupsAction,
+    },
     /// Show streams (length, ids, retention window), consumer groups (lag,
     /// lag age, pending, consumers), shard checkpoints and owners, and rollup
     /// workers, as tables. With --max-lag-secs it is a probe: exit code 2 when
@@ -153,6 +159,50 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum GroupsAction {
+    /// Table of groups over their shards: processors, shards, position, lag,
+    /// lag age, pending, consumers, idle, dead letters.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a group on every shard of its kinds, reading from --from.
+    /// For a processor, adding its file to processors/ (with `start_from`) does
+    /// this on start; use this for external consumers.
+    Create {
+        name: String,
+        /// beginning | now | an RFC 3339 time | a stream id.
+        #[arg(long, default_value = "now")]
+        from: flowmeter::stream::StartFrom,
+        /// Event kinds (default: the kinds of the processors using the group, else all).
+        #[arg(long = "kind", value_name = "KIND")]
+        kinds: Vec<String>,
+    },
+    /// Move a group's position (last-delivered id) on every shard. Pending
+    /// entries stay pending. Rollup groups skip what their checkpoint already
+    /// holds, so moving back re-reads without double counting.
+    Reset {
+        name: String,
+        /// beginning | now | an RFC 3339 time | a stream id.
+        #[arg(long)]
+        to: flowmeter::stream::StartFrom,
+        #[arg(long = "kind", value_name = "KIND")]
+        kinds: Vec<String>,
+    },
+    /// Delete a group from every shard. Refuses while entries are pending or
+    /// a processor in processors/ uses it, unless --force.
+    Delete {
+        name: String,
+        #[arg(long = "kind", value_name = "KIND")]
+        kinds: Vec<String>,
+        /// Delete even with pending entries or a processor using the group.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum DlqAction {
     /// Table of dead letters, oldest first.
     List {
@@ -204,6 +254,61 @@ async fn main() -> anyhow::Result<()> {
                         "are the groups' workers running and keeping up? see GROUPS and WORKERS above"
                     );
                     std::process::exit(2);
+                }
+            }
+        }
+        Command::Groups { action } => {
+            use flowmeter::groups;
+            let schemas = flowmeter::event::SchemaRegistry::load(&settings.paths.schemas)?;
+            let processors = flowmeter::processor::ProcessorRegistry::load(
+                &settings.paths.processors,
+                &schemas,
+            )?;
+            let (redis, keys) = app::redis_and_keys(&settings).await?;
+            let streams = |name: &str, kinds: &[String]| {
+                groups::streams_for(name, kinds, &keys, &schemas, &processors)
+            };
+            match action {
+                GroupsAction::List { json } => {
+                    let status =
+                        flowmeter::status::gather(&redis, &keys, &schemas, &processors, None)
+                            .await?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&status.groups)?);
+                    } else if status.groups.is_empty() {
+                        println!("no consumer groups under prefix {}", keys.prefix());
+                    } else {
+                        print!("{}", flowmeter::status::render_groups(&status.groups));
+                    }
+                }
+                GroupsAction::Create { name, from, kinds } => {
+                    let changes =
+                        groups::create(&redis, &streams(&name, &kinds)?, &name, from).await?;
+                    print!("{}", groups::render(&changes));
+                    println!(
+                        "group {name} created on {} streams at {from}",
+                        changes.len()
+                    );
+                }
+                GroupsAction::Reset { name, to, kinds } => {
+                    let changes =
+                        groups::reset(&redis, &streams(&name, &kinds)?, &name, to).await?;
+                    print!("{}", groups::render(&changes));
+                    println!("group {name} moved to {to} on {} streams", changes.len());
+                    if processors.processors.iter().any(|p| p.group() == name) {
+                        println!("rollup checkpoints skip entries already counted; to rebuild rows use `flowmeter replay`");
+                    }
+                }
+                GroupsAction::Delete { name, kinds, force } => {
+                    let changes =
+                        groups::delete(&redis, &streams(&name, &kinds)?, &name, &processors, force)
+                            .await?;
+                    print!("{}", groups::render(&changes));
+                    let dropped: u64 = changes.iter().map(|c| c.pending).sum();
+                    println!(
+                        "group {name} deleted from {} streams ({dropped} pending entries dropped)",
+                        changes.len()
+                    );
                 }
             }
         }

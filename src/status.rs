@@ -10,12 +10,38 @@ use serde::Serialize;
 use crate::event::SchemaRegistry;
 use crate::processor::{ProcessorRegistry, RunnerStats};
 use crate::store::Store;
+use crate::stream::resp::{entry_id, int, text, to_map};
 use crate::stream::{Keys, LeaseManager, Redis, StreamError, StreamId};
 
 #[derive(Debug, Serialize)]
 pub struct Status {
     pub streams: Vec<StreamStatus>,
+    /// Each consumer group over all its shards (`flowmeter groups list`).
+    pub groups: Vec<GroupSummary>,
     pub processors: Vec<ProcessorStatus>,
+}
+
+/// One consumer group summed over the shards it exists on.
+#[derive(Debug, Serialize)]
+pub struct GroupSummary {
+    pub group: String,
+    /// Processors of `processors/` reading with this group (empty: an external consumer).
+    pub processors: Vec<String>,
+    /// Shard streams the group exists on.
+    pub shards: u32,
+    /// The furthest-behind last-delivered id over its shards.
+    pub position: Option<String>,
+    /// Entries not yet delivered, summed; null when Redis cannot tell for a shard.
+    pub lag: Option<u64>,
+    /// The largest lag age over its shards.
+    pub lag_age_secs: f64,
+    pub pending: u64,
+    /// Distinct consumer names over its shards.
+    pub consumers: u64,
+    /// Seconds since any consumer of the group last read or acked; null without consumers.
+    pub idle_secs: Option<f64>,
+    /// Entries in its dead-letter stream.
+    pub dead_letters: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -43,6 +69,12 @@ pub struct GroupStatus {
     /// Seconds from that entry to the stream's newest one (entry-id clocks):
     /// how far behind the group is in time. 0 when caught up.
     pub lag_age_secs: f64,
+    /// Seconds since a consumer of the group last interacted with this
+    /// stream; null without consumers.
+    pub idle_secs: Option<f64>,
+    /// Consumer names (per-shard owners for rollups).
+    #[serde(skip)]
+    pub consumer_names: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -114,6 +146,8 @@ pub async fn gather(
                         last_delivered_id: text(g.get("last-delivered-id")),
                         oldest_unacked_id: None,
                         lag_age_secs: 0.0,
+                        idle_secs: None,
+                        consumer_names: Vec::new(),
                     })
                     .collect(),
                 _ => Vec::new(),
@@ -122,6 +156,26 @@ pub async fn gather(
             let mut groups = groups;
             for g in &mut groups {
                 g.oldest_unacked_id = oldest_unacked(redis, &key, g).await?;
+                if g.consumers > 0 {
+                    let consumers: Value = redis
+                        .run(
+                            redis::cmd("XINFO")
+                                .arg("CONSUMERS")
+                                .arg(&key)
+                                .arg(&g.group)
+                                .query_async(&mut conn),
+                        )
+                        .await?;
+                    if let Value::Array(cs) = consumers {
+                        for c in cs.into_iter().map(to_map) {
+                            if let Some(idle) = int(c.get("idle")) {
+                                let idle = idle as f64 / 1000.0;
+                                g.idle_secs = Some(g.idle_secs.map_or(idle, |m: f64| m.min(idle)));
+                            }
+                            g.consumer_names.extend(text(c.get("name")));
+                        }
+                    }
+                }
                 g.lag_age_secs = match (&g.oldest_unacked_id, &last_id) {
                     (Some(old), Some(new)) => {
                         match (old.parse::<StreamId>(), new.parse::<StreamId>()) {
@@ -191,34 +245,100 @@ pub async fn gather(
             workers,
         });
     }
+    let groups = summarize(redis, keys, &streams, processors).await?;
     Ok(Status {
         streams,
+        groups,
         processors: out,
     })
 }
 
-/// A RESP2 flat key/value array (or RESP3 map) as a map.
-fn to_map(v: Value) -> HashMap<String, Value> {
-    let mut out = HashMap::new();
-    match v {
-        Value::Array(items) => {
-            let mut it = items.into_iter();
-            while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                if let Some(k) = text(Some(&k)) {
-                    out.insert(k, v);
-                }
-            }
+/// Sums each group over its shards and adds its dead-letter count.
+async fn summarize(
+    redis: &Redis,
+    keys: &Keys,
+    streams: &[StreamStatus],
+    processors: &ProcessorRegistry,
+) -> Result<Vec<GroupSummary>, StreamError> {
+    let mut by_name: std::collections::BTreeMap<&str, Vec<&GroupStatus>> = Default::default();
+    for s in streams {
+        for g in &s.groups {
+            by_name.entry(g.group.as_str()).or_default().push(g);
         }
-        Value::Map(pairs) => {
-            for (k, v) in pairs {
-                if let Some(k) = text(Some(&k)) {
-                    out.insert(k, v);
-                }
-            }
-        }
-        _ => {}
     }
-    out
+    let mut out = Vec::new();
+    for (name, gs) in by_name {
+        let mut consumers: Vec<&str> = gs
+            .iter()
+            .flat_map(|g| g.consumer_names.iter().map(String::as_str))
+            .collect();
+        consumers.sort_unstable();
+        consumers.dedup();
+        let position = gs
+            .iter()
+            .filter_map(|g| g.last_delivered_id.as_deref())
+            .filter_map(|id| id.parse::<StreamId>().ok())
+            .min()
+            .map(|id| id.to_string());
+        out.push(GroupSummary {
+            group: name.to_string(),
+            processors: processors
+                .processors
+                .iter()
+                .filter(|p| p.group() == name)
+                .map(|p| p.name().to_string())
+                .collect(),
+            shards: gs.len() as u32,
+            position,
+            lag: gs.iter().map(|g| g.lag).sum(),
+            lag_age_secs: gs.iter().map(|g| g.lag_age_secs).fold(0.0, f64::max),
+            pending: gs.iter().map(|g| g.pending).sum(),
+            consumers: consumers.len() as u64,
+            idle_secs: gs
+                .iter()
+                .filter_map(|g| g.idle_secs)
+                .min_by(|a, b| a.total_cmp(b)),
+            dead_letters: crate::dlq::len(redis, keys, name).await?,
+        });
+    }
+    Ok(out)
+}
+
+/// The `groups list` table.
+pub fn render_groups(groups: &[GroupSummary]) -> String {
+    let mut rows = vec![[
+        "group",
+        "processors",
+        "shards",
+        "position",
+        "lag",
+        "lag age s",
+        "pending",
+        "consumers",
+        "idle s",
+        "dead letters",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for g in groups {
+        rows.push(vec![
+            g.group.clone(),
+            if g.processors.is_empty() {
+                "(external)".into()
+            } else {
+                g.processors.join(",")
+            },
+            g.shards.to_string(),
+            g.position.clone().unwrap_or_else(|| "-".into()),
+            g.lag.map_or("-".into(), |l| l.to_string()),
+            format!("{:.1}", g.lag_age_secs),
+            g.pending.to_string(),
+            g.consumers.to_string(),
+            g.idle_secs.map_or("-".into(), |i| format!("{i:.1}")),
+            g.dead_letters.to_string(),
+        ]);
+    }
+    crate::table::table(&rows)
 }
 
 /// The oldest pending entry of the group, else its first undelivered one.
@@ -373,6 +493,8 @@ impl Status {
         out.push_str(&crate::table::table(&streams));
         out.push_str("\nGROUPS\n");
         out.push_str(&crate::table::table(&groups));
+        out.push_str("\nGROUP TOTALS\n");
+        out.push_str(&render_groups(&self.groups));
         out.push_str("\nSHARDS\n");
         out.push_str(&crate::table::table(&shards));
         out.push_str("\nWORKERS\n");
@@ -382,29 +504,5 @@ impl Status {
             out.push_str(&crate::table::table(&workers));
         }
         out
-    }
-}
-
-fn text(v: Option<&Value>) -> Option<String> {
-    match v? {
-        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::Int(i) => Some(i.to_string()),
-        _ => None,
-    }
-}
-
-fn int(v: Option<&Value>) -> Option<u64> {
-    match v? {
-        Value::Int(i) => u64::try_from(*i).ok(),
-        Value::BulkString(b) => String::from_utf8_lossy(b).parse().ok(),
-        _ => None,
-    }
-}
-
-fn entry_id(v: Option<&Value>) -> Option<String> {
-    match v? {
-        Value::Array(parts) => text(parts.first()),
-        _ => None,
     }
 }

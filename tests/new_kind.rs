@@ -8,13 +8,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("read dir").flatten() {
-        std::fs::copy(e.path(), to.join(e.file_name())).expect("copy");
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_kind_needs_no_rust() {
     let dir = tempfile::tempdir().expect("tempdir");

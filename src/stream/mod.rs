@@ -11,6 +11,8 @@ mod consumer;
 mod keys;
 mod lease;
 mod producer;
+pub mod resp;
+mod start;
 
 use std::time::Duration;
 
@@ -18,6 +20,7 @@ pub use consumer::{ack, ensure_group, Entry, GroupReader, ReadOutcome, StreamId}
 pub use keys::{Keys, Shard};
 pub use lease::{LeaseManager, LeaseOutcome};
 pub use producer::Producer;
+pub use start::StartFrom;
 
 /// Errors talking to Redis. `retryable()` tells callers whether waiting helps.
 #[derive(Debug, thiserror::Error)]

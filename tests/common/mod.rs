@@ -185,6 +185,49 @@ pub async fn scalar(store: &Store, sql: &str) -> i64 {
     v.unwrap_or(0.0) as i64
 }
 
+/// Copies the files of `from` into `to` (created).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read dir").flatten() {
+        std::fs::copy(e.path(), to.join(e.file_name())).expect("copy");
+    }
+}
+
+/// Every row of `table` as one `|`-joined string (doubles rounded to 6
+/// decimals, blobs in hex, NULL as `NULL`), sorted: two tables with the same
+/// columns are equal iff their fingerprints are.
+pub async fn table_fingerprint(store: &Store, table: &str) -> Vec<String> {
+    let cols: Vec<(String, String)> = sqlx::query_as(
+        "SELECT CAST(COLUMN_NAME AS CHAR), CAST(DATA_TYPE AS CHAR) FROM information_schema.COLUMNS
+         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+    )
+    .bind(table)
+    .fetch_all(store.pool())
+    .await
+    .expect("columns");
+    assert!(!cols.is_empty(), "table {table} has no columns");
+    let exprs: Vec<String> = cols
+        .iter()
+        .map(|(c, t)| {
+            let e = match t.as_str() {
+                "double" | "float" | "decimal" => format!("ROUND(`{c}`, 6)"),
+                t if t.contains("blob") || t.contains("binary") => format!("HEX(`{c}`)"),
+                _ => format!("`{c}`"),
+            };
+            format!("IFNULL(CAST({e} AS CHAR), 'NULL')")
+        })
+        .collect();
+    let mut rows: Vec<String> = sqlx::query_scalar(&format!(
+        "SELECT CONCAT_WS('|', {}) FROM `{table}`",
+        exprs.join(", ")
+    ))
+    .fetch_all(store.pool())
+    .await
+    .expect("rows");
+    rows.sort();
+    rows
+}
+
 /// GETs `url` and decodes the JSON reply.
 pub async fn get_json(client: &reqwest::Client, url: String) -> serde_json::Value {
     client

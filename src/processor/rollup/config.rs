@@ -20,6 +20,11 @@ pub struct RollupDef {
     /// Disabled definitions are loaded and checked but not run.
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// Where the group starts when flowmeter creates it: `beginning`
+    /// (default: backfill from retained history), `now`, an RFC 3339 time or
+    /// a stream id. An existing group keeps its position.
+    #[serde(default)]
+    pub start_from: Option<String>,
     /// The tables filled, each with its own window.
     #[serde(rename = "table")]
     pub tables: Vec<TableDef>,
@@ -225,6 +230,14 @@ impl MeasureDef {
 }
 
 impl RollupDef {
+    /// The parsed `start_from` (default `beginning`).
+    pub fn start(&self) -> Result<crate::stream::StartFrom, String> {
+        match &self.start_from {
+            None => Ok(crate::stream::StartFrom::Beginning),
+            Some(s) => s.parse(),
+        }
+    }
+
     /// Checks what can be checked without the database.
     pub fn check(&self) -> Result<(), String> {
         if self.name.is_empty() || self.group.is_empty() || self.kinds.is_empty() {
@@ -233,6 +246,7 @@ impl RollupDef {
         if self.tables.is_empty() {
             return Err("a rollup needs at least one [[table]]".into());
         }
+        self.start()?;
         for t in &self.tables {
             let mut cols: Vec<&str> = vec![t.time_column.as_str()];
             cols.extend(t.dimensions.iter().map(Dimension::column));

@@ -312,7 +312,13 @@ impl Runner {
     async fn start_shard(&mut self, shard: Shard) -> Result<(), ProcessorError> {
         let ctx = &self.p.ctx;
         let stream = ctx.keys.stream(&shard);
-        ensure_group(&ctx.redis, &stream, &self.p.def.group, "0").await?;
+        let start = self
+            .p
+            .def
+            .start()
+            .map(|s| s.group_id())
+            .unwrap_or_else(|_| "0".into()); // checked when the definition loaded
+        ensure_group(&ctx.redis, &stream, &self.p.def.group, &start).await?;
         let checkpoint = ctx
             .store
             .load_checkpoint(&self.p.def.group, &stream)

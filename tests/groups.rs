@@ -1,0 +1,235 @@
+//! Extra consumer groups: a rollup added later backfills from retained history
+//! while live traffic continues and ends equal to the one that ran from the
+//! start; `flowmeter groups` creates, moves, lists and deletes groups.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use flowmeter::event::SchemaRegistry;
+use flowmeter::groups::{self, GroupError};
+use flowmeter::processor::ProcessorRegistry;
+use flowmeter::stream::{Keys, Redis, StartFrom};
+
+const T0: i64 = 1_772_359_200_000; // 2026-03-01T10:00:00Z
+
+async fn post_range(client: &reqwest::Client, url: &str, from: u64, to: u64) {
+    for chunk_start in (from..to).step_by(500) {
+        let body: Vec<String> = (chunk_start..(chunk_start + 500).min(to))
+            // spread over three hours and two days' boundaries of the daily table
+            .map(|i| http_event(i, T0 + (i as i64 * 7_919) % (3 * 3_600_000)).to_string())
+            .collect();
+        let (code, reply) = post_ndjson(client, url, body.join("\n")).await;
+        assert_eq!(code, 202, "{reply}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollup_added_later_backfills_and_ends_equal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for d in ["schemas", "migrations", "processors"] {
+        copy_dir(&repo().join(d), &dir.path().join(d));
+    }
+    let mut env = TestEnv::new("late_group");
+    env.settings.redis.shards = 2;
+    env.settings.paths.schemas = dir.path().join("schemas");
+    env.settings.paths.migrations = dir.path().join("migrations");
+    env.settings.paths.processors = dir.path().join("processors");
+    env.migrate().await;
+    let client = http_client();
+    let store = env.store().await;
+    let total = |n: i64| {
+        let s = store.clone();
+        move || {
+            let s = s.clone();
+            async move { scalar(&s, "SELECT SUM(requests) FROM http_hourly").await == n }
+        }
+    };
+
+    // Phase 1: only the original rollup exists.
+    let server = env.start("ingest,api,rollup").await;
+    post_range(&client, &server.url("/v1/events"), 0, 3_000).await;
+    wait_until(Duration::from_secs(30), total(3_000)).await;
+    server.stop().await;
+
+    // Phase 2: a second rollup over the same events, in its own group and
+    // tables, starting from the beginning of the retained history.
+    std::fs::write(
+        dir.path().join("migrations/0100_late_rollup.sql"),
+        "CREATE TABLE late_hourly LIKE http_hourly;\nCREATE TABLE late_daily LIKE http_daily;\n",
+    )
+    .expect("migration");
+    let def = std::fs::read_to_string(repo().join("processors/http_rollup.toml"))
+        .expect("http_rollup.toml")
+        .replace("name = \"http_rollup\"", "name = \"late_rollup\"")
+        .replace(
+            "group = \"rollup\"",
+            "group = \"late\"\nstart_from = \"beginning\"",
+        )
+        .replace("name = \"http_hourly\"", "name = \"late_hourly\"")
+        .replace("name = \"http_daily\"", "name = \"late_daily\"");
+    assert!(def.contains("late_daily") && def.contains("start_from"));
+    std::fs::write(dir.path().join("processors/late_rollup.toml"), def).expect("processor");
+    env.migrate().await;
+    let server = env.start("ingest,api,rollup").await;
+    // live traffic continues while the new group backfills
+    post_range(&client, &server.url("/v1/events"), 3_000, 6_000).await;
+    wait_until(Duration::from_secs(60), total(6_000)).await;
+    wait_until(Duration::from_secs(60), || {
+        let s = store.clone();
+        async move { scalar(&s, "SELECT SUM(requests) FROM late_hourly").await == 6_000 }
+    })
+    .await;
+    server.stop().await;
+
+    for (a, b) in [("http_hourly", "late_hourly"), ("http_daily", "late_daily")] {
+        let original = table_fingerprint(&store, a).await;
+        let late = table_fingerprint(&store, b).await;
+        assert!(!original.is_empty());
+        assert_eq!(original.len(), late.len(), "{a} vs {b}: row counts");
+        for (x, y) in original.iter().zip(&late) {
+            assert_eq!(x, y, "{a} vs {b}");
+        }
+    }
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_are_created_moved_listed_and_deleted() {
+    let mut env = TestEnv::new("groups_cli");
+    env.settings.redis.shards = 2;
+    let schemas = SchemaRegistry::load(&env.settings.paths.schemas).expect("schemas");
+    let processors =
+        ProcessorRegistry::load(&env.settings.paths.processors, &schemas).expect("processors");
+    let redis = Redis::connect(REDIS_URL, Duration::from_secs(5))
+        .await
+        .expect("redis");
+    let keys = Keys::new(env.name.clone(), 2);
+    let mut r = env.redis().await;
+
+    // entries at three known times on both shards
+    let streams = groups::streams_for("ext", &["http".into()], &keys, &schemas, &processors)
+        .expect("streams");
+    assert_eq!(streams.len(), 2);
+    for s in &streams {
+        for (i, ms) in [T0, T0 + 60_000, T0 + 120_000].iter().enumerate() {
+            let _: String = redis::cmd("XADD")
+                .arg(s)
+                .arg(format!("{ms}-0"))
+                .arg("n")
+                .arg(i)
+                .query_async(&mut r)
+                .await
+                .expect("xadd");
+        }
+    }
+    let read_all = |group: &'static str| {
+        let streams = streams.clone();
+        let mut r = r.clone();
+        async move {
+            let mut n = 0;
+            for s in &streams {
+                let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg(group)
+                    .arg("c1")
+                    .arg("COUNT")
+                    .arg(100)
+                    .arg("STREAMS")
+                    .arg(s)
+                    .arg(">")
+                    .query_async(&mut r)
+                    .await
+                    .expect("xreadgroup");
+                n += reply.keys.iter().map(|k| k.ids.len()).sum::<usize>();
+            }
+            n
+        }
+    };
+
+    // created at a time: only entries at or after it are delivered
+    let from: StartFrom = "2026-03-01T10:01:00Z".parse().expect("time");
+    let made = groups::create(&redis, &streams, "ext", from)
+        .await
+        .expect("create");
+    assert_eq!(made.len(), 2);
+    assert!(matches!(
+        groups::create(&redis, &streams, "ext", StartFrom::Now).await,
+        Err(GroupError::Exists { .. })
+    ));
+    assert_eq!(read_all("ext").await, 4, "two entries per shard from 10:01");
+
+    // pending entries block a delete
+    match groups::delete(&redis, &streams, "ext", &processors, false).await {
+        Err(GroupError::Pending { pending, .. }) => assert_eq!(pending, 4),
+        other => panic!("delete with pending entries: {other:?}"),
+    }
+
+    // reset to the beginning: everything is delivered again
+    let moved = groups::reset(&redis, &streams, "ext", StartFrom::Beginning)
+        .await
+        .expect("reset");
+    assert!(moved.iter().all(|c| c.after.as_deref() == Some("0-0")));
+    assert_eq!(read_all("ext").await, 6);
+
+    // the CLI lists it with its totals
+    let cfg = tempfile::tempdir().expect("tempdir");
+    let config = env.write_config(cfg.path());
+    let out = Command::new(env!("CARGO_BIN_EXE_flowmeter"))
+        .args(["--config"])
+        .arg(&config)
+        .args(["groups", "list"])
+        .output()
+        .expect("run flowmeter");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("ext "))
+        .unwrap_or_else(|| panic!("no ext row:\n{text}"));
+    let cells: Vec<&str> = line.split_whitespace().collect();
+    // group, processors, shards, position, lag, lag age, pending, consumers, idle, dead letters
+    assert_eq!(cells[1], "(external)", "{text}");
+    assert_eq!(cells[2], "2", "{text}");
+    assert_eq!(cells[6], "6", "pending: {text}");
+    assert_eq!(cells[7], "1", "consumers: {text}");
+
+    // a processor's group is protected
+    let rollup_streams =
+        groups::streams_for("rollup", &[], &keys, &schemas, &processors).expect("streams");
+    assert_eq!(rollup_streams.len(), 4, "http and webrtc shards");
+    assert!(matches!(
+        groups::delete(&redis, &rollup_streams, "rollup", &processors, false).await,
+        Err(GroupError::InUse { .. })
+    ));
+
+    // the CLI refuses with pending entries, and says what to do
+    let out = Command::new(env!("CARGO_BIN_EXE_flowmeter"))
+        .args(["--config"])
+        .arg(&config)
+        .args(["groups", "delete", "ext", "--kind", "http"])
+        .output()
+        .expect("run flowmeter");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("6 pending") && err.contains("--force"),
+        "{err}"
+    );
+
+    let gone = groups::delete(&redis, &streams, "ext", &processors, true)
+        .await
+        .expect("forced delete");
+    assert_eq!(gone.iter().map(|c| c.pending).sum::<u64>(), 6);
+    assert!(matches!(
+        groups::reset(&redis, &streams, "ext", StartFrom::Now).await,
+        Err(GroupError::Missing(_))
+    ));
+    env.cleanup().await;
+}
