@@ -115,7 +115,15 @@ pub async fn status(settings: &Settings) -> Result<crate::status::Status, AppErr
             None
         }
     };
-    Ok(crate::status::gather(&redis, &keys, &schemas, &processors, store.as_ref()).await?)
+    Ok(crate::status::gather(
+        &redis,
+        &keys,
+        &schemas,
+        &processors,
+        store.as_ref(),
+        &settings.retention,
+    )
+    .await?)
 }
 
 /// Opens the database named in the config (creating it) and applies migrations.
@@ -165,6 +173,14 @@ pub async fn serve(
             settings: settings.rollup.clone(),
             worker_id: new_worker_id(),
         };
+        tracker.spawn(crate::retention::run(
+            redis.clone(),
+            keys.clone(),
+            crate::retention::all_streams(&keys, &schemas),
+            settings.retention.clone(),
+            ctx.worker_id.clone(),
+            shutdown.child_token(),
+        ));
         for def in processors.enabled() {
             let p = def.build(ctx.clone()).await?;
             let token = shutdown.child_token();
@@ -200,6 +216,7 @@ pub async fn serve(
             },
             catalog: Arc::new(catalog),
             ingest: settings.ingest.clone(),
+            retention: settings.retention.clone(),
         };
         let listener = match listener {
             Some(l) => l,

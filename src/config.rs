@@ -30,6 +30,7 @@ pub struct Settings {
     pub paths: PathsConfig,
     pub ingest: IngestConfig,
     pub rollup: RollupConfig,
+    pub retention: RetentionConfig,
 }
 
 /// The HTTP listener (ingest, query and status API).
@@ -180,6 +181,38 @@ impl Default for RollupConfig {
     }
 }
 
+/// Stream retention, applied by the rollup role (one pass per interval
+/// across all workers). Entries a consumer group still needs are never
+/// trimmed by `max_age_secs` or `max_len`; see docs/operations.md.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Trim entries older than this many seconds (by entry id); 0 = no age limit.
+    pub max_age_secs: u64,
+    /// Keep at most this many entries per shard stream; 0 = no length limit.
+    pub max_len: u64,
+    /// Memory safety: past this many entries per shard stream, trim even
+    /// entries a group has not acknowledged, counting each per group. 0 = never.
+    pub hard_max_len: u64,
+    /// Pause between retention passes.
+    pub interval_ms: u64,
+    /// Most entries one pass scans per stream for a length limit (an
+    /// overdue stream comes down over several passes).
+    pub max_scan: usize,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            max_age_secs: 7 * 24 * 3600,
+            max_len: 0,
+            hard_max_len: 0,
+            interval_ms: 10_000,
+            max_scan: 10_000,
+        }
+    }
+}
+
 impl Settings {
     /// Loads defaults < file < environment. `path` is `--config`; without it
     /// `flowmeter.toml` is read when it exists.
@@ -246,6 +279,12 @@ impl Settings {
         }
         if self.rollup.read_queue_batches == 0 {
             return bad("rollup.read_queue_batches must be > 0");
+        }
+        if self.retention.hard_max_len > 0 && self.retention.hard_max_len < self.retention.max_len {
+            return bad("retention.hard_max_len must be 0 (off) or at least retention.max_len");
+        }
+        if self.retention.max_scan == 0 {
+            return bad("retention.max_scan must be > 0");
         }
         if self.ingest.max_body_bytes == 0 || self.ingest.max_events_per_request == 0 {
             return bad("ingest.max_body_bytes and ingest.max_events_per_request must be > 0");

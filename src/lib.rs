@@ -16,6 +16,7 @@
 //! | [`sketch`] | mergeable quantile (DDSketch) and distinct-count (HyperLogLog) sketches |
 //! | [`expr`] | the small filter/value expression language of processor definitions |
 //! | [`groups`] | consumer-group administration: `flowmeter groups create/reset/delete` |
+//! | [`retention`] | safe trimming by age and length, never past what a group still needs |
 //! | [`dlq`] | dead-letter streams: entries a group could not process, and `flowmeter dlq` |
 //! | [`status`] | the figures of `GET /v1/status` and `flowmeter status` |
 //! | [`api`] | the HTTP API: ingest, rollup queries, status |
@@ -37,6 +38,7 @@ pub mod expr;
 pub mod groups;
 pub mod loadgen;
 pub mod processor;
+pub mod retention;
 pub mod sketch;
 pub mod status;
 pub mod store;

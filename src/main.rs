@@ -63,6 +63,14 @@ enum Command {
         #[command(subcommand)]
         action: GroupsAction,
     },
+    /// Apply retention once now (the rollup role does it every
+    /// retention.interval_ms): trim each stream by age and length, never past
+    /// what a group still needs, except for retention.hard_max_len.
+    Trim {
+        /// Show what would be trimmed and who holds it back; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Show streams (length, ids, retention window), consumer groups (lag,
     /// lag age, pending, consumers), shard checkpoints and owners, and rollup
     /// workers, as tables. With --max-lag-secs it is a probe: exit code 2 when
@@ -257,6 +265,25 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Trim { dry_run } => {
+            let schemas = flowmeter::event::SchemaRegistry::load(&settings.paths.schemas)?;
+            let (redis, keys) = app::redis_and_keys(&settings).await?;
+            let streams = flowmeter::retention::all_streams(&keys, &schemas);
+            let results = if dry_run {
+                let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
+                let mut v = Vec::new();
+                for s in &streams {
+                    let p =
+                        flowmeter::retention::plan(&redis, s, &settings.retention, now_ms).await?;
+                    let t = flowmeter::retention::would_trim(&redis, &p, 1_000_000).await?;
+                    v.push((p, t));
+                }
+                v
+            } else {
+                flowmeter::retention::pass(&redis, &keys, &streams, &settings.retention).await?
+            };
+            print!("{}", flowmeter::retention::render(&results, dry_run));
+        }
         Command::Groups { action } => {
             use flowmeter::groups;
             let schemas = flowmeter::event::SchemaRegistry::load(&settings.paths.schemas)?;
@@ -270,9 +297,15 @@ async fn main() -> anyhow::Result<()> {
             };
             match action {
                 GroupsAction::List { json } => {
-                    let status =
-                        flowmeter::status::gather(&redis, &keys, &schemas, &processors, None)
-                            .await?;
+                    let status = flowmeter::status::gather(
+                        &redis,
+                        &keys,
+                        &schemas,
+                        &processors,
+                        None,
+                        &settings.retention,
+                    )
+                    .await?;
                     if json {
                         println!("{}", serde_json::to_string_pretty(&status.groups)?);
                     } else if status.groups.is_empty() {

@@ -7,8 +7,10 @@ use std::collections::HashMap;
 use redis::Value;
 use serde::Serialize;
 
+use crate::config::RetentionConfig;
 use crate::event::SchemaRegistry;
 use crate::processor::{ProcessorRegistry, RunnerStats};
+use crate::retention::TrimPlan;
 use crate::store::Store;
 use crate::stream::resp::{entry_id, int, text, to_map};
 use crate::stream::{Keys, LeaseManager, Redis, StreamError, StreamId};
@@ -42,6 +44,8 @@ pub struct GroupSummary {
     pub idle_secs: Option<f64>,
     /// Entries in its dead-letter stream.
     pub dead_letters: u64,
+    /// Unacknowledged entries `retention.hard_max_len` trimmed before it read them (ever).
+    pub unread_trimmed: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -53,6 +57,8 @@ pub struct StreamStatus {
     pub first_id: Option<String>,
     pub last_id: Option<String>,
     pub groups: Vec<GroupStatus>,
+    /// What retention would trim now, and which group holds it back.
+    pub retention: Option<TrimPlan>,
 }
 
 #[derive(Debug, Serialize)]
@@ -101,7 +107,9 @@ pub async fn gather(
     schemas: &SchemaRegistry,
     processors: &ProcessorRegistry,
     store: Option<&Store>,
+    retention: &RetentionConfig,
 ) -> Result<Status, StreamError> {
+    let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
     let mut streams = Vec::new();
     for kind in schemas.kinds() {
         for shard in keys.shards_of(&kind.name) {
@@ -186,6 +194,11 @@ pub async fn gather(
                     _ => 0.0,
                 };
             }
+            let retention = if info.is_empty() {
+                None
+            } else {
+                Some(crate::retention::plan(redis, &key, retention, now_ms).await?)
+            };
             streams.push(StreamStatus {
                 stream: key,
                 kind: kind.name.clone(),
@@ -194,6 +207,7 @@ pub async fn gather(
                 first_id: entry_id(info.get("first-entry")),
                 last_id,
                 groups,
+                retention,
             });
         }
     }
@@ -266,6 +280,7 @@ async fn summarize(
             by_name.entry(g.group.as_str()).or_default().push(g);
         }
     }
+    let forced = crate::retention::forced_totals(redis, keys).await?;
     let mut out = Vec::new();
     for (name, gs) in by_name {
         let mut consumers: Vec<&str> = gs
@@ -299,9 +314,40 @@ async fn summarize(
                 .filter_map(|g| g.idle_secs)
                 .min_by(|a, b| a.total_cmp(b)),
             dead_letters: crate::dlq::len(redis, keys, name).await?,
+            unread_trimmed: forced.get(name).copied().unwrap_or(0),
         });
     }
     Ok(out)
+}
+
+/// Per stream: what the limits ask to keep, the oldest entry a group needs,
+/// and the group holding retention back (by how many seconds).
+pub fn render_retention(streams: &[StreamStatus]) -> String {
+    let dash = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
+    let mut rows = vec![[
+        "stream",
+        "keep from",
+        "needed from",
+        "by group",
+        "held back by",
+        "held s",
+        "next trim to",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for s in streams {
+        let Some(p) = &s.retention else { continue };
+        rows.push(vec![
+            s.stream.clone(),
+            dash(&p.wanted),
+            dash(&p.floor),
+            dash(&p.floor_group),
+            dash(&p.held_by),
+            format!("{:.0}", p.held_secs),
+            dash(&p.trim_to),
+        ]);
+    }
+    crate::table::table(&rows)
 }
 
 /// The `groups list` table.
@@ -317,6 +363,7 @@ pub fn render_groups(groups: &[GroupSummary]) -> String {
         "consumers",
         "idle s",
         "dead letters",
+        "trimmed unread",
     ]
     .map(String::from)
     .to_vec()];
@@ -336,6 +383,7 @@ pub fn render_groups(groups: &[GroupSummary]) -> String {
             g.consumers.to_string(),
             g.idle_secs.map_or("-".into(), |i| format!("{i:.1}")),
             g.dead_letters.to_string(),
+            g.unread_trimmed.to_string(),
         ]);
     }
     crate::table::table(&rows)
@@ -493,6 +541,8 @@ impl Status {
         out.push_str(&crate::table::table(&streams));
         out.push_str("\nGROUPS\n");
         out.push_str(&crate::table::table(&groups));
+        out.push_str("\nRETENTION\n");
+        out.push_str(&render_retention(&self.streams));
         out.push_str("\nGROUP TOTALS\n");
         out.push_str(&render_groups(&self.groups));
         out.push_str("\nSHARDS\n");

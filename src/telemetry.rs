@@ -74,6 +74,14 @@ pub mod metrics {
         "flowmeter_rollup_dead_lettered_total",
         "entries written to a dead-letter stream",
     );
+    pub static RETENTION_TRIMMED: Counter = Counter::new(
+        "flowmeter_retention_trimmed_total",
+        "stream entries removed by retention",
+    );
+    pub static RETENTION_FORCED: Counter = Counter::new(
+        "flowmeter_retention_unread_trimmed_total",
+        "entries retention.hard_max_len removed before every group acknowledged them",
+    );
     pub static ENTRIES_ACKED: Counter = Counter::new(
         "flowmeter_rollup_entries_acked_total",
         "stream entries acknowledged",
@@ -97,6 +105,8 @@ pub mod metrics {
         &EVENTS_APPLIED,
         &EVENTS_INVALID,
         &DEAD_LETTERED,
+        &RETENTION_TRIMMED,
+        &RETENTION_FORCED,
         &ENTRIES_ACKED,
         &FLUSHES,
         &FLUSH_FAILURES,

@@ -41,6 +41,8 @@ pub struct AppState {
     pub store: Option<Store>,
     pub catalog: Arc<QueryCatalog>,
     pub ingest: IngestConfig,
+    /// Shown in status (what retention would trim and who holds it back).
+    pub retention: crate::config::RetentionConfig,
 }
 
 /// Builds the router for the roles present in `state`.

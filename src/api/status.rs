@@ -16,6 +16,7 @@ pub async fn status(State(st): State<AppState>) -> Result<Json<Status>, ApiError
         &st.schemas,
         &st.processors,
         st.store.as_ref(),
+        &st.retention,
     )
     .await
     .map(Json)

@@ -31,6 +31,17 @@ pub struct StreamId {
 
 impl StreamId {
     pub const ZERO: StreamId = StreamId { ms: 0, seq: 0 };
+
+    /// The smallest id after this one (`XTRIM MINID next` keeps this entry's successors).
+    pub fn next(&self) -> StreamId {
+        match self.seq.checked_add(1) {
+            Some(seq) => StreamId { ms: self.ms, seq },
+            None => StreamId {
+                ms: self.ms.saturating_add(1),
+                seq: 0,
+            },
+        }
+    }
 }
 
 impl fmt::Display for StreamId {

@@ -75,6 +75,16 @@ impl Keys {
         format!("{}:lease:{}:{{{}}}", self.prefix, group, shard.label())
     }
 
+    /// Hash of retention figures (`unread_trimmed:{group}` counters).
+    pub fn retention(&self) -> String {
+        format!("{}:retention", self.prefix)
+    }
+
+    /// Lock taken for one retention pass.
+    pub fn retention_lock(&self) -> String {
+        format!("{}:lease:retention", self.prefix)
+    }
+
     /// Sorted set of live workers of a group (score: heartbeat expiry, ms).
     pub fn workers(&self, group: &str) -> String {
         format!("{}:workers:{}", self.prefix, group)
