@@ -35,6 +35,10 @@ pub enum AppError {
     },
     #[error("unknown role {0:?}; roles are ingest, api, rollup")]
     UnknownRole(String),
+    #[error("no processor named {0:?} in processors/; the names are: {1}")]
+    UnknownProcessor(String, String),
+    #[error(transparent)]
+    Replay(#[from] crate::processor::rollup::ReplayError),
 }
 
 /// A part of `flowmeter serve`.
@@ -124,6 +128,37 @@ pub async fn status(settings: &Settings) -> Result<crate::status::Status, AppErr
         &settings.retention,
     )
     .await?)
+}
+
+/// `flowmeter replay`: rebuilds processor `name`'s rows for the range while
+/// live processing continues (see `processor::rollup::replay`).
+pub async fn replay(
+    settings: &Settings,
+    name: &str,
+    opts: &crate::processor::rollup::ReplayOptions,
+    progress: Option<&indicatif::ProgressBar>,
+) -> Result<crate::processor::rollup::ReplayReport, AppError> {
+    let schemas = Arc::new(SchemaRegistry::load(&settings.paths.schemas)?);
+    let processors = ProcessorRegistry::load(&settings.paths.processors, &schemas)?;
+    let def = match processors.get(name) {
+        Some(crate::processor::ProcessorConfig::Rollup(d)) => d.clone(),
+        None => {
+            let names: Vec<&str> = processors.processors.iter().map(|p| p.name()).collect();
+            return Err(AppError::UnknownProcessor(name.into(), names.join(", ")));
+        }
+    };
+    let (redis, keys) = redis_and_keys(settings).await?;
+    let store = Store::connect(&settings.mysql.url, 2).await?;
+    let ctx = ProcessorContext {
+        redis,
+        keys,
+        store,
+        schemas,
+        settings: settings.rollup.clone(),
+        worker_id: format!("replay-{}", new_worker_id()),
+    };
+    let processor = def.build(ctx).await?;
+    Ok(processor.replay(opts, progress).await?)
 }
 
 /// Opens the database named in the config (creating it) and applies migrations.

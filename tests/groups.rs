@@ -15,28 +15,12 @@ use flowmeter::stream::{Keys, Redis, StartFrom};
 
 const T0: i64 = 1_772_359_200_000; // 2026-03-01T10:00:00Z
 
-async fn post_range(client: &reqwest::Client, url: &str, from: u64, to: u64) {
-    for chunk_start in (from..to).step_by(500) {
-        let body: Vec<String> = (chunk_start..(chunk_start + 500).min(to))
-            // spread over three hours and two days' boundaries of the daily table
-            .map(|i| http_event(i, T0 + (i as i64 * 7_919) % (3 * 3_600_000)).to_string())
-            .collect();
-        let (code, reply) = post_ndjson(client, url, body.join("\n")).await;
-        assert_eq!(code, 202, "{reply}");
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollup_added_later_backfills_and_ends_equal() {
     let dir = tempfile::tempdir().expect("tempdir");
-    for d in ["schemas", "migrations", "processors"] {
-        copy_dir(&repo().join(d), &dir.path().join(d));
-    }
     let mut env = TestEnv::new("late_group");
     env.settings.redis.shards = 2;
-    env.settings.paths.schemas = dir.path().join("schemas");
-    env.settings.paths.migrations = dir.path().join("migrations");
-    env.settings.paths.processors = dir.path().join("processors");
+    use_copied_definitions(&mut env, dir.path());
     env.migrate().await;
     let client = http_client();
     let store = env.store().await;
@@ -50,32 +34,31 @@ async fn a_rollup_added_later_backfills_and_ends_equal() {
 
     // Phase 1: only the original rollup exists.
     let server = env.start("ingest,api,rollup").await;
-    post_range(&client, &server.url("/v1/events"), 0, 3_000).await;
+    post_http_range(
+        &client,
+        &server.url("/v1/events"),
+        0..3_000,
+        T0,
+        3 * 3_600_000,
+    )
+    .await;
     wait_until(Duration::from_secs(30), total(3_000)).await;
     server.stop().await;
 
     // Phase 2: a second rollup over the same events, in its own group and
     // tables, starting from the beginning of the retained history.
-    std::fs::write(
-        dir.path().join("migrations/0100_late_rollup.sql"),
-        "CREATE TABLE late_hourly LIKE http_hourly;\nCREATE TABLE late_daily LIKE http_daily;\n",
-    )
-    .expect("migration");
-    let def = std::fs::read_to_string(repo().join("processors/http_rollup.toml"))
-        .expect("http_rollup.toml")
-        .replace("name = \"http_rollup\"", "name = \"late_rollup\"")
-        .replace(
-            "group = \"rollup\"",
-            "group = \"late\"\nstart_from = \"beginning\"",
-        )
-        .replace("name = \"http_hourly\"", "name = \"late_hourly\"")
-        .replace("name = \"http_daily\"", "name = \"late_daily\"");
-    assert!(def.contains("late_daily") && def.contains("start_from"));
-    std::fs::write(dir.path().join("processors/late_rollup.toml"), def).expect("processor");
+    add_shadow_rollup(dir.path(), "beginning");
     env.migrate().await;
     let server = env.start("ingest,api,rollup").await;
     // live traffic continues while the new group backfills
-    post_range(&client, &server.url("/v1/events"), 3_000, 6_000).await;
+    post_http_range(
+        &client,
+        &server.url("/v1/events"),
+        3_000..6_000,
+        T0,
+        3 * 3_600_000,
+    )
+    .await;
     wait_until(Duration::from_secs(60), total(6_000)).await;
     wait_until(Duration::from_secs(60), || {
         let s = store.clone();
@@ -84,15 +67,8 @@ async fn a_rollup_added_later_backfills_and_ends_equal() {
     .await;
     server.stop().await;
 
-    for (a, b) in [("http_hourly", "late_hourly"), ("http_daily", "late_daily")] {
-        let original = table_fingerprint(&store, a).await;
-        let late = table_fingerprint(&store, b).await;
-        assert!(!original.is_empty());
-        assert_eq!(original.len(), late.len(), "{a} vs {b}: row counts");
-        for (x, y) in original.iter().zip(&late) {
-            assert_eq!(x, y, "{a} vs {b}");
-        }
-    }
+    assert_same_rows(&store, "http_hourly", "late_hourly").await;
+    assert_same_rows(&store, "http_daily", "late_daily").await;
     env.cleanup().await;
 }
 

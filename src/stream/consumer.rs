@@ -206,6 +206,34 @@ pub async fn ack(
     redis.run(pipe.query_async::<()>(&mut conn)).await
 }
 
+/// Up to `count` entries of `stream` from `start` to `end` (XRANGE syntax:
+/// ids, `-`, `+`, `(id` for exclusive), outside any group.
+pub async fn range(
+    redis: &Redis,
+    stream: &str,
+    start: &str,
+    end: &str,
+    count: usize,
+) -> Result<Vec<Entry>, StreamError> {
+    let mut conn = redis.conn.clone();
+    let reply: Value = redis
+        .run(
+            redis::cmd("XRANGE")
+                .arg(stream)
+                .arg(start)
+                .arg(end)
+                .arg("COUNT")
+                .arg(count)
+                .query_async(&mut conn),
+        )
+        .await?;
+    match reply {
+        Value::Array(entries) => entries.into_iter().map(parse_entry).collect(),
+        Value::Nil => Ok(Vec::new()),
+        other => Err(StreamError::Protocol(format!("XRANGE reply {other:?}"))),
+    }
+}
+
 /// Parses an XREAD/XREADGROUP reply for a single stream.
 fn parse_xread(v: Value) -> Result<Vec<Entry>, StreamError> {
     let streams = match v {

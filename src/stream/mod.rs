@@ -16,7 +16,7 @@ mod start;
 
 use std::time::Duration;
 
-pub use consumer::{ack, ensure_group, Entry, GroupReader, ReadOutcome, StreamId};
+pub use consumer::{ack, ensure_group, range, Entry, GroupReader, ReadOutcome, StreamId};
 pub use keys::{Keys, Shard};
 pub use lease::{LeaseManager, LeaseOutcome};
 pub use producer::Producer;

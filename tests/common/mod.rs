@@ -193,6 +193,50 @@ pub fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// Points the env at copies of schemas/, migrations/ and processors/ in
+/// `dir`, so a test can add definitions.
+pub fn use_copied_definitions(env: &mut TestEnv, dir: &Path) {
+    for d in ["schemas", "migrations", "processors"] {
+        copy_dir(&repo().join(d), &dir.join(d));
+    }
+    env.settings.paths.schemas = dir.join("schemas");
+    env.settings.paths.migrations = dir.join("migrations");
+    env.settings.paths.processors = dir.join("processors");
+}
+
+/// Adds a second http rollup `late_rollup` (group `late`, tables
+/// `late_hourly`/`late_daily`, same measures as http_rollup) to copied
+/// definitions: an independent computation over the same events.
+pub fn add_shadow_rollup(dir: &Path, start_from: &str) {
+    std::fs::write(
+        dir.join("migrations/0100_late_rollup.sql"),
+        "CREATE TABLE late_hourly LIKE http_hourly;\nCREATE TABLE late_daily LIKE http_daily;\n",
+    )
+    .expect("migration");
+    let def = std::fs::read_to_string(repo().join("processors/http_rollup.toml"))
+        .expect("http_rollup.toml")
+        .replace("name = \"http_rollup\"", "name = \"late_rollup\"")
+        .replace(
+            "group = \"rollup\"",
+            &format!("group = \"late\"\nstart_from = \"{start_from}\""),
+        )
+        .replace("name = \"http_hourly\"", "name = \"late_hourly\"")
+        .replace("name = \"http_daily\"", "name = \"late_daily\"");
+    assert!(def.contains("late_daily") && def.contains("start_from"));
+    std::fs::write(dir.join("processors/late_rollup.toml"), def).expect("processor");
+}
+
+/// Asserts two tables with the same columns hold the same rows.
+pub async fn assert_same_rows(store: &Store, a: &str, b: &str) {
+    let x = table_fingerprint(store, a).await;
+    let y = table_fingerprint(store, b).await;
+    assert!(!x.is_empty(), "{a} is empty");
+    assert_eq!(x.len(), y.len(), "{a} vs {b}: row counts");
+    for (r, s) in x.iter().zip(&y) {
+        assert_eq!(r, s, "{a} vs {b}");
+    }
+}
+
 /// Every row of `table` as one `|`-joined string (doubles rounded to 6
 /// decimals, blobs in hex, NULL as `NULL`), sorted: two tables with the same
 /// columns are equal iff their fingerprints are.
@@ -267,6 +311,27 @@ pub fn http_event(i: u64, ts_ms: i64) -> serde_json::Value {
         "req_bytes": 100 + i % 50, "resp_bytes": 1000 + (i * 37) % 5000,
         "duration_ms": 1.0 + (i % 100) as f64 * 0.5, "user_id": format!("u{}", i % 40)
     })
+}
+
+/// POSTs http events `ids` (see [`http_event`]) in requests of 500, their
+/// `ts` spread over `spread_ms` from `t0`; asserts each is accepted.
+pub async fn post_http_range(
+    client: &reqwest::Client,
+    url: &str,
+    ids: std::ops::Range<u64>,
+    t0: i64,
+    spread_ms: i64,
+) {
+    let mut i = ids.start;
+    while i < ids.end {
+        let end = (i + 500).min(ids.end);
+        let body: Vec<String> = (i..end)
+            .map(|n| http_event(n, t0 + (n as i64 * 7_919) % spread_ms).to_string())
+            .collect();
+        let (code, reply) = post_ndjson(client, url, body.join("\n")).await;
+        assert_eq!(code, 202, "{reply}");
+        i = end;
+    }
 }
 
 /// The `data` of every entry of each shard of `kind`, in stream order.

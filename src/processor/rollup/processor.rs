@@ -106,9 +106,9 @@ pub struct RunnerStats {
 
 /// A built rollup processor.
 pub struct RollupProcessor {
-    def: RollupDef,
-    tables: Vec<CompiledTable>,
-    ctx: ProcessorContext,
+    pub(super) def: RollupDef,
+    pub(super) tables: Vec<CompiledTable>,
+    pub(super) ctx: ProcessorContext,
 }
 
 impl RollupDef {
