@@ -35,12 +35,15 @@ pub enum StoreError {
     CheckpointMoved { group: String, stream: String },
     #[error("table {table}: {reason}")]
     Schema { table: String, reason: String },
+    #[error("mysql did not finish within {0:?} (unreachable or overloaded?)")]
+    Timeout(std::time::Duration),
 }
 
 impl StoreError {
     pub fn retryable(&self) -> bool {
         match self {
             StoreError::Db(e) => is_retryable_db(e),
+            StoreError::Timeout(_) => true,
             _ => false,
         }
     }

@@ -3,6 +3,8 @@
 //! real servers on 127.0.0.1 (`scripts/services start`).
 #![allow(dead_code)]
 
+pub mod servers;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -274,6 +274,11 @@ impl Runner {
         };
         for o in outcomes {
             match o {
+                LeaseOutcome::Acquired(shard)
+                    if self.shards.get(&shard).is_some_and(|s| s.leaving.is_some()) =>
+                {
+                    self.resume_shard(&shard);
+                }
                 LeaseOutcome::Acquired(shard) => {
                     if let Err(e) = self.start_shard(shard.clone()).await {
                         tracing::warn!(shard = %shard, error = %e, "cannot start shard; releasing it");
@@ -294,6 +299,31 @@ impl Runner {
             self.flush().await;
         }
         self.publish_stats().await;
+    }
+
+    /// The lease of a shard we were leaving (lost while a flush could not
+    /// commit, e.g. MySQL down) is ours again: keep its uncommitted state and
+    /// read on from it. Starting it afresh would re-apply entries the held
+    /// state already counts. If another worker committed the shard meanwhile,
+    /// the next flush's checkpoint compare-and-set fails and all held state is
+    /// dropped and re-read.
+    fn resume_shard(&mut self, shard: &Shard) {
+        let Some(st) = self.shards.get_mut(shard) else {
+            return;
+        };
+        st.leaving = None;
+        st.generation += 1;
+        if let Some((tok, _)) = st.reader.take() {
+            tok.cancel();
+        }
+        let reader = match self.shards.get(shard) {
+            Some(st) => self.spawn_reader(shard, st),
+            None => return,
+        };
+        if let Some(st) = self.shards.get_mut(shard) {
+            tracing::info!(shard = %shard, checkpoint = %st.checkpoint, held_up_to = %st.seen, "shard lease regained; keeping its uncommitted state");
+            st.reader = Some(reader);
+        }
     }
 
     async fn mark_leaving(&mut self, shard: &Shard, how: Leaving) {
@@ -456,6 +486,9 @@ impl Runner {
             .values()
             .any(|s| !s.acks.is_empty() || !s.stale.is_empty());
         if dirty_shards.is_empty() && !has_acks {
+            // nothing held: whatever failed before no longer blocks reading
+            self.retry_at = None;
+            self.backoff = Duration::from_millis(100);
             self.finish_leaving().await;
             return true;
         }
@@ -482,9 +515,19 @@ impl Runner {
             .collect();
         let row_count: usize = rows.iter().map(Vec::len).sum();
         let mut attempt = 0;
+        // A commit that cannot finish within half a lease (MySQL unreachable:
+        // the pool waits for a connection) is abandoned, so the runner keeps
+        // renewing its leases; if it did commit, the retry's checkpoint
+        // compare-and-set notices and re-reads.
+        let limit = Duration::from_millis((self.p.ctx.settings.lease_ms / 2).max(100));
         let result = loop {
             attempt += 1;
-            match self.commit(&dirty_shards, &rows).await {
+            let attempt_result =
+                match tokio::time::timeout(limit, self.commit(&dirty_shards, &rows)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(StoreError::Timeout(limit)),
+                };
+            match attempt_result {
                 Err(e)
                     if e.is_lock_conflict() && attempt <= self.p.ctx.settings.max_flush_retries =>
                 {
@@ -667,6 +710,7 @@ impl Runner {
         for a in &mut self.aggs {
             a.clear();
         }
+        self.retry_at = None;
         self.poison.clear();
         self.pending_events = 0;
         self.stop_readers().await;
