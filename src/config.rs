@@ -165,6 +165,10 @@ pub struct RollupConfig {
     pub lease_ms: u64,
     /// Retries of one flush transaction on deadlock or lock-wait timeout.
     pub max_flush_retries: u32,
+    /// An entry delivered more than this many times without its effect
+    /// being committed (the worker crashed or stalled on it each time) goes
+    /// to the dead-letter stream instead of being applied again. 0 = never.
+    pub max_deliveries: u64,
 }
 
 impl Default for RollupConfig {
@@ -177,6 +181,7 @@ impl Default for RollupConfig {
             idle_poll_ms: 50,
             lease_ms: 10_000,
             max_flush_retries: 10,
+            max_deliveries: 5,
         }
     }
 }

@@ -257,6 +257,75 @@ pub async fn delete(
     Ok(out)
 }
 
+/// What `claim` did on one stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claimed {
+    pub stream: String,
+    /// Entries now pending on the new consumer.
+    pub claimed: u64,
+    /// Pending entries whose data retention had already trimmed; Redis
+    /// drops them from the pending list.
+    pub deleted: u64,
+}
+
+/// Moves every entry of `group` pending for at least `min_idle_ms` (its
+/// consumer is gone or stuck) to `consumer` with XAUTOCLAIM, on every stream.
+/// flowmeter's rollups never need this (a shard's pending list belongs to
+/// the shard, whoever holds its lease); it is for external consumers.
+pub async fn claim(
+    redis: &Redis,
+    streams: &[String],
+    group: &str,
+    consumer: &str,
+    min_idle_ms: u64,
+) -> Result<Vec<Claimed>, GroupError> {
+    let mut out = Vec::new();
+    for s in streams {
+        if group_on(redis, s, group).await?.is_none() {
+            continue;
+        }
+        let mut c = Claimed {
+            stream: s.clone(),
+            claimed: 0,
+            deleted: 0,
+        };
+        let mut cursor = "0-0".to_string();
+        loop {
+            let mut conn = redis.conn.clone();
+            let reply: Value = redis
+                .run(
+                    redis::cmd("XAUTOCLAIM")
+                        .arg(s)
+                        .arg(group)
+                        .arg(consumer)
+                        .arg(min_idle_ms)
+                        .arg(&cursor)
+                        .arg("COUNT")
+                        .arg(1_000)
+                        .arg("JUSTID")
+                        .query_async(&mut conn),
+                )
+                .await?;
+            let Value::Array(parts) = reply else { break };
+            let len = |v: Option<&Value>| match v {
+                Some(Value::Array(a)) => a.len() as u64,
+                _ => 0,
+            };
+            c.claimed += len(parts.get(1));
+            c.deleted += len(parts.get(2));
+            cursor = text(parts.first()).unwrap_or_else(|| "0-0".into());
+            if cursor == "0-0" {
+                break;
+            }
+        }
+        out.push(c);
+    }
+    if out.is_empty() {
+        return Err(GroupError::Missing(group.into()));
+    }
+    Ok(out)
+}
+
 /// The table printed after create/reset/delete.
 pub fn render(changes: &[ShardChange]) -> String {
     let dash = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());

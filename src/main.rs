@@ -221,6 +221,20 @@ enum GroupsAction {
         #[arg(long = "kind", value_name = "KIND")]
         kinds: Vec<String>,
     },
+    /// Hand every entry pending for at least --idle-secs (its consumer died
+    /// or hangs) to another consumer (XAUTOCLAIM), on every shard. For
+    /// external consumers; rollup shards need no claiming.
+    Claim {
+        name: String,
+        /// The consumer that takes the entries.
+        #[arg(long)]
+        to: String,
+        /// Only entries idle at least this long.
+        #[arg(long, default_value_t = 60)]
+        idle_secs: u64,
+        #[arg(long = "kind", value_name = "KIND")]
+        kinds: Vec<String>,
+    },
     /// Delete a group from every shard. Refuses while entries are pending or
     /// a processor in processors/ uses it, unless --force.
     Delete {
@@ -393,6 +407,36 @@ async fn main() -> anyhow::Result<()> {
                     if processors.processors.iter().any(|p| p.group() == name) {
                         println!("rollup checkpoints skip entries already counted; to rebuild rows use `flowmeter replay`");
                     }
+                }
+                GroupsAction::Claim {
+                    name,
+                    to,
+                    idle_secs,
+                    kinds,
+                } => {
+                    let done = groups::claim(
+                        &redis,
+                        &streams(&name, &kinds)?,
+                        &name,
+                        &to,
+                        idle_secs.saturating_mul(1000),
+                    )
+                    .await?;
+                    let mut rows = vec![["stream", "claimed", "already trimmed"]
+                        .map(String::from)
+                        .to_vec()];
+                    for c in &done {
+                        rows.push(vec![
+                            c.stream.clone(),
+                            c.claimed.to_string(),
+                            c.deleted.to_string(),
+                        ]);
+                    }
+                    print!("{}", flowmeter::table::table(&rows));
+                    let n: u64 = done.iter().map(|c| c.claimed).sum();
+                    println!(
+                        "{n} entries of group {name} idle ≥ {idle_secs} s now pending on {to}"
+                    );
                 }
                 GroupsAction::Delete { name, kinds, force } => {
                     let changes =

@@ -145,3 +145,110 @@ async fn poison_entries_are_dead_lettered_and_the_shard_moves_on() {
     server.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_redelivered_past_max_deliveries_are_dead_lettered() {
+    let mut env = TestEnv::new("dlq_deliveries");
+    env.settings.redis.shards = 1;
+    env.settings.rollup.max_deliveries = 5;
+    env.migrate().await;
+    let stream = format!("{}:{{http:0}}", env.name);
+    let mut r = env.redis().await;
+    for i in 0..10 {
+        let _: String = redis::cmd("XADD")
+            .arg(&stream)
+            .arg("*")
+            .arg("kind")
+            .arg("http")
+            .arg("v")
+            .arg(1)
+            .arg("data")
+            .arg(http_event(i, 1_772_359_200_000).to_string())
+            .query_async(&mut r)
+            .await
+            .expect("xadd");
+    }
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("rollup")
+        .arg("0")
+        .query_async(&mut r)
+        .await
+        .expect("group");
+    // A crash loop: the shard's consumer takes 4 entries and re-reads them
+    // from its pending list without ever acknowledging: 4 deliveries each,
+    // then 5 for the first two.
+    let read = |from: &'static str| {
+        let mut r = r.clone();
+        let stream = stream.clone();
+        async move {
+            let _: redis::Value = redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg("rollup")
+                .arg("http:0")
+                .arg("COUNT")
+                .arg(4)
+                .arg("STREAMS")
+                .arg(&stream)
+                .arg(from)
+                .query_async(&mut r)
+                .await
+                .expect("xreadgroup");
+        }
+    };
+    read(">").await;
+    for _ in 0..3 {
+        read("0").await;
+    }
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("rollup")
+        .arg("http:0")
+        .arg("COUNT")
+        .arg(2)
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg("0")
+        .query_async(&mut r)
+        .await
+        .expect("xreadgroup");
+
+    // The worker's own read is the 6th delivery of the first two (past
+    // max_deliveries = 5: dead-lettered) and the 5th of the next two (applied).
+    let server = env.start("rollup").await;
+    let store = env.store().await;
+    let dlq = format!("{}:dlq:rollup", env.name);
+    wait_until(Duration::from_secs(20), || {
+        let s = store.clone();
+        async move { scalar(&s, "SELECT SUM(requests) FROM http_hourly").await == 8 }
+    })
+    .await;
+    let letters: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(&dlq)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut r)
+        .await
+        .expect("xrange");
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    for (_, fields) in &letters {
+        let error = fields
+            .iter()
+            .find(|(k, _)| k == "error")
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("");
+        assert!(error.contains("delivered 6 times"), "{error}");
+        assert!(fields.iter().any(|(k, v)| k == "data" && v.contains("svc")));
+    }
+    server.stop().await;
+    // nothing pending: the dead-lettered entries were acknowledged
+    let pending: (u64, Option<String>, Option<String>, redis::Value) = redis::cmd("XPENDING")
+        .arg(&stream)
+        .arg("rollup")
+        .query_async(&mut r)
+        .await
+        .expect("xpending");
+    assert_eq!(pending.0, 0);
+    env.cleanup().await;
+}

@@ -199,6 +199,29 @@ async fn groups_are_created_moved_listed_and_deleted() {
         "{err}"
     );
 
+    // c1 "died": its entries go to c2
+    let claimed = groups::claim(&redis, &streams, "ext", "c2", 0)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.iter().map(|c| c.claimed).sum::<u64>(), 6);
+    let on_c2: Vec<(String, u64)> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(&streams[0])
+        .arg("ext")
+        .query_async::<Vec<std::collections::HashMap<String, redis::Value>>>(&mut r)
+        .await
+        .expect("consumers")
+        .into_iter()
+        .filter_map(|c| match (c.get("name"), c.get("pending")) {
+            (Some(redis::Value::BulkString(n)), Some(redis::Value::Int(p))) => {
+                Some((String::from_utf8_lossy(n).into_owned(), *p as u64))
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(on_c2.contains(&("c2".to_string(), 3)), "{on_c2:?}");
+    assert!(on_c2.contains(&("c1".to_string(), 0)), "{on_c2:?}");
+
     let gone = groups::delete(&redis, &streams, "ext", &processors, true)
         .await
         .expect("forced delete");

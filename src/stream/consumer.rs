@@ -70,6 +70,9 @@ pub struct Entry {
     /// `data` field; `None` when the entry was deleted (trimmed) while pending,
     /// or written without `data` by a foreign producer.
     pub data: Option<String>,
+    /// Times the group has delivered it, this delivery included (1 for new
+    /// entries; read from XPENDING for re-read pending entries).
+    pub deliveries: u64,
 }
 
 /// Result of one read.
@@ -168,7 +171,7 @@ impl GroupReader {
             if let Value::Int(-1) = reply {
                 return Ok(ReadOutcome::LeaseLost);
             }
-            let entries = parse_xread(reply)?;
+            let mut entries = parse_xread(reply)?;
             match self.pending_after {
                 Some(_) if entries.is_empty() => {
                     self.pending_after = None; // pending list drained: go on with new entries
@@ -176,11 +179,46 @@ impl GroupReader {
                 }
                 Some(_) => {
                     self.pending_after = entries.last().map(|e| e.id);
+                    self.count_deliveries(&mut entries).await?;
                 }
                 None => {}
             }
             return Ok(ReadOutcome::Entries(entries));
         }
+    }
+}
+
+impl GroupReader {
+    /// Fills `deliveries` of re-read pending entries from XPENDING (one call
+    /// per page of the pending list; never on the path of new entries).
+    async fn count_deliveries(&self, entries: &mut [Entry]) -> Result<(), StreamError> {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return Ok(());
+        };
+        let mut conn = self.redis.conn.clone();
+        let details: Vec<(String, String, u64, u64)> = self
+            .redis
+            .run(
+                redis::cmd("XPENDING")
+                    .arg(&self.stream)
+                    .arg(&self.group)
+                    .arg(first.id.to_string())
+                    .arg(last.id.to_string())
+                    .arg(entries.len())
+                    .arg(&self.consumer)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let counts: std::collections::HashMap<StreamId, u64> = details
+            .into_iter()
+            .filter_map(|(id, _, _, n)| id.parse().ok().map(|id| (id, n)))
+            .collect();
+        for e in entries.iter_mut() {
+            if let Some(n) = counts.get(&e.id) {
+                e.deliveries = *n;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -283,6 +321,7 @@ fn parse_entry(v: Value) -> Result<Entry, StreamError> {
         id,
         kind: None,
         data: None,
+        deliveries: 1,
     };
     if let Some(Value::Array(f)) = fields {
         let mut it = f.into_iter();

@@ -447,7 +447,15 @@ impl Runner {
             }
             st.seen = e.id;
             st.acks.push(e.id);
-            let decoded = decode(e.data.as_deref());
+            let max = self.p.ctx.settings.max_deliveries;
+            let decoded = if max > 0 && e.deliveries > max {
+                Err(format!(
+                    "delivered {} times without its effect being committed (rollup.max_deliveries = {max}): the worker crashed or stalled each time it held this entry",
+                    e.deliveries
+                ))
+            } else {
+                decode(e.data.as_deref())
+            };
             match decoded {
                 Ok((ev, ts)) => {
                     for (t, rows) in self.p.tables.iter().zip(self.aggs.iter_mut()) {
@@ -461,7 +469,7 @@ impl Runner {
                 Err(reason) => {
                     self.stats.invalid_total += 1;
                     metrics::EVENTS_INVALID.inc();
-                    tracing::warn!(stream = %st.stream, id = %e.id, %reason, "undecodable entry: moving it to the dead-letter stream");
+                    tracing::warn!(stream = %st.stream, id = %e.id, %reason, "moving entry to the dead-letter stream");
                     self.poison.push(Poison {
                         stream: st.stream.clone(),
                         id: e.id,
