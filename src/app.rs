@@ -33,7 +33,7 @@ pub enum AppError {
         #[source]
         source: std::io::Error,
     },
-    #[error("unknown role {0:?}; roles are ingest, api, rollup")]
+    #[error("unknown role {0:?}; roles are ingest, api, rollup, hub")]
     UnknownRole(String),
     #[error("no processor named {0:?} in processors/; the names are: {1}")]
     UnknownProcessor(String, String),
@@ -50,6 +50,8 @@ pub enum Role {
     Api,
     /// The processors of `processors/` (consumer groups).
     Rollup,
+    /// The realtime WebSocket hub (`GET /v1/ws`).
+    Hub,
 }
 
 impl FromStr for Role {
@@ -59,6 +61,7 @@ impl FromStr for Role {
             "ingest" => Ok(Role::Ingest),
             "api" => Ok(Role::Api),
             "rollup" => Ok(Role::Rollup),
+            "hub" => Ok(Role::Hub),
             other => Err(AppError::UnknownRole(other.to_string())),
         }
     }
@@ -71,7 +74,7 @@ pub struct Roles(pub BTreeSet<Role>);
 impl Roles {
     pub fn all() -> Self {
         Roles(
-            [Role::Ingest, Role::Api, Role::Rollup]
+            [Role::Ingest, Role::Api, Role::Rollup, Role::Hub]
                 .into_iter()
                 .collect(),
         )
@@ -228,6 +231,20 @@ pub async fn serve(
         }
     }
 
+    let hub = roles.has(Role::Hub).then(|| {
+        let hub = crate::hub::Hub::new(settings.hub.clone(), &processors);
+        tracker.spawn(hub.clone().run(
+            redis.clone(),
+            keys.clone(),
+            schemas.clone(),
+            shutdown.child_token(),
+        ));
+        hub
+    });
+    if !settings.auth.enabled() && (roles.has(Role::Hub) || roles.has(Role::Api)) {
+        tracing::warn!("no [auth] tokens configured: the API and the hub are open to anyone who can reach them");
+    }
+
     // Every role serves HTTP: `/healthz` and `/metrics` always (liveness
     // probes and Prometheus scrape rollup-only workers too), the ingest and
     // query endpoints only with their roles.
@@ -252,6 +269,8 @@ pub async fn serve(
             catalog: Arc::new(catalog),
             ingest: settings.ingest.clone(),
             retention: settings.retention.clone(),
+            hub: hub.clone(),
+            auth: crate::auth::Auth::new(settings.auth.clone()),
         };
         let listener = match listener {
             Some(l) => l,

@@ -31,6 +31,8 @@ pub struct Settings {
     pub ingest: IngestConfig,
     pub rollup: RollupConfig,
     pub retention: RetentionConfig,
+    pub hub: HubConfig,
+    pub auth: AuthConfig,
 }
 
 /// The HTTP listener (ingest, query and status API).
@@ -218,6 +220,99 @@ impl Default for RetentionConfig {
     }
 }
 
+/// The realtime hub (`GET /v1/ws`, role `hub`); see docs/websocket.md.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HubConfig {
+    /// History read back at start so the first snapshots are complete.
+    pub rebuild_secs: u64,
+    /// Most entries read back at start; past it the windows are complete
+    /// from then on (snapshots say so in `complete_since`).
+    pub rebuild_max_entries: u64,
+    /// COUNT of one XREAD over all shard streams.
+    pub read_count: usize,
+    /// Pause when the streams have nothing new.
+    pub poll_ms: u64,
+    /// A second is closed (and its updates sent) this long after it ends,
+    /// so entries still in flight make it into its point.
+    pub tick_grace_ms: u64,
+    /// Updates kept per channel for resuming clients (one per second).
+    pub ring_secs: usize,
+    /// Update interval when a subscription names none.
+    pub default_interval_ms: u64,
+    /// Smallest update interval a client may ask for.
+    pub min_interval_ms: u64,
+    /// Largest client message.
+    pub max_message_bytes: usize,
+    /// Channels one connection may watch.
+    pub max_subscriptions: usize,
+    /// Open connections per token (or per anonymous client when auth is off).
+    pub max_connections_per_token: usize,
+    /// Outgoing messages queued per connection; past it the connection's
+    /// updates are dropped and it gets a fresh snapshot once it catches up.
+    pub send_queue: usize,
+    /// Ping period; a connection that has not answered (pong or any
+    /// message) for `pong_timeout_ms` is closed.
+    pub ping_interval_ms: u64,
+    pub pong_timeout_ms: u64,
+    /// Entries in `top_endpoints`.
+    pub top_endpoints: usize,
+    /// A meeting or peer counts as active when it sent a sample this recently.
+    pub active_secs: u64,
+    /// Subjects (services, endpoints, meetings) held; events of further
+    /// subjects count in the overviews only.
+    pub max_subjects: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            rebuild_secs: 3_600,
+            rebuild_max_entries: 5_000_000,
+            read_count: 5_000,
+            poll_ms: 50,
+            tick_grace_ms: 300,
+            ring_secs: 300,
+            default_interval_ms: 2_000,
+            min_interval_ms: 250,
+            max_message_bytes: 64 * 1024,
+            max_subscriptions: 64,
+            max_connections_per_token: 20_000,
+            send_queue: 64,
+            ping_interval_ms: 15_000,
+            pong_timeout_ms: 45_000,
+            top_endpoints: 10,
+            active_secs: 30,
+            max_subjects: 50_000,
+        }
+    }
+}
+
+/// Bearer tokens. With none configured, the API is open (a warning says so
+/// at start).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub tokens: Vec<TokenConfig>,
+}
+
+impl AuthConfig {
+    pub fn enabled(&self) -> bool {
+        !self.tokens.is_empty()
+    }
+}
+
+/// One token and what it may do.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// A name for logs and limits (never the token itself).
+    pub name: String,
+    pub token: String,
+    /// `read` (WebSocket hub, queries), `ingest` (POST /v1/events).
+    pub scopes: Vec<String>,
+}
+
 impl Settings {
     /// Loads defaults < file < environment. `path` is `--config`; without it
     /// `flowmeter.toml` is read when it exists.
@@ -288,6 +383,24 @@ impl Settings {
         if self.retention.hard_max_len > 0 && self.retention.hard_max_len < self.retention.max_len {
             return bad("retention.hard_max_len must be 0 (off) or at least retention.max_len");
         }
+        if self.hub.min_interval_ms == 0 || self.hub.send_queue == 0 || self.hub.ring_secs == 0 {
+            return bad("hub.min_interval_ms, hub.send_queue and hub.ring_secs must be > 0");
+        }
+        for t in &self.auth.tokens {
+            if t.token.len() < 16 {
+                return bad("auth.tokens: every token must be at least 16 characters");
+            }
+            if let Some(s) = t
+                .scopes
+                .iter()
+                .find(|s| !["read", "ingest"].contains(&s.as_str()))
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "auth.tokens {}: unknown scope {s:?} (read, ingest)",
+                    t.name
+                )));
+            }
+        }
         if self.retention.max_scan == 0 {
             return bad("retention.max_scan must be > 0");
         }
@@ -302,6 +415,9 @@ impl Settings {
         let mut s = self.clone();
         s.redis.url = mask_url(&s.redis.url);
         s.mysql.url = mask_url(&s.mysql.url);
+        for t in &mut s.auth.tokens {
+            t.token = "***".into();
+        }
         toml::to_string_pretty(&s).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
 }

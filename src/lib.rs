@@ -19,6 +19,8 @@
 //! | [`retention`] | safe trimming by age and length, never past what a group still needs |
 //! | [`dlq`] | dead-letter streams: entries a group could not process, and `flowmeter dlq` |
 //! | [`status`] | the figures of `GET /v1/status` and `flowmeter status` |
+//! | [`hub`] | the realtime WebSocket hub: sliding windows fed from the streams, `GET /v1/ws` |
+//! | [`auth`] | bearer tokens and scopes |
 //! | [`api`] | the HTTP API: ingest, rollup queries, status |
 //! | [`app`] | wiring: builds every component from the config and runs the roles |
 //! | [`telemetry`] | tracing setup and the names of every counter |
@@ -29,6 +31,7 @@
 
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod bench;
 pub mod collector;
 pub mod config;
@@ -36,6 +39,7 @@ pub mod dlq;
 pub mod event;
 pub mod expr;
 pub mod groups;
+pub mod hub;
 pub mod loadgen;
 pub mod processor;
 pub mod retention;

@@ -35,10 +35,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the server: ingest API, query API and the processors of processors/.
+    /// Run the server: ingest API, query API, the processors of processors/
+    /// and the realtime WebSocket hub.
     Serve {
-        /// Roles to run, comma separated: ingest, api, rollup.
-        #[arg(long, default_value = "ingest,api,rollup")]
+        /// Roles to run, comma separated: ingest, api, rollup, hub.
+        #[arg(long, default_value = "ingest,api,rollup,hub")]
         roles: String,
         /// Listen address (overrides server.listen).
         #[arg(long, value_name = "ADDR")]

@@ -82,6 +82,18 @@ pub mod metrics {
         "flowmeter_retention_unread_trimmed_total",
         "entries retention.hard_max_len removed before every group acknowledged them",
     );
+    pub static HUB_CONNECTIONS: Counter = Counter::new(
+        "flowmeter_hub_connections_total",
+        "WebSocket connections opened",
+    );
+    pub static HUB_DISCONNECTIONS: Counter = Counter::new(
+        "flowmeter_hub_disconnections_total",
+        "WebSocket connections closed",
+    );
+    pub static HUB_DROPPED: Counter = Counter::new(
+        "flowmeter_hub_messages_dropped_total",
+        "hub messages dropped because a client's queue was full (it gets a snapshot later)",
+    );
     pub static ENTRIES_ACKED: Counter = Counter::new(
         "flowmeter_rollup_entries_acked_total",
         "stream entries acknowledged",
@@ -107,6 +119,9 @@ pub mod metrics {
         &DEAD_LETTERED,
         &RETENTION_TRIMMED,
         &RETENTION_FORCED,
+        &HUB_CONNECTIONS,
+        &HUB_DISCONNECTIONS,
+        &HUB_DROPPED,
         &ENTRIES_ACKED,
         &FLUSHES,
         &FLUSH_FAILURES,

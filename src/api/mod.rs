@@ -43,6 +43,9 @@ pub struct AppState {
     pub ingest: IngestConfig,
     /// Shown in status (what retention would trim and who holds it back).
     pub retention: crate::config::RetentionConfig,
+    /// Present when the `hub` role runs.
+    pub hub: Option<Arc<crate::hub::Hub>>,
+    pub auth: crate::auth::Auth,
 }
 
 /// Builds the router for the roles present in `state`.
@@ -52,6 +55,9 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(status::metrics));
     if state.producer.is_some() {
         r = r.route("/v1/events", post(ingest::ingest));
+    }
+    if state.hub.is_some() {
+        r = r.route("/v1/ws", get(crate::hub::ws::handler));
     }
     if state.store.is_some() {
         r = r

@@ -1,0 +1,225 @@
+//! Sliding windows of one subject: per-second points for the last
+//! [`SECONDS`], per-minute points for the last [`MINUTES`], and latency
+//! sketches per [`SLOT_SECS`]-second slot for the quantiles of the 1-minute
+//! and 5-minute windows. Buckets are keyed by the entry id's time (arrival
+//! at Redis), so every hub instance reading the same streams fills the same
+//! buckets. Storage is sparse: a quiet subject holds only its busy seconds.
+
+use std::collections::VecDeque;
+
+use serde::Serialize;
+
+use crate::sketch::DdSketch;
+
+/// Seconds of 1-s points kept (the 5-minute window).
+pub const SECONDS: i64 = 300;
+/// Minutes of 1-min points kept (the 1-hour window).
+pub const MINUTES: i64 = 60;
+/// Width of a latency slot.
+pub const SLOT_SECS: i64 = 10;
+
+/// Additive figures of one bucket; `P` is the kind's point type.
+pub trait Point: Default + Clone + Serialize {
+    fn merge(&mut self, other: &Self);
+}
+
+/// One subject's windows.
+#[derive(Debug, Clone, Default)]
+pub struct Windows<P: Point> {
+    /// (unix second, point), ascending.
+    seconds: VecDeque<(i64, P)>,
+    /// (unix minute, point, p95 of the minute's latencies once it closed).
+    minutes: VecDeque<(i64, P, Option<f64>)>,
+    /// (slot start second, sketch), ascending.
+    slots: VecDeque<(i64, DdSketch)>,
+    /// Sketch of the current minute (for its p95).
+    minute_sketch: (i64, DdSketch),
+    /// Newest second with data.
+    pub last_sec: i64,
+}
+
+fn bucket<T: Default>(q: &mut VecDeque<(i64, T)>, key: i64) -> &mut T {
+    // Entries arrive nearly in order: search from the back.
+    let pos = q.iter().rposition(|(k, _)| *k <= key);
+    match pos {
+        Some(i) if q[i].0 == key => &mut q[i].1,
+        Some(i) => {
+            q.insert(i + 1, (key, T::default()));
+            &mut q[i + 1].1
+        }
+        None => {
+            q.push_front((key, T::default()));
+            &mut q[0].1
+        }
+    }
+}
+
+impl<P: Point> Windows<P> {
+    /// Adds one event at `ms` (entry-id time) with its point and latency.
+    pub fn add(&mut self, ms: i64, point: &P, latency: Option<f64>) {
+        let sec = ms.div_euclid(1000);
+        bucket(&mut self.seconds, sec).merge(point);
+        let min = sec.div_euclid(60);
+        let pos = self.minutes.iter().rposition(|(k, _, _)| *k <= min);
+        match pos {
+            Some(i) if self.minutes[i].0 == min => self.minutes[i].1.merge(point),
+            Some(i) => self.minutes.insert(i + 1, (min, point.clone(), None)),
+            None => self.minutes.push_front((min, point.clone(), None)),
+        }
+        if let Some(l) = latency {
+            bucket(&mut self.slots, sec - sec.rem_euclid(SLOT_SECS)).add(l);
+            if self.minute_sketch.0 != min {
+                if min < self.minute_sketch.0 {
+                    // a late event of a closed minute: its p95 stays as computed
+                } else {
+                    self.close_minute();
+                    self.minute_sketch = (min, DdSketch::new());
+                }
+            }
+            if self.minute_sketch.0 == min {
+                self.minute_sketch.1.add(l);
+            }
+        }
+        self.last_sec = self.last_sec.max(sec);
+    }
+
+    fn close_minute(&mut self) {
+        let (min, sk) = &self.minute_sketch;
+        if let Some(m) = self.minutes.iter_mut().find(|(k, _, _)| k == min) {
+            m.2 = sk.quantile(0.95);
+        }
+    }
+
+    /// Drops what fell out of every window at `now_sec`.
+    pub fn expire(&mut self, now_sec: i64) {
+        while self
+            .seconds
+            .front()
+            .is_some_and(|(s, _)| *s <= now_sec - SECONDS)
+        {
+            self.seconds.pop_front();
+        }
+        while self
+            .minutes
+            .front()
+            .is_some_and(|(m, _, _)| *m <= now_sec.div_euclid(60) - MINUTES)
+        {
+            self.minutes.pop_front();
+        }
+        while self
+            .slots
+            .front()
+            .is_some_and(|(s, _)| *s + SLOT_SECS <= now_sec - SECONDS)
+        {
+            self.slots.pop_front();
+        }
+    }
+
+    /// The point of second `sec` (empty when nothing arrived).
+    pub fn second(&self, sec: i64) -> P {
+        self.seconds
+            .iter()
+            .rev()
+            .find(|(s, _)| *s == sec)
+            .map(|(_, p)| p.clone())
+            .unwrap_or_default()
+    }
+
+    /// The 1-s points of `(now − n, now]`, oldest first, gaps filled.
+    pub fn seconds(&self, now_sec: i64, n: i64) -> Vec<(i64, P)> {
+        let from = now_sec - n + 1;
+        let mut it = self.seconds.iter().filter(|(s, _)| *s >= from).peekable();
+        (from..=now_sec)
+            .map(|s| match it.peek() {
+                Some((k, p)) if *k == s => {
+                    let p = p.clone();
+                    it.next();
+                    (s, p)
+                }
+                _ => (s, P::default()),
+            })
+            .collect()
+    }
+
+    /// Sum of the 1-s points of `(now − n, now]`.
+    pub fn total(&self, now_sec: i64, n: i64) -> P {
+        let mut t = P::default();
+        for (_, p) in self
+            .seconds
+            .iter()
+            .filter(|(s, _)| *s > now_sec - n && *s <= now_sec)
+        {
+            t.merge(p);
+        }
+        t
+    }
+
+    /// The 1-min points of the last hour (minute start ms, point, p95), oldest first.
+    pub fn minutes(&self) -> Vec<(i64, P, Option<f64>)> {
+        self.minutes
+            .iter()
+            .map(|(m, p, q)| {
+                let q = if *m == self.minute_sketch.0 {
+                    self.minute_sketch.1.quantile(0.95)
+                } else {
+                    *q
+                };
+                (m * 60_000, p.clone(), q)
+            })
+            .collect()
+    }
+
+    /// Latency sketch of the slots overlapping `(now − n, now]`.
+    pub fn latency(&self, now_sec: i64, n: i64) -> DdSketch {
+        let mut sk = DdSketch::new();
+        for (_, s) in self
+            .slots
+            .iter()
+            .filter(|(s, _)| *s + SLOT_SECS > now_sec - n && *s <= now_sec)
+        {
+            sk.merge(s);
+        }
+        sk
+    }
+
+    pub fn is_idle(&self, now_sec: i64) -> bool {
+        self.last_sec <= now_sec - MINUTES * 60
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Default, Clone, Serialize, PartialEq)]
+    struct N(u64);
+    impl Point for N {
+        fn merge(&mut self, o: &Self) {
+            self.0 += o.0;
+        }
+    }
+
+    #[test]
+    fn buckets_fill_and_expire() {
+        let mut w: Windows<N> = Windows::default();
+        let t0 = 1_772_359_200; // a minute boundary
+        for i in 0..10 {
+            w.add((t0 + i) * 1000 + 500, &N(1), Some(10.0 + i as f64));
+        }
+        w.add((t0 + 3) * 1000, &N(5), None); // out of order
+        assert_eq!(w.second(t0 + 3), N(6));
+        assert_eq!(w.total(t0 + 9, 60), N(15));
+        let s = w.seconds(t0 + 11, 5);
+        assert_eq!(s.len(), 5);
+        assert_eq!(s[0], (t0 + 7, N(1)));
+        assert_eq!(s[4], (t0 + 11, N(0)));
+        assert_eq!(w.latency(t0 + 9, 60).count(), 10);
+        assert_eq!(w.minutes().len(), 1);
+        w.expire(t0 + 400);
+        assert_eq!(w.total(t0 + 400, 300), N(0));
+        assert_eq!(w.minutes().len(), 1, "the minute stays for an hour");
+        w.expire(t0 + 3_700);
+        assert!(w.minutes().is_empty());
+        assert!(w.is_idle(t0 + 3_700));
+    }
+}
