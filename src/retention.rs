@@ -113,21 +113,10 @@ async fn ids(
     end: &str,
     count: usize,
 ) -> Result<Vec<StreamId>, StreamError> {
-    let mut conn = redis.conn.clone();
-    let raw: Vec<(String, Vec<(String, String)>)> = redis
-        .run(
-            redis::cmd("XRANGE")
-                .arg(stream)
-                .arg(start)
-                .arg(end)
-                .arg("COUNT")
-                .arg(count)
-                .query_async(&mut conn),
-        )
-        .await?;
-    Ok(raw
+    Ok(crate::stream::range(redis, stream, start, end, count)
+        .await?
         .into_iter()
-        .filter_map(|(id, _)| id.parse().ok())
+        .map(|e| e.id)
         .collect())
 }
 

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -153,18 +152,7 @@ async fn groups_are_created_moved_listed_and_deleted() {
     // the CLI lists it with its totals
     let cfg = tempfile::tempdir().expect("tempdir");
     let config = env.write_config(cfg.path());
-    let out = Command::new(env!("CARGO_BIN_EXE_flowmeter"))
-        .args(["--config"])
-        .arg(&config)
-        .args(["groups", "list"])
-        .output()
-        .expect("run flowmeter");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = cli_ok(&config, &["groups", "list"]);
     let line = text
         .lines()
         .find(|l| l.starts_with("ext "))
@@ -186,12 +174,7 @@ async fn groups_are_created_moved_listed_and_deleted() {
     ));
 
     // the CLI refuses with pending entries, and says what to do
-    let out = Command::new(env!("CARGO_BIN_EXE_flowmeter"))
-        .args(["--config"])
-        .arg(&config)
-        .args(["groups", "delete", "ext", "--kind", "http"])
-        .output()
-        .expect("run flowmeter");
+    let out = cli(&config, &["groups", "delete", "ext", "--kind", "http"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -86,10 +85,9 @@ async fn replay_twice_during_live_ingest_equals_a_fresh_computation() {
     // the second run goes through the CLI, still during ingest
     let cfg = tempfile::tempdir().expect("tempdir");
     let config = env.write_config(cfg.path());
-    let out = Command::new(env!("CARGO_BIN_EXE_flowmeter"))
-        .arg("--config")
-        .arg(&config)
-        .args([
+    let text = cli_ok(
+        &config,
+        &[
             "replay",
             "--processor",
             "http_rollup",
@@ -98,14 +96,7 @@ async fn replay_twice_during_live_ingest_equals_a_fresh_computation() {
             "--to",
             "2026-03-01T13:00:00Z",
             "--quiet",
-        ])
-        .output()
-        .expect("run flowmeter");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
     assert!(
         text.contains("http_hourly") && text.contains("entries scanned"),

@@ -274,6 +274,45 @@ pub async fn table_fingerprint(store: &Store, table: &str) -> Vec<String> {
     rows
 }
 
+/// Runs the `flowmeter` binary with `--config config` and `args`.
+pub fn cli(config: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_flowmeter"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("run flowmeter")
+}
+
+/// Like [`cli`], asserting success; returns stdout.
+pub fn cli_ok(config: &Path, args: &[&str]) -> String {
+    let out = cli(config, args);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "flowmeter {args:?} failed:\n{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// The value of counter `name` in the server's `/metrics` (0 when absent).
+pub async fn metric(client: &reqwest::Client, server: &Server, name: &str) -> f64 {
+    let text = client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// GETs `url` and decodes the JSON reply.
 pub async fn get_json(client: &reqwest::Client, url: String) -> serde_json::Value {
     client
