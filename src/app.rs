@@ -190,7 +190,8 @@ pub async fn serve(
     )
     .await?;
     let keys = Keys::new(settings.redis.prefix.clone(), settings.redis.shards);
-    let store = if roles.has(Role::Api) || roles.has(Role::Rollup) {
+    let alerting = roles.has(Role::Hub) && !processors.alerts.rules.is_empty();
+    let store = if roles.has(Role::Api) || roles.has(Role::Rollup) || alerting {
         Some(Store::connect(&settings.mysql.url, settings.mysql.max_connections).await?)
     } else {
         None
@@ -239,6 +240,17 @@ pub async fn serve(
             schemas.clone(),
             shutdown.child_token(),
         ));
+        if let (true, Some(store)) = (alerting, store.clone()) {
+            tracker.spawn(crate::alert::run(
+                hub.clone(),
+                processors.alerts.clone(),
+                redis.clone(),
+                keys.clone(),
+                store,
+                new_worker_id(),
+                shutdown.child_token(),
+            ));
+        }
         hub
     });
     if !settings.auth.enabled() && (roles.has(Role::Hub) || roles.has(Role::Api)) {

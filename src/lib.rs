@@ -20,6 +20,7 @@
 //! | [`dlq`] | dead-letter streams: entries a group could not process, and `flowmeter dlq` |
 //! | [`status`] | the figures of `GET /v1/status` and `flowmeter status` |
 //! | [`hub`] | the realtime WebSocket hub: sliding windows fed from the streams, `GET /v1/ws` |
+//! | [`alert`] | alert rules (threshold, spike, anomaly), their state machine and the one evaluator |
 //! | [`auth`] | bearer tokens and scopes |
 //! | [`api`] | the HTTP API: ingest, rollup queries, status |
 //! | [`app`] | wiring: builds every component from the config and runs the roles |
@@ -29,6 +30,7 @@
 //! | [`bench`] | `flowmeter bench`: the end-to-end benchmark |
 //! | [`table`] | aligned plain-text tables for the CLI |
 
+pub mod alert;
 pub mod api;
 pub mod app;
 pub mod auth;

@@ -79,6 +79,7 @@ async fn snapshot_live_updates_and_resume_without_holes() {
     let mut env = TestEnv::new("hub_live");
     env.settings.redis.shards = 2;
     env.settings.hub.tick_grace_ms = 200;
+    env.migrate().await; // the alert evaluator of processors/alerts.toml reads its table
     let server = env.start("ingest,hub").await;
     let client = http_client();
     post(&client, &server, 0, 300).await;
@@ -225,6 +226,7 @@ async fn snapshot_live_updates_and_resume_without_holes() {
 async fn a_restarted_hub_rebuilds_and_two_hubs_agree() {
     let mut env = TestEnv::new("hub_rebuild");
     env.settings.redis.shards = 2;
+    env.migrate().await;
     let ingest = env.start("ingest").await;
     let client = http_client();
     for i in 0..5 {
@@ -321,6 +323,7 @@ async fn tokens_limits_and_slow_subscribers() {
     env.settings.hub.max_subscriptions = 3;
     env.settings.hub.max_connections_per_token = 3;
     env.settings.hub.send_queue = 4;
+    env.migrate().await;
     let server = env.start("ingest,hub").await;
     let client = http_client();
     post(&client, &server, 0, 600).await;

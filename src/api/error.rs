@@ -75,3 +75,48 @@ impl IntoResponse for ApiError {
         resp
     }
 }
+
+/// A `BadParam` for `param`.
+pub fn bad_param(param: &str, reason: impl Into<String>) -> ApiError {
+    ApiError::BadParam {
+        param: param.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Query parameter `name` as a time (RFC 3339), if given.
+pub fn time_param(
+    params: &std::collections::HashMap<String, String>,
+    name: &str,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+    params
+        .get(name)
+        .map(|s| {
+            crate::event::parse_ts(s)
+                .ok()
+                .and_then(chrono::DateTime::from_timestamp_millis)
+                .ok_or_else(|| {
+                    bad_param(
+                        name,
+                        "must be an RFC 3339 time such as 2026-03-01T00:00:00Z",
+                    )
+                })
+        })
+        .transpose()
+}
+
+/// Query parameter `limit` (1..=max), else `default`.
+pub fn limit_param(
+    params: &std::collections::HashMap<String, String>,
+    default: u64,
+    max: u64,
+) -> Result<u64, ApiError> {
+    match params.get("limit") {
+        Some(l) => l
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| bad_param("limit", format!("must be an integer from 1 to {max}"))),
+        None => Ok(default),
+    }
+}

@@ -8,6 +8,7 @@
 //! [`router`] builds the whole thing from an [`AppState`], so tests drive it
 //! with `tower::ServiceExt::oneshot` and no socket.
 
+mod alerts;
 mod error;
 mod ingest;
 mod rollups;
@@ -63,7 +64,8 @@ pub fn router(state: AppState) -> Router {
         r = r
             .route("/v1/rollups/hourly", get(rollups::hourly))
             .route("/v1/rollups/daily", get(rollups::daily))
-            .route("/v1/status", get(status::status));
+            .route("/v1/status", get(status::status))
+            .route("/v1/alerts", get(alerts::list));
     }
     r.fallback(|| async { ApiError::NotFound("no such endpoint; see docs/api.md".into()) })
         .with_state(state)

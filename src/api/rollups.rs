@@ -14,12 +14,11 @@ use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde_json::{json, Map, Value};
 use sqlx::{MySql, QueryBuilder, Row};
 
 use super::{ApiError, AppState};
-use crate::event::parse_ts;
 use crate::processor::rollup::Window;
 use crate::processor::{ProcessorConfig, ProcessorRegistry};
 use crate::store::{ColumnInfo, ColumnKind, Store, StoreError};
@@ -99,12 +98,7 @@ pub async fn daily(
     query(st, q, Window::Day).await
 }
 
-fn bad(param: &str, reason: impl Into<String>) -> ApiError {
-    ApiError::BadParam {
-        param: param.to_string(),
-        reason: reason.into(),
-    }
-}
+use super::error::bad_param as bad;
 
 async fn query(
     State(st): State<AppState>,
@@ -126,22 +120,7 @@ async fn query(
                 format!("no rollup table for kind {kind:?} at this window"),
             )
         })?;
-    let time = |name: &str| -> Result<Option<DateTime<Utc>>, ApiError> {
-        params
-            .get(name)
-            .map(|s| {
-                parse_ts(s)
-                    .ok()
-                    .and_then(DateTime::from_timestamp_millis)
-                    .ok_or_else(|| {
-                        bad(
-                            name,
-                            "must be an RFC 3339 time such as 2026-03-01T00:00:00Z",
-                        )
-                    })
-            })
-            .transpose()
-    };
+    let time = |name: &str| super::error::time_param(&params, name);
     let to = time("to")?.unwrap_or_else(|| Utc::now() + chrono::Duration::hours(1));
     let span = match window {
         Window::Hour => chrono::Duration::hours(24),
@@ -151,14 +130,7 @@ async fn query(
     if from > to {
         return Err(bad("from", "must not be after `to`"));
     }
-    let limit = match params.get("limit") {
-        Some(l) => l
-            .parse::<u64>()
-            .ok()
-            .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or_else(|| bad("limit", format!("must be an integer from 1 to {MAX_LIMIT}")))?,
-        None => DEFAULT_LIMIT,
-    };
+    let limit = super::error::limit_param(&params, DEFAULT_LIMIT, MAX_LIMIT)?;
     let csv = match params.get("format").map(String::as_str) {
         None | Some("json") => false,
         Some("csv") => true,

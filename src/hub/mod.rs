@@ -106,6 +106,8 @@ struct State {
     subjects_refused: u64,
     /// The hub holds every event since this unix second (after its rebuild).
     complete_since: i64,
+    /// Open alerts by id, from the alert stream.
+    open_alerts: std::collections::BTreeMap<u64, Value>,
 }
 
 /// The shared hub.
@@ -120,7 +122,13 @@ pub struct Hub {
     tick: watch::Sender<i64>,
     /// Connections per token (limits).
     pub(crate) connections: Mutex<HashMap<String, usize>>,
+    /// Alert announcements, pushed at once to `alerts` subscribers.
+    alerts: tokio::sync::broadcast::Sender<Arc<Value>>,
 }
+
+/// Alert announcements buffered per slow subscriber before it is sent a
+/// snapshot of the open alerts instead.
+const ALERT_BUFFER: usize = 256;
 
 /// Quality classes of the first `classify` measure of a processor reading
 /// `webrtc` (the rollup's), so live and historical classes agree.
@@ -160,13 +168,90 @@ impl Hub {
                 max_subjects: cfg.max_subjects,
                 subjects_refused: 0,
                 complete_since: 0,
+                open_alerts: std::collections::BTreeMap::new(),
             }),
             cfg,
             rings: RwLock::new(HashMap::new()),
             subscribers: Mutex::new(HashMap::new()),
             tick,
             connections: Mutex::new(HashMap::new()),
+            alerts: tokio::sync::broadcast::channel(ALERT_BUFFER).0,
         })
+    }
+
+    /// Live alert announcements.
+    pub fn alert_feed(&self) -> tokio::sync::broadcast::Receiver<Arc<Value>> {
+        self.alerts.subscribe()
+    }
+
+    /// An announcement from the alert stream: keeps the open set, and pushes
+    /// it when it is recent (not history read back at start).
+    fn on_alert(&self, st: &mut State, id: StreamId, data: Option<&str>) {
+        let Some(msg) = data.and_then(|d| serde_json::from_str::<Value>(d).ok()) else {
+            return;
+        };
+        let Some(aid) = msg["alert"]["id"].as_u64() else {
+            return;
+        };
+        match msg["state"].as_str() {
+            Some("fired") => {
+                st.open_alerts.insert(aid, msg["alert"].clone());
+            }
+            Some("resolved") => {
+                st.open_alerts.remove(&aid);
+            }
+            _ => return,
+        }
+        let age = chrono::Utc::now().timestamp_millis() - id.ms as i64;
+        if age < 10_000 {
+            let _ = self.alerts.send(Arc::new(msg));
+        }
+    }
+
+    /// The metric of `rule` for each subject in its scope at second `now`:
+    /// (subject, value, events in the window).
+    pub fn rule_values(&self, rule: &crate::alert::Rule, now: i64) -> Vec<(String, f64, u64)> {
+        use crate::alert::{Metric, Scope};
+        let st = self.lock();
+        let secs = rule.window_secs as i64;
+        let prefix = match (rule.protocol.as_str(), rule.scope) {
+            ("http", Scope::Overview) => "http:overview",
+            ("http", Scope::Service) => "http:service:",
+            ("http", Scope::Endpoint) => "http:endpoint:",
+            ("webrtc", Scope::Overview) => "webrtc:overview",
+            ("webrtc", Scope::Meeting) => "webrtc:meeting:",
+            _ => return Vec::new(),
+        };
+        let mut out = Vec::new();
+        if rule.protocol == "http" {
+            for (k, sub) in st.http.iter().filter(|(k, _)| k.starts_with(prefix)) {
+                let t = sub.w.total(now, secs);
+                let n = t.requests;
+                let v = match rule.metric {
+                    Metric::Bandwidth => (t.bytes_in + t.bytes_out) as f64 / secs as f64,
+                    Metric::RequestsPerSec => n as f64 / secs as f64,
+                    Metric::ErrorRate if n > 0 => (t.errors_4xx + t.errors_5xx) as f64 / n as f64,
+                    Metric::ErrorRate => 0.0,
+                    Metric::P95LatencyMs => sub.w.latency(now, secs).quantile(0.95).unwrap_or(0.0),
+                    Metric::RelayedShare => continue,
+                };
+                out.push((k.clone(), v, n));
+            }
+        } else {
+            for (k, sub) in st.webrtc.iter().filter(|(k, _)| k.starts_with(prefix)) {
+                let t = sub.w.total(now, secs);
+                let n = t.samples;
+                let v = match rule.metric {
+                    Metric::Bandwidth => (t.bytes_sent + t.bytes_received) as f64 / secs as f64,
+                    Metric::RelayedShare if n > 0 => t.relayed as f64 / n as f64,
+                    Metric::RelayedShare => 0.0,
+                    Metric::P95LatencyMs => sub.w.latency(now, secs).quantile(0.95).unwrap_or(0.0),
+                    _ => continue,
+                };
+                out.push((k.clone(), v, n));
+            }
+        }
+        out
     }
 
     pub fn config(&self) -> &HubConfig {
@@ -314,6 +399,12 @@ impl Hub {
     pub fn snapshot(&self, channel: &Channel, full: bool) -> Value {
         let now = *self.tick.borrow();
         let st = self.lock();
+        if *channel == Channel::Alerts {
+            return json!({
+                "type": "snapshot", "channel": "alerts", "seq": now, "full": full,
+                "open": st.open_alerts.values().collect::<Vec<_>>(),
+            });
+        }
         let (seconds, minutes): (Vec<Value>, Vec<Value>) = match channel {
             Channel::Http(n) => match st.http.get(n) {
                 Some(s) => series(&s.w, now),
@@ -450,6 +541,7 @@ impl Hub {
                     .map(move |s| (k.to_string(), s))
             })
             .map(|(k, s)| (k, keys.stream(&s)))
+            .chain(std::iter::once(("alerts".to_string(), keys.alerts())))
             .collect();
         let clock = {
             let hub = self.clone();
@@ -482,9 +574,17 @@ impl Hub {
         shutdown: CancellationToken,
     ) {
         let start_ms = chrono::Utc::now().timestamp_millis() - self.cfg.rebuild_secs as i64 * 1000;
+        // the alert stream is read whole (it is capped), so alerts opened
+        // before the rebuild window still count as open
         let mut ids: Vec<String> = streams
             .iter()
-            .map(|_| format!("{}-0", start_ms.max(0)))
+            .map(|(k, _)| {
+                if k == "alerts" {
+                    "0-0".to_string()
+                } else {
+                    format!("{}-0", start_ms.max(0))
+                }
+            })
             .collect();
         let mut rebuilt = 0u64;
         let mut rebuilding = true;
@@ -564,7 +664,11 @@ impl Hub {
                     .iter()
                     .find(|(k, _)| k == "data")
                     .map(|(_, v)| v.as_str());
-                self.apply(&mut st, &kind, sid, data);
+                if kind == "alerts" {
+                    self.on_alert(&mut st, sid, data);
+                } else {
+                    self.apply(&mut st, &kind, sid, data);
+                }
                 ids[i] = id;
             }
         }

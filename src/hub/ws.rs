@@ -110,6 +110,18 @@ struct Connection {
     hub: Arc<Hub>,
     subs: HashMap<String, Sub>,
     out: Option<mpsc::Sender<Message>>,
+    /// Alert announcements, while subscribed to `alerts`.
+    alerts: Option<tokio::sync::broadcast::Receiver<Arc<Value>>>,
+}
+
+/// The next alert announcement, or never when not subscribed.
+async fn next_alert(
+    rx: &mut Option<tokio::sync::broadcast::Receiver<Arc<Value>>>,
+) -> Result<Arc<Value>, tokio::sync::broadcast::error::RecvError> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 enum Sent {
@@ -124,6 +136,7 @@ impl Connection {
             hub,
             subs: HashMap::new(),
             out: None,
+            alerts: None,
         }
     }
 
@@ -175,6 +188,25 @@ impl Connection {
                         Message::Ping(_) | Message::Pong(_) => {}
                     }
                 }
+                a = next_alert(&mut self.alerts) => match a {
+                    Ok(msg) => {
+                        if let Some(sub) = self.subs.get_mut("alerts") {
+                            match self.out.as_ref().map(|o| o.try_send(Message::Text(msg.to_string().into()))) {
+                                Some(Ok(())) => {}
+                                _ => {
+                                    metrics::HUB_DROPPED.inc();
+                                    sub.stale = true;
+                                }
+                            }
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        if let Some(sub) = self.subs.get_mut("alerts") {
+                            sub.stale = true;
+                        }
+                    }
+                    Err(_) => self.alerts = None,
+                },
                 r = ticks.changed() => {
                     if r.is_err() { break }
                     self.deliver_due();
@@ -227,6 +259,9 @@ impl Connection {
                     if self.subs.remove(&c).is_some() {
                         self.hub.unsubscribe(&c);
                     }
+                    if c == "alerts" {
+                        self.alerts = None;
+                    }
                 }
             }
             ClientMsg::Subscribe {
@@ -250,10 +285,6 @@ impl Connection {
         let mut ok = Vec::new();
         for name in channels {
             let channel = match Channel::parse(&name) {
-                Ok(Channel::Alerts) => {
-                    self.error("channel alerts: alert rules are not part of this build yet");
-                    continue;
-                }
                 Ok(c) => c,
                 Err(e) => {
                     self.error(e);
@@ -269,6 +300,21 @@ impl Connection {
             }
             if !self.subs.contains_key(&name) {
                 self.hub.subscribe(&name);
+            }
+            if channel == Channel::Alerts {
+                // alerts are pushed as they happen; a (re)subscription gets the open ones
+                self.alerts.get_or_insert_with(|| self.hub.alert_feed());
+                let mut sub = Sub {
+                    channel,
+                    interval: Duration::from_millis(interval),
+                    due: Instant::now() + Duration::from_secs(3600 * 24 * 365),
+                    last_seq: 0,
+                    stale: false,
+                };
+                self.send_snapshot(&mut sub, &name, "subscribe");
+                self.subs.insert(name.clone(), sub);
+                ok.push(name);
+                continue;
             }
             let mut sub = Sub {
                 channel,
@@ -334,6 +380,13 @@ impl Connection {
             let Some(mut sub) = self.subs.remove(&name) else {
                 continue;
             };
+            if sub.channel == Channel::Alerts {
+                if sub.stale {
+                    self.send_snapshot(&mut sub, &name, "slow");
+                }
+                self.subs.insert(name, sub);
+                continue;
+            }
             sub.due = now + sub.interval;
             if sub.stale {
                 self.send_snapshot(&mut sub, &name, "slow");

@@ -57,6 +57,8 @@ impl ProcessorConfig {
 #[derive(Debug, Clone, Default)]
 pub struct ProcessorRegistry {
     pub processors: Vec<ProcessorConfig>,
+    /// The alert rules (`type = "alerts"`, e.g. processors/alerts.toml).
+    pub alerts: crate::alert::AlertRules,
 }
 
 impl ProcessorRegistry {
@@ -74,8 +76,27 @@ impl ProcessorRegistry {
             .collect();
         files.sort();
         let mut processors: Vec<ProcessorConfig> = Vec::new();
+        let mut alerts = crate::alert::AlertRules {
+            kind: "alerts".into(),
+            rules: Vec::new(),
+        };
         for file in files {
             let text = std::fs::read_to_string(&file).map_err(|e| bad(&file, e.to_string()))?;
+            let is_alerts = toml::from_str::<toml::Table>(&text)
+                .ok()
+                .and_then(|t| {
+                    t.get("type")
+                        .and_then(|v| v.as_str())
+                        .map(|t| t == "alerts")
+                })
+                .unwrap_or(false);
+            if is_alerts {
+                let rules: crate::alert::AlertRules =
+                    toml::from_str(&text).map_err(|e| bad(&file, e.to_string()))?;
+                rules.check().map_err(|reason| bad(&file, reason))?;
+                alerts.rules.extend(rules.rules);
+                continue;
+            }
             let def: ProcessorConfig =
                 toml::from_str(&text).map_err(|e| bad(&file, e.to_string()))?;
             for kind in def.kinds() {
@@ -108,7 +129,8 @@ impl ProcessorRegistry {
             }
             processors.push(def);
         }
-        Ok(Self { processors })
+        alerts.check().map_err(|reason| bad(dir, reason))?;
+        Ok(Self { processors, alerts })
     }
 
     pub fn get(&self, name: &str) -> Option<&ProcessorConfig> {

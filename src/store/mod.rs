@@ -5,6 +5,7 @@
 //! READ COMMITTED isolation (locking reads see the latest committed row and
 //! take no gap locks, which keeps concurrent flushes from deadlocking on inserts).
 
+mod alerts;
 mod checkpoint;
 mod columns;
 
@@ -14,6 +15,7 @@ use std::time::Duration;
 use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlPoolOptions};
 use sqlx::{ConnectOptions, Executor, MySqlPool};
 
+pub use alerts::{AlertRow, NewAlert};
 pub use checkpoint::{advance as advance_checkpoint, Checkpoint};
 pub use columns::{ColumnInfo, ColumnKind};
 

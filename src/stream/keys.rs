@@ -80,6 +80,16 @@ impl Keys {
         format!("{}:retention", self.prefix)
     }
 
+    /// Stream of alert announcements (fired / resolved), tailed by every hub.
+    pub fn alerts(&self) -> String {
+        format!("{}:alerts", self.prefix)
+    }
+
+    /// Lease of the one alert evaluator.
+    pub fn alerts_lease(&self) -> String {
+        format!("{}:lease:alerts", self.prefix)
+    }
+
     /// Lock taken for one retention pass.
     pub fn retention_lock(&self) -> String {
         format!("{}:lease:retention", self.prefix)

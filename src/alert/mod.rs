@@ -1,0 +1,207 @@
+//! Alerts: rules (`processors/alerts.toml`) judged every closed second
+//! against the hub's windows.
+//!
+//! - `rules.rs`: the rule file (threshold, spike, anomaly; metric, scope,
+//!   severity, `for`, `clear_for`);
+//! - `eval.rs`: the per (rule, subject) state machine.
+//!
+//! Among hub instances one evaluates at a time, holding the Redis lease
+//! `{prefix}:lease:alerts`. A firing alert is written to the `alerts` table
+//! first (its unique key allows one open alert per rule and subject, so even
+//! two evaluators racing after a lease loss cannot double it), then appended
+//! to the stream `{prefix}:alerts`, which every hub instance tails and
+//! pushes at once to its `alerts` subscribers. A new evaluator starts from
+//! the open alerts in the table.
+
+mod eval;
+mod rules;
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+pub use eval::{Evaluator, Transition};
+pub use rules::{AlertRules, Metric, Rule, RuleKind, Scope, Severity};
+
+use crate::hub::Hub;
+use crate::store::{AlertRow, NewAlert, Store};
+use crate::stream::{Keys, Redis};
+
+/// Alert messages kept in `{prefix}:alerts` (`XADD MAXLEN ~`).
+pub const ALERT_STREAM_LEN: u64 = 10_000;
+
+/// The message pushed on the `alerts` channel (and stored in the stream).
+pub fn message(state: &str, a: &AlertRow) -> Value {
+    json!({"type": "alert", "state": state, "alert": a})
+}
+
+fn name_of<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Runs the evaluator loop of one hub instance until `shutdown`: on every
+/// closed second, if it holds (or takes) the lease, steps every rule.
+pub async fn run(
+    hub: Arc<Hub>,
+    rules: AlertRules,
+    redis: Redis,
+    keys: Keys,
+    store: Store,
+    owner: String,
+    shutdown: CancellationToken,
+) {
+    let mut ticks = hub.ticks();
+    let mut evaluator: Option<Evaluator> = None;
+    let lease_ms = 5_000u64;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = ticks.changed() => if r.is_err() { break },
+        }
+        let sec = *ticks.borrow_and_update();
+        // take or renew the lease (a Lua compare-and-renew keeps it ours only)
+        let held = lease(&redis, &keys, &owner, lease_ms).await;
+        if !held {
+            evaluator = None;
+            continue;
+        }
+        if evaluator.is_none() {
+            match store.open_alerts().await {
+                Ok(open) => {
+                    let mut ev = Evaluator::default();
+                    for a in &open {
+                        ev.restore_open(&a.rule, &a.subject);
+                    }
+                    tracing::info!(open = open.len(), "alert evaluator started");
+                    evaluator = Some(ev);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "alerts: cannot read open alerts; retrying");
+                    continue;
+                }
+            }
+        }
+        let Some(ev) = evaluator.as_mut() else {
+            continue;
+        };
+        let mut failed = false;
+        for rule in &rules.rules {
+            let values = hub.rule_values(rule, sec);
+            for t in ev.step(rule, sec, &values) {
+                if let Err(e) = apply(&t, rule, sec, &store, &redis, &keys).await {
+                    tracing::warn!(error = %e, "alerts: cannot record a transition; restarting the evaluator from the table");
+                    failed = true;
+                }
+            }
+        }
+        if failed {
+            evaluator = None;
+        }
+    }
+    let mut conn = redis.conn.clone();
+    let _: Result<(), _> = redis
+        .run(
+            redis::Script::new(RELEASE)
+                .key(keys.alerts_lease())
+                .arg(&owner)
+                .invoke_async(&mut conn),
+        )
+        .await;
+}
+
+const RENEW: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+if not cur then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
+return 0
+"#;
+const RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
+async fn lease(redis: &Redis, keys: &Keys, owner: &str, ms: u64) -> bool {
+    let mut conn = redis.conn.clone();
+    let r: Result<i64, _> = redis
+        .run(
+            redis::Script::new(RENEW)
+                .key(keys.alerts_lease())
+                .arg(owner)
+                .arg(ms)
+                .invoke_async(&mut conn),
+        )
+        .await;
+    matches!(r, Ok(1))
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ApplyError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Stream(#[from] crate::stream::StreamError),
+}
+
+/// Records a transition in the table, then announces it on the stream.
+async fn apply(
+    t: &Transition,
+    rule: &Rule,
+    sec: i64,
+    store: &Store,
+    redis: &Redis,
+    keys: &Keys,
+) -> Result<(), ApplyError> {
+    let at = chrono::Utc::now();
+    let (state, row) = match t {
+        Transition::Fire {
+            subject,
+            value,
+            threshold,
+            message,
+            ..
+        } => {
+            let row = store
+                .open_alert(&NewAlert {
+                    rule: &rule.name,
+                    kind: &name_of(&rule.kind),
+                    severity: &name_of(&rule.severity),
+                    protocol: &rule.protocol,
+                    subject,
+                    metric: &name_of(&rule.metric),
+                    value: *value,
+                    threshold: *threshold,
+                    message,
+                    at,
+                })
+                .await?;
+            ("fired", row)
+        }
+        Transition::Resolve { subject, .. } => (
+            "resolved",
+            store.resolve_alert(&rule.name, subject, at).await?,
+        ),
+    };
+    let Some(row) = row else {
+        return Ok(()); // another evaluator recorded it first
+    };
+    tracing::info!(rule = %rule.name, subject = %row.subject, state, second = sec, "alert");
+    let mut conn = redis.conn.clone();
+    let _: String = redis
+        .run(
+            redis::cmd("XADD")
+                .arg(keys.alerts())
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(ALERT_STREAM_LEN)
+                .arg("*")
+                .arg("data")
+                .arg(message(state, &row).to_string())
+                .query_async(&mut conn),
+        )
+        .await?;
+    Ok(())
+}
