@@ -147,15 +147,16 @@ async fn poison_entries_are_dead_lettered_and_the_shard_moves_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn entries_redelivered_past_max_deliveries_are_dead_lettered() {
+async fn repeatedly_delivered_entries_are_applied_alone_and_only_killers_are_dead_lettered() {
     let mut env = TestEnv::new("dlq_deliveries");
     env.settings.redis.shards = 1;
     env.settings.rollup.max_deliveries = 5;
     env.migrate().await;
     let stream = format!("{}:{{http:0}}", env.name);
     let mut r = env.redis().await;
+    let mut ids = Vec::new();
     for i in 0..10 {
-        let _: String = redis::cmd("XADD")
+        let id: String = redis::cmd("XADD")
             .arg(&stream)
             .arg("*")
             .arg("kind")
@@ -167,6 +168,7 @@ async fn entries_redelivered_past_max_deliveries_are_dead_lettered() {
             .query_async(&mut r)
             .await
             .expect("xadd");
+        ids.push(id);
     }
     let _: () = redis::cmd("XGROUP")
         .arg("CREATE")
@@ -177,51 +179,37 @@ async fn entries_redelivered_past_max_deliveries_are_dead_lettered() {
         .await
         .expect("group");
     // A crash loop: the shard's consumer takes 4 entries and re-reads them
-    // from its pending list without ever acknowledging: 4 deliveries each,
-    // then 5 for the first two.
-    let read = |from: &'static str| {
-        let mut r = r.clone();
-        let stream = stream.clone();
-        async move {
-            let _: redis::Value = redis::cmd("XREADGROUP")
-                .arg("GROUP")
-                .arg("rollup")
-                .arg("http:0")
-                .arg("COUNT")
-                .arg(4)
-                .arg("STREAMS")
-                .arg(&stream)
-                .arg(from)
-                .query_async(&mut r)
-                .await
-                .expect("xreadgroup");
-        }
-    };
-    read(">").await;
-    for _ in 0..3 {
-        read("0").await;
+    // from its pending list four times without acknowledging (5 deliveries;
+    // the worker's own read makes 6, past max_deliveries).
+    for from in [">", "0", "0", "0", "0"] {
+        let _: redis::Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("rollup")
+            .arg("http:0")
+            .arg("COUNT")
+            .arg(4)
+            .arg("STREAMS")
+            .arg(&stream)
+            .arg(from)
+            .query_async(&mut r)
+            .await
+            .expect("xreadgroup");
     }
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("rollup")
-        .arg("http:0")
-        .arg("COUNT")
-        .arg(2)
-        .arg("STREAMS")
-        .arg(&stream)
-        .arg("0")
+    // …and the first of them already killed three workers applying it alone
+    let _: i64 = redis::cmd("HINCRBY")
+        .arg(format!("{}:suspects:rollup", env.name))
+        .arg(format!("{stream}/{}", ids[0]))
+        .arg(3)
         .query_async(&mut r)
         .await
-        .expect("xreadgroup");
+        .expect("hincrby");
 
-    // The worker's own read is the 6th delivery of the first two (past
-    // max_deliveries = 5: dead-lettered) and the 5th of the next two (applied).
     let server = env.start("rollup").await;
     let store = env.store().await;
     let dlq = format!("{}:dlq:rollup", env.name);
     wait_until(Duration::from_secs(20), || {
         let s = store.clone();
-        async move { scalar(&s, "SELECT SUM(requests) FROM http_hourly").await == 8 }
+        async move { scalar(&s, "SELECT SUM(requests) FROM http_hourly").await == 9 }
     })
     .await;
     let letters: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
@@ -231,24 +219,35 @@ async fn entries_redelivered_past_max_deliveries_are_dead_lettered() {
         .query_async(&mut r)
         .await
         .expect("xrange");
-    assert_eq!(letters.len(), 2, "{letters:?}");
-    for (_, fields) in &letters {
-        let error = fields
+    assert_eq!(letters.len(), 1, "only the killer: {letters:?}");
+    let field = |k: &str| {
+        letters[0]
+            .1
             .iter()
-            .find(|(k, _)| k == "error")
-            .map(|(_, v)| v.as_str())
-            .unwrap_or("");
-        assert!(error.contains("delivered 6 times"), "{error}");
-        assert!(fields.iter().any(|(k, v)| k == "data" && v.contains("svc")));
-    }
+            .find(|(f, _)| f == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(field("id"), ids[0]);
+    assert!(
+        field("error").contains("attempts to apply it alone"),
+        "{}",
+        field("error")
+    );
+    assert!(field("data").contains("svc"));
     server.stop().await;
-    // nothing pending: the dead-lettered entries were acknowledged
     let pending: (u64, Option<String>, Option<String>, redis::Value) = redis::cmd("XPENDING")
         .arg(&stream)
         .arg("rollup")
         .query_async(&mut r)
         .await
         .expect("xpending");
-    assert_eq!(pending.0, 0);
+    assert_eq!(pending.0, 0, "everything acknowledged");
+    let left: u64 = redis::cmd("HLEN")
+        .arg(format!("{}:suspects:rollup", env.name))
+        .query_async(&mut r)
+        .await
+        .expect("hlen");
+    assert_eq!(left, 0, "attempt counters are cleared once committed");
     env.cleanup().await;
 }

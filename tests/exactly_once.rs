@@ -202,7 +202,8 @@ fn spawn_flowmeter(config: &std::path::Path, roles: &str, listen: &str) -> Kid {
         ])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        // the children's warnings show with the test's output when it fails
+        .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn flowmeter"))
 }

@@ -121,6 +121,8 @@ pub struct GroupReader {
     count: usize,
     /// `Some(after)` while re-reading our pending list; `None` once reading new entries.
     pending_after: Option<StreamId>,
+    /// Pending entries delivered more often than this come alone (0: never split).
+    suspect_after: u64,
 }
 
 impl GroupReader {
@@ -144,7 +146,15 @@ impl GroupReader {
             worker,
             count: count.max(1),
             pending_after: Some(StreamId::ZERO),
+            suspect_after: 0,
         }
+    }
+
+    /// Re-read pending entries delivered more than `n` times are returned
+    /// alone, one per read, so the caller can apply and commit each by itself.
+    pub fn with_suspects_after(mut self, n: u64) -> Self {
+        self.suspect_after = n;
+        self
     }
 
     pub fn stream(&self) -> &str {
@@ -178,8 +188,16 @@ impl GroupReader {
                     continue;
                 }
                 Some(_) => {
-                    self.pending_after = entries.last().map(|e| e.id);
                     self.count_deliveries(&mut entries).await?;
+                    let max = self.suspect_after;
+                    match entries.iter().position(|e| max > 0 && e.deliveries > max) {
+                        // a suspect first: it alone
+                        Some(0) => entries.truncate(1),
+                        // entries before the suspect; the next read starts at it
+                        Some(i) => entries.truncate(i),
+                        None => {}
+                    }
+                    self.pending_after = entries.last().map(|e| e.id);
                 }
                 None => {}
             }

@@ -90,6 +90,11 @@ impl Keys {
         format!("{}:lease:alerts", self.prefix)
     }
 
+    /// Hash of solo attempts of suspect entries of a group (`stream/id` → n).
+    pub fn suspects(&self, group: &str) -> String {
+        format!("{}:suspects:{}", self.prefix, group)
+    }
+
     /// Lock taken for one retention pass.
     pub fn retention_lock(&self) -> String {
         format!("{}:lease:retention", self.prefix)

@@ -35,6 +35,8 @@ use crate::telemetry::metrics;
 
 /// Most backoff between failed flush attempts.
 const MAX_FLUSH_BACKOFF: Duration = Duration::from_secs(5);
+/// Longest a flush transaction may take before it is abandoned and retried.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause after a failed read before trying the shard again.
 const READ_ERROR_BACKOFF: Duration = Duration::from_millis(500);
 
@@ -44,6 +46,21 @@ struct Batch {
     generation: u64,
     outcome: ReadOutcome,
 }
+
+impl Batch {
+    /// A pending entry delivered more than `max_deliveries` times, which the
+    /// reader hands over alone.
+    fn is_suspect(&self, max: u64) -> bool {
+        match &self.outcome {
+            ReadOutcome::Entries(e) => max > 0 && e.len() == 1 && e[0].deliveries > max,
+            ReadOutcome::LeaseLost => false,
+        }
+    }
+}
+
+/// Solo attempts after which a suspect entry is dead-lettered: it crashed or
+/// stalled the worker while applied and committed by itself this often.
+const SOLO_ATTEMPTS: i64 = 3;
 
 /// An entry that cannot be decoded: it goes to the group's dead-letter
 /// stream before the flush that acknowledges it commits.
@@ -166,6 +183,10 @@ struct Runner {
     retry_at: Option<Instant>,
     backoff: Duration,
     last_flush: Instant,
+    /// A suspect entry waiting to be applied and committed by itself.
+    suspect: Option<Batch>,
+    /// Dead-letter reason forced on the next batch (a suspect past its solo attempts).
+    force_dead: Option<String>,
 }
 
 impl Runner {
@@ -205,6 +226,8 @@ impl Runner {
             retry_at: None,
             backoff: Duration::from_millis(100),
             last_flush: Instant::now(),
+            suspect: None,
+            force_dead: None,
         }
     }
 
@@ -219,7 +242,12 @@ impl Runner {
         let max_batch = s.max_batch_events;
         tracing::info!(processor = %self.p.def.name, group = %self.p.def.group, worker = %self.p.ctx.worker_id, "rollup runner started");
         loop {
-            let accepting = self.retry_at.is_none() && self.pending_events < max_batch;
+            if self.suspect.is_some() && self.retry_at.is_none_or(|t| Instant::now() >= t) {
+                self.run_suspect().await;
+            }
+            let accepting = self.retry_at.is_none()
+                && self.pending_events < max_batch
+                && self.suspect.is_none();
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -230,6 +258,10 @@ impl Runner {
                     }
                 }
                 Some(batch) = self.rx.recv(), if accepting => {
+                    if batch.is_suspect(self.p.ctx.settings.max_deliveries) {
+                        self.suspect = Some(batch);
+                        continue;
+                    }
                     self.on_batch(batch);
                     if self.pending_events >= max_batch {
                         self.flush().await;
@@ -299,6 +331,75 @@ impl Runner {
             self.flush().await;
         }
         self.publish_stats().await;
+    }
+
+    /// Applies and commits a suspect entry by itself, after committing what
+    /// came before it. Each solo attempt is counted in Redis first; past
+    /// [`SOLO_ATTEMPTS`] (the worker died or stalled during each) the entry
+    /// is dead-lettered instead. Entries that merely shared crash-looping
+    /// flushes with others commit here and are never dead-lettered.
+    async fn run_suspect(&mut self) {
+        if !self.flush().await {
+            return; // held state first; retried after the backoff
+        }
+        let Some(batch) = self.suspect.take() else {
+            return;
+        };
+        let (stream, id, deliveries) = match &batch.outcome {
+            ReadOutcome::Entries(e) if e.len() == 1 => (
+                self.p.ctx.keys.stream(&batch.shard),
+                e[0].id,
+                e[0].deliveries,
+            ),
+            _ => return self.on_batch(batch),
+        };
+        let ctx = &self.p.ctx;
+        let key = ctx.keys.suspects(&self.p.def.group);
+        let field = format!("{stream}/{id}");
+        let mut conn = ctx.redis.conn.clone();
+        let attempts: Result<i64, _> = ctx
+            .redis
+            .run(
+                redis::cmd("HINCRBY")
+                    .arg(&key)
+                    .arg(&field)
+                    .arg(1)
+                    .query_async(&mut conn),
+            )
+            .await;
+        let attempts = match attempts {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot count a suspect entry's attempts; retrying");
+                self.suspect = Some(batch);
+                self.retry_at = Some(Instant::now() + READ_ERROR_BACKOFF);
+                return;
+            }
+        };
+        if attempts > SOLO_ATTEMPTS {
+            self.force_dead = Some(format!(
+                "delivered {deliveries} times without its effect being committed, and the worker died or stalled in each of {SOLO_ATTEMPTS} attempts to apply it alone (rollup.max_deliveries = {})",
+                ctx.settings.max_deliveries
+            ));
+        } else {
+            tracing::info!(%stream, %id, deliveries, attempt = attempts, "applying a repeatedly delivered entry by itself");
+        }
+        self.on_batch(batch);
+        self.force_dead = None;
+        if self.flush().await {
+            let mut conn = self.p.ctx.redis.conn.clone();
+            let _: Result<(), _> = self
+                .p
+                .ctx
+                .redis
+                .run(
+                    redis::cmd("HDEL")
+                        .arg(&key)
+                        .arg(&field)
+                        .query_async(&mut conn),
+                )
+                .await;
+        }
     }
 
     /// The lease of a shard we were leaving (lost while a flush could not
@@ -380,7 +481,8 @@ impl Runner {
             shard.label(),
             ctx.worker_id.clone(),
             ctx.settings.read_count,
-        );
+        )
+        .with_suspects_after(ctx.settings.max_deliveries);
         let tok = CancellationToken::new();
         let stop = tok.clone();
         let tx = self.tx.clone();
@@ -447,14 +549,9 @@ impl Runner {
             }
             st.seen = e.id;
             st.acks.push(e.id);
-            let max = self.p.ctx.settings.max_deliveries;
-            let decoded = if max > 0 && e.deliveries > max {
-                Err(format!(
-                    "delivered {} times without its effect being committed (rollup.max_deliveries = {max}): the worker crashed or stalled each time it held this entry",
-                    e.deliveries
-                ))
-            } else {
-                decode(e.data.as_deref())
+            let decoded = match self.force_dead.take() {
+                Some(reason) => Err(reason),
+                None => decode(e.data.as_deref()),
             };
             match decoded {
                 Ok((ev, ts)) => {
@@ -523,18 +620,19 @@ impl Runner {
             .collect();
         let row_count: usize = rows.iter().map(Vec::len).sum();
         let mut attempt = 0;
-        // A commit that cannot finish within half a lease (MySQL unreachable:
-        // the pool waits for a connection) is abandoned, so the runner keeps
-        // renewing its leases; if it did commit, the retry's checkpoint
-        // compare-and-set notices and re-reads.
-        let limit = Duration::from_millis((self.p.ctx.settings.lease_ms / 2).max(100));
+        // The leases are kept alive while the commit runs (MySQL may make it
+        // wait: an unreachable server holds it for the pool's connect
+        // timeout). A commit past COMMIT_TIMEOUT is abandoned; if it did
+        // land, the retry's checkpoint compare-and-set notices and re-reads.
         let result = loop {
             attempt += 1;
-            let attempt_result =
-                match tokio::time::timeout(limit, self.commit(&dirty_shards, &rows)).await {
+            let attempt_result = tokio::select! {
+                r = tokio::time::timeout(COMMIT_TIMEOUT, self.commit(&dirty_shards, &rows)) => match r {
                     Ok(r) => r,
-                    Err(_) => Err(StoreError::Timeout(limit)),
-                };
+                    Err(_) => Err(StoreError::Timeout(COMMIT_TIMEOUT)),
+                },
+                _ = self.leases.keepalive() => Err(StoreError::Timeout(COMMIT_TIMEOUT)),
+            };
             match attempt_result {
                 Err(e)
                     if e.is_lock_conflict() && attempt <= self.p.ctx.settings.max_flush_retries =>
