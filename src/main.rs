@@ -151,6 +151,9 @@ enum Command {
     /// Uses its own key prefix and database (--prefix), wiped at every run.
     /// Build with --release: the children are this same binary.
     Bench {
+        /// `ws`: the WebSocket hub bench instead (see `flowmeter bench ws --help`).
+        #[command(subcommand)]
+        which: Option<BenchWhich>,
         /// Events per run.
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
@@ -185,6 +188,32 @@ enum Command {
         #[arg(long, default_value_t = 15)]
         latency_secs: u64,
         /// No progress bars.
+        #[arg(long)]
+        quiet: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchWhich {
+    /// Many WebSocket subscribers on one hub process (a child `serve --roles
+    /// hub`) while events are XADDed at --rate: delivery lag from each
+    /// second's close on the hub to receipt (p50/p99), hub RSS, and a client
+    /// that stops reading (the hub's memory must stay flat). Uses its own
+    /// prefix and database (--prefix), wiped first.
+    Ws {
+        #[arg(long, default_value_t = 10_000)]
+        subscribers: usize,
+        /// Events per second flowing in.
+        #[arg(long, default_value_t = 20_000.0)]
+        rate: f64,
+        /// Measured seconds.
+        #[arg(long, default_value_t = 30)]
+        secs: u64,
+        /// Seconds the stalled client does not read.
+        #[arg(long, default_value_t = 15)]
+        stall_secs: u64,
+        #[arg(long, default_value = "fmbenchws")]
+        prefix: String,
         #[arg(long)]
         quiet: bool,
     },
@@ -544,6 +573,30 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Bench {
+            which:
+                Some(BenchWhich::Ws {
+                    subscribers,
+                    rate,
+                    secs,
+                    stall_secs,
+                    prefix,
+                    quiet,
+                }),
+            ..
+        } => {
+            let opts = flowmeter::bench::ws::WsBenchOptions {
+                subscribers,
+                rate,
+                secs,
+                stall_secs,
+                prefix,
+                progress: !quiet,
+            };
+            let report = flowmeter::bench::ws::run(&settings, &opts).await?;
+            print!("{}", report.render());
+        }
+        Command::Bench {
+            which: None,
             events,
             batch,
             concurrency,

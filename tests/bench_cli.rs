@@ -50,3 +50,46 @@ async fn bench_runs_and_checks_the_totals() {
     assert!(stdout.contains("reference: redis-benchmark"), "{stdout}");
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn ws_bench_measures_lag_memory_and_a_stalled_client() {
+    let env = TestEnv::new("benchws");
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = env.write_config(dir.path());
+    let stdout = cli_ok(
+        &config,
+        &[
+            "bench",
+            "ws",
+            "--subscribers",
+            "40",
+            "--rate",
+            "300",
+            "--secs",
+            "3",
+            "--stall-secs",
+            "1",
+            "--quiet",
+            "--prefix",
+            &env.name,
+        ],
+    );
+    let row = |name: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| l[name.len()..].trim().to_string())
+            .unwrap_or_else(|| panic!("no {name:?} row:\n{stdout}"))
+    };
+    assert_eq!(row("subscribers connected"), "40 of 40");
+    let p99: f64 = row("delivery lag p99 ms").parse().expect("a number");
+    assert!(p99 > 0.0, "{stdout}");
+    let received: u64 = row("updates received / expected")
+        .split(" / ")
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(received >= 40, "every subscriber got updates:\n{stdout}");
+    assert_eq!(row("stalled client: snapshot after catching up"), "yes");
+    env.cleanup().await;
+}

@@ -35,6 +35,8 @@ use crate::loadgen::{GenConfig, Generator, KindMix, Truth, TruthTable};
 use crate::sketch::DdSketch;
 use crate::store::Store;
 
+pub mod ws;
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -219,6 +221,23 @@ struct Stack {
 }
 
 struct TempConfig(PathBuf);
+
+impl TempConfig {
+    /// Writes `settings` to a temporary TOML file (removed on drop) for children.
+    fn write(settings: &Settings) -> Result<Self, BenchError> {
+        let path = std::env::temp_dir().join(format!(
+            "flowmeter-bench-{}-{}.toml",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let text = toml::to_string(settings)
+            .map_err(|e| BenchError::Setup(format!("cannot write the bench config: {e}")))?;
+        std::fs::write(&path, text)
+            .map_err(|e| BenchError::Setup(format!("{}: {e}", path.display())))?;
+        Ok(Self(path))
+    }
+}
+
 impl Drop for TempConfig {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
@@ -248,16 +267,7 @@ fn spawn_serve(config: &Path, roles: &str, listen: &str) -> Result<Child, BenchE
 }
 
 async fn start_stack(settings: &Settings, http: &reqwest::Client) -> Result<Stack, BenchError> {
-    let path = std::env::temp_dir().join(format!(
-        "flowmeter-bench-{}-{}.toml",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    let text = toml::to_string(settings)
-        .map_err(|e| BenchError::Setup(format!("cannot write the bench config: {e}")))?;
-    std::fs::write(&path, text)
-        .map_err(|e| BenchError::Setup(format!("{}: {e}", path.display())))?;
-    let config = TempConfig(path);
+    let config = TempConfig::write(settings)?;
     let port = free_port()?;
     let listen = format!("127.0.0.1:{port}");
     let ingest = spawn_serve(&config.0, "ingest,api", &listen)?;
@@ -354,7 +364,12 @@ fn truth_array(t: &Truth) -> [u64; 6] {
 }
 
 fn bar(opts: &BenchOptions, len: u64, what: &str) -> ProgressBar {
-    if !opts.progress {
+    spinner(opts.progress, len, what)
+}
+
+/// A progress bar of `len` steps (hidden when `enabled` is false).
+fn spinner(enabled: bool, len: u64, what: &str) -> ProgressBar {
+    if !enabled {
         return ProgressBar::hidden();
     }
     let pb = ProgressBar::new(len);

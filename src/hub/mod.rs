@@ -89,11 +89,30 @@ impl Channel {
 
 /// An update: the points of one closed second (and the minute's point) and
 /// the summary after it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Update {
     pub seq: i64,
     pub point: Value,
     pub summary: Value,
+    /// The serialized one-point update (after `seq − 1`), shared by every
+    /// connection that is up to date: built once per channel and second.
+    text: std::sync::OnceLock<axum::extract::ws::Utf8Bytes>,
+}
+
+impl Update {
+    /// The `update` message of just this second, serialized once.
+    pub fn single(&self, channel: &str) -> axum::extract::ws::Utf8Bytes {
+        self.text
+            .get_or_init(|| {
+                json!({
+                    "type": "update", "channel": channel, "seq": self.seq, "after": self.seq - 1,
+                    "resumed": false, "points": [self.point], "summary": self.summary,
+                })
+                .to_string()
+                .into()
+            })
+            .clone()
+    }
 }
 
 /// Windows of every subject.
@@ -498,6 +517,7 @@ impl Hub {
                             seq: sec,
                             point: self.point(&st, &ch, sec),
                             summary: self.summary(&st, &ch, sec),
+                            text: std::sync::OnceLock::new(),
                         };
                         (name, u)
                     })
