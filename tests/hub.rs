@@ -399,3 +399,36 @@ async fn tokens_limits_and_slow_subscribers() {
     server.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unresponsive_connections_are_closed() {
+    let mut env = TestEnv::new("hub_pong");
+    env.settings.hub.ping_interval_ms = 200;
+    env.settings.hub.pong_timeout_ms = 700;
+    env.migrate().await;
+    let server = env.start("hub").await;
+    let mut quiet = connect(&server, "").await;
+    let mut lively = connect(&server, "").await;
+    // `lively` answers pings (the client library does, whenever it reads);
+    // `quiet` reads nothing for 2 s, so it answers nothing
+    let end = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < end {
+        let _ = tokio::time::timeout(Duration::from_millis(100), lively.next()).await;
+    }
+    let closed = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match quiet.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return true,
+                Some(Ok(_)) => continue, // pings queued before the close
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    assert!(closed, "the silent connection was closed");
+    send(&mut lively, json!({"op": "ping", "id": 1})).await;
+    let p = next_where(&mut lively, Duration::from_secs(2), is("pong", "")).await;
+    assert_eq!(p["id"], 1, "the responsive one stays open");
+    server.stop().await;
+    env.cleanup().await;
+}
