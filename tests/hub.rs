@@ -67,10 +67,13 @@ async fn post(client: &reqwest::Client, server: &Server, from: u64, n: u64) {
     .await;
 }
 
+/// Requests in update points (an array of objects) or a columnar series.
 fn requests_in(points: &Value) -> u64 {
+    let col = points["requests"].as_array();
     points
         .as_array()
         .map(|ps| ps.iter().map(|p| p["requests"].as_u64().unwrap_or(0)).sum())
+        .or_else(|| col.map(|c| c.iter().filter_map(Value::as_u64).sum()))
         .unwrap_or(0)
 }
 
@@ -102,7 +105,11 @@ async fn snapshot_live_updates_and_resume_without_holes() {
         snap["summary"]
     );
     assert_eq!(snap["summary"]["1m"]["requests"], 300);
-    assert_eq!(snap["series"]["1s"].as_array().map(Vec::len), Some(300));
+    assert_eq!(
+        snap["series"]["1s"]["requests"].as_array().map(Vec::len),
+        Some(300)
+    );
+    assert_eq!(snap["series"]["1s"]["step_ms"], 1000);
     let svc = next_where(
         &mut ws,
         Duration::from_secs(5),
@@ -277,16 +284,16 @@ async fn a_restarted_hub_rebuilds_and_two_hubs_agree() {
     assert_eq!(wa["summary"]["5m"]["quality"]["excellent"], 5, "{wa}");
     // the same seconds hold the same points on both
     let pts = |s: &Value| -> Vec<(i64, u64)> {
-        s["series"]["1s"]
+        let start = s["series"]["1s"]["start"].as_i64().unwrap_or(0);
+        s["series"]["1s"]["requests"]
             .as_array()
-            .map(|ps| {
-                ps.iter()
-                    .filter(|p| p["requests"].as_u64().unwrap_or(0) > 0)
-                    .map(|p| {
-                        (
-                            p["t"].as_i64().unwrap_or(0),
-                            p["requests"].as_u64().unwrap_or(0),
-                        )
+            .map(|c| {
+                c.iter()
+                    .enumerate()
+                    .filter_map(|(i, n)| {
+                        n.as_u64()
+                            .filter(|n| *n > 0)
+                            .map(|n| (start + i as i64 * 1000, n))
                     })
                     .collect()
             })

@@ -424,16 +424,16 @@ impl Hub {
                 "open": st.open_alerts.values().collect::<Vec<_>>(),
             });
         }
-        let (seconds, minutes): (Vec<Value>, Vec<Value>) = match channel {
+        let (seconds, minutes) = match channel {
             Channel::Http(n) => match st.http.get(n) {
                 Some(s) => series(&s.w, now),
-                None => (Vec::new(), Vec::new()),
+                None => series(&window::Windows::<view::HttpPoint>::default(), now),
             },
             Channel::Webrtc(n) => match st.webrtc.get(n) {
                 Some(s) => series(&s.w, now),
-                None => (Vec::new(), Vec::new()),
+                None => series(&window::Windows::<view::WebrtcPoint>::default(), now),
             },
-            Channel::Alerts => (Vec::new(), Vec::new()),
+            Channel::Alerts => (json!({}), json!({})),
         };
         json!({
             "type": "snapshot",
@@ -699,25 +699,35 @@ impl Hub {
 /// XREAD: per stream, its (id, field/value pairs) entries.
 type XreadReply = Vec<(String, Vec<(String, Vec<(String, String)>)>)>;
 
-fn series<P: window::Point>(w: &window::Windows<P>, now: i64) -> (Vec<Value>, Vec<Value>) {
-    let seconds = w
-        .seconds(now, SECONDS)
-        .into_iter()
-        .map(|(s, p)| {
-            let mut v = json!(p);
-            v["t"] = json!(s * 1000);
-            v
-        })
-        .collect();
-    let minutes = w
-        .minutes()
-        .into_iter()
-        .map(|(t, p, q)| {
-            let mut v = json!(p);
-            v["t"] = json!(t);
-            v["p95"] = json!(q);
-            v
-        })
-        .collect();
-    (seconds, minutes)
+/// Column-oriented series (one array per field, far smaller than one
+/// object per point): the 1-s series as `{start, step_ms, <field>: [...]}`,
+/// the 1-min series as `{t: [...], <field>: [...], p95: [...]}`.
+fn series<P: window::Point>(w: &window::Windows<P>, now: i64) -> (Value, Value) {
+    fn columns(points: impl Iterator<Item = Value>) -> serde_json::Map<String, Value> {
+        let mut cols = serde_json::Map::new();
+        for p in points {
+            if let Value::Object(o) = p {
+                for (k, x) in o {
+                    if let Value::Array(a) =
+                        cols.entry(k).or_insert_with(|| Value::Array(Vec::new()))
+                    {
+                        a.push(x);
+                    }
+                }
+            }
+        }
+        cols
+    }
+    let secs = w.seconds(now, SECONDS);
+    let start = secs.first().map_or(now * 1000, |(s, _)| s * 1000);
+    let mut seconds = columns(secs.into_iter().map(|(_, p)| json!(p)));
+    seconds.insert("start".into(), json!(start));
+    seconds.insert("step_ms".into(), json!(1000));
+    let mins = w.minutes();
+    let t: Vec<i64> = mins.iter().map(|(t, _, _)| *t).collect();
+    let p95: Vec<Option<f64>> = mins.iter().map(|(_, _, q)| *q).collect();
+    let mut minutes = columns(mins.into_iter().map(|(_, p, _)| json!(p)));
+    minutes.insert("t".into(), json!(t));
+    minutes.insert("p95".into(), json!(p95));
+    (Value::Object(seconds), Value::Object(minutes))
 }
