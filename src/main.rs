@@ -150,6 +150,7 @@ enum Command {
     ///
     /// Uses its own key prefix and database (--prefix), wiped at every run.
     /// Build with --release: the children are this same binary.
+    /// `flowmeter bench ws` benchmarks the WebSocket hub instead.
     Bench {
         /// `ws`: the WebSocket hub bench instead (see `flowmeter bench ws --help`).
         #[command(subcommand)]
