@@ -84,19 +84,8 @@ async fn group_on(
     stream: &str,
     group: &str,
 ) -> Result<Option<(String, u64)>, StreamError> {
-    let mut conn = redis.conn.clone();
-    let groups: Result<Value, StreamError> = redis
-        .run(
-            redis::cmd("XINFO")
-                .arg("GROUPS")
-                .arg(stream)
-                .query_async(&mut conn),
-        )
-        .await;
-    let groups = match groups {
-        Ok(v) => v,
-        Err(StreamError::Redis(e)) if e.to_string().contains("no such key") => return Ok(None),
-        Err(e) => return Err(e),
+    let Some(groups) = crate::stream::xinfo(redis, "GROUPS", stream).await? else {
+        return Ok(None);
     };
     let Value::Array(gs) = groups else {
         return Ok(None);

@@ -61,15 +61,7 @@ impl GroupNeed {
 
 async fn group_needs(redis: &Redis, stream: &str) -> Result<Vec<GroupNeed>, StreamError> {
     let mut conn = redis.conn.clone();
-    let groups: Value = redis
-        .run(
-            redis::cmd("XINFO")
-                .arg("GROUPS")
-                .arg(stream)
-                .query_async(&mut conn),
-        )
-        .await?;
-    let Value::Array(gs) = groups else {
+    let Some(Value::Array(gs)) = crate::stream::xinfo(redis, "GROUPS", stream).await? else {
         return Ok(Vec::new());
     };
     let mut out = Vec::new();

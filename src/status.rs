@@ -115,32 +115,17 @@ pub async fn gather(
         for shard in keys.shards_of(&kind.name) {
             let key = keys.stream(&shard);
             let mut conn = redis.conn.clone();
-            let info: Value = redis
-                .run(
-                    redis::cmd("XINFO")
-                        .arg("STREAM")
-                        .arg(&key)
-                        .query_async(&mut conn),
-                )
-                .await
-                .or_else(|e| match e {
-                    StreamError::Redis(ref r) if r.to_string().contains("no such key") => {
-                        Ok(Value::Nil)
-                    }
-                    other => Err(other),
-                })?;
-            let info = to_map(info);
+            let info = to_map(
+                crate::stream::xinfo(redis, "STREAM", &key)
+                    .await?
+                    .unwrap_or(Value::Nil),
+            );
             let groups: Value = if info.is_empty() {
                 Value::Nil
             } else {
-                redis
-                    .run(
-                        redis::cmd("XINFO")
-                            .arg("GROUPS")
-                            .arg(&key)
-                            .query_async(&mut conn),
-                    )
+                crate::stream::xinfo(redis, "GROUPS", &key)
                     .await?
+                    .unwrap_or(Value::Nil)
             };
             let groups = match groups {
                 Value::Array(gs) => gs

@@ -128,6 +128,15 @@ pub mod metrics {
         &FLUSH_RETRIES,
     ];
 
+    /// The value of counter `name` in a Prometheus text exposition (e.g. a
+    /// scraped `/metrics`).
+    pub fn value_in(text: &str, name: &str) -> Option<f64> {
+        text.lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok())
+    }
+
     /// Prometheus text exposition of every counter.
     pub fn render() -> String {
         let mut out = String::new();

@@ -26,7 +26,7 @@ pub use rules::{AlertRules, Metric, Rule, RuleKind, Scope, Severity};
 
 use crate::hub::Hub;
 use crate::store::{AlertRow, NewAlert, Store};
-use crate::stream::{Keys, Redis};
+use crate::stream::{hold_singleton, release_singleton, Keys, Redis};
 
 /// Alert messages kept in `{prefix}:alerts` (`XADD MAXLEN ~`).
 pub const ALERT_STREAM_LEN: u64 = 10_000;
@@ -63,8 +63,8 @@ pub async fn run(
             r = ticks.changed() => if r.is_err() { break },
         }
         let sec = *ticks.borrow_and_update();
-        // take or renew the lease (a Lua compare-and-renew keeps it ours only)
-        let held = lease(&redis, &keys, &owner, lease_ms).await;
+        // take or renew the evaluator's lease
+        let held = hold_singleton(&redis, &keys.alerts_lease(), &owner, lease_ms).await;
         if !held {
             evaluator = None;
             continue;
@@ -102,40 +102,7 @@ pub async fn run(
             evaluator = None;
         }
     }
-    let mut conn = redis.conn.clone();
-    let _: Result<(), _> = redis
-        .run(
-            redis::Script::new(RELEASE)
-                .key(keys.alerts_lease())
-                .arg(&owner)
-                .invoke_async(&mut conn),
-        )
-        .await;
-}
-
-const RENEW: &str = r#"
-local cur = redis.call('GET', KEYS[1])
-if cur == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
-if not cur then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
-return 0
-"#;
-const RELEASE: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"#;
-
-async fn lease(redis: &Redis, keys: &Keys, owner: &str, ms: u64) -> bool {
-    let mut conn = redis.conn.clone();
-    let r: Result<i64, _> = redis
-        .run(
-            redis::Script::new(RENEW)
-                .key(keys.alerts_lease())
-                .arg(owner)
-                .arg(ms)
-                .invoke_async(&mut conn),
-        )
-        .await;
-    matches!(r, Ok(1))
+    let _ = release_singleton(&redis, &keys.alerts_lease(), &owner).await;
 }
 
 #[derive(Debug, thiserror::Error)]

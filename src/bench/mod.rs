@@ -306,19 +306,22 @@ async fn terminate(child: &mut Child) {
     }
 }
 
-/// Peak resident set of a process, from /proc (Linux), in MB.
-fn peak_rss_mb(child: &Child) -> f64 {
-    let Some(pid) = child.id() else { return 0.0 };
+/// A memory field (`VmRSS:`, `VmHWM:`) of process `pid`, from /proc (Linux), in MB.
+fn proc_mb(pid: u32, field: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Peak resident set of a child, in MB.
+fn peak_rss_mb(child: &Child) -> f64 {
+    child.id().map_or(0.0, |pid| proc_mb(pid, "VmHWM:"))
 }
 
 async fn commits(store: &Store) -> Result<f64, BenchError> {

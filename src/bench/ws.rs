@@ -12,10 +12,13 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::{bench_settings, free_port, reset, spawn_serve, terminate, BenchError, TempConfig};
+use super::{
+    bench_settings, free_port, proc_mb, reset, spawn_serve, terminate, BenchError, TempConfig,
+};
 use crate::config::Settings;
 use crate::loadgen::{KindMix, LoadOptions, Target};
 use crate::sketch::DdSketch;
+use crate::telemetry::metrics;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -59,18 +62,6 @@ struct Head {
     seq: i64,
     #[serde(default)]
     reason: Option<String>,
-}
-
-fn rss_mb(pid: u32, field: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 type Socket =
@@ -193,13 +184,13 @@ pub async fn run(base: &Settings, opts: &WsBenchOptions) -> Result<WsBenchReport
     let mut peak: f64 = 0.0;
     while m0.elapsed() < Duration::from_secs(opts.secs) {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        peak = peak.max(rss_mb(pid, "VmRSS:"));
+        peak = peak.max(proc_mb(pid, "VmRSS:"));
         bar.inc(1);
     }
     measuring.store(false, Ordering::SeqCst);
     bar.finish_and_clear();
     let measured = m0.elapsed().as_secs_f64();
-    let hub_rss_mb = rss_mb(pid, "VmRSS:");
+    let hub_rss_mb = proc_mb(pid, "VmRSS:");
 
     // a client that stops reading: the hub's memory must stay flat
     let mut stalled = subscribe(&url, &["http:overview", "webrtc:overview"])
@@ -216,9 +207,9 @@ pub async fn run(base: &Settings, opts: &WsBenchOptions) -> Result<WsBenchReport
             .await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let stall_rss_before_mb = rss_mb(pid, "VmRSS:");
+    let stall_rss_before_mb = proc_mb(pid, "VmRSS:");
     tokio::time::sleep(Duration::from_secs(opts.stall_secs)).await;
-    let stall_rss_after_mb = rss_mb(pid, "VmRSS:");
+    let stall_rss_after_mb = proc_mb(pid, "VmRSS:");
     let metrics = http
         .get(format!("http://{listen}/metrics"))
         .send()
@@ -227,12 +218,8 @@ pub async fn run(base: &Settings, opts: &WsBenchOptions) -> Result<WsBenchReport
         .text()
         .await
         .map_err(|e| BenchError::Run(e.to_string()))?;
-    let stall_dropped = metrics
-        .lines()
-        .find(|l| l.starts_with("flowmeter_hub_messages_dropped_total "))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0.0);
+    let stall_dropped =
+        crate::telemetry::metrics::value_in(&metrics, metrics::HUB_DROPPED.name).unwrap_or(0.0);
     // reading again, it gets a snapshot flagged "slow"
     let recover = async {
         while let Some(Ok(m)) = stalled.next().await {
@@ -264,7 +251,7 @@ pub async fn run(base: &Settings, opts: &WsBenchOptions) -> Result<WsBenchReport
         .await
         .map_err(|e| BenchError::Run(e.to_string()))?
         .map_err(|e| BenchError::Run(e.to_string()))?;
-    let hub_peak_rss_mb = rss_mb(pid, "VmHWM:").max(peak);
+    let hub_peak_rss_mb = proc_mb(pid, "VmHWM:").max(peak);
     terminate(&mut hub).await;
     Ok(WsBenchReport {
         subscribers: opts.subscribers,

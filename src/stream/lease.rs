@@ -23,6 +23,45 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 "#;
 
+/// Takes a free lease or renews our own (singleton leases: one holder of a
+/// role among all workers).
+const HOLD_SCRIPT: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+if not cur then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
+return 0
+"#;
+
+/// Takes or renews the singleton lease `key` for `owner` for `ms`; whether we hold it.
+/// An error counts as not holding it.
+pub async fn hold_singleton(redis: &Redis, key: &str, owner: &str, ms: u64) -> bool {
+    let mut conn = redis.conn.clone();
+    let r: Result<i64, _> = redis
+        .run(
+            redis::Script::new(HOLD_SCRIPT)
+                .key(key)
+                .arg(owner)
+                .arg(ms)
+                .invoke_async(&mut conn),
+        )
+        .await;
+    matches!(r, Ok(1))
+}
+
+/// Releases a lease if `owner` still holds it.
+pub async fn release_singleton(redis: &Redis, key: &str, owner: &str) -> Result<(), StreamError> {
+    let mut conn = redis.conn.clone();
+    redis
+        .run(
+            redis::Script::new(RELEASE_SCRIPT)
+                .key(key)
+                .arg(owner)
+                .invoke_async::<i64>(&mut conn),
+        )
+        .await
+        .map(|_| ())
+}
+
 /// Heartbeat with the server's clock, so worker clocks need not agree.
 const HEARTBEAT_SCRIPT: &str = r#"
 local t = redis.call('TIME')

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 pub use consumer::{ack, ensure_group, range, Entry, GroupReader, ReadOutcome, StreamId};
 pub use keys::{Keys, Shard};
-pub use lease::{LeaseManager, LeaseOutcome};
+pub use lease::{hold_singleton, release_singleton, LeaseManager, LeaseOutcome};
 pub use producer::Producer;
 pub use start::StartFrom;
 
@@ -87,5 +87,27 @@ impl Redis {
             Ok(r) => Ok(r?),
             Err(_) => Err(StreamError::Timeout(self.timeout)),
         }
+    }
+}
+
+/// `XINFO <what> <key>` (`STREAM` or `GROUPS`); `None` when the stream does not exist.
+pub async fn xinfo(
+    redis: &Redis,
+    what: &str,
+    key: &str,
+) -> Result<Option<redis::Value>, StreamError> {
+    let mut conn = redis.conn.clone();
+    match redis
+        .run(
+            redis::cmd("XINFO")
+                .arg(what)
+                .arg(key)
+                .query_async(&mut conn),
+        )
+        .await
+    {
+        Ok(v) => Ok(Some(v)),
+        Err(StreamError::Redis(e)) if e.to_string().contains("no such key") => Ok(None),
+        Err(e) => Err(e),
     }
 }

@@ -306,11 +306,7 @@ pub async fn metric(client: &reqwest::Client, server: &Server, name: &str) -> f6
         .text()
         .await
         .expect("text");
-    text.lines()
-        .find(|l| l.split_whitespace().next() == Some(name))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0.0)
+    flowmeter::telemetry::metrics::value_in(&text, name).unwrap_or(0.0)
 }
 
 /// GETs `url` and decodes the JSON reply.

@@ -309,21 +309,10 @@ async fn trimmed_gap(
     stream: &str,
 ) -> Result<Option<(StreamId, Option<StreamId>)>, StreamError> {
     use crate::stream::resp::{entry_id, int, text, to_map};
-    let mut conn = ctx.redis.conn.clone();
-    let info: Result<redis::Value, StreamError> = ctx
-        .redis
-        .run(
-            redis::cmd("XINFO")
-                .arg("STREAM")
-                .arg(stream)
-                .query_async(&mut conn),
-        )
-        .await;
-    let info = match info {
-        Ok(v) => to_map(v),
-        Err(StreamError::Redis(e)) if e.to_string().contains("no such key") => return Ok(None),
-        Err(e) => return Err(e),
+    let Some(info) = crate::stream::xinfo(&ctx.redis, "STREAM", stream).await? else {
+        return Ok(None);
     };
+    let info = to_map(info);
     let id = |k: &str| text(info.get(k)).and_then(|s| s.parse::<StreamId>().ok());
     let length = int(info.get("length")).unwrap_or(0);
     let added = int(info.get("entries-added")).unwrap_or(length);
