@@ -17,6 +17,7 @@ demo: services build
 	@scripts/demo
 
 test: services
+	@scripts/browser-deps
 	$(CARGO) test --all-targets --no-fail-fast
 
 lint:

@@ -136,6 +136,12 @@ pub struct IngestConfig {
     pub max_reported_errors: usize,
     /// Seconds a client is told to wait (Retry-After) when Redis is unreachable.
     pub retry_after_secs: u64,
+    /// Browser origins (e.g. `https://meet.example.com`, or `*`) whose pages
+    /// may send events (the WebRTC collector); others get 403. Requests
+    /// without an `Origin` (servers) and from the server's own origin pass.
+    pub cors_origins: Vec<String>,
+    /// How long browsers may cache a preflight answer (`Access-Control-Max-Age`).
+    pub cors_max_age_secs: u64,
 }
 
 impl Default for IngestConfig {
@@ -145,6 +151,8 @@ impl Default for IngestConfig {
             max_events_per_request: 10_000,
             max_reported_errors: 100,
             retry_after_secs: 1,
+            cors_origins: Vec::new(),
+            cors_max_age_secs: 600,
         }
     }
 }

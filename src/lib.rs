@@ -23,6 +23,7 @@
 //! | [`alert`] | alert rules (threshold, spike, anomaly), their state machine and the one evaluator |
 //! | [`auth`] | bearer tokens and scopes |
 //! | [`api`] | the HTTP API: ingest, rollup queries, status |
+//! | [`web`] | the dashboard and the browser SDK, embedded in the binary |
 //! | [`app`] | wiring: builds every component from the config and runs the roles |
 //! | [`telemetry`] | tracing setup and the names of every counter |
 //! | [`collector`] | the in-process tower layer that records `http` events, with its batching, spilling sender |
@@ -51,3 +52,4 @@ pub mod store;
 pub mod stream;
 pub mod table;
 pub mod telemetry;
+pub mod web;

@@ -59,7 +59,8 @@ fn now_ms() -> i64 {
 async fn post(client: &reqwest::Client, server: &Server, from: u64, n: u64) {
     post_http_range(
         client,
-        &server.url("/v1/events"),
+        // the ingest token of `tokens_limits_and_slow_subscribers` (ignored where auth is off)
+        &server.url("/v1/events?token=ingest-token-0123456789"),
         from..from + n,
         now_ms(),
         1,

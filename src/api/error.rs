@@ -29,6 +29,12 @@ pub enum ApiError {
     Unavailable { reason: String, retry_after: u64 },
     #[error("{0}")]
     NotFound(String),
+    /// No token, an unknown one (401) or one without the scope (403).
+    #[error("{0}")]
+    Auth(#[from] crate::auth::AuthError),
+    /// Refused whatever the token (e.g. an origin not allowed to send events).
+    #[error("{0}")]
+    Forbidden(String),
     /// Details go to the log, not to the client.
     #[error("internal error")]
     Internal(String),
@@ -58,6 +64,14 @@ impl IntoResponse for ApiError {
                 json!({"error": self.to_string(), "accepted": 0}),
             ),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, json!({"error": m})),
+            ApiError::Auth(e) => (
+                match e {
+                    crate::auth::AuthError::Scope { .. } => StatusCode::FORBIDDEN,
+                    _ => StatusCode::UNAUTHORIZED,
+                },
+                json!({"error": self.to_string()}),
+            ),
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, json!({"error": m})),
             ApiError::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
                 (

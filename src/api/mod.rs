@@ -8,6 +8,7 @@
 //! [`router`] builds the whole thing from an [`AppState`], so tests drive it
 //! with `tower::ServiceExt::oneshot` and no socket.
 
+mod access;
 mod alerts;
 mod error;
 mod ingest;
@@ -16,6 +17,7 @@ mod status;
 
 use std::sync::Arc;
 
+use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 use axum::Router;
 
@@ -53,19 +55,30 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     let mut r = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(status::metrics));
+        .route("/metrics", get(status::metrics))
+        .merge(crate::web::router());
     if state.producer.is_some() {
-        r = r.route("/v1/events", post(ingest::ingest));
+        r = r.merge(
+            Router::new()
+                .route(
+                    "/v1/events",
+                    post(ingest::ingest).options(|| async { axum::http::StatusCode::NO_CONTENT }),
+                )
+                .route_layer(from_fn_with_state(state.clone(), access::ingest)),
+        );
     }
     if state.hub.is_some() {
         r = r.route("/v1/ws", get(crate::hub::ws::handler));
     }
     if state.store.is_some() {
-        r = r
-            .route("/v1/rollups/hourly", get(rollups::hourly))
-            .route("/v1/rollups/daily", get(rollups::daily))
-            .route("/v1/status", get(status::status))
-            .route("/v1/alerts", get(alerts::list));
+        r = r.merge(
+            Router::new()
+                .route("/v1/rollups/hourly", get(rollups::hourly))
+                .route("/v1/rollups/daily", get(rollups::daily))
+                .route("/v1/status", get(status::status))
+                .route("/v1/alerts", get(alerts::list))
+                .route_layer(from_fn_with_state(state.clone(), access::read)),
+        );
     }
     r.fallback(|| async { ApiError::NotFound("no such endpoint; see docs/api.md".into()) })
         .with_state(state)

@@ -219,7 +219,13 @@ async fn query(
         )
             .into_response());
     }
-    Ok(Json(json!({"table": table.table, "from": from.to_rfc3339(), "to": to.to_rfc3339(), "rows": out})).into_response())
+    let columns: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
+    Ok(Json(
+        json!({"table": table.table, "from": from.to_rfc3339(), "to": to.to_rfc3339(),
+                   "time_column": table.time_column, "dimensions": table.dims,
+                   "columns": columns, "rows": out}),
+    )
+    .into_response())
 }
 
 /// RFC 4180 CSV with a header line.

@@ -41,16 +41,18 @@ use window::{MINUTES, SECONDS};
 pub enum Channel {
     Http(String),
     Webrtc(String),
+    /// Every active meeting with its figures (the dashboard's meetings list).
+    Meetings,
     Alerts,
 }
 
 impl Channel {
     /// Parses `http:overview`, `http:service:<name>`,
     /// `http:endpoint:<service>:<method>:<route>`, `webrtc:overview`,
-    /// `webrtc:meeting:<id>`, `alerts`.
+    /// `webrtc:meeting:<id>`, `webrtc:meetings`, `alerts`.
     pub fn parse(name: &str) -> Result<Channel, String> {
         let bad = || {
-            format!("unknown channel {name:?}: use http:overview, http:service:<name>, http:endpoint:<service>:<method>:<route>, webrtc:overview, webrtc:meeting:<id> or alerts")
+            format!("unknown channel {name:?}: use http:overview, http:service:<name>, http:endpoint:<service>:<method>:<route>, webrtc:overview, webrtc:meeting:<id>, webrtc:meetings or alerts")
         };
         if name.len() > 512 {
             return Err(format!(
@@ -60,6 +62,7 @@ impl Channel {
         }
         match name.split_once(':') {
             _ if name == "alerts" => Ok(Channel::Alerts),
+            _ if name == "webrtc:meetings" => Ok(Channel::Meetings),
             Some(("http", "overview")) => Ok(Channel::Http(name.into())),
             Some(("http", rest)) => match rest.split_once(':') {
                 Some(("service", s)) if !s.is_empty() => Ok(Channel::Http(name.into())),
@@ -82,6 +85,7 @@ impl Channel {
     pub fn name(&self) -> &str {
         match self {
             Channel::Http(n) | Channel::Webrtc(n) => n,
+            Channel::Meetings => "webrtc:meetings",
             Channel::Alerts => "alerts",
         }
     }
@@ -391,8 +395,53 @@ impl Hub {
                     "active_peers": active.len(),
                 })
             }
+            Channel::Meetings => self.meetings(st, now),
             Channel::Alerts => json!({}),
         }
+    }
+
+    /// Every meeting with a sample within `hub.active_secs` of `now`, with
+    /// its last minute's figures and dominant quality class, busiest first.
+    fn meetings(&self, st: &State, now: i64) -> Value {
+        let active_from = now - self.cfg.active_secs as i64;
+        let names: Vec<&str> = st.classes.iter().map(|(n, _)| n.as_str()).collect();
+        let mut list: Vec<(f64, &str, Value)> = st
+            .webrtc
+            .iter()
+            .filter_map(|(k, sub)| {
+                let id = k.strip_prefix("webrtc:meeting:")?;
+                let peers = sub.peers.values().filter(|(_, s)| *s > active_from).count();
+                if peers == 0 {
+                    return None;
+                }
+                let w = view::webrtc_window(&sub.w, now, 60, &st.classes);
+                let t = sub.w.total(now, 60);
+                let dominant = t
+                    .quality
+                    .iter()
+                    .enumerate()
+                    .max_by_key(|(i, n)| (**n, std::cmp::Reverse(*i)))
+                    .filter(|(_, n)| **n > 0)
+                    .and_then(|(i, _)| names.get(i).copied());
+                let bitrate = w["bitrate_bps"].as_f64().unwrap_or(0.0);
+                Some((
+                    bitrate,
+                    id,
+                    json!({
+                        "meeting_id": id, "peers": peers, "samples": t.samples,
+                        "bitrate_bps": bitrate, "relayed_share": w["relayed_share"],
+                        "rtt_avg_ms": w["rtt_avg_ms"], "jitter_avg_ms": w["jitter_avg_ms"],
+                        "loss_avg": w["loss_avg"], "quality": dominant,
+                    }),
+                ))
+            })
+            .collect();
+        list.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(b.1)));
+        json!({
+            "active_meetings": list.len(),
+            "classes": names,
+            "meetings": list.into_iter().map(|(_, _, v)| v).collect::<Vec<_>>(),
+        })
     }
 
     /// The additive point of `channel` for second `sec`, with its time.
@@ -408,7 +457,7 @@ impl Hub {
                 .get(n)
                 .map(|s| json!(s.w.second(sec)))
                 .unwrap_or_else(|| json!(view::WebrtcPoint::default())),
-            Channel::Alerts => json!({}),
+            Channel::Meetings | Channel::Alerts => json!({}),
         };
         v["t"] = json!(sec * 1000);
         v
@@ -433,7 +482,7 @@ impl Hub {
                 Some(s) => series(&s.w, now),
                 None => series(&window::Windows::<view::WebrtcPoint>::default(), now),
             },
-            Channel::Alerts => (json!({}), json!({})),
+            Channel::Meetings | Channel::Alerts => (json!({}), json!({})),
         };
         json!({
             "type": "snapshot",

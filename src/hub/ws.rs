@@ -64,13 +64,7 @@ pub async fn handler(
         .check(Auth::token_of(&headers, q.token.as_deref()), Scope::Read)
     {
         Ok(n) => n,
-        Err(e) => {
-            let code = match e {
-                crate::auth::AuthError::Scope { .. } => StatusCode::FORBIDDEN,
-                _ => StatusCode::UNAUTHORIZED,
-            };
-            return (code, Json(json!({"error": e.to_string()}))).into_response();
-        }
+        Err(e) => return crate::api::ApiError::Auth(e).into_response(),
     };
     {
         let mut conns = hub.connections.lock().unwrap_or_else(|p| p.into_inner());

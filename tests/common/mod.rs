@@ -3,6 +3,7 @@
 //! real servers on 127.0.0.1 (`scripts/services start`).
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod servers;
 
 use std::future::Future;

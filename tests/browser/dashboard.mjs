@@ -1,0 +1,205 @@
+// Dashboard scenarios in headless Chromium (run by tests/dashboard.rs).
+// FM_SCENARIO: live | meetings | history. FM_READ / FM_INGEST: tokens.
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import assert from 'node:assert/strict';
+import { run, log, waitFor, postEvents, getJson, results, sleep, stopServer, URL_, OUT } from './lib.mjs';
+
+const READ = process.env.FM_READ;
+const INGEST = process.env.FM_INGEST;
+
+const httpEvent = (i, ts) => ({
+  kind: 'http', ts, service: `svc${i % 3}`, endpoint: `/api/e${i % 5}/:id`,
+  method: i % 4 === 0 ? 'POST' : 'GET', status: i % 17 === 0 ? 503 : i % 11 === 0 ? 404 : 200,
+  req_bytes: 100 + (i % 50), resp_bytes: 1000 + ((i * 37) % 5000), duration_ms: 1 + (i % 100) * 0.5,
+  user_id: `u${i % 40}`,
+});
+
+async function openPage(browser, hash, token = READ) {
+  const page = await browser.newPage({ viewport: { width: 1400, height: 900 }, acceptDownloads: true, timezoneId: 'UTC' });
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(`pageerror: ${e.message}`));
+  page.on('console', (m) => { if (m.type() === 'error' && !/Failed to load resource|WebSocket connection/.test(m.text())) errors.push(`console: ${m.text()}`); });
+  const t = Date.now();
+  await page.goto(`${URL_}/${token ? `?token=${encodeURIComponent(token)}` : ''}#/${hash}`);
+  return { page, errors, opened: t };
+}
+
+const text = (page, sel) => page.$eval(sel, (e) => e.textContent);
+const liveState = (page) => page.evaluate(() => window.flowmeter.live.state);
+
+async function live({ server, browser }) {
+  let srv = await server();
+  const b = await browser();
+
+  // without a token: the page asks for one (and stays usable)
+  {
+    const { page } = await openPage(b, 'overview', '');
+    await waitFor('the token dialog', () => page.$eval('#token-dialog', (d) => d.open), 10000);
+    await page.close();
+  }
+
+  const { page, errors } = await openPage(b, 'overview');
+  const nav = await page.evaluate(() => performance.getEntriesByType('navigation')[0].toJSON());
+  const firstLoadMs = nav.loadEventEnd;
+  log(`first load: ${firstLoadMs.toFixed(0)} ms (DOMContentLoaded ${nav.domContentLoadedEventEnd.toFixed(0)} ms, ${nav.transferSize} B transferred for the page)`);
+  assert.ok(firstLoadMs < 2000, `first load took ${firstLoadMs} ms (target < 2000)`);
+  await waitFor('the connection indicator to say live', async () => (await liveState(page)) === 'live', 10000);
+  assert.equal(await page.$eval('#conn', (e) => e.dataset.state), 'live');
+  await waitFor('the first snapshot (0 requests/s)', async () => (await text(page, '#c-rps')) === '0', 5000);
+
+  // live numbers within 2 s of events arriving
+  const events = Array.from({ length: 600 }, (_, i) => httpEvent(i, Date.now()));
+  await postEvents(events, INGEST);
+  const accepted = Date.now();
+  await waitFor('the requests/s card to move', async () => (await text(page, '#c-rps')) !== '0', 5000, 20);
+  const liveMs = Date.now() - accepted;
+  log(`live numbers ${liveMs} ms after the events were accepted: ${await text(page, '#c-rps')} requests/s`);
+  assert.ok(liveMs <= 2000, `numbers moved ${liveMs} ms after the events arrived (target ≤ 2000)`);
+  assert.equal(await text(page, '#c-rps'), '10', '600 requests in the last minute = 10/s');
+  const top = await page.$$eval('#top-endpoints tbody tr', (rows) => rows.length);
+  assert.ok(top >= 5, `top endpoints lists ${top} rows`);
+
+  // a dropped socket resumes without a hole (resumed update, no snapshot)
+  const before = await page.evaluate(() => ({ ...window.flowmeter.live, ws: null, channels: null }));
+  // offline for 2.5 s (reconnects fail meanwhile), then back: the missed seconds come in one resumed update
+  await page.context().setOffline(true);
+  await page.evaluate(() => window.flowmeter.live.ws.close());
+  await sleep(2500);
+  await page.context().setOffline(false);
+  await waitFor('a resumed update', async () => page.evaluate((n) => window.flowmeter.live.resumes > n, before.resumes), 10000);
+  const afterDrop = await page.evaluate(() => ({ connects: window.flowmeter.live.connects, reasons: window.flowmeter.live.reasons }));
+  assert.ok(afterDrop.connects > before.connects, 'reconnected');
+  const fresh = afterDrop.reasons.slice(before.reasons.length);
+  log(`after the drop: ${afterDrop.connects - before.connects} reconnect(s), snapshots ${JSON.stringify(fresh)}`);
+  // alerts have no ring (the open ones come again); the data channels resume without a snapshot
+  assert.deepEqual(fresh.filter((r) => !r.startsWith('alerts:')), [], 'a resume within the ring needs no snapshot');
+
+  // the server restarts: the page says so, reconnects, resumes (a snapshot:
+  // the new hub's ring starts at its start) and shows what arrives next
+  const resumesBefore = await page.evaluate(() => window.flowmeter.live.resumes);
+  await stopServer(srv, 'SIGKILL');
+  await waitFor('the indicator to leave live', async () => (await liveState(page)) !== 'live', 10000, 50);
+  const shown = await page.$eval('#conn', (e) => e.textContent);
+  log(`server down; indicator: ${shown}`);
+  srv = await server();
+  await waitFor('the page to be live again', async () => (await liveState(page)) === 'live', 20000);
+  // the new hub rebuilt its windows from the streams; its ring starts when
+  // it started: the resume is answered with a resume_gap snapshot, or with a
+  // resumed update when the ring happens to begin right after the last seq
+  await waitFor('the resume to be answered', async () => page.evaluate((n) => {
+    const l = window.flowmeter.live;
+    return l.reasons.includes('http:overview:resume_gap') || l.resumes > n;
+  }, resumesBefore), 10000);
+  log(`reconnected; snapshots: ${JSON.stringify(await page.evaluate(() => window.flowmeter.live.reasons))}, resumed updates: ${await page.evaluate(() => window.flowmeter.live.resumes)}`);
+  await postEvents(Array.from({ length: 60 }, (_, i) => ({ ...httpEvent(i, Date.now()), service: 'after-restart' })), INGEST);
+  await waitFor('the restarted server\'s numbers', async () => (await text(page, '#c-rps')) === '11', 5000, 50);
+  await page.screenshot({ path: join(OUT, 'overview.png') });
+  assert.deepEqual(errors, []);
+  results({ first_load_ms: firstLoadMs, live_ms: liveMs });
+}
+
+async function meetings({ server, browser }) {
+  await server();
+  const now = Date.now();
+  const samples = [];
+  for (let m = 0; m < 520; m++) {
+    for (let p = 0; p < 2; p++) {
+      samples.push({ kind: 'webrtc', ts: now, meeting_id: `meet-${String(m).padStart(3, '0')}`, peer_id: `p${p}`,
+        bytes_sent: 1000 * (m + 1), bytes_received: 500 * (m + 1), rtt_ms: 40 + (m % 600), jitter_ms: 5 + (m % 30),
+        packet_loss: (m % 10) / 100, candidate_type: m % 4 === 0 ? 'relay' : 'host', relay_protocol: m % 4 === 0 ? 'udp' : null });
+    }
+  }
+  for (let i = 0; i < samples.length; i += 500) await postEvents(samples.slice(i, i + 500), INGEST);
+  const b = await browser();
+  const { page, errors } = await openPage(b, 'meetings');
+  await waitFor('520 meetings', async () => (await text(page, '#m-count')) === '520 active meetings', 10000);
+  const dom = await page.evaluate(() => window.flowmeter.meetings.rendered());
+  log(`520 meetings listed, ${dom} rows in the DOM`);
+  assert.ok(dom < 60, `only visible rows are rendered (${dom})`);
+  // scroll to the end and back, one step per frame, watching long tasks and frame times
+  const perf = await page.evaluate(async () => {
+    const long = [];
+    const obs = new PerformanceObserver((l) => { for (const e of l.getEntries()) long.push(e.duration); });
+    obs.observe({ type: 'longtask', buffered: false });
+    const body = document.querySelector('#meetings-body');
+    const frames = [];
+    let last = performance.now();
+    const max = body.scrollHeight - body.clientHeight;
+    for (const [from, to] of [[0, max], [max, 0]]) {
+      for (let i = 0; i <= 60; i++) {
+        body.scrollTop = from + ((to - from) * i) / 60;
+        await new Promise((r) => requestAnimationFrame(r));
+        const t = performance.now();
+        frames.push(t - last);
+        last = t;
+      }
+    }
+    await new Promise((r) => setTimeout(r, 100));
+    obs.disconnect();
+    frames.sort((a, b) => a - b);
+    return { long, frames: frames.length, p50: frames[frames.length >> 1], p95: frames[Math.floor(frames.length * 0.95)], max: frames[frames.length - 1] };
+  });
+  log(`scrolled 520 rows in ${perf.frames} frames: frame p50 ${perf.p50.toFixed(1)} ms, p95 ${perf.p95.toFixed(1)} ms, max ${perf.max.toFixed(1)} ms; long tasks: ${JSON.stringify(perf.long)}`);
+  assert.deepEqual(perf.long, [], 'no long tasks (> 50 ms) while scrolling');
+  // the last meeting (smallest bitrate, sorted last) is reachable and rendered
+  await page.$eval('#meetings-body', (b) => { b.scrollTop = b.scrollHeight; });
+  await waitFor('the last row', async () => page.$$eval('.vrow:not([hidden]) span:first-child', (s) => s.some((x) => x.textContent === 'meet-000')), 3000);
+  await page.fill('#m-filter', 'meet-51');
+  await waitFor('the filter', async () => (await page.$$eval('.vrow:not([hidden])', (r) => r.length)) === 10, 3000);
+  await page.fill('#m-filter', '');
+  await page.$eval('#meetings-body', (b) => { b.scrollTop = 0; });
+  await sleep(300);
+  await page.screenshot({ path: join(OUT, 'meetings.png') });
+  assert.deepEqual(errors, []);
+  results({ rendered_rows: dom, frame_p95_ms: perf.p95, long_tasks: perf.long.length });
+}
+
+async function history({ server, browser }) {
+  await server();
+  // three hours ago, so nothing else lands in the range while we compare
+  const hour = Math.floor(Date.now() / 3600000) * 3600000 - 3 * 3600000;
+  const events = Array.from({ length: 900 }, (_, i) => httpEvent(i, hour + (i % 3600) * 1000));
+  await postEvents(events, INGEST);
+  const from = new Date(hour - 3600000).toISOString().replace('.000Z', 'Z');
+  const to = new Date(hour + 2 * 3600000).toISOString().replace('.000Z', 'Z');
+  const q = `/v1/rollups/hourly?kind=http&from=${from}&to=${to}`;
+  await waitFor('the rollups to hold all 900 requests', async () => {
+    const j = await getJson(q, READ);
+    return j.rows.reduce((s, r) => s + r.requests, 0) === 900;
+  }, 20000, 200);
+  const b = await browser();
+  const { page, errors } = await openPage(b, 'history');
+  await page.waitForSelector('#h-from');
+  // datetime-local inputs are local time: the page runs in UTC (timezoneId)
+  const local = (iso) => iso.slice(0, 16);
+  await page.fill('#h-from', local(from));
+  await page.fill('#h-to', local(to));
+  await page.click('#h-form button[type=submit]');
+  const expected = (await getJson(q, READ)).rows.length;
+  await waitFor(`${expected} rows`, async () => (await text(page, '#h-info')).startsWith(`${expected} rows`), 10000);
+  const api = await (await fetch(`${URL_}${q}&format=csv`, { headers: { authorization: `Bearer ${READ}` } })).text();
+  const [csvDl] = await Promise.all([page.waitForEvent('download'), page.click('#h-csv')]);
+  const csv = readFileSync(await csvDl.path(), 'utf8');
+  log(`CSV export ${csvDl.suggestedFilename()}: ${csv.length} bytes, ${csv.trim().split('\n').length - 1} rows`);
+  assert.equal(csv, api, 'the CSV download equals the API\'s answer');
+  const [jsonDl] = await Promise.all([page.waitForEvent('download'), page.click('#h-json')]);
+  const shown = JSON.parse(readFileSync(await jsonDl.path(), 'utf8'));
+  const apiJson = await getJson(q, READ);
+  assert.deepEqual(shown.rows, apiJson.rows, 'the JSON download holds the rows of the API\'s answer');
+  const inTable = await page.evaluate(() => window.flowmeter.hist.table.view.length);
+  assert.equal(inTable, expected, 'the table holds every row of the answer');
+  const firstRow = await page.$$eval('#history-body .vrow:not([hidden])', (r) => [...r].sort((a, b) => a.style.transform.localeCompare(b.style.transform))[0].textContent);
+  const a0 = apiJson.rows[0];
+  for (const k of ['service', 'endpoint', 'method']) assert.ok(firstRow.includes(a0[k]), `first row shows ${k} ${a0[k]}: ${firstRow}`);
+  await page.screenshot({ path: join(OUT, 'history.png') });
+  assert.deepEqual(errors, []);
+  results({ csv_bytes: csv.length, rows: shown.rows.length });
+}
+
+const scenarios = { live, meetings, history };
+const name = process.env.FM_SCENARIO;
+await run(async (ctx) => {
+  assert.ok(scenarios[name], `FM_SCENARIO must be one of ${Object.keys(scenarios)}`);
+  await scenarios[name](ctx);
+});

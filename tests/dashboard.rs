@@ -1,0 +1,76 @@
+//! The dashboard in headless Chromium against a real `flowmeter serve`
+//! (tests/browser/dashboard.mjs): first load, live numbers, resume after a
+//! dropped socket and after a server restart, 500+ meetings rendered and
+//! scrolled without long tasks, CSV/JSON export equal to the API's answer.
+
+mod common;
+
+use common::browser::BrowserRun;
+use common::TestEnv;
+use flowmeter::config::TokenConfig;
+
+const READ: &str = "read-token-0123456789";
+const INGEST: &str = "ingest-token-0123456789";
+
+async fn scenario(name: &str) -> serde_json::Value {
+    let mut env = TestEnv::new(&format!("dash_{name}"));
+    env.settings.auth.tokens = vec![
+        TokenConfig {
+            name: "dashboards".into(),
+            token: READ.into(),
+            scopes: vec!["read".into()],
+        },
+        TokenConfig {
+            name: "services".into(),
+            token: INGEST.into(),
+            scopes: vec!["ingest".into()],
+        },
+    ];
+    env.settings.hub.tick_grace_ms = 200;
+    env.migrate().await;
+    let run = BrowserRun::new(&mut env);
+    let out = run.node(
+        "dashboard.mjs",
+        &[
+            ("FM_SCENARIO", name.to_string()),
+            ("FM_READ", READ.to_string()),
+            ("FM_INGEST", INGEST.to_string()),
+        ],
+    );
+    if let Ok(dir) = std::env::var("FM_SCREENSHOTS") {
+        for f in std::fs::read_dir(run.dir.path())
+            .expect("run dir")
+            .flatten()
+        {
+            if f.path().extension().is_some_and(|e| e == "png") {
+                let _ = std::fs::copy(f.path(), std::path::Path::new(&dir).join(f.file_name()));
+            }
+        }
+    }
+    env.cleanup().await;
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dashboard_goes_live_and_resumes_after_drops_and_restarts() {
+    let r = scenario("live").await;
+    eprintln!("measured: {r}");
+    assert!(
+        r["live_ms"].as_f64().is_some(),
+        "the script reported its figures"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dashboard_lists_500_meetings_rendering_only_visible_rows() {
+    let r = scenario("meetings").await;
+    eprintln!("measured: {r}");
+    assert!(r["rendered_rows"].as_u64().is_some_and(|n| n > 0 && n < 60));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dashboard_history_exports_exactly_what_the_api_answers() {
+    let r = scenario("history").await;
+    eprintln!("measured: {r}");
+    assert!(r["rows"].as_u64().is_some_and(|n| n > 0));
+}

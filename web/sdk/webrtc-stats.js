@@ -1,0 +1,1 @@
+// The browser WebRTC collector: see docs/collector.md (work in progress).
