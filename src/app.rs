@@ -37,8 +37,13 @@ pub enum AppError {
     UnknownRole(String),
     #[error("no processor named {0:?} in processors/; the names are: {1}")]
     UnknownProcessor(String, String),
+    #[error("processor {0:?} is not a rollup: only rollups can be replayed (sinks re-deliver with `flowmeter groups reset`)")]
+    NotRollup(String),
     #[error(transparent)]
     Replay(#[from] crate::processor::rollup::ReplayError),
+    #[cfg(feature = "clickhouse")]
+    #[error(transparent)]
+    Archive(#[from] crate::processor::clickhouse_archive::client::ArchiveError),
 }
 
 /// A part of `flowmeter serve`.
@@ -145,6 +150,7 @@ pub async fn replay(
     let processors = ProcessorRegistry::load(&settings.paths.processors, &schemas)?;
     let def = match processors.get(name) {
         Some(crate::processor::ProcessorConfig::Rollup(d)) => d.clone(),
+        Some(_) => return Err(AppError::NotRollup(name.into())),
         None => {
             let names: Vec<&str> = processors.processors.iter().map(|p| p.name()).collect();
             return Err(AppError::UnknownProcessor(name.into(), names.join(", ")));
@@ -158,6 +164,8 @@ pub async fn replay(
         store,
         schemas,
         settings: settings.rollup.clone(),
+        kafka: settings.kafka.clone(),
+        clickhouse: settings.clickhouse.clone(),
         worker_id: format!("replay-{}", new_worker_id()),
     };
     let processor = def.build(ctx).await?;
@@ -165,10 +173,35 @@ pub async fn replay(
 }
 
 /// Opens the database named in the config (creating it) and applies migrations.
-pub async fn migrate(settings: &Settings) -> Result<(), AppError> {
+///
+/// With the ClickHouse archive enabled in `processors/`, also applies
+/// `paths.clickhouse_migrations` to `[clickhouse]` and returns the files applied.
+pub async fn migrate(settings: &Settings) -> Result<Vec<String>, AppError> {
     let store = Store::connect(&settings.mysql.url, settings.mysql.max_connections).await?;
     store.migrate(&settings.paths.migrations).await?;
-    Ok(())
+    let schemas = SchemaRegistry::load(&settings.paths.schemas)?;
+    let processors = ProcessorRegistry::load(&settings.paths.processors, &schemas)?;
+    let archive = processors
+        .enabled()
+        .any(|p| matches!(p, crate::processor::ProcessorConfig::ClickhouseArchive(_)));
+    if !archive {
+        return Ok(Vec::new());
+    }
+    #[cfg(feature = "clickhouse")]
+    {
+        Ok(crate::processor::clickhouse_archive::client::migrate(
+            &settings.clickhouse,
+            &settings.paths.clickhouse_migrations,
+        )
+        .await?)
+    }
+    #[cfg(not(feature = "clickhouse"))]
+    {
+        Err(AppError::Processor(ProcessorError::Definition {
+            file: "processors/".into(),
+            reason: "the ClickHouse archive is enabled but this flowmeter was built without the `clickhouse` feature".into(),
+        }))
+    }
 }
 
 /// Runs the given roles until `shutdown` is cancelled. `listener` lets tests
@@ -210,6 +243,8 @@ pub async fn serve(
             store,
             schemas: schemas.clone(),
             settings: settings.rollup.clone(),
+            kafka: settings.kafka.clone(),
+            clickhouse: settings.clickhouse.clone(),
             worker_id: new_worker_id(),
         };
         tracker.spawn(crate::retention::run(
@@ -282,6 +317,11 @@ pub async fn serve(
             ingest: settings.ingest.clone(),
             retention: settings.retention.clone(),
             hub: hub.clone(),
+            events: if roles.has(Role::Api) {
+                crate::api::EventSearch::from_registry(&processors, &settings.clickhouse)
+            } else {
+                None
+            },
             auth: crate::auth::Auth::new(settings.auth.clone()),
         };
         let listener = match listener {

@@ -33,6 +33,8 @@ pub struct Settings {
     pub retention: RetentionConfig,
     pub hub: HubConfig,
     pub auth: AuthConfig,
+    pub kafka: KafkaConfig,
+    pub clickhouse: ClickhouseConfig,
 }
 
 /// The HTTP listener (ingest, query and status API).
@@ -112,6 +114,8 @@ pub struct PathsConfig {
     pub processors: PathBuf,
     /// sqlx migrations for MySQL 8 / MariaDB 10.11.
     pub migrations: PathBuf,
+    /// ClickHouse DDL for the archive (`NNNN_name.sql`), applied by `flowmeter migrate`.
+    pub clickhouse_migrations: PathBuf,
 }
 
 impl Default for PathsConfig {
@@ -120,6 +124,7 @@ impl Default for PathsConfig {
             schemas: "schemas".into(),
             processors: "processors".into(),
             migrations: "migrations".into(),
+            clickhouse_migrations: "migrations/clickhouse".into(),
         }
     }
 }
@@ -426,6 +431,15 @@ impl Settings {
         for t in &mut s.auth.tokens {
             t.token = "***".into();
         }
+        s.clickhouse.url = mask_url(&s.clickhouse.url);
+        if !s.clickhouse.password.is_empty() {
+            s.clickhouse.password = "***".into();
+        }
+        for (k, v) in &mut s.kafka.properties {
+            if k.contains("password") || k.contains("secret") {
+                *v = "***".into();
+            }
+        }
         toml::to_string_pretty(&s).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
 }
@@ -439,6 +453,64 @@ pub fn mask_url(raw: &str) -> String {
         }
         Ok(_) => raw.to_string(),
         Err(_) => "<unparseable url>".to_string(),
+    }
+}
+
+/// The Kafka cluster the bridge (`processors/kafka_bridge.toml`) produces to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma-separated (`bootstrap.servers`).
+    pub brokers: String,
+    /// `client.id` of the producer.
+    pub client_id: String,
+    /// How long librdkafka keeps retrying one message before its delivery
+    /// report fails (`message.timeout.ms`); the bridge then retries the batch.
+    pub message_timeout_ms: u64,
+    /// Further librdkafka producer properties (e.g. `security.protocol`,
+    /// `compression.type`), passed through as they are.
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            client_id: "flowmeter".into(),
+            message_timeout_ms: 30_000,
+            properties: Default::default(),
+        }
+    }
+}
+
+/// The ClickHouse server of the archive (`processors/clickhouse_archive.toml`)
+/// and of `GET /v1/events/search`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickhouseConfig {
+    /// HTTP interface, e.g. `http://127.0.0.1:8123`.
+    pub url: String,
+    /// Database of the archive tables (created by `flowmeter migrate`).
+    pub database: String,
+    pub user: String,
+    pub password: String,
+    /// The client's row-type validation against the server's schema. Servers
+    /// older than 21.x (e.g. Debian's 18.16) lack what it needs: set false.
+    pub validation: bool,
+    /// Longest one query or insert may take.
+    pub timeout_ms: u64,
+}
+
+impl Default for ClickhouseConfig {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:8123".into(),
+            database: "flowmeter".into(),
+            user: "default".into(),
+            password: String::new(),
+            validation: true,
+            timeout_ms: 30_000,
+        }
     }
 }
 

@@ -8,7 +8,57 @@
 
 use serde::Serialize;
 
-use crate::stream::{Keys, Redis, StreamError};
+use crate::stream::{Keys, Redis, StreamError, StreamId};
+
+/// Bound of each dead-letter stream (`XADD … MAXLEN ~`): the oldest dead
+/// letters go first.
+pub const MAX_LEN: u64 = 100_000;
+
+/// An entry to dead-letter.
+pub struct NewLetter<'a> {
+    pub stream: &'a str,
+    pub id: StreamId,
+    pub error: &'a str,
+    pub data: Option<&'a str>,
+}
+
+/// Appends `letters` of `processor` to the dead-letter stream `key` in one
+/// MULTI/EXEC; the caller acknowledges the originals only after this.
+pub async fn append(
+    redis: &Redis,
+    key: &str,
+    processor: &str,
+    letters: &[NewLetter<'_>],
+) -> Result<(), StreamError> {
+    if letters.is_empty() {
+        return Ok(());
+    }
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    for l in letters {
+        pipe.cmd("XADD")
+            .arg(key)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(MAX_LEN)
+            .arg("*")
+            .arg("stream")
+            .arg(l.stream)
+            .arg("id")
+            .arg(l.id.to_string())
+            .arg("processor")
+            .arg(processor)
+            .arg("error")
+            .arg(l.error)
+            .arg("data")
+            .arg(l.data.unwrap_or(""))
+            .ignore();
+    }
+    let mut conn = redis.conn.clone();
+    redis.run(pipe.query_async::<()>(&mut conn)).await?;
+    crate::telemetry::metrics::DEAD_LETTERED.add(letters.len() as u64);
+    Ok(())
+}
 
 /// One dead letter.
 #[derive(Debug, Clone, Serialize, PartialEq)]

@@ -530,11 +530,19 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Migrate => {
             flowmeter::telemetry::init();
-            app::migrate(&settings).await?;
+            let clickhouse = app::migrate(&settings).await?;
             println!(
                 "migrations applied to {}",
                 flowmeter::config::mask_url(&settings.mysql.url)
             );
+            if !clickhouse.is_empty() {
+                println!(
+                    "ClickHouse migrations applied to {} ({}): {}",
+                    flowmeter::config::mask_url(&settings.clickhouse.url),
+                    settings.clickhouse.database,
+                    clickhouse.join(", ")
+                );
+            }
         }
         Command::Loadgen {
             rate,

@@ -108,6 +108,14 @@ pub mod metrics {
         "flowmeter_rollup_flush_lock_retries_total",
         "flush transactions retried after a deadlock or lock timeout",
     );
+    pub static SINK_DELIVERED: Counter = Counter::new(
+        "flowmeter_sink_entries_delivered_total",
+        "entries a sink (Kafka bridge, ClickHouse archive) delivered and acknowledged",
+    );
+    pub static SINK_FAILURES: Counter = Counter::new(
+        "flowmeter_sink_delivery_failures_total",
+        "sink deliveries that failed and were retried",
+    );
 
     pub static ALL: &[&Counter] = &[
         &REQUESTS_ACCEPTED,
@@ -126,6 +134,8 @@ pub mod metrics {
         &FLUSHES,
         &FLUSH_FAILURES,
         &FLUSH_RETRIES,
+        &SINK_DELIVERED,
+        &SINK_FAILURES,
     ];
 
     /// The value of counter `name` in a Prometheus text exposition (e.g. a

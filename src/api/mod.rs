@@ -3,6 +3,7 @@
 //! - `POST /v1/events`: ingest (role `ingest`);
 //! - `GET /v1/rollups/hourly`, `GET /v1/rollups/daily`: rollup rows as JSON or CSV (role `api`);
 //! - `GET /v1/status`: streams, groups, checkpoints, runners (role `api`);
+//! - `GET /v1/events/search`: raw events from the ClickHouse archive (role `api`);
 //! - `GET /healthz`, `GET /metrics`: always.
 //!
 //! [`router`] builds the whole thing from an [`AppState`], so tests drive it
@@ -11,6 +12,7 @@
 mod access;
 mod alerts;
 mod error;
+mod events;
 mod ingest;
 mod rollups;
 mod status;
@@ -22,6 +24,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 pub use error::ApiError;
+pub use events::EventSearch;
 pub use ingest::parse_body;
 pub use rollups::{QueryCatalog, RollupTable};
 
@@ -49,6 +52,8 @@ pub struct AppState {
     /// Present when the `hub` role runs.
     pub hub: Option<Arc<crate::hub::Hub>>,
     pub auth: crate::auth::Auth,
+    /// Present when the `api` role runs and the ClickHouse archive is enabled.
+    pub events: Option<EventSearch>,
 }
 
 /// Builds the router for the roles present in `state`.
@@ -77,6 +82,7 @@ pub fn router(state: AppState) -> Router {
                 .route("/v1/rollups/daily", get(rollups::daily))
                 .route("/v1/status", get(status::status))
                 .route("/v1/alerts", get(alerts::list))
+                .route("/v1/events/search", get(events::search))
                 .route_layer(from_fn_with_state(state.clone(), access::read)),
         );
     }

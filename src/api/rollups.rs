@@ -49,7 +49,9 @@ impl QueryCatalog {
     pub async fn build(processors: &ProcessorRegistry, store: &Store) -> Result<Self, StoreError> {
         let mut tables = Vec::new();
         for p in processors.enabled() {
-            let ProcessorConfig::Rollup(def) = p;
+            let ProcessorConfig::Rollup(def) = p else {
+                continue;
+            };
             for t in &def.tables {
                 let columns = store
                     .columns(&t.name)

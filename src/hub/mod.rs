@@ -157,7 +157,9 @@ const ALERT_BUFFER: usize = 256;
 /// `webrtc` (the rollup's), so live and historical classes agree.
 fn quality_classes(processors: &ProcessorRegistry) -> Classes {
     for p in &processors.processors {
-        let ProcessorConfig::Rollup(def) = p;
+        let ProcessorConfig::Rollup(def) = p else {
+            continue;
+        };
         if !def.kinds.iter().any(|k| k == "webrtc") {
             continue;
         }

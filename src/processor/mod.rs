@@ -5,8 +5,12 @@
 //! `mod.rs`, `config.rs`, `processor.rs`). The config builds the component
 //! ([`ProcessorConfig::build`]); a processor never reads global state.
 
+pub mod clickhouse_archive;
+pub mod kafka_bridge;
+pub mod reader;
 pub mod registry;
 pub mod rollup;
+pub mod sink;
 
 use std::sync::Arc;
 
@@ -50,6 +54,10 @@ pub struct ProcessorContext {
     pub store: Store,
     pub schemas: Arc<SchemaRegistry>,
     pub settings: RunnerSettings,
+    /// The Kafka cluster (the bridge).
+    pub kafka: crate::config::KafkaConfig,
+    /// The ClickHouse server (the archive).
+    pub clickhouse: crate::config::ClickhouseConfig,
     /// Unique name of this worker process (`host-pid-random`).
     pub worker_id: String,
 }

@@ -4,6 +4,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use super::clickhouse_archive::ArchiveDef;
+use super::kafka_bridge::BridgeDef;
 use super::rollup::RollupDef;
 use super::{Processor, ProcessorContext, ProcessorError};
 use crate::event::SchemaRegistry;
@@ -14,27 +16,39 @@ use crate::event::SchemaRegistry;
 pub enum ProcessorConfig {
     /// Folds events into MySQL rollup tables (see `processor::rollup`).
     Rollup(RollupDef),
+    /// Keeps raw events in ClickHouse (see `processor::clickhouse_archive`).
+    ClickhouseArchive(ArchiveDef),
+    /// Forwards events to Kafka topics (see `processor::kafka_bridge`).
+    KafkaBridge(BridgeDef),
 }
 
 impl ProcessorConfig {
     pub fn name(&self) -> &str {
         match self {
             ProcessorConfig::Rollup(d) => &d.name,
+            ProcessorConfig::ClickhouseArchive(d) => &d.name,
+            ProcessorConfig::KafkaBridge(d) => &d.name,
         }
     }
     pub fn group(&self) -> &str {
         match self {
             ProcessorConfig::Rollup(d) => &d.group,
+            ProcessorConfig::ClickhouseArchive(d) => &d.group,
+            ProcessorConfig::KafkaBridge(d) => &d.group,
         }
     }
     pub fn kinds(&self) -> &[String] {
         match self {
             ProcessorConfig::Rollup(d) => &d.kinds,
+            ProcessorConfig::ClickhouseArchive(d) => &d.kinds,
+            ProcessorConfig::KafkaBridge(d) => &d.kinds,
         }
     }
     pub fn enabled(&self) -> bool {
         match self {
             ProcessorConfig::Rollup(d) => d.enabled,
+            ProcessorConfig::ClickhouseArchive(d) => d.enabled,
+            ProcessorConfig::KafkaBridge(d) => d.enabled,
         }
     }
 
@@ -42,6 +56,8 @@ impl ProcessorConfig {
     pub fn check(&self) -> Result<(), String> {
         match self {
             ProcessorConfig::Rollup(d) => d.check(),
+            ProcessorConfig::ClickhouseArchive(d) => d.check(),
+            ProcessorConfig::KafkaBridge(d) => d.check(),
         }
     }
 
@@ -49,6 +65,8 @@ impl ProcessorConfig {
     pub async fn build(&self, ctx: ProcessorContext) -> Result<Box<dyn Processor>, ProcessorError> {
         match self {
             ProcessorConfig::Rollup(d) => Ok(Box::new(d.build(ctx).await?)),
+            ProcessorConfig::ClickhouseArchive(d) => d.build(ctx).await,
+            ProcessorConfig::KafkaBridge(d) => d.build(ctx).await,
         }
     }
 }

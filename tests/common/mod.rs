@@ -188,11 +188,15 @@ pub async fn scalar(store: &Store, sql: &str) -> i64 {
     v.unwrap_or(0.0) as i64
 }
 
-/// Copies the files of `from` into `to` (created).
+/// Copies `from` into `to` (created), subdirectories included.
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("mkdir");
     for e in std::fs::read_dir(from).expect("read dir").flatten() {
-        std::fs::copy(e.path(), to.join(e.file_name())).expect("copy");
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).expect("copy");
+        }
     }
 }
 
@@ -471,4 +475,50 @@ impl Drop for TcpProxy {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// A consumer group's figures summed over every shard of both kinds:
+/// (pending, lag), from `XINFO GROUPS`.
+pub async fn group_figures(env: &TestEnv, group: &str) -> (u64, u64) {
+    let mut r = env.redis().await;
+    let (mut pending, mut lag) = (0, 0);
+    for kind in ["http", "webrtc"] {
+        for i in 0..env.settings.redis.shards {
+            let key = format!("{}:{{{kind}:{i}}}", env.name);
+            let groups: redis::Value = redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(&key)
+                .query_async(&mut r)
+                .await
+                .unwrap_or(redis::Value::Nil);
+            let redis::Value::Array(groups) = groups else {
+                continue;
+            };
+            for g in groups {
+                let fields: std::collections::HashMap<String, redis::Value> = match g {
+                    redis::Value::Array(kv) => kv
+                        .chunks(2)
+                        .filter_map(|c| match c {
+                            [redis::Value::BulkString(k), v] => {
+                                Some((String::from_utf8_lossy(k).into_owned(), v.clone()))
+                            }
+                            _ => None,
+                        })
+                        .collect(),
+                    _ => continue,
+                };
+                let ours = matches!(fields.get("name"), Some(redis::Value::BulkString(n)) if n == group.as_bytes());
+                if !ours {
+                    continue;
+                }
+                if let Some(redis::Value::Int(n)) = fields.get("pending") {
+                    pending += *n as u64;
+                }
+                if let Some(redis::Value::Int(n)) = fields.get("lag") {
+                    lag += *n as u64;
+                }
+            }
+        }
+    }
+    (pending, lag)
 }

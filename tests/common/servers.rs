@@ -199,3 +199,334 @@ impl Drop for PrivateRedis {
         }
     }
 }
+
+/// `name` on `PATH`, else the first of `fallbacks` that exists; panics with
+/// the fix when neither has it.
+fn find_bin(name: &str, fallbacks: &[PathBuf]) -> PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join(name));
+    on_path
+        .chain(fallbacks.iter().cloned())
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{name} not found: run scripts/services start"))
+}
+
+/// Kills a private server hard (SIGKILL) and waits until its port is closed.
+fn kill_child(child: &mut Option<Child>, port: u16, what: &str) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    wait_port(port, false, Duration::from_secs(30), what);
+}
+
+/// `sql` over ClickHouse's HTTP interface on `port`: the body of a 200
+/// answer, `None` for anything else. Plain std HTTP/1.0 rather than reqwest,
+/// so it works inside and outside a tokio runtime.
+fn clickhouse_get(port: u16, sql: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let query: String = url::form_urlencoded::byte_serialize(sql.as_bytes()).collect();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET /?query={query} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).ok()?;
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?;
+    (status == "200").then(|| body.to_string())
+}
+
+/// A ClickHouse server with its own config, data directory and ports.
+///
+/// Debian 12 ships clickhouse-server 18.16: the config is the `<yandex>` root
+/// of that era, and only the HTTP and native ports are opened (no
+/// `interserver_http_port`, so no replication port; 18.16 has no MySQL or
+/// PostgreSQL protocol ports). It runs as a child process, not `--daemon`,
+/// so `kill9` is a plain SIGKILL of the server itself.
+pub struct PrivateClickHouse {
+    pub http_port: u16,
+    pub tcp_port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl PrivateClickHouse {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let http_port = free_port();
+        let tcp_port = std::iter::repeat_with(free_port)
+            .find(|p| *p != http_port)
+            .expect("second free port");
+        for sub in ["data", "tmp", "user_files", "format_schemas"] {
+            std::fs::create_dir_all(dir.path().join(sub)).expect("clickhouse dirs");
+        }
+        let d = dir.path().display();
+        let config = format!(
+            r#"<?xml version="1.0"?>
+<yandex>
+  <logger>
+    <level>information</level>
+    <log>{d}/server.log</log>
+    <errorlog>{d}/error.log</errorlog>
+    <size>10M</size>
+    <count>1</count>
+  </logger>
+  <listen_host>127.0.0.1</listen_host>
+  <http_port>{http_port}</http_port>
+  <tcp_port>{tcp_port}</tcp_port>
+  <path>{d}/data/</path>
+  <tmp_path>{d}/tmp/</tmp_path>
+  <user_files_path>{d}/user_files/</user_files_path>
+  <format_schema_path>{d}/format_schemas/</format_schema_path>
+  <users_config>{d}/users.xml</users_config>
+  <default_profile>default</default_profile>
+  <default_database>default</default_database>
+  <!-- 5 GiB by default; several instances run side by side in tests -->
+  <mark_cache_size>67108864</mark_cache_size>
+</yandex>
+"#
+        );
+        // users_config: one passwordless `default` user, loopback only, no
+        // quota limits (an empty quota has no intervals).
+        let users = r#"<?xml version="1.0"?>
+<yandex>
+  <profiles><default></default></profiles>
+  <users>
+    <default>
+      <password></password>
+      <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
+      <profile>default</profile>
+      <quota>default</quota>
+    </default>
+  </users>
+  <quotas><default></default></quotas>
+</yandex>
+"#;
+        std::fs::write(dir.path().join("config.xml"), config).expect("config.xml");
+        std::fs::write(dir.path().join("users.xml"), users).expect("users.xml");
+        let mut ch = Self {
+            http_port,
+            tcp_port,
+            dir,
+            child: None,
+        };
+        ch.restart();
+        ch
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// What `SELECT version()` says, e.g. `18.16.1`.
+    pub fn version(&self) -> String {
+        clickhouse_get(self.http_port, "SELECT version()")
+            .expect("clickhouse answers SELECT version()")
+            .trim()
+            .to_string()
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Starts the server (again) on the same config, data and ports.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        // Debian installs clickhouse-server to /usr/sbin, which a non-root
+        // PATH lacks; upstream packages add the multi-call `clickhouse`.
+        let server = find_bin(
+            "clickhouse-server",
+            &[
+                "/usr/sbin/clickhouse-server".into(),
+                "/usr/bin/clickhouse".into(),
+            ],
+        );
+        let mut cmd = Command::new(&server);
+        if server.file_name().is_some_and(|n| n == "clickhouse") {
+            cmd.arg("server");
+        }
+        let mut child = cmd
+            .arg(format!(
+                "--config-file={}",
+                self.dir().join("config.xml").display()
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("clickhouse-server");
+        let start = Instant::now();
+        while clickhouse_get(self.http_port, "SELECT 1").as_deref() != Some("1\n") {
+            let exited = child.try_wait().ok().flatten();
+            if exited.is_some() || start.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                let _ = child.wait();
+                let log = std::fs::read_to_string(self.dir().join("error.log"));
+                panic!("clickhouse-server did not come up ({exited:?}): {log:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no shutdown. Inserted parts are already in files, so they
+    /// survive; what a kill loses is whatever the server held in memory.
+    pub fn kill9(&mut self) {
+        kill_child(&mut self.child, self.http_port, "clickhouse-server");
+        wait_port(
+            self.tcp_port,
+            false,
+            Duration::from_secs(30),
+            "clickhouse-server",
+        );
+    }
+}
+
+impl Drop for PrivateClickHouse {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A tansu broker (Apache Kafka protocol) on its own port and directory.
+///
+/// Storage is `sqlite://` in the instance's directory when the tansu binary
+/// has the `libsql` feature: topics and records then survive `kill9` and
+/// `restart`. The build `scripts/services` installs by default has only
+/// `dynostore` (`memory://` and `s3://`), and with `memory://` a restart
+/// starts empty, so a test that restarts the broker either checks
+/// [`PrivateKafka::keeps_data`] or creates its topics again.
+/// `TANSU_BIN` picks another binary than `tansu` on `PATH` / ~/.cargo/bin.
+pub struct PrivateKafka {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    storage: &'static str,
+    child: Option<Child>,
+}
+
+impl PrivateKafka {
+    pub fn start() -> Self {
+        // `tansu --help` ends with e.g. "Storage engines: dynostore, libsql"
+        let help = Command::new(Self::tansu())
+            .arg("--help")
+            .output()
+            .expect("tansu --help");
+        let has_sqlite = String::from_utf8_lossy(&help.stdout)
+            .lines()
+            .any(|l| l.starts_with("Storage engines:") && l.contains("libsql"));
+        let mut k = Self {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            // a relative sqlite URL is a file in the broker's working directory
+            storage: if has_sqlite {
+                "sqlite://tansu.db"
+            } else {
+                "memory://tansu/"
+            },
+            child: None,
+        };
+        k.restart();
+        k
+    }
+
+    /// `host:port` for a Kafka client's `bootstrap.servers`.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Whether topics and records survive `kill9` + `restart` (sqlite
+    /// storage) or not (memory storage).
+    pub fn keeps_data(&self) -> bool {
+        self.storage.starts_with("sqlite:")
+    }
+
+    fn broker_url(&self) -> String {
+        format!("tcp://127.0.0.1:{}", self.port)
+    }
+
+    fn tansu() -> PathBuf {
+        if let Some(bin) = std::env::var_os("TANSU_BIN") {
+            return bin.into();
+        }
+        let cargo_bin = std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join(".cargo/bin/tansu"))
+            .unwrap_or_default();
+        find_bin("tansu", &[cargo_bin])
+    }
+
+    /// Starts the broker (again) on the same port and storage.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let url = self.broker_url();
+        let log = std::fs::File::create(self.dir.path().join("broker.log")).expect("broker.log");
+        // tansu opens only the listener: no Prometheus or OTLP endpoint
+        // unless --otlp-endpoint-url is given.
+        let child = Command::new(Self::tansu())
+            .current_dir(self.dir.path())
+            .arg("broker")
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", self.storage, "--silent"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("tansu broker");
+        self.child = Some(child);
+        wait_port(self.port, true, Duration::from_secs(30), "tansu broker");
+    }
+
+    /// Creates `name` with `partitions` partitions (tansu does not create
+    /// topics on first use). Panics when it exists.
+    pub fn create_topic(&self, name: &str, partitions: u32) {
+        let out = Command::new(Self::tansu())
+            .args(["topic", "create", name, "--broker", &self.broker_url()])
+            .arg(format!("--partitions={partitions}"))
+            .output()
+            .expect("tansu topic create");
+        assert!(
+            out.status.success(),
+            "tansu topic create {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Topic names and partition counts, as `tansu topic list` reports them.
+    pub fn topics(&self) -> Vec<(String, usize)> {
+        let out = Command::new(Self::tansu())
+            .args(["topic", "list", "--broker", &self.broker_url()])
+            .output()
+            .expect("tansu topic list");
+        assert!(
+            out.status.success(),
+            "tansu topic list: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let list: Vec<serde_json::Value> =
+            serde_json::from_slice(&out.stdout).expect("tansu topic list prints JSON");
+        list.iter()
+            .map(|t| {
+                let name = t["name"].as_str().unwrap_or_default().to_string();
+                let partitions = t["partitions"].as_array().map_or(0, Vec::len);
+                (name, partitions)
+            })
+            .collect()
+    }
+
+    /// SIGKILL; with memory storage, the end of its topics.
+    pub fn kill9(&mut self) {
+        kill_child(&mut self.child, self.port, "tansu broker");
+    }
+}
+
+impl Drop for PrivateKafka {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

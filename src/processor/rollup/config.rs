@@ -301,7 +301,9 @@ mod tests {
         let path = format!("{}/processors/{name}", env!("CARGO_MANIFEST_DIR"));
         let text = std::fs::read_to_string(&path).expect("read");
         let def: crate::processor::ProcessorConfig = toml::from_str(&text).expect("parses");
-        let crate::processor::ProcessorConfig::Rollup(d) = def;
+        let crate::processor::ProcessorConfig::Rollup(d) = def else {
+            panic!("{name} is not a rollup");
+        };
         d
     }
 

@@ -25,11 +25,11 @@ use super::agg::{CompiledTable, MState, RowKey};
 use super::config::RollupDef;
 use super::writer::write_table;
 use crate::event::parse_ts_value;
+use crate::processor::reader::{self, Batch, READ_ERROR_BACKOFF};
 use crate::processor::{Processor, ProcessorContext, ProcessorError};
 use crate::store::{advance_checkpoint, StoreError};
 use crate::stream::{
-    ack, ensure_group, GroupReader, LeaseManager, LeaseOutcome, ReadOutcome, Shard, StreamError,
-    StreamId,
+    ack, ensure_group, LeaseManager, LeaseOutcome, ReadOutcome, Shard, StreamError, StreamId,
 };
 use crate::telemetry::metrics;
 
@@ -37,27 +37,6 @@ use crate::telemetry::metrics;
 const MAX_FLUSH_BACKOFF: Duration = Duration::from_secs(5);
 /// Longest a flush transaction may take before it is abandoned and retried.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Pause after a failed read before trying the shard again.
-const READ_ERROR_BACKOFF: Duration = Duration::from_millis(500);
-
-/// What a shard reader sends to the aggregator.
-struct Batch {
-    shard: Shard,
-    generation: u64,
-    outcome: ReadOutcome,
-}
-
-impl Batch {
-    /// A pending entry delivered more than `max_deliveries` times, which the
-    /// reader hands over alone.
-    fn is_suspect(&self, max: u64) -> bool {
-        match &self.outcome {
-            ReadOutcome::Entries(e) => max > 0 && e.len() == 1 && e[0].deliveries > max,
-            ReadOutcome::LeaseLost => false,
-        }
-    }
-}
-
 /// Solo attempts after which a suspect entry is dead-lettered: it crashed or
 /// stalled the worker while applied and committed by itself this often.
 const SOLO_ATTEMPTS: i64 = 3;
@@ -70,10 +49,6 @@ struct Poison {
     data: Option<String>,
     reason: String,
 }
-
-/// Bound of each dead-letter stream (`XADD … MAXLEN ~`): the oldest dead
-/// letters go first.
-pub const DLQ_MAX_LEN: u64 = 100_000;
 
 struct ShardState {
     stream: String,
@@ -472,56 +447,13 @@ impl Runner {
     }
 
     fn spawn_reader(&self, shard: &Shard, st: &ShardState) -> (CancellationToken, JoinHandle<()>) {
-        let ctx = &self.p.ctx;
-        let mut reader = GroupReader::new(
-            ctx.redis.clone(),
-            st.stream.clone(),
-            ctx.keys.lease(&self.p.def.group, shard),
-            self.p.def.group.clone(),
-            shard.label(),
-            ctx.worker_id.clone(),
-            ctx.settings.read_count,
+        reader::spawn(
+            &self.p.ctx,
+            &self.p.def.group,
+            shard,
+            st.generation,
+            self.tx.clone(),
         )
-        .with_suspects_after(ctx.settings.max_deliveries);
-        let tok = CancellationToken::new();
-        let stop = tok.clone();
-        let tx = self.tx.clone();
-        let shard = shard.clone();
-        let generation = st.generation;
-        let idle = Duration::from_millis(ctx.settings.idle_poll_ms.max(1));
-        let handle = tokio::spawn(async move {
-            loop {
-                let res = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    r = reader.read() => r,
-                };
-                match res {
-                    Ok(ReadOutcome::Entries(e)) if e.is_empty() => {
-                        tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(idle) => {} }
-                    }
-                    Ok(outcome) => {
-                        let lost = matches!(outcome, ReadOutcome::LeaseLost);
-                        let batch = Batch {
-                            shard: shard.clone(),
-                            generation,
-                            outcome,
-                        };
-                        tokio::select! {
-                            _ = stop.cancelled() => return,
-                            r = tx.send(batch) => if r.is_err() { return },
-                        }
-                        if lost {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(shard = %shard, error = %e, "read failed; retrying");
-                        tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(READ_ERROR_BACKOFF) => {} }
-                    }
-                }
-            }
-        });
-        (tok, handle)
     }
 
     fn on_batch(&mut self, batch: Batch) {
@@ -741,31 +673,23 @@ impl Runner {
             return Ok(());
         }
         let ctx = &self.p.ctx;
-        let key = ctx.keys.dlq(&self.p.def.group);
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for p in &self.poison {
-            pipe.cmd("XADD")
-                .arg(&key)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(DLQ_MAX_LEN)
-                .arg("*")
-                .arg("stream")
-                .arg(&p.stream)
-                .arg("id")
-                .arg(p.id.to_string())
-                .arg("processor")
-                .arg(&self.p.def.name)
-                .arg("error")
-                .arg(&p.reason)
-                .arg("data")
-                .arg(p.data.as_deref().unwrap_or(""))
-                .ignore();
-        }
-        let mut conn = ctx.redis.conn.clone();
-        ctx.redis.run(pipe.query_async::<()>(&mut conn)).await?;
-        metrics::DEAD_LETTERED.add(self.poison.len() as u64);
+        let letters: Vec<crate::dlq::NewLetter> = self
+            .poison
+            .iter()
+            .map(|p| crate::dlq::NewLetter {
+                stream: &p.stream,
+                id: p.id,
+                error: &p.reason,
+                data: p.data.as_deref(),
+            })
+            .collect();
+        crate::dlq::append(
+            &ctx.redis,
+            &ctx.keys.dlq(&self.p.def.group),
+            &self.p.def.name,
+            &letters,
+        )
+        .await?;
         self.poison.clear();
         Ok(())
     }

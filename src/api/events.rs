@@ -1,0 +1,139 @@
+//! `GET /v1/events/search` (role `api`, with the ClickHouse archive
+//! enabled): ad-hoc questions about raw events the hourly rollups cannot
+//! answer — the slowest requests of an endpoint in a time range, everything
+//! one user did — answered from the archive's tables.
+//!
+//! Parameters: `kind` (required), `from`, `to` (RFC 3339 on the event time;
+//! default the last hour), any column as an exact filter
+//! (`service=courses&endpoint=/api/courses/:id`), `min_<column>=N` (numeric
+//! lower bound, e.g. `min_duration_ms=500`), `order_by` (a column, default
+//! `ts_ms`), `order` (`desc` default, or `asc`), `limit` (default 100, at
+//! most 10,000). Answer: `{"table", "from", "to", "total", "rows": [...]}`;
+//! `total` counts every match (duplicates from redelivery collapsed).
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Query, State};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::error::{bad_param, limit_param, time_param};
+use super::{ApiError, AppState};
+
+/// What the search needs: the archive and its table per kind.
+#[derive(Clone)]
+pub struct EventSearch {
+    #[cfg(feature = "clickhouse")]
+    pub archive: crate::processor::clickhouse_archive::client::Archive,
+    /// kind → table
+    pub tables: BTreeMap<String, String>,
+}
+
+impl EventSearch {
+    /// From the first archive definition in `processors/`, if any is enabled.
+    pub fn from_registry(
+        processors: &crate::processor::ProcessorRegistry,
+        cfg: &crate::config::ClickhouseConfig,
+    ) -> Option<EventSearch> {
+        let def = processors.enabled().find_map(|p| match p {
+            crate::processor::ProcessorConfig::ClickhouseArchive(d) => Some(d),
+            _ => None,
+        })?;
+        let _ = cfg;
+        Some(EventSearch {
+            #[cfg(feature = "clickhouse")]
+            archive: crate::processor::clickhouse_archive::client::Archive::new(cfg),
+            tables: def
+                .kinds
+                .iter()
+                .map(|k| (k.clone(), def.table(k)))
+                .collect(),
+        })
+    }
+}
+
+pub async fn search(
+    State(st): State<AppState>,
+    Query(params): Query<std::collections::HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let Some(es) = st.events.clone() else {
+        return Err(ApiError::NotFound(
+            "the ClickHouse archive is not enabled (processors/clickhouse_archive.toml, docs/archive.md)".into(),
+        ));
+    };
+    let from = time_param(&params, "from")?;
+    let to = time_param(&params, "to")?;
+    let limit = limit_param(&params, 100, 10_000)?;
+    let order_by = params.get("order_by").cloned();
+    let ascending = match params.get("order").map(String::as_str) {
+        None | Some("desc") => false,
+        Some("asc") => true,
+        Some(_) => return Err(bad_param("order", "use asc or desc")),
+    };
+    let kind = params.get("kind").cloned();
+    let mut filters = Vec::new();
+    let mut min = Vec::new();
+    for (k, v) in &params {
+        if ["kind", "from", "to", "limit", "order_by", "order", "token"].contains(&k.as_str()) {
+            continue;
+        }
+        match k.strip_prefix("min_") {
+            Some(col) => {
+                let n: f64 = v
+                    .parse()
+                    .map_err(|_| bad_param(k, format!("{v:?} is not a number")))?;
+                min.push((col.to_string(), n));
+            }
+            None => filters.push((k.clone(), v.clone())),
+        }
+    }
+    filters.sort();
+    min.sort_by(|a, b| a.0.cmp(&b.0));
+    let kind = kind.ok_or_else(|| bad_param("kind", "is required"))?;
+    let table = es.tables.get(&kind).cloned().ok_or_else(|| {
+        bad_param(
+            "kind",
+            format!(
+                "the archive keeps {}",
+                es.tables.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        )
+    })?;
+    let to = to.unwrap_or_else(chrono::Utc::now);
+    let from = from.unwrap_or(to - chrono::Duration::hours(1));
+    if from >= to {
+        return Err(bad_param("from", "must be before to"));
+    }
+    #[cfg(feature = "clickhouse")]
+    {
+        use crate::processor::clickhouse_archive::client::{ArchiveError, Search};
+        let s = Search {
+            table: table.clone(),
+            from_ms: from.timestamp_millis(),
+            to_ms: to.timestamp_millis(),
+            filters,
+            min,
+            order_by,
+            ascending,
+            limit,
+        };
+        let found = es.archive.search(&s).await.map_err(|e| match e {
+            ArchiveError::BadSearch(m) => bad_param("search", m),
+            e => ApiError::Unavailable {
+                reason: e.to_string(),
+                retry_after: 5,
+            },
+        })?;
+        Ok(Json(json!({
+            "table": table, "from": from.to_rfc3339(), "to": to.to_rfc3339(),
+            "total": found.total, "rows": found.rows,
+        })))
+    }
+    #[cfg(not(feature = "clickhouse"))]
+    {
+        let _ = (filters, min, order_by, ascending, limit, table);
+        Err(ApiError::NotFound(
+            "this flowmeter was built without the `clickhouse` feature".into(),
+        ))
+    }
+}

@@ -1,0 +1,373 @@
+//! The ClickHouse side of the archive: the client built from `[clickhouse]`,
+//! the migrations of `migrations/clickhouse/`, table columns and the search
+//! behind `GET /v1/events/search`. Everything here works against
+//! ClickHouse 18.16 (Debian's package) as well as current releases: plain
+//! column types, client-side binds (`?`), JSONEachRow in and out.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::config::ClickhouseConfig;
+
+/// Errors of the archive's ClickHouse calls.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    /// The server is unreachable, slow or answered an error: retry later.
+    #[error("ClickHouse at {url}: {reason} (is it running and [clickhouse] right? `scripts/services clickhouse` starts a local one)")]
+    Server { url: String, reason: String },
+    /// A migration file cannot be applied as it is: fix the file.
+    #[error("ClickHouse migration {file}: {reason}")]
+    Migration { file: String, reason: String },
+    /// A search the archive cannot answer (bad column, bad value): fix the request.
+    #[error("{0}")]
+    BadSearch(String),
+}
+
+impl ArchiveError {
+    pub fn retryable(&self) -> bool {
+        matches!(self, ArchiveError::Server { .. })
+    }
+}
+
+/// The archive's client: a connection pool to `cfg.url`, database `cfg.database`.
+#[derive(Clone)]
+pub struct Archive {
+    pub client: clickhouse::Client,
+    url: String,
+    timeout: Duration,
+}
+
+impl Archive {
+    pub fn new(cfg: &ClickhouseConfig) -> Self {
+        Self {
+            client: base(cfg).with_database(&cfg.database),
+            url: cfg.url.clone(),
+            timeout: Duration::from_millis(cfg.timeout_ms.max(1)),
+        }
+    }
+
+    pub(crate) fn server_error(&self, reason: impl std::fmt::Display) -> ArchiveError {
+        ArchiveError::Server {
+            url: self.url.clone(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Runs `fut` within the configured timeout.
+    pub(crate) async fn timed<T>(
+        &self,
+        fut: impl std::future::Future<Output = clickhouse::error::Result<T>>,
+    ) -> Result<T, ArchiveError> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(self.server_error(e)),
+            Err(_) => Err(self.server_error(format!(
+                "no answer within clickhouse.timeout_ms ({} ms)",
+                self.timeout.as_millis()
+            ))),
+        }
+    }
+
+    /// Rows of `sql` (with its `?` binds applied) as JSON objects.
+    pub async fn rows(
+        &self,
+        query: clickhouse::query::Query,
+    ) -> Result<Vec<Map<String, Value>>, ArchiveError> {
+        let bytes = self
+            .timed(async move { query.fetch_bytes("JSONEachRow")?.collect().await })
+            .await?;
+        let mut out = Vec::new();
+        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let row: Map<String, Value> = serde_json::from_slice(line)
+                .map_err(|e| self.server_error(format!("unreadable row in the answer: {e}")))?;
+            out.push(row);
+        }
+        Ok(out)
+    }
+
+    /// The columns of `table` (name, type), in table order; empty when it does not exist.
+    pub async fn columns(&self, table: &str) -> Result<Vec<(String, String)>, ArchiveError> {
+        let q = self
+            .client
+            .query("SELECT name, type FROM system.columns WHERE database = currentDatabase() AND table = ?")
+            .bind(table);
+        Ok(self
+            .rows(q)
+            .await?
+            .into_iter()
+            .filter_map(|r| {
+                Some((
+                    r.get("name")?.as_str()?.to_string(),
+                    r.get("type")?.as_str()?.to_string(),
+                ))
+            })
+            .collect())
+    }
+
+    /// Inserts JSONEachRow `body` into `table` (columns not in the body take
+    /// their defaults; fields that are not columns are skipped).
+    pub async fn insert_json_rows(
+        &self,
+        table: &str,
+        body: bytes::Bytes,
+    ) -> Result<(), ArchiveError> {
+        let sql = format!("INSERT INTO `{table}` FORMAT JSONEachRow");
+        let client = self
+            .client
+            .clone()
+            .with_setting("input_format_skip_unknown_fields", "1");
+        self.timed(async move {
+            let mut insert = client.insert_formatted_with(sql);
+            insert.send(body).await?;
+            insert.end().await
+        })
+        .await
+    }
+}
+
+fn base(cfg: &ClickhouseConfig) -> clickhouse::Client {
+    clickhouse::Client::default()
+        .with_url(&cfg.url)
+        .with_user(&cfg.user)
+        .with_password(&cfg.password)
+        .with_validation(cfg.validation)
+}
+
+/// Creates the database and applies the files of `dir` not applied yet
+/// (recorded in `fm_migrations`), in name order; returns the names applied.
+pub async fn migrate(cfg: &ClickhouseConfig, dir: &Path) -> Result<Vec<String>, ArchiveError> {
+    let server = Archive {
+        client: base(cfg),
+        url: cfg.url.clone(),
+        timeout: Duration::from_millis(cfg.timeout_ms.max(1)),
+    };
+    let db = &cfg.database;
+    if db.is_empty() || !db.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(ArchiveError::Migration {
+            file: "[clickhouse] database".into(),
+            reason: format!("{db:?}: use letters, digits and _"),
+        });
+    }
+    server
+        .timed(
+            server
+                .client
+                .query(&format!("CREATE DATABASE IF NOT EXISTS `{db}`"))
+                .execute(),
+        )
+        .await?;
+    let archive = Archive::new(cfg);
+    archive
+        .timed(
+            archive
+                .client
+                .query("CREATE TABLE IF NOT EXISTS fm_migrations (name String, applied_at DateTime) ENGINE = TinyLog")
+                .execute(),
+        )
+        .await?;
+    let done: Vec<String> = archive
+        .rows(archive.client.query("SELECT name FROM fm_migrations"))
+        .await?
+        .into_iter()
+        .filter_map(|r| r.get("name").and_then(Value::as_str).map(String::from))
+        .collect();
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| ArchiveError::Migration {
+            file: dir.display().to_string(),
+            reason: e.to_string(),
+        })?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+        .collect();
+    files.sort();
+    let mut applied = Vec::new();
+    for file in files {
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if done.contains(&name) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).map_err(|e| ArchiveError::Migration {
+            file: name.clone(),
+            reason: e.to_string(),
+        })?;
+        for stmt in statements(&text) {
+            archive
+                .timed(archive.client.query(&stmt).execute())
+                .await
+                .map_err(|e| ArchiveError::Migration {
+                    file: name.clone(),
+                    reason: e.to_string(),
+                })?;
+        }
+        archive
+            .timed(
+                archive
+                    .client
+                    .query("INSERT INTO fm_migrations (name, applied_at) VALUES (?, now())")
+                    .bind(&name)
+                    .execute(),
+            )
+            .await?;
+        applied.push(name);
+    }
+    Ok(applied)
+}
+
+/// The statements of a migration file: `--` comments dropped, split at `;`
+/// ending a line.
+fn statements(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for line in text.lines() {
+        let line = match line.find("--") {
+            Some(i) => &line[..i],
+            None => line,
+        };
+        let t = line.trim_end();
+        if let Some(stmt) = t.strip_suffix(';') {
+            cur.push_str(stmt);
+            if !cur.trim().is_empty() {
+                out.push(cur.trim().to_string());
+            }
+            cur.clear();
+        } else {
+            cur.push_str(t);
+            cur.push('\n');
+        }
+    }
+    if !cur.trim().is_empty() {
+        out.push(cur.trim().to_string());
+    }
+    out
+}
+
+/// An ad-hoc question to the archive (`GET /v1/events/search`).
+#[derive(Debug, Clone, Default)]
+pub struct Search {
+    pub table: String,
+    /// Event time range, ms (`from ≤ ts_ms < to`).
+    pub from_ms: i64,
+    pub to_ms: i64,
+    /// Exact-match filters on columns.
+    pub filters: Vec<(String, String)>,
+    /// Lower bounds on numeric columns (`min_duration_ms=500` → duration_ms ≥ 500).
+    pub min: Vec<(String, f64)>,
+    /// Sort column and direction (default: ts_ms descending).
+    pub order_by: Option<String>,
+    pub ascending: bool,
+    pub limit: u64,
+}
+
+/// Rows and the number of matching events (duplicates from redelivery collapsed).
+pub struct Found {
+    pub rows: Vec<Map<String, Value>>,
+    pub total: u64,
+}
+
+impl Archive {
+    /// Answers `s` from its table, reading with FINAL (one row per stream entry).
+    pub async fn search(&self, s: &Search) -> Result<Found, ArchiveError> {
+        let cols = self.columns(&s.table).await?;
+        if cols.is_empty() {
+            return Err(ArchiveError::BadSearch(format!(
+                "table {} does not exist in the archive (run `flowmeter migrate` with the archive enabled)",
+                s.table
+            )));
+        }
+        let known = |c: &str| cols.iter().any(|(n, _)| n == c);
+        let numeric = |c: &str| {
+            cols.iter().any(|(n, t)| {
+                n == c && (t.starts_with("UInt") || t.starts_with("Int") || t.starts_with("Float"))
+            })
+        };
+        let mut conds = vec!["ts_ms >= ?".to_string(), "ts_ms < ?".to_string()];
+        for (c, _) in &s.filters {
+            if !known(c) {
+                return Err(ArchiveError::BadSearch(format!(
+                    "parameter {c}: not a column of {} (columns: {})",
+                    s.table,
+                    cols.iter()
+                        .map(|(n, _)| n.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            // compare as text: exact for strings and numbers alike
+            conds.push(format!("toString(`{c}`) = ?"));
+        }
+        for (c, _) in &s.min {
+            if !numeric(c) {
+                return Err(ArchiveError::BadSearch(format!(
+                    "parameter min_{c}: {c} is not a numeric column of {}",
+                    s.table
+                )));
+            }
+            conds.push(format!("`{c}` >= ?"));
+        }
+        let order = s.order_by.as_deref().unwrap_or("ts_ms");
+        if !known(order) {
+            return Err(ArchiveError::BadSearch(format!(
+                "parameter order_by: {order} is not a column of {}",
+                s.table
+            )));
+        }
+        let dir = if s.ascending { "ASC" } else { "DESC" };
+        let where_ = conds.join(" AND ");
+        let bind_all = |mut q: clickhouse::query::Query| {
+            q = q.bind(s.from_ms).bind(s.to_ms);
+            for (_, v) in &s.filters {
+                q = q.bind(v.as_str());
+            }
+            for (_, v) in &s.min {
+                q = q.bind(*v);
+            }
+            q
+        };
+        let rows_sql = format!(
+            "SELECT * FROM `{t}` FINAL WHERE {where_} ORDER BY `{order}` {dir}, stream_id LIMIT {limit}",
+            t = s.table,
+            limit = s.limit
+        );
+        let count_sql = format!(
+            "SELECT count() AS n FROM `{t}` FINAL WHERE {where_}",
+            t = s.table
+        );
+        let rows = self.rows(bind_all(self.client.query(&rows_sql))).await?;
+        let total = self
+            .rows(bind_all(self.client.query(&count_sql)))
+            .await?
+            .first()
+            .and_then(|r| r.get("n"))
+            .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()))
+            .unwrap_or(0);
+        Ok(Found { rows, total })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_split_at_line_ending_semicolons_without_comments() {
+        let s = statements(
+            "-- a comment; still\nCREATE TABLE a (x UInt8) -- x;\n ENGINE = Log;\n\nSELECT 1;\n",
+        );
+        assert_eq!(s.len(), 2);
+        assert!(s[0].starts_with("CREATE TABLE a"));
+        assert!(s[0].contains("ENGINE = Log"));
+        assert_eq!(s[1], "SELECT 1");
+        let shipped = std::fs::read_to_string(format!(
+            "{}/migrations/clickhouse/0001_events.sql",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .expect("read");
+        assert_eq!(statements(&shipped).len(), 2);
+    }
+}
