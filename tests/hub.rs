@@ -111,6 +111,15 @@ async fn snapshot_live_updates_and_resume_without_holes() {
         Some(300)
     );
     assert_eq!(snap["series"]["1s"]["step_ms"], 1000);
+    for q in ["p50", "p95", "p99"] {
+        let col = snap["series"]["1m"][q]
+            .as_array()
+            .expect("1m quantile column");
+        assert!(
+            col.iter().any(|v| v.as_f64().is_some_and(|x| x > 0.0)),
+            "{q}: {col:?}"
+        );
+    }
     let svc = next_where(
         &mut ws,
         Duration::from_secs(5),

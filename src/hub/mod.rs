@@ -752,7 +752,7 @@ type XreadReply = Vec<(String, Vec<(String, Vec<(String, String)>)>)>;
 
 /// Column-oriented series (one array per field, far smaller than one
 /// object per point): the 1-s series as `{start, step_ms, <field>: [...]}`,
-/// the 1-min series as `{t: [...], <field>: [...], p95: [...]}`.
+/// the 1-min series as `{t: [...], <field>: [...], p50/p95/p99: [...]}`.
 fn series<P: window::Point>(w: &window::Windows<P>, now: i64) -> (Value, Value) {
     fn columns(points: impl Iterator<Item = Value>) -> serde_json::Map<String, Value> {
         let mut cols = serde_json::Map::new();
@@ -776,9 +776,13 @@ fn series<P: window::Point>(w: &window::Windows<P>, now: i64) -> (Value, Value) 
     seconds.insert("step_ms".into(), json!(1000));
     let mins = w.minutes();
     let t: Vec<i64> = mins.iter().map(|(t, _, _)| *t).collect();
-    let p95: Vec<Option<f64>> = mins.iter().map(|(_, _, q)| *q).collect();
+    let q =
+        |i: usize| -> Vec<Option<f64>> { mins.iter().map(|(_, _, q)| q.map(|q| q[i])).collect() };
+    let (p50, p95, p99) = (q(0), q(1), q(2));
     let mut minutes = columns(mins.into_iter().map(|(_, p, _)| json!(p)));
     minutes.insert("t".into(), json!(t));
+    minutes.insert("p50".into(), json!(p50));
     minutes.insert("p95".into(), json!(p95));
+    minutes.insert("p99".into(), json!(p99));
     (Value::Object(seconds), Value::Object(minutes))
 }

@@ -18,6 +18,13 @@ pub const MINUTES: i64 = 60;
 /// Width of a latency slot.
 pub const SLOT_SECS: i64 = 10;
 
+/// p50, p95 and p99 of a minute's latencies (ms).
+pub type MinuteQuantiles = Option<[f64; 3]>;
+
+fn minute_quantiles(sk: &DdSketch) -> MinuteQuantiles {
+    Some([sk.quantile(0.5)?, sk.quantile(0.95)?, sk.quantile(0.99)?])
+}
+
 /// Additive figures of one bucket; `P` is the kind's point type.
 pub trait Point: Default + Clone + Serialize {
     fn merge(&mut self, other: &Self);
@@ -28,11 +35,11 @@ pub trait Point: Default + Clone + Serialize {
 pub struct Windows<P: Point> {
     /// (unix second, point), ascending.
     seconds: VecDeque<(i64, P)>,
-    /// (unix minute, point, p95 of the minute's latencies once it closed).
-    minutes: VecDeque<(i64, P, Option<f64>)>,
+    /// (unix minute, point, quantiles of the minute's latencies once it closed).
+    minutes: VecDeque<(i64, P, MinuteQuantiles)>,
     /// (slot start second, sketch), ascending.
     slots: VecDeque<(i64, DdSketch)>,
-    /// Sketch of the current minute (for its p95).
+    /// Sketch of the current minute (for its quantiles).
     minute_sketch: (i64, DdSketch),
     /// Newest second with data.
     pub last_sec: i64,
@@ -70,7 +77,7 @@ impl<P: Point> Windows<P> {
             bucket(&mut self.slots, sec - sec.rem_euclid(SLOT_SECS)).add(l);
             if self.minute_sketch.0 != min {
                 if min < self.minute_sketch.0 {
-                    // a late event of a closed minute: its p95 stays as computed
+                    // a late event of a closed minute: its quantiles stay as computed
                 } else {
                     self.close_minute();
                     self.minute_sketch = (min, DdSketch::new());
@@ -86,7 +93,7 @@ impl<P: Point> Windows<P> {
     fn close_minute(&mut self) {
         let (min, sk) = &self.minute_sketch;
         if let Some(m) = self.minutes.iter_mut().find(|(k, _, _)| k == min) {
-            m.2 = sk.quantile(0.95);
+            m.2 = minute_quantiles(sk);
         }
     }
 
@@ -154,13 +161,14 @@ impl<P: Point> Windows<P> {
         t
     }
 
-    /// The 1-min points of the last hour (minute start ms, point, p95), oldest first.
-    pub fn minutes(&self) -> Vec<(i64, P, Option<f64>)> {
+    /// The 1-min points of the last hour (minute start ms, point, latency
+    /// quantiles), oldest first.
+    pub fn minutes(&self) -> Vec<(i64, P, MinuteQuantiles)> {
         self.minutes
             .iter()
             .map(|(m, p, q)| {
                 let q = if *m == self.minute_sketch.0 {
-                    self.minute_sketch.1.quantile(0.95)
+                    minute_quantiles(&self.minute_sketch.1)
                 } else {
                     *q
                 };
@@ -215,9 +223,17 @@ mod tests {
         assert_eq!(s[4], (t0 + 11, N(0)));
         assert_eq!(w.latency(t0 + 9, 60).count(), 10);
         assert_eq!(w.minutes().len(), 1);
+        // the open minute's quantiles over latencies 10..=19 ms (DDSketch: within 1 %)
+        let q = w.minutes()[0].2.expect("quantiles");
+        assert!((q[0] - 14.0).abs() <= 0.2, "p50 {}", q[0]);
+        assert!((17.8..=19.2).contains(&q[2]), "p99 {}", q[2]);
+        assert!(q[0] <= q[1] && q[1] <= q[2]);
+        // a later minute closes this one with the same figures
+        w.add((t0 + 61) * 1000, &N(1), Some(1.0));
+        assert_eq!(w.minutes()[0].2, Some(q));
         w.expire(t0 + 400);
         assert_eq!(w.total(t0 + 400, 300), N(0));
-        assert_eq!(w.minutes().len(), 1, "the minute stays for an hour");
+        assert_eq!(w.minutes().len(), 2, "the minutes stay for an hour");
         w.expire(t0 + 3_700);
         assert!(w.minutes().is_empty());
         assert!(w.is_idle(t0 + 3_700));

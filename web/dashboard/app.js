@@ -323,7 +323,9 @@
       const l = overview.lat;
       for (const k in l) l[k] = [];
       const mm = m.series['1m'];
-      for (let i = 0; i < mm.t.length; i++) overview.latPush(mm.t[i] / 1000, { p50: null, p95: mm.p95[i], p99: null });
+      for (let i = 0; i < mm.t.length; i++) {
+        overview.latPush(mm.t[i] / 1000, { p50: mm.p50 ? mm.p50[i] : null, p95: mm.p95[i], p99: mm.p99 ? mm.p99[i] : null });
+      }
       if (m.summary['1m']) overview.latPush(m.seq, m.summary['1m'].latency_ms);
       overview.cards(m.summary);
       overview.draw();
