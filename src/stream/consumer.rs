@@ -67,6 +67,8 @@ pub struct Entry {
     pub id: StreamId,
     /// `kind` field.
     pub kind: Option<String>,
+    /// `v` field: the schema version the event was validated against.
+    pub version: Option<u32>,
     /// `data` field; `None` when the entry was deleted (trimmed) while pending,
     /// or written without `data` by a foreign producer.
     pub data: Option<String>,
@@ -338,6 +340,7 @@ fn parse_entry(v: Value) -> Result<Entry, StreamError> {
     let mut entry = Entry {
         id,
         kind: None,
+        version: None,
         data: None,
         deliveries: 1,
     };
@@ -350,6 +353,7 @@ fn parse_entry(v: Value) -> Result<Entry, StreamError> {
             match k.as_slice() {
                 b"data" => entry.data = Some(utf8(v)),
                 b"kind" => entry.kind = Some(utf8(v)),
+                b"v" => entry.version = std::str::from_utf8(&v).ok().and_then(|v| v.parse().ok()),
                 _ => {}
             }
         }
@@ -379,7 +383,14 @@ mod tests {
             Value::Array(vec![
                 Value::Array(vec![
                     bs("1-0"),
-                    Value::Array(vec![bs("kind"), bs("http"), bs("data"), bs("{}")]),
+                    Value::Array(vec![
+                        bs("kind"),
+                        bs("http"),
+                        bs("v"),
+                        bs("2"),
+                        bs("data"),
+                        bs("{}"),
+                    ]),
                 ]),
                 Value::Array(vec![bs("2-0"), Value::Nil]),
             ]),
@@ -387,7 +398,9 @@ mod tests {
         let e = parse_xread(reply).expect("parses");
         assert_eq!(e.len(), 2);
         assert_eq!(e[0].data.as_deref(), Some("{}"));
+        assert_eq!(e[0].version, Some(2));
         assert_eq!(e[1].data, None);
+        assert_eq!(e[1].version, None);
         assert!(parse_xread(Value::Nil).expect("nil").is_empty());
     }
 }

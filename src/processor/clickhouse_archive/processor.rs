@@ -137,6 +137,7 @@ mod tests {
                 ms: 1_772_359_200_123,
                 seq: 4,
             },
+            version: Some(1),
             data: data.into(),
         }
     }

@@ -209,9 +209,11 @@ impl KafkaSink {
             .ok_or_else(|| format!("kind {:?} is not forwarded by this bridge", e.kind))?;
         let ev: Map<String, Value> = serde_json::from_str(&e.data)
             .map_err(|err| format!("data is not a JSON object: {err}"))?;
-        let version = ev
-            .get("v")
-            .and_then(Value::as_u64)
+        // the version ingest validated against, else the event's own, else the newest
+        let version = e
+            .version
+            .map(u64::from)
+            .or_else(|| ev.get("v").and_then(Value::as_u64))
             .unwrap_or(u64::from(route.latest))
             .to_string();
         let key = route.key.as_ref().map(|t| t.render_event(&ev));

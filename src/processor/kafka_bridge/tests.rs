@@ -60,6 +60,7 @@ fn entry(i: u64, service: &str, endpoint: &str) -> SinkEntry {
             ms: 1_700_000_000_000 + i,
             seq: 0,
         },
+        version: Some(1),
         data: serde_json::json!({
             "kind": "http", "ts": 1_700_000_000_000u64 + i, "service": service,
             "endpoint": endpoint, "method": "GET", "status": 200, "req_bytes": i,

@@ -26,6 +26,8 @@ pub struct SinkEntry {
     /// Its kind (from the shard).
     pub kind: String,
     pub id: StreamId,
+    /// The schema version ingest validated it against (the entry's `v`).
+    pub version: Option<u32>,
     /// The event JSON as ingested.
     pub data: String,
 }

@@ -262,6 +262,7 @@ impl<S: Sink> Runner<S> {
                 shard: batch.shard.clone(),
                 kind: batch.shard.kind.clone(),
                 id: e.id,
+                version: e.version,
                 data: e.data.clone().unwrap_or_default(),
             };
             if e.data.is_none() {
