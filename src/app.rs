@@ -356,3 +356,28 @@ pub async fn serve(
     }
     Ok(())
 }
+
+/// Answers an archive search from the command line (`flowmeter query`): the
+/// same as `GET /v1/events/search`, with `search.table` taken from `kind`.
+#[cfg(feature = "clickhouse")]
+pub async fn query_archive(
+    settings: &Settings,
+    kind: &str,
+    mut search: crate::processor::clickhouse_archive::client::Search,
+) -> Result<crate::processor::clickhouse_archive::client::Found, AppError> {
+    use crate::processor::clickhouse_archive::client::ArchiveError;
+    let schemas = SchemaRegistry::load(&settings.paths.schemas)?;
+    let processors = ProcessorRegistry::load(&settings.paths.processors, &schemas)?;
+    let es = crate::api::EventSearch::from_registry(&processors, &settings.clickhouse).ok_or(
+        ArchiveError::BadSearch(
+            "the ClickHouse archive is not enabled: set enabled = true in processors/clickhouse_archive.toml (docs/archive.md)".into(),
+        ),
+    )?;
+    search.table = es.tables.get(kind).cloned().ok_or_else(|| {
+        ArchiveError::BadSearch(format!(
+            "the archive keeps {}, not {kind}",
+            es.tables.keys().cloned().collect::<Vec<_>>().join(", ")
+        ))
+    })?;
+    Ok(es.archive.search(&search).await?)
+}

@@ -95,6 +95,39 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Ask the ClickHouse archive about raw events, like GET
+    /// /v1/events/search: e.g. the slowest requests of one endpoint
+    /// (`--where service=courses --where endpoint=/api/courses/:id
+    /// --order-by duration_ms`) or everything one user did (`--where
+    /// user_id=u42`). Needs the archive enabled (docs/archive.md).
+    Query {
+        /// Event kind (its archive table).
+        #[arg(long)]
+        kind: String,
+        /// Start of the event-time range, RFC 3339 (default: an hour before --to).
+        #[arg(long)]
+        from: Option<String>,
+        /// End of the range, RFC 3339 (default: now).
+        #[arg(long)]
+        to: Option<String>,
+        /// Exact filter on a column; repeat for more.
+        #[arg(long = "where", value_name = "COLUMN=VALUE")]
+        filters: Vec<String>,
+        /// Lower bound on a numeric column; repeat for more.
+        #[arg(long, value_name = "COLUMN=N")]
+        min: Vec<String>,
+        /// Sort column (default ts_ms), descending unless --asc.
+        #[arg(long)]
+        order_by: Option<String>,
+        #[arg(long)]
+        asc: bool,
+        /// Rows at most (at most 10,000).
+        #[arg(long, default_value_t = 20)]
+        limit: u64,
+        /// Print the JSON answer instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show streams (length, ids, retention window), consumer groups (lag,
     /// lag age, pending, consumers), shard checkpoints and owners, and rollup
     /// workers, as tables. With --max-lag-secs it is a probe: exit code 2 when
@@ -311,6 +344,22 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Config => {
             print!("{}", settings.to_masked_toml());
+        }
+        Command::Query {
+            kind,
+            from,
+            to,
+            filters,
+            min,
+            order_by,
+            asc,
+            limit,
+            json,
+        } => {
+            query(
+                &settings, kind, from, to, filters, min, order_by, asc, limit, json,
+            )
+            .await?;
         }
         Command::Status { max_lag_secs, json } => {
             flowmeter::telemetry::init();
@@ -672,4 +721,107 @@ async fn stop_on_signal(token: CancellationToken) {
         let _ = tokio::signal::ctrl_c().await;
     }
     token.cancel();
+}
+
+/// `flowmeter query`.
+#[allow(clippy::too_many_arguments)]
+async fn query(
+    settings: &Settings,
+    kind: String,
+    from: Option<String>,
+    to: Option<String>,
+    filters: Vec<String>,
+    min: Vec<String>,
+    order_by: Option<String>,
+    asc: bool,
+    limit: u64,
+    json: bool,
+) -> anyhow::Result<()> {
+    #[cfg(feature = "clickhouse")]
+    {
+        use anyhow::Context as _;
+        let time = |name: &str, v: &str| {
+            chrono::DateTime::parse_from_rfc3339(v)
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .with_context(|| format!("--{name} {v:?}: use RFC 3339, e.g. 2026-11-30T10:00:00Z"))
+        };
+        let to = match &to {
+            Some(v) => time("to", v)?,
+            None => chrono::Utc::now(),
+        };
+        let from = match &from {
+            Some(v) => time("from", v)?,
+            None => to - chrono::Duration::hours(1),
+        };
+        let pair = |flag: &str, s: &str| {
+            s.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .with_context(|| format!("--{flag} {s:?}: use COLUMN=VALUE"))
+        };
+        let filters = filters
+            .iter()
+            .map(|f| pair("where", f))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let min = min
+            .iter()
+            .map(|m| {
+                let (k, v) = pair("min", m)?;
+                let n: f64 = v
+                    .parse()
+                    .with_context(|| format!("--min {m:?}: {v:?} is not a number"))?;
+                Ok((k, n))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let search = flowmeter::processor::clickhouse_archive::client::Search {
+            table: String::new(),
+            from_ms: from.timestamp_millis(),
+            to_ms: to.timestamp_millis(),
+            filters,
+            min,
+            order_by,
+            ascending: asc,
+            limit: limit.clamp(1, 10_000),
+        };
+        let found = app::query_archive(settings, &kind, search).await?;
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "from": from.to_rfc3339(), "to": to.to_rfc3339(), "total": found.total,
+                    "columns": found.columns, "rows": found.rows,
+                }))?
+            );
+            return Ok(());
+        }
+        let mut rows = vec![found.columns.clone()];
+        for r in &found.rows {
+            rows.push(
+                found
+                    .columns
+                    .iter()
+                    .map(|c| match r.get(c) {
+                        Some(serde_json::Value::String(s)) => s.clone(),
+                        Some(v) => v.to_string(),
+                        None => String::new(),
+                    })
+                    .collect(),
+            );
+        }
+        print!("{}", flowmeter::table::table(&rows));
+        println!(
+            "{} of {} matching {kind} events from {} to {}",
+            found.rows.len(),
+            found.total,
+            from.to_rfc3339(),
+            to.to_rfc3339()
+        );
+        Ok(())
+    }
+    #[cfg(not(feature = "clickhouse"))]
+    {
+        let _ = (
+            settings, kind, from, to, filters, min, order_by, asc, limit, json,
+        );
+        anyhow::bail!("this flowmeter was built without the `clickhouse` feature")
+    }
 }

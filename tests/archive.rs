@@ -206,6 +206,44 @@ async fn events_are_archived_once_and_searchable() {
         "{body}"
     );
 
+    // the same question from the command line
+    let config = env.write_config(dir.path());
+    let from = chrono::DateTime::from_timestamp_millis(now - 120_000)
+        .expect("time")
+        .to_rfc3339();
+    let out = common::cli_ok(
+        &config,
+        &[
+            "query",
+            "--kind",
+            "http",
+            "--from",
+            &from,
+            "--where",
+            "service=svc1",
+            "--where",
+            "endpoint=/api/e2/:id",
+            "--order-by",
+            "duration_ms",
+            "--limit",
+            "5",
+        ],
+    );
+    assert!(
+        out.contains(&format!("5 of {} matching http events", want.len())),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .next()
+            .is_some_and(|h| h.contains("duration_ms")),
+        "{out}"
+    );
+    assert!(out.contains(&want[0].to_string()), "{out}");
+    let bad = common::cli(&config, &["query", "--kind", "http", "--where", "nope"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("COLUMN=VALUE"));
+
     server.stop().await;
     env.cleanup().await;
 }

@@ -8,7 +8,7 @@
 //! (`service=courses&endpoint=/api/courses/:id`), `min_<column>=N` (numeric
 //! lower bound, e.g. `min_duration_ms=500`), `order_by` (a column, default
 //! `ts_ms`), `order` (`desc` default, or `asc`), `limit` (default 100, at
-//! most 10,000). Answer: `{"table", "from", "to", "total", "rows": [...]}`;
+//! most 10,000). Answer: `{"table", "from", "to", "total", "columns", "rows": [...]}`;
 //! `total` counts every match (duplicates from redelivery collapsed).
 
 use std::collections::BTreeMap;
@@ -126,7 +126,7 @@ pub async fn search(
         })?;
         Ok(Json(json!({
             "table": table, "from": from.to_rfc3339(), "to": to.to_rfc3339(),
-            "total": found.total, "rows": found.rows,
+            "total": found.total, "columns": found.columns, "rows": found.rows,
         })))
     }
     #[cfg(not(feature = "clickhouse"))]

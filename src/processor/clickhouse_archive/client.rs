@@ -266,6 +266,8 @@ pub struct Search {
 
 /// Rows and the number of matching events (duplicates from redelivery collapsed).
 pub struct Found {
+    /// The table's columns, in table order.
+    pub columns: Vec<String>,
     pub rows: Vec<Map<String, Value>>,
     pub total: u64,
 }
@@ -346,7 +348,11 @@ impl Archive {
             .and_then(|r| r.get("n"))
             .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()))
             .unwrap_or(0);
-        Ok(Found { rows, total })
+        Ok(Found {
+            columns: cols.into_iter().map(|(n, _)| n).collect(),
+            rows,
+            total,
+        })
     }
 }
 
