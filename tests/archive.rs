@@ -107,6 +107,18 @@ async fn events_are_archived_once_and_searchable() {
         0,
         "everything archived is acknowledged"
     );
+    // status shows the archive's worker and what it delivered
+    let status = get_json(&client, server.url("/v1/status")).await;
+    let archive = status["processors"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == "clickhouse_archive"))
+        .cloned()
+        .expect("the archive in status");
+    let delivered: u64 = archive["workers"]
+        .as_array()
+        .map(|ws| ws.iter().filter_map(|w| w["events_total"].as_u64()).sum())
+        .unwrap_or(0);
+    assert_eq!(delivered, 800, "{archive}");
     // the fields made it: bytes per kind equal what was posted
     let sent: u64 = https
         .iter()

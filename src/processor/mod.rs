@@ -89,3 +89,27 @@ pub fn new_worker_id() -> String {
         rand::random::<u32>()
     )
 }
+
+/// Publishes a runner's figures for `flowmeter status` and `GET /v1/status`:
+/// one field per worker in `{prefix}:stats:{processor}`, expiring unless
+/// refreshed (a stopped worker drops out).
+pub async fn publish_stats(ctx: &ProcessorContext, processor: &str, stats: &RunnerStats) {
+    let Ok(json) = serde_json::to_string(stats) else {
+        return;
+    };
+    let mut conn = ctx.redis.conn.clone();
+    let key = ctx.keys.stats(processor);
+    let mut pipe = redis::pipe();
+    pipe.cmd("HSET")
+        .arg(&key)
+        .arg(&ctx.worker_id)
+        .arg(json)
+        .ignore();
+    pipe.cmd("PEXPIRE")
+        .arg(&key)
+        .arg(ctx.settings.lease_ms * 6)
+        .ignore();
+    if let Err(e) = ctx.redis.run(pipe.query_async::<()>(&mut conn)).await {
+        tracing::debug!(error = %e, "cannot publish stats");
+    }
+}

@@ -779,26 +779,8 @@ impl Runner {
     }
 
     async fn publish_stats(&mut self) {
-        let ctx = &self.p.ctx;
         self.stats.shards = self.shards.keys().map(Shard::label).collect();
-        let Ok(json) = serde_json::to_string(&self.stats) else {
-            return;
-        };
-        let mut conn = ctx.redis.conn.clone();
-        let key = ctx.keys.stats(&self.p.def.name);
-        let mut pipe = redis::pipe();
-        pipe.cmd("HSET")
-            .arg(&key)
-            .arg(&ctx.worker_id)
-            .arg(json)
-            .ignore();
-        pipe.cmd("PEXPIRE")
-            .arg(&key)
-            .arg(ctx.settings.lease_ms * 6)
-            .ignore();
-        if let Err(e) = ctx.redis.run(pipe.query_async::<()>(&mut conn)).await {
-            tracing::debug!(error = %e, "cannot publish stats");
-        }
+        crate::processor::publish_stats(&self.p.ctx, &self.p.def.name, &self.stats).await;
     }
 }
 

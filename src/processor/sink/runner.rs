@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::{BatchConfig, Sink, SinkEntry, Verdict};
 use crate::dlq::NewLetter;
 use crate::processor::reader::{self, Batch};
-use crate::processor::{Processor, ProcessorContext, ProcessorError};
+use crate::processor::{Processor, ProcessorContext, ProcessorError, RunnerStats};
 use crate::stream::{ack, ensure_group, LeaseManager, LeaseOutcome, ReadOutcome, Shard, StreamId};
 use crate::telemetry::metrics;
 
@@ -78,6 +78,11 @@ struct Runner<S: Sink> {
     oldest: Option<Instant>,
     retry_at: Option<Instant>,
     backoff: Duration,
+    /// Figures for `flowmeter status` (a "flush" here is a delivery).
+    stats: RunnerStats,
+    /// XADD-to-acknowledgement latency of every delivered entry (ms).
+    latency: crate::sketch::DdSketch,
+    last_delivery: Instant,
 }
 
 impl<S: Sink> Runner<S> {
@@ -94,6 +99,10 @@ impl<S: Sink> Runner<S> {
         );
         let (tx, rx) = mpsc::channel(ctx.settings.read_queue_batches.max(1));
         let backoff = Duration::from_millis(p.batch.retry_initial_ms);
+        let stats = RunnerStats {
+            worker: ctx.worker_id.clone(),
+            ..Default::default()
+        };
         Self {
             p,
             leases,
@@ -105,7 +114,15 @@ impl<S: Sink> Runner<S> {
             oldest: None,
             retry_at: None,
             backoff,
+            stats,
+            latency: crate::sketch::DdSketch::new(),
+            last_delivery: Instant::now(),
         }
+    }
+
+    async fn publish_stats(&mut self) {
+        self.stats.shards = self.shards.keys().map(Shard::label).collect();
+        crate::processor::publish_stats(&self.p.ctx, &self.p.name, &self.stats).await;
     }
 
     async fn run(&mut self, shutdown: CancellationToken) -> Result<(), ProcessorError> {
@@ -207,6 +224,7 @@ impl<S: Sink> Runner<S> {
                 let _ = self.leases.release(&shard).await;
             }
         }
+        self.publish_stats().await;
     }
 
     async fn start_shard(&mut self, shard: Shard) -> Result<(), ProcessorError> {
@@ -295,6 +313,7 @@ impl<S: Sink> Runner<S> {
         if self.retry_at.is_some_and(|t| Instant::now() < t) {
             return false;
         }
+        let t0 = Instant::now();
         let timeout = Duration::from_millis(self.p.batch.timeout_ms);
         let verdicts = if self.buffer.is_empty() {
             Ok(Vec::new())
@@ -322,6 +341,7 @@ impl<S: Sink> Runner<S> {
             Ok(v) => v,
             Err(reason) => {
                 metrics::SINK_FAILURES.inc();
+                self.stats.flush_failures_total += 1;
                 tracing::warn!(processor = %self.p.name, entries = self.buffer.len(), retry_in_ms = self.backoff.as_millis() as u64, %reason, "delivery failed; keeping the batch and retrying");
                 self.retry_at = Some(Instant::now() + self.backoff);
                 self.backoff =
@@ -383,11 +403,31 @@ impl<S: Sink> Runner<S> {
             }
         }
         metrics::SINK_DELIVERED.add(delivered as u64);
+        let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
+        for e in &self.buffer {
+            self.latency.add(now_ms.saturating_sub(e.id.ms) as f64);
+        }
+        let st = &mut self.stats;
+        st.xadd_to_commit_p50_ms = self.latency.quantile(0.5).unwrap_or(0.0);
+        st.xadd_to_commit_p99_ms = self.latency.quantile(0.99).unwrap_or(0.0);
+        st.xadd_to_commit_max_ms = self.latency.quantile(1.0).unwrap_or(0.0);
+        let elapsed = self.last_delivery.elapsed().as_secs_f64().max(0.001);
+        self.last_delivery = Instant::now();
+        st.last_flush_ms = t0.elapsed().as_millis() as u64;
+        st.last_flush_events = self.buffer.len() as u64;
+        st.last_flush_rows = delivered as u64;
+        st.events_per_sec = self.buffer.len() as f64 / elapsed;
+        st.events_total += self.buffer.len() as u64;
+        st.invalid_total += self.letters.len() as u64 + (self.buffer.len() - delivered) as u64;
+        st.flushes_total += 1;
+        st.last_flush_at =
+            Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
         self.buffer.clear();
         self.letters.clear();
         self.oldest = None;
         self.retry_at = None;
         self.backoff = Duration::from_millis(self.p.batch.retry_initial_ms);
+        self.publish_stats().await;
         true
     }
 }
