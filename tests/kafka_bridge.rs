@@ -95,6 +95,27 @@ mod with_kafka {
     }
 
     impl Got {
+        fn of(m: &impl Message) -> Got {
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| {
+                            let v = h.value.map(String::from_utf8_lossy).unwrap_or_default();
+                            (h.key.to_string(), v.into_owned())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            Got {
+                topic: m.topic().to_string(),
+                partition: m.partition(),
+                key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                headers,
+                payload: String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+            }
+        }
+
         fn sid(&self) -> (String, String) {
             let h = |k: &str| self.headers.get(k).cloned().unwrap_or_default();
             (h("flowmeter-stream"), h("flowmeter-id"))
@@ -155,27 +176,7 @@ mod with_kafka {
                     let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) else {
                         continue;
                     };
-                    let headers = m
-                        .headers()
-                        .map(|h| {
-                            h.iter()
-                                .map(|h| {
-                                    let v =
-                                        h.value.map(String::from_utf8_lossy).unwrap_or_default();
-                                    (h.key.to_string(), v.into_owned())
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    let got = Got {
-                        topic: m.topic().to_string(),
-                        partition: m.partition(),
-                        key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                        headers,
-                        payload: String::from_utf8_lossy(m.payload().unwrap_or_default())
-                            .into_owned(),
-                    };
-                    g.lock().expect("lock").push(got);
+                    g.lock().expect("lock").push(Got::of(&m));
                 }
             });
             Self {
@@ -641,6 +642,121 @@ mod with_kafka {
         assert_eq!(check_messages(&got, &truth), 0);
         assert_eq!(got.len(), 400);
         assert_eq!(group_figures(&env).await, (0, 0));
+        server.stop().await;
+        env.cleanup().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn alerts_are_forwarded_keyed_by_rule_and_subject() {
+        let kafka = tokio::task::spawn_blocking(PrivateKafka::start)
+            .await
+            .expect("tansu");
+        let (env, _dir) = setup("kafka_alerts", &kafka, |d| {
+            d.replace(
+                "topic = \"flowmeter.{kind}\"",
+                "topic = \"flowmeter.{kind}\"\nalerts_topic = \"flowmeter.{kind}\"",
+            )
+        });
+        env.migrate().await;
+        // transitions as the evaluator appends them (flowmeter::alert::message)
+        let alert = |id: u64, rule: &str, subject: &str, state: &str| {
+            json!({"type": "alert", "state": state, "alert": {
+                "id": id, "rule": rule, "type": "threshold", "severity": "high", "protocol": "http",
+                "subject": subject, "metric": "ErrorRate", "value": 0.5, "threshold": 0.1,
+                "message": "errors", "created_at": "2026-11-30T10:00:00Z", "resolved_at": null}})
+        };
+        let sent = [
+            alert(1, "errors", "http:service:a", "fired"),
+            alert(2, "errors", "http:service:b", "fired"),
+            alert(1, "errors", "http:service:a", "resolved"),
+        ];
+        let mut r = env.redis().await;
+        let stream = format!("{}:alerts", env.name);
+        for a in &sent {
+            let _: String = redis::cmd("XADD")
+                .arg(&stream)
+                .arg("*")
+                .arg("data")
+                .arg(a.to_string())
+                .query_async(&mut r)
+                .await
+                .expect("xadd");
+        }
+        let server = env.start("rollup").await;
+        let boot = kafka.bootstrap();
+        let got = tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &boot)
+                .set("group.id", "kafka-alerts-test")
+                .set("enable.auto.commit", "false")
+                .create()
+                .expect("consumer");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut got: Vec<Got> = Vec::new();
+            let mut assigned = false;
+            while got.len() < 3 && Instant::now() < deadline {
+                if !assigned {
+                    let parts = consumer
+                        .fetch_metadata(Some("flowmeter.alerts"), Duration::from_secs(2))
+                        .ok()
+                        .and_then(|md| md.topics().first().map(|t| t.partitions().len()))
+                        .unwrap_or(0);
+                    if parts == PARTITIONS as usize {
+                        let mut tpl = TopicPartitionList::new();
+                        for p in 0..PARTITIONS {
+                            tpl.add_partition_offset("flowmeter.alerts", p, Offset::Beginning)
+                                .expect("partition");
+                        }
+                        consumer.assign(&tpl).expect("assign");
+                        assigned = true;
+                    } else {
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue;
+                    }
+                }
+                let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
+                    continue;
+                };
+                got.push(Got::of(&m));
+            }
+            got
+        })
+        .await
+        .expect("consume");
+        assert_eq!(got.len(), 3, "{got:?}");
+        for m in &got {
+            let v: Value = serde_json::from_str(&m.payload).expect("payload is the alert JSON");
+            assert!(sent.contains(&v), "{}", m.payload);
+            let want = format!("errors:{}", v["alert"]["subject"].as_str().unwrap_or(""));
+            assert_eq!(m.key.as_deref(), Some(want.as_str()));
+            assert_eq!(m.topic, "flowmeter.alerts");
+            let header = |k: &str| m.headers.get(k).map(String::as_str);
+            assert_eq!(header("flowmeter-kind"), Some("alerts"));
+            assert_eq!(header("flowmeter-stream"), Some(stream.as_str()));
+        }
+        // one alert's transitions share a key (one partition): fired before resolved
+        let states: Vec<String> = got
+            .iter()
+            .filter(|m| m.key.as_deref() == Some("errors:http:service:a"))
+            .filter_map(|m| serde_json::from_str::<Value>(&m.payload).ok())
+            .map(|v| v["state"].as_str().unwrap_or("").to_string())
+            .collect();
+        assert_eq!(states, ["fired", "resolved"]);
+        // acknowledged on the alerts stream
+        let groups: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&stream)
+            .query_async(&mut r)
+            .await
+            .expect("xinfo");
+        let ours = groups
+            .iter()
+            .find(|g| matches!(g.get("name"), Some(redis::Value::BulkString(n)) if n == GROUP.as_bytes()))
+            .expect("the bridge's group on the alerts stream");
+        assert!(
+            matches!(ours.get("pending"), Some(redis::Value::Int(0))),
+            "{ours:?}"
+        );
         server.stop().await;
         env.cleanup().await;
     }

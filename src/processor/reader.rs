@@ -34,17 +34,19 @@ impl Batch {
     }
 }
 
-/// Starts the reader of `shard` for `group`; cancel the token to stop it.
+/// Starts the reader of `shard` (its stream key `stream`) for `group`;
+/// cancel the token to stop it.
 pub fn spawn(
     ctx: &ProcessorContext,
     group: &str,
     shard: &Shard,
+    stream: &str,
     generation: u64,
     tx: mpsc::Sender<Batch>,
 ) -> (CancellationToken, JoinHandle<()>) {
     let mut reader = GroupReader::new(
         ctx.redis.clone(),
-        ctx.keys.stream(shard),
+        stream.to_string(),
         ctx.keys.lease(group, shard),
         group.to_string(),
         shard.label(),

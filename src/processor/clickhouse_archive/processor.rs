@@ -60,6 +60,7 @@ pub async fn build(
         batch: def.batch.clone(),
         ctx,
         sink: ArchiveSink { archive, tables },
+        extra_streams: Vec::new(),
     }))
 }
 

@@ -49,7 +49,15 @@ pub struct BridgeDef {
     pub replication_factor: i32,
     #[serde(default)]
     pub batch: BatchConfig,
+    /// Also forward alert transitions (the `{prefix}:alerts` stream the
+    /// evaluator writes) to this topic (`{kind}` renders as `alerts`), keyed
+    /// `rule:subject`; off when absent.
+    #[serde(default)]
+    pub alerts_topic: Option<String>,
 }
+
+/// The pseudo-kind of forwarded alerts (its single shard is `{prefix}:alerts`).
+pub const ALERTS: &str = "alerts";
 
 fn default_topic() -> String {
     "flowmeter.{kind}".into()
@@ -67,7 +75,11 @@ fn default_replication() -> i32 {
 impl BridgeDef {
     /// The topic of `kind`.
     pub fn topic_of(&self, kind: &str) -> Result<String, String> {
-        let t = Template::parse(&self.topic).map_err(|e| format!("topic: {e}"))?;
+        let template = match (kind, &self.alerts_topic) {
+            (ALERTS, Some(t)) => t,
+            _ => &self.topic,
+        };
+        let t = Template::parse(template).map_err(|e| format!("topic: {e}"))?;
         if let Some(f) = t.fields().find(|f| *f != "kind") {
             return Err(format!("topic: only {{kind}} may be used, not {{{f}}}"));
         }
@@ -116,6 +128,12 @@ impl BridgeDef {
             self.start_from.as_deref(),
             &self.batch,
         )?;
+        if self.kinds.iter().any(|k| k == ALERTS) {
+            return Err("kind \"alerts\" is reserved: forward alerts with alerts_topic".into());
+        }
+        if self.alerts_topic.is_some() {
+            self.topic_of(ALERTS)?;
+        }
         for kind in self.keys.keys() {
             if !self.kinds.contains(kind) {
                 return Err(format!("keys.{kind}: kind {kind:?} is not in kinds"));

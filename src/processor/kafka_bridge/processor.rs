@@ -18,7 +18,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use serde_json::{Map, Value};
 
-use super::config::{BridgeDef, Template};
+use super::config::{BridgeDef, Template, ALERTS};
 use super::{BridgeError, HEADER_ID, HEADER_KIND, HEADER_SCHEMA_VERSION, HEADER_STREAM};
 use crate::config::KafkaConfig;
 use crate::event::SchemaRegistry;
@@ -40,6 +40,7 @@ const GUARDED: &[(&str, &[&str])] = &[
 /// Where one kind goes.
 struct Route {
     topic: String,
+    /// `None` for alerts (keyed `rule:subject` from the alert row).
     key: Option<Template>,
     /// Schema version of events without `v`.
     latest: u32,
@@ -94,7 +95,12 @@ pub async fn build(
         });
     }
     let start = group_start(def.start_from.as_deref()).map_err(bad)?;
+    let extra_streams = match def.alerts_topic {
+        Some(_) => vec![(crate::stream::Shard::new(ALERTS, 0), ctx.keys.alerts())],
+        None => Vec::new(),
+    };
     Ok(Box::new(SinkProcessor {
+        extra_streams,
         name: def.name.clone(),
         group: def.group.clone(),
         kinds: def.kinds.clone(),
@@ -136,6 +142,15 @@ impl KafkaSink {
                 latest: info.latest(),
             };
             routes.insert(kind.clone(), route);
+        }
+        if def.alerts_topic.is_some() {
+            // alert messages: {"type": "alert", "state", "alert": {row}}, version 1
+            let route = Route {
+                topic: def.topic_of(ALERTS)?,
+                key: None,
+                latest: 1,
+            };
+            routes.insert(ALERTS.to_string(), route);
         }
         let message_timeout = Duration::from_millis(kafka.message_timeout_ms.max(1));
         let budget = message_timeout + TOPIC_TIMEOUT;
@@ -216,7 +231,21 @@ impl KafkaSink {
             .or_else(|| ev.get("v").and_then(Value::as_u64))
             .unwrap_or(u64::from(route.latest))
             .to_string();
-        let key = route.key.as_ref().map(|t| t.render_event(&ev));
+        let key = match &route.key {
+            Some(t) => Some(t.render_event(&ev)),
+            // one alert's transitions (fired, resolved) share a key, so they stay in order
+            None if e.kind == ALERTS => {
+                let field = |k: &str| {
+                    ev.get("alert")
+                        .and_then(|a| a.get(k))
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string()
+                };
+                Some(format!("{}:{}", field("rule"), field("subject")))
+            }
+            None => None,
+        };
         let id = e.id.to_string();
         let headers = OwnedHeaders::new_with_capacity(4)
             .insert(Header {

@@ -451,6 +451,7 @@ impl Runner {
             &self.p.ctx,
             &self.p.def.group,
             shard,
+            &st.stream,
             st.generation,
             self.tx.clone(),
         )

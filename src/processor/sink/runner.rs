@@ -42,6 +42,9 @@ pub struct SinkProcessor<S: Sink> {
     pub batch: BatchConfig,
     pub ctx: ProcessorContext,
     pub sink: S,
+    /// Streams read besides the kinds' shards, each as the single shard of
+    /// a pseudo-kind (e.g. `alerts` → `{prefix}:alerts` for the Kafka bridge).
+    pub extra_streams: Vec<(Shard, String)>,
 }
 
 impl<S: Sink> Processor for SinkProcessor<S> {
@@ -88,7 +91,12 @@ struct Runner<S: Sink> {
 impl<S: Sink> Runner<S> {
     fn new(p: SinkProcessor<S>) -> Self {
         let ctx = &p.ctx;
-        let all: Vec<Shard> = p.kinds.iter().flat_map(|k| ctx.keys.shards_of(k)).collect();
+        let all: Vec<Shard> = p
+            .kinds
+            .iter()
+            .flat_map(|k| ctx.keys.shards_of(k))
+            .chain(p.extra_streams.iter().map(|(s, _)| s.clone()))
+            .collect();
         let leases = LeaseManager::new(
             ctx.redis.clone(),
             ctx.keys.clone(),
@@ -229,10 +237,22 @@ impl<S: Sink> Runner<S> {
 
     async fn start_shard(&mut self, shard: Shard) -> Result<(), ProcessorError> {
         let ctx = &self.p.ctx;
-        let stream = ctx.keys.stream(&shard);
+        let stream = self
+            .p
+            .extra_streams
+            .iter()
+            .find(|(s, _)| *s == shard)
+            .map_or_else(|| ctx.keys.stream(&shard), |(_, key)| key.clone());
         ensure_group(&ctx.redis, &stream, &self.p.group, &self.p.start).await?;
         let generation = self.shards.get(&shard).map_or(0, |s| s.generation + 1);
-        let reader = reader::spawn(ctx, &self.p.group, &shard, generation, self.tx.clone());
+        let reader = reader::spawn(
+            ctx,
+            &self.p.group,
+            &shard,
+            &stream,
+            generation,
+            self.tx.clone(),
+        );
         tracing::info!(shard = %shard, "shard acquired");
         self.shards.insert(
             shard,
