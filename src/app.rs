@@ -373,11 +373,6 @@ pub async fn query_archive(
             "the ClickHouse archive is not enabled: set enabled = true in processors/clickhouse_archive.toml (docs/archive.md)".into(),
         ),
     )?;
-    search.table = es.tables.get(kind).cloned().ok_or_else(|| {
-        ArchiveError::BadSearch(format!(
-            "the archive keeps {}, not {kind}",
-            es.tables.keys().cloned().collect::<Vec<_>>().join(", ")
-        ))
-    })?;
+    search.table = es.table(kind).map_err(ArchiveError::BadSearch)?;
     Ok(es.archive.search(&search).await?)
 }

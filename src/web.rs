@@ -13,17 +13,18 @@
 
 use std::sync::LazyLock;
 
-use axum::extract::Path;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-/// One embedded file.
+/// One embedded file, served at `path`.
 struct Asset {
-    name: &'static str,
+    path: &'static str,
     content_type: &'static str,
     body: &'static [u8],
+    /// Loadable from pages of any origin (the SDK).
+    any_origin: bool,
 }
 
 const JS: &str = "text/javascript; charset=utf-8";
@@ -31,34 +32,41 @@ const CSS: &str = "text/css; charset=utf-8";
 
 static ASSETS: &[Asset] = &[
     Asset {
-        name: "index.html",
+        path: "/",
         content_type: "text/html; charset=utf-8",
         body: include_bytes!("../web/dashboard/index.html"),
+        any_origin: false,
     },
     Asset {
-        name: "app.js",
+        path: "/assets/app.js",
         content_type: JS,
         body: include_bytes!("../web/dashboard/app.js"),
+        any_origin: false,
     },
     Asset {
-        name: "app.css",
+        path: "/assets/app.css",
         content_type: CSS,
         body: include_bytes!("../web/dashboard/app.css"),
+        any_origin: false,
     },
     Asset {
-        name: "uplot.js",
+        path: "/assets/uplot.js",
         content_type: JS,
         body: include_bytes!(concat!(env!("OUT_DIR"), "/uplot.js")),
+        any_origin: false,
     },
     Asset {
-        name: "uplot.css",
+        path: "/assets/uplot.css",
         content_type: CSS,
         body: include_bytes!(concat!(env!("OUT_DIR"), "/uplot.css")),
+        any_origin: false,
     },
     Asset {
-        name: "webrtc-stats.js",
+        path: "/sdk/webrtc-stats.js",
         content_type: JS,
         body: include_bytes!("../web/sdk/webrtc-stats.js"),
+        // meeting pages on other origins load it with <script src>
+        any_origin: true,
     },
 ];
 
@@ -74,69 +82,40 @@ static ETAGS: LazyLock<Vec<HeaderValue>> = LazyLock::new(|| {
         .collect()
 });
 
-/// Whether the build embedded the charting library (`npm` was available).
-pub fn charts_embedded() -> bool {
-    ASSETS
-        .iter()
-        .any(|a| a.name == "uplot.js" && !a.body.is_empty())
-}
-
-fn serve(name: &str, headers: &HeaderMap) -> Response {
-    let Some(i) = ASSETS.iter().position(|a| a.name == name) else {
-        return (StatusCode::NOT_FOUND, "no such asset\n").into_response();
-    };
+fn serve(i: usize, headers: &HeaderMap) -> Response {
     let (asset, etag) = (&ASSETS[i], &ETAGS[i]);
     let cached = headers
         .get(header::IF_NONE_MATCH)
         .is_some_and(|v| v.as_bytes() == etag.as_bytes());
-    let common = [
-        (header::ETAG, etag.clone()),
-        (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
-        (
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        ),
-    ];
-    if cached {
-        return (StatusCode::NOT_MODIFIED, common).into_response();
+    let mut resp = if cached {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        ([(header::CONTENT_TYPE, asset.content_type)], asset.body).into_response()
+    };
+    let h = resp.headers_mut();
+    h.insert(header::ETAG, etag.clone());
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if asset.any_origin {
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
     }
-    (
-        common,
-        [(header::CONTENT_TYPE, asset.content_type)],
-        asset.body,
-    )
-        .into_response()
+    resp
 }
 
-/// Routes of the dashboard and the SDK (every role serves them).
+/// Routes of the dashboard and the SDK (every role serves them): one per
+/// asset; other paths fall through to the API's 404.
 pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    Router::new()
-        .route(
-            "/",
-            get(|h: HeaderMap| async move { serve("index.html", &h) }),
-        )
-        .route(
-            "/assets/{file}",
-            get(|Path(f): Path<String>, h: HeaderMap| async move {
-                match f.as_str() {
-                    "index.html" | "webrtc-stats.js" => serve("", &h),
-                    f => serve(f, &h),
-                }
-            }),
-        )
-        .route(
-            "/sdk/webrtc-stats.js",
-            get(|h: HeaderMap| async move {
-                let mut r = serve("webrtc-stats.js", &h);
-                // meeting pages on other origins load it with <script src>
-                r.headers_mut().insert(
-                    header::ACCESS_CONTROL_ALLOW_ORIGIN,
-                    HeaderValue::from_static("*"),
-                );
-                r
-            }),
-        )
-        .layer(tower_http::compression::CompressionLayer::new())
+    let mut r = Router::new();
+    for (i, a) in ASSETS.iter().enumerate() {
+        r = r.route(a.path, get(move |h: HeaderMap| async move { serve(i, &h) }));
+    }
+    r.layer(tower_http::compression::CompressionLayer::new())
 }
 
 #[cfg(test)]
@@ -147,8 +126,8 @@ mod tests {
     fn every_asset_has_a_distinct_etag_and_the_pages_are_present() {
         assert_eq!(ETAGS.len(), ASSETS.len());
         for a in ASSETS {
-            if !a.name.starts_with("uplot") {
-                assert!(!a.body.is_empty(), "{} is empty", a.name);
+            if !a.path.contains("uplot") {
+                assert!(!a.body.is_empty(), "{} is empty", a.path);
             }
         }
         let index = std::str::from_utf8(ASSETS[0].body).expect("utf-8");

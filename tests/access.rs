@@ -11,18 +11,7 @@ const READ: &str = "read-token-0123456789";
 const INGEST: &str = "ingest-token-0123456789";
 
 fn tokens() -> Vec<TokenConfig> {
-    vec![
-        TokenConfig {
-            name: "dash".into(),
-            token: READ.into(),
-            scopes: vec!["read".into()],
-        },
-        TokenConfig {
-            name: "browsers".into(),
-            token: INGEST.into(),
-            scopes: vec!["ingest".into()],
-        },
-    ]
+    common::read_and_ingest_tokens(READ, INGEST)
 }
 
 #[tokio::test(flavor = "multi_thread")]

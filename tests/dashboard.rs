@@ -7,7 +7,6 @@ mod common;
 
 use common::browser::BrowserRun;
 use common::TestEnv;
-use flowmeter::config::TokenConfig;
 
 const READ: &str = "read-token-0123456789";
 const INGEST: &str = "ingest-token-0123456789";
@@ -19,18 +18,7 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 async fn scenario(name: &str) -> serde_json::Value {
     let _turn = ONE_AT_A_TIME.lock().await;
     let mut env = TestEnv::new(&format!("dash_{name}"));
-    env.settings.auth.tokens = vec![
-        TokenConfig {
-            name: "dashboards".into(),
-            token: READ.into(),
-            scopes: vec!["read".into()],
-        },
-        TokenConfig {
-            name: "services".into(),
-            token: INGEST.into(),
-            scopes: vec!["ingest".into()],
-        },
-    ];
+    env.settings.auth.tokens = common::read_and_ingest_tokens(READ, INGEST);
     env.settings.hub.tick_grace_ms = 200;
     env.migrate().await;
     let run = BrowserRun::new(&mut env);

@@ -229,26 +229,10 @@ mod with_kafka {
 
     /// Every entry of the bridged kinds' shards: (stream, id) → data.
     async fn stream_entries(env: &TestEnv) -> BTreeMap<(String, String), String> {
-        let mut r = env.redis().await;
         let mut out = BTreeMap::new();
         for kind in ["http", "webrtc"] {
-            for i in 0..env.settings.redis.shards {
-                let key = format!("{}:{{{kind}:{i}}}", env.name);
-                let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-                    .arg(&key)
-                    .arg("-")
-                    .arg("+")
-                    .query_async(&mut r)
-                    .await
-                    .expect("xrange");
-                for (id, fields) in entries {
-                    let data = fields
-                        .into_iter()
-                        .find(|(k, _)| k == "data")
-                        .map(|(_, d)| d)
-                        .expect("data field");
-                    out.insert((key.clone(), id), data);
-                }
+            for (stream, id, data) in shard_entries(env, kind).await.into_iter().flatten() {
+                out.insert((stream, id), data);
             }
         }
         out

@@ -20,7 +20,6 @@ use std::collections::BTreeMap;
 
 use common::browser::{free_port, BrowserRun};
 use common::*;
-use flowmeter::config::TokenConfig;
 use flowmeter::event::SchemaRegistry;
 use serde_json::Value;
 
@@ -45,18 +44,7 @@ async fn setup(name: &str) -> Setup {
     let mut env = TestEnv::new(name);
     let page_port = free_port();
     env.settings.ingest.cors_origins = vec![format!("http://127.0.0.1:{page_port}")];
-    env.settings.auth.tokens = vec![
-        TokenConfig {
-            name: "meeting-page".into(),
-            token: INGEST_TOKEN.into(),
-            scopes: vec!["ingest".into()],
-        },
-        TokenConfig {
-            name: "test".into(),
-            token: READ_TOKEN.into(),
-            scopes: vec!["read".into()],
-        },
-    ];
+    env.settings.auth.tokens = common::read_and_ingest_tokens(READ_TOKEN, INGEST_TOKEN);
     env.migrate().await;
     let run = BrowserRun::new(&mut env);
     let meeting = format!("{}-meeting", env.name);

@@ -50,6 +50,16 @@ impl EventSearch {
                 .collect(),
         })
     }
+
+    /// The archive table of `kind`, or which kinds the archive keeps.
+    pub fn table(&self, kind: &str) -> Result<String, String> {
+        self.tables.get(kind).cloned().ok_or_else(|| {
+            format!(
+                "the archive keeps {}, not {kind}",
+                self.tables.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
+        })
+    }
 }
 
 pub async fn search(
@@ -90,15 +100,9 @@ pub async fn search(
     filters.sort();
     min.sort_by(|a, b| a.0.cmp(&b.0));
     let kind = kind.ok_or_else(|| bad_param("kind", "is required"))?;
-    let table = es.tables.get(&kind).cloned().ok_or_else(|| {
-        bad_param(
-            "kind",
-            format!(
-                "the archive keeps {}",
-                es.tables.keys().cloned().collect::<Vec<_>>().join(", ")
-            ),
-        )
-    })?;
+    let table = es
+        .table(&kind)
+        .map_err(|reason| bad_param("kind", reason))?;
     let to = to.unwrap_or_else(chrono::Utc::now);
     let from = from.unwrap_or(to - chrono::Duration::hours(1));
     if from >= to {

@@ -416,8 +416,9 @@ impl Hub {
                 if peers == 0 {
                     return None;
                 }
-                let w = view::webrtc_window(&sub.w, now, 60, &st.classes);
+                // one total per meeting and second; the list shows no quantiles
                 let t = sub.w.total(now, 60);
+                let w = view::webrtc_figures(&t, 60, &st.classes);
                 let dominant = t
                     .quality
                     .iter()

@@ -173,6 +173,14 @@ pub fn http_window(w: &Windows<HttpPoint>, now: i64, secs: i64) -> Value {
 /// Summary of a webrtc subject over the last `secs` seconds at `now`.
 pub fn webrtc_window(w: &Windows<WebrtcPoint>, now: i64, secs: i64, classes: &Classes) -> Value {
     let t = w.total(now, secs);
+    let mut v = webrtc_figures(&t, secs, classes);
+    v["rtt_ms"] = quantiles(&w.latency(now, secs));
+    v
+}
+
+/// The additive figures of a webrtc total over `secs` seconds (rates,
+/// averages, relayed share, samples per quality class); no quantiles.
+pub fn webrtc_figures(t: &WebrtcPoint, secs: i64, classes: &Classes) -> Value {
     let n = t.samples.max(1) as f64;
     let quality: Map<String, Value> = classes
         .iter()
@@ -187,6 +195,5 @@ pub fn webrtc_window(w: &Windows<WebrtcPoint>, now: i64, secs: i64, classes: &Cl
         "loss_avg": if t.samples == 0 { Value::Null } else { json!(t.loss_sum / n) },
         "relayed_share": if t.samples == 0 { 0.0 } else { t.relayed as f64 / n },
         "quality": quality,
-        "rtt_ms": quantiles(&w.latency(now, secs)),
     })
 }

@@ -376,8 +376,8 @@ pub async fn post_http_range(
     }
 }
 
-/// The `data` of every entry of each shard of `kind`, in stream order.
-pub async fn stream_events(env: &TestEnv, kind: &str) -> Vec<Vec<serde_json::Value>> {
+/// Every entry of each shard of `kind`, in stream order: (stream key, id, `data`).
+pub async fn shard_entries(env: &TestEnv, kind: &str) -> Vec<Vec<(String, String, String)>> {
     let mut r = env.redis().await;
     let mut out = Vec::new();
     for i in 0..env.settings.redis.shards {
@@ -392,12 +392,28 @@ pub async fn stream_events(env: &TestEnv, kind: &str) -> Vec<Vec<serde_json::Val
         out.push(
             entries
                 .into_iter()
-                .filter_map(|(_, fields)| fields.into_iter().find(|(k, _)| k == "data"))
-                .map(|(_, d)| serde_json::from_str(&d).expect("data is JSON"))
+                .filter_map(|(id, fields)| {
+                    let (_, d) = fields.into_iter().find(|(k, _)| k == "data")?;
+                    Some((key.clone(), id, d))
+                })
                 .collect(),
         );
     }
     out
+}
+
+/// The `data` of every entry of each shard of `kind`, in stream order.
+pub async fn stream_events(env: &TestEnv, kind: &str) -> Vec<Vec<serde_json::Value>> {
+    shard_entries(env, kind)
+        .await
+        .into_iter()
+        .map(|shard| {
+            shard
+                .into_iter()
+                .map(|(_, _, d)| serde_json::from_str(&d).expect("data is JSON"))
+                .collect()
+        })
+        .collect()
 }
 
 /// A TCP forwarder that counts the bytes going each way (client → upstream,
@@ -521,4 +537,17 @@ pub async fn group_figures(env: &TestEnv, group: &str) -> (u64, u64) {
         }
     }
     (pending, lag)
+}
+
+/// Two tokens: `read` with the read scope and `ingest` with the ingest scope.
+pub fn read_and_ingest_tokens(read: &str, ingest: &str) -> Vec<flowmeter::config::TokenConfig> {
+    let token = |name: &str, token: &str, scope: &str| flowmeter::config::TokenConfig {
+        name: name.into(),
+        token: token.into(),
+        scopes: vec![scope.into()],
+    };
+    vec![
+        token("reader", read, "read"),
+        token("ingester", ingest, "ingest"),
+    ]
 }

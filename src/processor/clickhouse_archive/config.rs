@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::processor::sink::{check_common, BatchConfig};
+use crate::processor::sink::{BatchConfig, SinkHead};
 use crate::processor::{Processor, ProcessorContext, ProcessorError};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -28,6 +28,17 @@ pub struct ArchiveDef {
 }
 
 impl ArchiveDef {
+    /// The fields every sink has.
+    pub fn head(&self) -> SinkHead<'_> {
+        SinkHead {
+            name: &self.name,
+            group: &self.group,
+            kinds: &self.kinds,
+            start_from: self.start_from.as_deref(),
+            batch: &self.batch,
+        }
+    }
+
     /// The table of `kind`.
     pub fn table(&self, kind: &str) -> String {
         self.tables
@@ -37,13 +48,7 @@ impl ArchiveDef {
     }
 
     pub fn check(&self) -> Result<(), String> {
-        check_common(
-            &self.name,
-            &self.group,
-            &self.kinds,
-            self.start_from.as_deref(),
-            &self.batch,
-        )?;
+        self.head().check()?;
         for kind in self.tables.keys() {
             if !self.kinds.contains(kind) {
                 return Err(format!("tables.{kind}: kind {kind:?} is not in kinds"));

@@ -11,7 +11,7 @@ use super::client::Archive;
 use super::config::ArchiveDef;
 use crate::processor::rollup::decode;
 use crate::processor::sink::runner::SinkProcessor;
-use crate::processor::sink::{group_start, Sink, SinkEntry, SinkError, Verdict};
+use crate::processor::sink::{Sink, SinkEntry, SinkError, Verdict};
 use crate::processor::{Processor, ProcessorContext, ProcessorError};
 
 pub struct ArchiveSink {
@@ -51,17 +51,12 @@ pub async fn build(
         }
         tables.insert(kind.clone(), table);
     }
-    let start = group_start(def.start_from.as_deref()).map_err(bad)?;
-    Ok(Box::new(SinkProcessor {
-        name: def.name.clone(),
-        group: def.group.clone(),
-        kinds: def.kinds.clone(),
-        start,
-        batch: def.batch.clone(),
+    Ok(Box::new(SinkProcessor::new(
+        def.head(),
         ctx,
-        sink: ArchiveSink { archive, tables },
-        extra_streams: Vec::new(),
-    }))
+        ArchiveSink { archive, tables },
+        Vec::new(),
+    )?))
 }
 
 /// The row of one entry, or why it cannot be archived.

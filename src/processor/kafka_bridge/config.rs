@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::event::SchemaRegistry;
-use crate::processor::sink::{check_common, BatchConfig};
+use crate::processor::sink::{BatchConfig, SinkHead};
 use crate::processor::{Processor, ProcessorContext, ProcessorError};
 
 /// Longest topic name Kafka accepts.
@@ -73,6 +73,17 @@ fn default_replication() -> i32 {
 }
 
 impl BridgeDef {
+    /// The fields every sink has.
+    pub fn head(&self) -> SinkHead<'_> {
+        SinkHead {
+            name: &self.name,
+            group: &self.group,
+            kinds: &self.kinds,
+            start_from: self.start_from.as_deref(),
+            batch: &self.batch,
+        }
+    }
+
     /// The topic of `kind`.
     pub fn topic_of(&self, kind: &str) -> Result<String, String> {
         let template = match (kind, &self.alerts_topic) {
@@ -121,13 +132,7 @@ impl BridgeDef {
     }
 
     pub fn check(&self) -> Result<(), String> {
-        check_common(
-            &self.name,
-            &self.group,
-            &self.kinds,
-            self.start_from.as_deref(),
-            &self.batch,
-        )?;
+        self.head().check()?;
         if self.kinds.iter().any(|k| k == ALERTS) {
             return Err("kind \"alerts\" is reserved: forward alerts with alerts_topic".into());
         }

@@ -23,7 +23,7 @@ use super::{BridgeError, HEADER_ID, HEADER_KIND, HEADER_SCHEMA_VERSION, HEADER_S
 use crate::config::KafkaConfig;
 use crate::event::SchemaRegistry;
 use crate::processor::sink::runner::SinkProcessor;
-use crate::processor::sink::{group_start, Sink, SinkEntry, SinkError, Verdict};
+use crate::processor::sink::{Sink, SinkEntry, SinkError, Verdict};
 use crate::processor::{Processor, ProcessorContext, ProcessorError};
 
 /// Longest wait for topic creation (and its check) before a delivery.
@@ -94,21 +94,16 @@ pub async fn build(
             }
         });
     }
-    let start = group_start(def.start_from.as_deref()).map_err(bad)?;
     let extra_streams = match def.alerts_topic {
         Some(_) => vec![(crate::stream::Shard::new(ALERTS, 0), ctx.keys.alerts())],
         None => Vec::new(),
     };
-    Ok(Box::new(SinkProcessor {
-        extra_streams,
-        name: def.name.clone(),
-        group: def.group.clone(),
-        kinds: def.kinds.clone(),
-        start,
-        batch: def.batch.clone(),
+    Ok(Box::new(SinkProcessor::new(
+        def.head(),
         ctx,
         sink,
-    }))
+        extra_streams,
+    )?))
 }
 
 impl KafkaSink {

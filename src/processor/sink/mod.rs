@@ -98,28 +98,31 @@ impl BatchConfig {
     }
 }
 
-/// Checks the fields every sink definition has.
-pub fn check_common(
-    name: &str,
-    group: &str,
-    kinds: &[String],
-    start_from: Option<&str>,
-    batch: &BatchConfig,
-) -> Result<(), String> {
-    if name.is_empty() || group.is_empty() || kinds.is_empty() {
-        return Err("name, group and kinds must not be empty".into());
-    }
-    if let Some(s) = start_from {
-        s.parse::<crate::stream::StartFrom>()?;
-    }
-    batch.check()
+/// The fields every sink definition has, borrowed from it.
+pub struct SinkHead<'a> {
+    pub name: &'a str,
+    pub group: &'a str,
+    pub kinds: &'a [String],
+    pub start_from: Option<&'a str>,
+    pub batch: &'a BatchConfig,
 }
 
-/// The `XGROUP CREATE` id of a definition's `start_from` (default: the beginning).
-pub fn group_start(start_from: Option<&str>) -> Result<String, String> {
-    match start_from {
-        None => Ok("0".to_string()),
-        Some(s) => Ok(s.parse::<crate::stream::StartFrom>()?.group_id()),
+impl SinkHead<'_> {
+    /// Checks them (the definition checks its own fields besides).
+    pub fn check(&self) -> Result<(), String> {
+        if self.name.is_empty() || self.group.is_empty() || self.kinds.is_empty() {
+            return Err("name, group and kinds must not be empty".into());
+        }
+        self.group_start()?;
+        self.batch.check()
+    }
+
+    /// The `XGROUP CREATE` id of `start_from` (default: the beginning).
+    pub fn group_start(&self) -> Result<String, String> {
+        match self.start_from {
+            None => Ok("0".to_string()),
+            Some(s) => Ok(s.parse::<crate::stream::StartFrom>()?.group_id()),
+        }
     }
 }
 

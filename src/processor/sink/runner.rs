@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{BatchConfig, Sink, SinkEntry, Verdict};
+use super::{BatchConfig, Sink, SinkEntry, SinkHead, Verdict};
 use crate::dlq::NewLetter;
 use crate::processor::reader::{self, Batch};
 use crate::processor::{Processor, ProcessorContext, ProcessorError, RunnerStats};
@@ -45,6 +45,34 @@ pub struct SinkProcessor<S: Sink> {
     /// Streams read besides the kinds' shards, each as the single shard of
     /// a pseudo-kind (e.g. `alerts` → `{prefix}:alerts` for the Kafka bridge).
     pub extra_streams: Vec<(Shard, String)>,
+}
+
+impl<S: Sink> SinkProcessor<S> {
+    /// The processor of a definition (`head`) handing entries to `sink`;
+    /// `extra_streams` as in [`SinkProcessor::extra_streams`].
+    pub fn new(
+        head: SinkHead<'_>,
+        ctx: ProcessorContext,
+        sink: S,
+        extra_streams: Vec<(Shard, String)>,
+    ) -> Result<Self, ProcessorError> {
+        let start = head
+            .group_start()
+            .map_err(|reason| ProcessorError::Definition {
+                file: format!("processor {}", head.name),
+                reason,
+            })?;
+        Ok(Self {
+            name: head.name.to_string(),
+            group: head.group.to_string(),
+            kinds: head.kinds.to_vec(),
+            start,
+            batch: head.batch.clone(),
+            ctx,
+            sink,
+            extra_streams,
+        })
+    }
 }
 
 impl<S: Sink> Processor for SinkProcessor<S> {
@@ -295,15 +323,16 @@ impl<S: Sink> Runner<S> {
         };
         let max = self.p.ctx.settings.max_deliveries;
         for e in entries {
+            let missing = e.data.is_none();
             let entry = SinkEntry {
                 stream: st.stream.clone(),
                 shard: batch.shard.clone(),
                 kind: batch.shard.kind.clone(),
                 id: e.id,
                 version: e.version,
-                data: e.data.clone().unwrap_or_default(),
+                data: e.data.unwrap_or_default(),
             };
-            if e.data.is_none() {
+            if missing {
                 self.letters.push((
                     entry,
                     "entry has no data field (deleted while pending, or written by a foreign producer)".into(),
@@ -335,26 +364,22 @@ impl<S: Sink> Runner<S> {
         }
         let t0 = Instant::now();
         let timeout = Duration::from_millis(self.p.batch.timeout_ms);
-        let verdicts = if self.buffer.is_empty() {
+        let n = self.buffer.len();
+        let verdicts: Result<Vec<Verdict>, String> = if n == 0 {
             Ok(Vec::new())
         } else {
-            let started = Instant::now();
-            let res = tokio::select! {
-                r = tokio::time::timeout(timeout, self.p.sink.deliver(&self.buffer)) => r,
-                _ = self.leases.keepalive() => unreachable_keepalive(),
-            };
-            match res {
-                Ok(Ok(v)) if v.len() == self.buffer.len() => Ok(v),
-                Ok(Ok(v)) => Err(format!(
-                    "sink returned {} verdicts for {} entries",
-                    v.len(),
-                    self.buffer.len()
-                )),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err(format!(
-                    "delivery took longer than batch.timeout_ms ({} ms)",
-                    started.elapsed().as_millis()
-                )),
+            tokio::select! {
+                r = tokio::time::timeout(timeout, self.p.sink.deliver(&self.buffer)) => match r {
+                    Ok(Ok(v)) if v.len() == n => Ok(v),
+                    Ok(Ok(v)) => Err(format!("sink returned {} verdicts for {n} entries", v.len())),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!(
+                        "delivery took longer than batch.timeout_ms ({} ms)",
+                        timeout.as_millis()
+                    )),
+                },
+                // renews the leases while the delivery runs; never ends by itself
+                _ = self.leases.keepalive() => Err("lease keepalive ended".into()),
             }
         };
         let verdicts = match verdicts {
@@ -450,10 +475,4 @@ impl<S: Sink> Runner<S> {
         self.publish_stats().await;
         true
     }
-}
-
-/// `LeaseManager::keepalive` never returns.
-fn unreachable_keepalive(
-) -> Result<Result<Vec<Verdict>, super::SinkError>, tokio::time::error::Elapsed> {
-    Ok(Err(super::SinkError("lease keepalive ended".into())))
 }
