@@ -1,16 +1,22 @@
 # flowmeter: the two commands of the README, and the checks CI runs.
 #   make demo   start Redis + MariaDB (installing them if missing), migrate,
-#               serve, feed sample events, print where to look
-#   make test   every test, against the real servers
+#               serve (with the dashboard at /), feed sample events, print
+#               where to look
+#   make test   every test, against the real servers (installing ClickHouse,
+#               tansu, Chromium, coturn and the npm packages when missing)
+# Every build needs Node.js/npm to embed the dashboard's charts (build.rs).
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: demo test lint check services build
+.PHONY: demo test lint check services build node
 
 services:
 	@scripts/services start
 
-build:
+node:
+	@scripts/browser-deps node
+
+build: node
 	$(CARGO) build --release
 
 demo: services build
@@ -20,7 +26,7 @@ test: services
 	@scripts/browser-deps
 	$(CARGO) test --all-targets --no-fail-fast
 
-lint:
+lint: node
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
