@@ -187,6 +187,8 @@ struct Connection {
     window: (Instant, u32),
     /// Snapshots still allowed until the next closed second.
     snapshots_left: u32,
+    /// Subscriptions owed a snapshot, in the order they became owed.
+    owed: std::collections::VecDeque<String>,
 }
 
 /// A connection's subscriptions are given back however it ends.
@@ -232,6 +234,7 @@ impl Connection {
             alerts: None,
             window: (Instant::now(), 0),
             snapshots_left,
+            owed: std::collections::VecDeque::new(),
         }
     }
 
@@ -255,6 +258,20 @@ impl Connection {
 
     fn error(&self, msg: impl Into<String>) {
         let _ = self.send(&json!({"type": "error", "error": msg.into()}));
+    }
+
+    /// Owes subscription `name` a snapshot for `reason` (a `subscribe`
+    /// does not replace a reason already owed).
+    fn owe(&mut self, name: &str, reason: &'static str) {
+        let Some(sub) = self.subs.get_mut(name) else {
+            return;
+        };
+        if sub.pending.is_none() {
+            self.owed.push_back(name.to_string());
+        }
+        if reason != "subscribe" || sub.pending.is_none() {
+            sub.pending = Some(reason);
+        }
     }
 
     async fn run(mut self, socket: WebSocket) {
@@ -298,16 +315,13 @@ impl Connection {
                 a = next_alert(&mut self.alerts) => match a {
                     Ok(msg) => {
                         if self.subs.contains_key("alerts") {
-                            let sent = self.send_text(msg.to_string().into());
-                            if let (Sent::Full, Some(sub)) = (sent, self.subs.get_mut("alerts")) {
-                                sub.pending = Some("slow");
+                            if let Sent::Full = self.send_text(msg.to_string().into()) {
+                                self.owe("alerts", "slow");
                             }
                         }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        if let Some(sub) = self.subs.get_mut("alerts") {
-                            sub.pending = Some("slow");
-                        }
+                        self.owe("alerts", "slow");
                     }
                     Err(_) => self.alerts = None,
                 },
@@ -458,14 +472,11 @@ impl Connection {
             });
             sub.interval = interval;
             match resume.get(&name) {
-                Some(seq) if !alerts => {
+                Some(seq) if !alerts && sub.pending.is_none() => {
                     sub.last_seq = *seq;
-                    sub.pending = None;
                     self.deliver(&name, true);
                 }
-                _ => {
-                    sub.pending.get_or_insert("subscribe");
-                }
+                _ => self.owe(&name, "subscribe"),
             }
             ok.push(name);
         }
@@ -492,9 +503,7 @@ impl Connection {
         let text: Option<(i64, axum::extract::ws::Utf8Bytes)> = match owed {
             Since::UpToDate => None,
             Since::Gap => {
-                if let Some(sub) = self.subs.get_mut(name) {
-                    sub.pending = Some("resume_gap");
-                }
+                self.owe(name, "resume_gap");
                 None
             }
             Since::Single(seq, text) => Some((seq, text)),
@@ -511,55 +520,53 @@ impl Connection {
         let Some((seq, text)) = text else {
             return;
         };
-        let sent = self.send_text(text);
-        if let Some(sub) = self.subs.get_mut(name) {
-            match sent {
-                Sent::Ok => sub.last_seq = seq,
-                Sent::Full | Sent::Closed => sub.pending = Some("slow"),
+        match self.send_text(text) {
+            Sent::Ok => {
+                if let Some(sub) = self.subs.get_mut(name) {
+                    sub.last_seq = seq;
+                }
             }
+            Sent::Full | Sent::Closed => self.owe(name, "slow"),
         }
     }
 
     /// Sends the snapshots owed, as many as `hub.max_snapshots_per_sec`
     /// still allows this second; the rest wait for the next seconds.
     async fn send_snapshots(&mut self) {
-        let owed: Vec<String> = self
-            .subs
-            .iter()
-            .filter(|(_, s)| s.pending.is_some())
-            .map(|(n, _)| n.clone())
-            .collect();
-        for name in owed {
-            if self.out.as_ref().is_some_and(|o| o.capacity() == 0) {
-                // the client is not reading: it gets its snapshot once it does
-                if let Some(sub) = self.subs.get_mut(&name) {
-                    sub.pending = Some("slow");
-                }
+        while let Some(name) = self.owed.front().cloned() {
+            let Some((channel, reason)) = self
+                .subs
+                .get(&name)
+                .and_then(|s| Some((s.channel.clone(), s.pending?)))
+            else {
+                self.owed.pop_front(); // unsubscribed, or served meanwhile
                 continue;
+            };
+            if self.out.as_ref().is_some_and(|o| o.capacity() == 0) {
+                // the client is not reading: it gets its snapshots once it does
+                for n in &self.owed {
+                    if let Some(sub) = self.subs.get_mut(n) {
+                        if sub.pending.is_some() {
+                            sub.pending = Some("slow");
+                        }
+                    }
+                }
+                return;
             }
             if self.snapshots_left == 0 {
                 return;
             }
-            let Some(channel) = self.subs.get(&name).map(|s| s.channel.clone()) else {
-                continue;
-            };
             let Ok((seq, body)) = self.hub.snapshot(&channel).await else {
                 return;
             };
             self.snapshots_left -= 1;
-            let reason = self
-                .subs
-                .get(&name)
-                .and_then(|s| s.pending)
-                .unwrap_or("subscribe");
+            self.owed.pop_front();
             let sent = self.send_text(with_reason(&body, reason).into());
             if let Some(sub) = self.subs.get_mut(&name) {
+                sub.pending = None;
                 match sent {
-                    Sent::Ok => {
-                        sub.last_seq = seq;
-                        sub.pending = None;
-                    }
-                    Sent::Full | Sent::Closed => sub.pending = Some("slow"),
+                    Sent::Ok => sub.last_seq = seq,
+                    Sent::Full | Sent::Closed => self.owe(&name, "slow"),
                 }
             }
         }
