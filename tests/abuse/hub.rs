@@ -567,6 +567,7 @@ async fn new_subjects_past_the_budget_fold_into_the_overview() {
     env.migrate().await;
     let server = env.start("ingest,hub").await;
     let client = http_client();
+    tokio::time::sleep(Duration::from_millis(1_500)).await; // the hub's first second closes
     let bystander = Bystander::start(&server).await;
     let started = Instant::now();
     let folded0 = metric(&client, &server, "flowmeter_hub_events_folded_total").await;
