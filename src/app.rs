@@ -343,8 +343,8 @@ pub async fn serve(
                 listener,
                 app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
             )
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
             if let Err(e) = res {
                 tracing::error!(error = %e, "http server failed");
             }

@@ -295,6 +295,7 @@ pub(super) fn update_text(
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
 
@@ -362,14 +363,20 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(c.since(ch.name(), 13, 14, true), Since::Single(14, _)));
+        assert!(matches!(
+            c.since(ch.name(), 13, 14, true),
+            Since::Single(14, _)
+        ));
         assert!(matches!(c.since(ch.name(), 14, 14, true), Since::UpToDate));
         // the ring keeps ring_secs seconds
         for s in 15..30 {
             c.publish(ch.name(), s, Some(closed(&ch, s, Some("{}"))));
         }
         assert!(matches!(c.since(ch.name(), 20, 29, true), Since::Gap));
-        assert!(matches!(c.since(ch.name(), 24, 29, true), Since::Missed { .. }));
+        assert!(matches!(
+            c.since(ch.name(), 24, 29, true),
+            Since::Missed { .. }
+        ));
         // a missed close leaves a hole: resumes before it need a snapshot
         c.publish(ch.name(), 31, Some(closed(&ch, 31, Some("{}"))));
         assert!(matches!(c.since(ch.name(), 29, 31, true), Since::Gap));
@@ -403,7 +410,10 @@ mod tests {
             9,
             true,
             11,
-            &[(10, None), (11, Some(Arc::from("{\"requests\":3,\"t\":11000}")))],
+            &[
+                (10, None),
+                (11, Some(Arc::from("{\"requests\":3,\"t\":11000}"))),
+            ],
             None,
         );
         let v: Value = serde_json::from_str(&t).expect("json");

@@ -106,13 +106,12 @@ impl Channel {
 
     /// The point of a second without events.
     fn zero_point(&self, sec: i64) -> Value {
-        let mut v = match self {
+        let v = match self {
             Channel::Http(_) => json!(view::HttpPoint::default()),
             Channel::Webrtc(_) => json!(view::WebrtcPoint::default()),
             Channel::Meetings | Channel::Alerts => json!({}),
         };
-        v["t"] = json!(sec * 1000);
-        v
+        view::with_field(v, "t", json!(sec * 1000))
     }
 
     /// The summary of a channel without data.
@@ -399,7 +398,10 @@ impl Hub {
             };
             for (id, fields) in entries {
                 n += 1;
-                let data = fields.into_iter().find(|(k, _)| k == "data").map(|(_, v)| v);
+                let data = fields
+                    .into_iter()
+                    .find(|(k, _)| k == "data")
+                    .map(|(_, v)| v);
                 if let Ok(sid) = id.parse() {
                     batch.push(Entry {
                         feed,
@@ -432,3 +434,25 @@ enum ReadError {
 
 /// XREAD: per stream, its (id, field/value pairs) entries.
 type XreadReply = Vec<(String, Vec<(String, Vec<(String, String)>)>)>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_cuts_long_names_on_characters_and_keeps_colons() {
+        // byte 40 falls inside a two-byte character; 613 characters is too long
+        let long = format!("http:service:{}", "é".repeat(600));
+        let e = Channel::parse(&long).expect_err("too long");
+        assert!(e.contains("longer than 512 characters"), "{e}");
+        let fits = format!("http:service:{}", "𝄞".repeat(300));
+        assert_eq!(Channel::parse(&fits), Ok(Channel::Http(fits.clone())));
+        assert_eq!(
+            Channel::parse("http:service:a:b"),
+            Ok(Channel::Http("http:service:a:b".into()))
+        );
+        assert!(Channel::parse("http:endpoint:svc:GET").is_err());
+        assert!(Channel::parse("webrtc:meeting:").is_err());
+        assert_eq!(Channel::parse("webrtc:meetings"), Ok(Channel::Meetings));
+    }
+}

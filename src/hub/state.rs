@@ -218,12 +218,13 @@ impl State {
         let Some(msg) = data.and_then(|d| serde_json::from_str::<Value>(d).ok()) else {
             return;
         };
-        let Some(aid) = msg["alert"]["id"].as_u64() else {
+        let alert = view::field(&msg, "alert");
+        let Some(aid) = alert.get("id").and_then(Value::as_u64) else {
             return;
         };
-        match msg["state"].as_str() {
+        match msg.get("state").and_then(Value::as_str) {
             Some("fired") => {
-                self.open_alerts.insert(aid, msg["alert"].clone());
+                self.open_alerts.insert(aid, alert);
             }
             Some("resolved") => {
                 self.open_alerts.remove(&aid);
@@ -397,13 +398,12 @@ impl State {
     /// The additive point of `channel` for second `sec` with its time, or
     /// `None` when nothing happened then.
     fn point(&self, ch: &Channel, sec: i64) -> Option<Value> {
-        let mut v = match ch {
+        let v = match ch {
             Channel::Http(n) => json!(self.http.get(n)?.w.at(sec)?),
             Channel::Webrtc(n) => json!(self.webrtc.get(n)?.w.at(sec)?),
             Channel::Meetings | Channel::Alerts => return None,
         };
-        v["t"] = json!(sec * 1000);
-        Some(v)
+        Some(view::with_field(v, "t", json!(sec * 1000)))
     }
 
     /// The summary of a channel at second `now`.
@@ -413,7 +413,7 @@ impl State {
                 let Some(sub) = self.http.get(name) else {
                     return ch.empty_summary();
                 };
-                let mut v = json!({
+                let v = json!({
                     "1m": view::http_window(&sub.w, now, 60),
                     "5m": view::http_window(&sub.w, now, SECONDS),
                 });
@@ -430,8 +430,7 @@ impl State {
                         &built
                     }
                 };
-                v["top_endpoints"] = tops.of(service);
-                v
+                view::with_field(v, "top_endpoints", tops.of(service))
             }
             Channel::Webrtc(name) => {
                 let Some(sub) = self.webrtc.get(name) else {
@@ -484,15 +483,16 @@ impl State {
                     .max_by_key(|(i, n)| (**n, std::cmp::Reverse(*i)))
                     .filter(|(_, n)| **n > 0)
                     .and_then(|(i, _)| names.get(i).copied());
-                let bitrate = w["bitrate_bps"].as_f64().unwrap_or(0.0);
+                let bitrate = w.get("bitrate_bps").and_then(Value::as_f64).unwrap_or(0.0);
+                let f = |k: &str| view::field(&w, k);
                 Some((
                     bitrate,
                     id,
                     json!({
                         "meeting_id": id, "peers": peers, "samples": t.samples,
-                        "bitrate_bps": bitrate, "relayed_share": w["relayed_share"],
-                        "rtt_avg_ms": w["rtt_avg_ms"], "jitter_avg_ms": w["jitter_avg_ms"],
-                        "loss_avg": w["loss_avg"], "quality": dominant,
+                        "bitrate_bps": bitrate, "relayed_share": f("relayed_share"),
+                        "rtt_avg_ms": f("rtt_avg_ms"), "jitter_avg_ms": f("jitter_avg_ms"),
+                        "loss_avg": f("loss_avg"), "quality": dominant,
                     }),
                 ))
             })
@@ -594,9 +594,7 @@ impl State {
                     let t = sub.w.total(now, secs);
                     let n = t.samples;
                     let v = match rule.metric {
-                        Metric::Bandwidth => {
-                            (t.bytes_sent + t.bytes_received) as f64 / secs as f64
-                        }
+                        Metric::Bandwidth => (t.bytes_sent + t.bytes_received) as f64 / secs as f64,
                         Metric::RelayedShare if n > 0 => t.relayed as f64 / n as f64,
                         Metric::RelayedShare => 0.0,
                         Metric::P95LatencyMs => {
@@ -713,6 +711,7 @@ fn series<P: window::Point>(w: &Windows<P>, now: i64) -> (Value, Value) {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use crate::config::HubConfig;
@@ -811,7 +810,9 @@ mod tests {
         assert_eq!(ov.peers.len(), 3, "capped");
         assert_eq!(ov.w.total(sec, 60).samples, 10, "every sample counts");
         // history older than active_secs is not tracked at all
-        let old = (0..5).map(|i| webrtc(t - 100_000, "m2", &format!("q{i}"))).collect();
+        let old = (0..5)
+            .map(|i| webrtc(t - 100_000, "m2", &format!("q{i}")))
+            .collect();
         fold(&mut st, old, sec - 30);
         assert_eq!(
             st.webrtc.get(OVERVIEW_WEBRTC).map(|o| o.peers.len()),

@@ -192,6 +192,19 @@ pub struct WebrtcSubject {
     pub peers: Peers,
 }
 
+/// `v` (an object) with `key` set to `x`; other values are returned as they are.
+pub fn with_field(mut v: Value, key: &str, x: Value) -> Value {
+    if let Value::Object(o) = &mut v {
+        o.insert(key.to_string(), x);
+    }
+    v
+}
+
+/// Field `key` of object `v` (`null` when absent).
+pub fn field(v: &Value, key: &str) -> Value {
+    v.get(key).cloned().unwrap_or(Value::Null)
+}
+
 fn rate(n: f64, secs: i64) -> f64 {
     n / secs.max(1) as f64
 }
@@ -219,9 +232,8 @@ pub fn http_window(w: &Windows<HttpPoint>, now: i64, secs: i64) -> Value {
 /// Summary of a webrtc subject over the last `secs` seconds at `now`.
 pub fn webrtc_window(w: &Windows<WebrtcPoint>, now: i64, secs: i64, classes: &Classes) -> Value {
     let t = w.total(now, secs);
-    let mut v = webrtc_figures(&t, secs, classes);
-    v["rtt_ms"] = quantiles(&w.latency(now, secs));
-    v
+    let v = webrtc_figures(&t, secs, classes);
+    with_field(v, "rtt_ms", quantiles(&w.latency(now, secs)))
 }
 
 /// The additive figures of a webrtc total over `secs` seconds (rates,

@@ -513,8 +513,15 @@ impl Connection {
                 summary,
             } => Some((
                 seq,
-                update_text(&sub.channel, after, resumed, seq, &points, summary.as_deref())
-                    .into(),
+                update_text(
+                    &sub.channel,
+                    after,
+                    resumed,
+                    seq,
+                    &points,
+                    summary.as_deref(),
+                )
+                .into(),
             )),
         };
         let Some((seq, text)) = text else {

@@ -178,7 +178,11 @@ impl Bystander {
     async fn counts_exactly(&self, n: u64) {
         wait_until(Duration::from_secs(10), || async { self.requests() >= n }).await;
         tokio::time::sleep(Duration::from_millis(1_500)).await;
-        assert_eq!(self.requests(), n, "the bystander counted the canaries exactly");
+        assert_eq!(
+            self.requests(),
+            n,
+            "the bystander counted the canaries exactly"
+        );
     }
 
     /// Stops it; asserts it got one update per second without holes over `secs`.
@@ -300,15 +304,25 @@ async fn channel_churn_costs_nothing_and_disturbs_nobody() {
                     break;
                 }
                 let names: Vec<String> = (0..64)
-                    .map(|i| format!("http:service:churn-{a}-{round}-{i}-{:x}", rand::random::<u32>()))
+                    .map(|i| {
+                        format!(
+                            "http:service:churn-{a}-{round}-{i}-{:x}",
+                            rand::random::<u32>()
+                        )
+                    })
                     .collect();
-                send(&mut ws, json!({"op": "subscribe", "channels": names, "interval_ms": 250})).await;
+                send(
+                    &mut ws,
+                    json!({"op": "subscribe", "channels": names, "interval_ms": 250}),
+                )
+                .await;
                 send(&mut ws, json!({"op": "unsubscribe", "channels": names})).await;
                 sent += 128;
                 // read what came back, so the socket keeps flowing
                 while let Ok(Some(_)) =
                     tokio::time::timeout(Duration::from_millis(1), ws.next()).await
-                {}
+                {
+                }
             }
             sent
         }));
@@ -321,10 +335,7 @@ async fn channel_churn_costs_nothing_and_disturbs_nobody() {
     let grown = rss_mb() - rss0;
     eprintln!("churn: {messages} channel (un)subscriptions; hub RSS grew {grown:.1} MB");
     // channels without data cost nothing: what is left is allocator slack
-    assert!(
-        grown < 64.0,
-        "RSS grew {grown:.1} MB under channel churn"
-    );
+    assert!(grown < 64.0, "RSS grew {grown:.1} MB under channel churn");
 
     // canaries: counted exactly by the bystander and by the rollup
     let before = bystander.requests();
@@ -375,10 +386,17 @@ async fn warm_channels_are_capped_and_idle_ones_given_up_first() {
     let rss0 = rss_mb();
     let mut a = connect(&server, "").await;
     send(&mut a, json!({"op": "subscribe", "channels": names(0..40)})).await;
-    let ok = next_where(&mut a, Duration::from_secs(5), |v| v["type"] == "subscribed").await;
+    let ok = next_where(&mut a, Duration::from_secs(5), |v| {
+        v["type"] == "subscribed"
+    })
+    .await;
     assert_eq!(ok["channels"].as_array().map(Vec::len), Some(40));
     let mut b = connect(&server, "").await;
-    send(&mut b, json!({"op": "subscribe", "channels": names(40..60)})).await;
+    send(
+        &mut b,
+        json!({"op": "subscribe", "channels": names(40..60)}),
+    )
+    .await;
     let got = drain(&mut b, Duration::from_secs(2)).await;
     let refused = got
         .iter()
@@ -391,19 +409,34 @@ async fn warm_channels_are_capped_and_idle_ones_given_up_first() {
         .count();
     assert_eq!(refused, 10, "50 channels at most: {got:?}");
     // `a` leaves 20 channels: they stay warm for resumes, but give way
-    send(&mut a, json!({"op": "unsubscribe", "channels": names(0..20)})).await;
+    send(
+        &mut a,
+        json!({"op": "unsubscribe", "channels": names(0..20)}),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(1_500)).await; // their rings are filled
     let mut c = connect(&server, "").await;
     for round in 0..3u64 {
         let from = 60 + round * 20;
-        send(&mut c, json!({"op": "subscribe", "channels": names(from..from + 20)})).await;
-        let ok = next_where(&mut c, Duration::from_secs(5), |v| v["type"] == "subscribed").await;
+        send(
+            &mut c,
+            json!({"op": "subscribe", "channels": names(from..from + 20)}),
+        )
+        .await;
+        let ok = next_where(&mut c, Duration::from_secs(5), |v| {
+            v["type"] == "subscribed"
+        })
+        .await;
         assert_eq!(
             ok["channels"].as_array().map(Vec::len),
             Some(20),
             "warm channels nobody watches are given up"
         );
-        send(&mut c, json!({"op": "unsubscribe", "channels": names(from..from + 20)})).await;
+        send(
+            &mut c,
+            json!({"op": "unsubscribe", "channels": names(from..from + 20)}),
+        )
+        .await;
         tokio::time::sleep(Duration::from_millis(1_200)).await;
     }
     let grown = rss_mb() - rss0;
@@ -439,7 +472,11 @@ async fn multibyte_names_duplicates_and_floods_are_answered_not_obeyed() {
     let long = format!("http:service:{}", "é".repeat(600));
     let fits = format!("http:service:{}", "é".repeat(300));
     let clef = format!("http:service:{}", "𝄞".repeat(200));
-    send(&mut ws, json!({"op": "subscribe", "channels": [long, fits, clef]})).await;
+    send(
+        &mut ws,
+        json!({"op": "subscribe", "channels": [long, fits, clef]}),
+    )
+    .await;
     let e = next_where(&mut ws, Duration::from_secs(3), |v| v["type"] == "error").await;
     assert!(
         e["error"]
@@ -447,7 +484,10 @@ async fn multibyte_names_duplicates_and_floods_are_answered_not_obeyed() {
             .is_some_and(|s| s.contains("longer than 512 characters")),
         "{e}"
     );
-    let ok = next_where(&mut ws, Duration::from_secs(3), |v| v["type"] == "subscribed").await;
+    let ok = next_where(&mut ws, Duration::from_secs(3), |v| {
+        v["type"] == "subscribed"
+    })
+    .await;
     assert_eq!(ok["channels"].as_array().map(Vec::len), Some(2));
     send(&mut ws, json!({"op": "ping", "id": 1})).await;
     next_where(&mut ws, Duration::from_secs(3), |v| v["type"] == "pong").await;
@@ -460,7 +500,10 @@ async fn multibyte_names_duplicates_and_floods_are_answered_not_obeyed() {
     let got = drain(&mut ws, Duration::from_secs(3)).await;
     let snaps = got.iter().filter(|v| v["type"] == "snapshot").count();
     assert_eq!(snaps, 1, "one snapshot for 3,500 copies");
-    let ok = got.iter().find(|v| v["type"] == "subscribed").expect("subscribed");
+    let ok = got
+        .iter()
+        .find(|v| v["type"] == "subscribed")
+        .expect("subscribed");
     assert_eq!(ok["channels"], json!(["http:overview"]));
     drop(ws);
 
@@ -504,7 +547,11 @@ async fn multibyte_names_duplicates_and_floods_are_answered_not_obeyed() {
 
 async fn webrtc_summary(server: &Server) -> Value {
     let mut ws = connect(server, "").await;
-    send(&mut ws, json!({"op": "subscribe", "channels": ["webrtc:overview"]})).await;
+    send(
+        &mut ws,
+        json!({"op": "subscribe", "channels": ["webrtc:overview"]}),
+    )
+    .await;
     let s = next_where(&mut ws, Duration::from_secs(5), |v| v["type"] == "snapshot").await;
     s["summary"].clone()
 }
@@ -536,7 +583,9 @@ async fn a_peer_id_flood_is_capped_expires_and_is_not_replayed() {
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let s = webrtc_summary(&hub).await;
     assert!(
-        s["active_peers"].as_u64().is_some_and(|n| n <= 500 && n > 0),
+        s["active_peers"]
+            .as_u64()
+            .is_some_and(|n| n <= 500 && n > 0),
         "{s}"
     );
     assert_eq!(s["5m"]["samples"], 5_000, "every sample counts: {s}");
@@ -635,7 +684,8 @@ async fn reset_mid_upgrade(addr: SocketAddr, query: &str) {
 async fn slots_come_back_after_resets_and_anonymous_clients_are_capped_per_address() {
     let _one = SERIAL.lock().await;
     let mut env = TestEnv::new("abuse_hub_slots");
-    env.settings.auth.tokens = read_and_ingest_tokens("read-token-0123456789", "ingest-token-0123456789");
+    env.settings.auth.tokens =
+        read_and_ingest_tokens("read-token-0123456789", "ingest-token-0123456789");
     env.settings.hub.max_connections_per_token = 2;
     env.migrate().await;
     let server = env.start("hub").await;
