@@ -159,6 +159,10 @@ const ALERT_BUFFER: usize = 256;
 /// Commands queued for the worker thread.
 const COMMAND_QUEUE: usize = 64;
 
+/// Seconds the clock closes late after a stall (older ones leave a hole:
+/// resuming clients get a snapshot).
+const CATCH_UP_SECS: i64 = 10;
+
 /// The hub's worker is gone (it only stops when the hub is dropped).
 #[derive(Debug, thiserror::Error)]
 #[error("the hub's worker thread has stopped")]
@@ -284,19 +288,26 @@ impl Hub {
     }
 
     async fn clock(&self, shutdown: CancellationToken) {
+        let grace = self.cfg.tick_grace_ms as i64;
+        let mut last: Option<i64> = None;
         loop {
             let now = chrono::Utc::now().timestamp_millis();
-            let grace = self.cfg.tick_grace_ms as i64;
             // wake at the next second boundary + grace
             let next = (now - grace).div_euclid(1000) * 1000 + 1000 + grace;
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_millis((next - now).max(1) as u64)) => {}
             }
-            let closed = (next - grace).div_euclid(1000) - 1;
-            if self.tx.send(Command::Close(closed)).await.is_err() {
-                return;
+            // every second since the last one closed, so a late wake-up
+            // leaves no hole in the rings (a long stall: the last CATCH_UP_SECS)
+            let closable = (chrono::Utc::now().timestamp_millis() - grace).div_euclid(1000) - 1;
+            let from = last.map_or(closable, |l| (l + 1).max(closable - CATCH_UP_SECS));
+            for sec in from..=closable {
+                if self.tx.send(Command::Close(sec)).await.is_err() {
+                    return;
+                }
             }
+            last = Some(closable.max(last.unwrap_or(i64::MIN)));
         }
     }
 
