@@ -339,9 +339,12 @@ pub async fn serve(
         let app = api::router(state);
         let stop = shutdown.clone();
         tracker.spawn(async move {
-            let res = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
+            let res = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
             if let Err(e) = res {
                 tracing::error!(error = %e, "http server failed");
             }

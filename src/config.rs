@@ -275,6 +275,32 @@ pub struct HubConfig {
     /// Subjects (services, endpoints, meetings) held; events of further
     /// subjects count in the overviews only.
     pub max_subjects: usize,
+    /// New subjects admitted per hour (of the entries' arrival time), like
+    /// the rollups' `max_new_keys_per_hour`; past it, events of unknown
+    /// subjects count in the overviews only (and in
+    /// `flowmeter_hub_events_folded_total`).
+    pub max_new_subjects_per_hour: u64,
+    /// Channels watched at once in the whole process (by any connection, or
+    /// kept warm for resuming clients); past it a subscription to a further
+    /// channel gets an error frame. Warm channels nobody watches are given
+    /// up first. Each costs at most `ring_secs` points plus one summary.
+    pub max_channels: usize,
+    /// WebRTC peers tracked at once (for `active_peers` / `active_meetings`);
+    /// a peer is forgotten `active_secs` after its last sample, and samples
+    /// of further peers still count in every window.
+    pub max_peers: usize,
+    /// Meetings listed in `webrtc:meetings` (the busiest; `active_meetings`
+    /// still counts them all).
+    pub max_meetings_listed: usize,
+    /// Messages one connection may send per second; past it they are
+    /// ignored, with one error frame per second saying so.
+    pub max_messages_per_sec: u32,
+    /// Snapshots one connection is sent per second; further ones wait for
+    /// the next seconds (the subscription stands).
+    pub max_snapshots_per_sec: u32,
+    /// Open connections per client address when auth is off (anonymous
+    /// clients); `max_connections_per_token` still caps them all together.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for HubConfig {
@@ -297,6 +323,13 @@ impl Default for HubConfig {
             top_endpoints: 10,
             active_secs: 30,
             max_subjects: 50_000,
+            max_new_subjects_per_hour: 10_000,
+            max_channels: 1_000,
+            max_peers: 50_000,
+            max_meetings_listed: 1_000,
+            max_messages_per_sec: 20,
+            max_snapshots_per_sec: 20,
+            max_connections_per_ip: 256,
         }
     }
 }
@@ -398,6 +431,13 @@ impl Settings {
         }
         if self.hub.min_interval_ms == 0 || self.hub.send_queue == 0 || self.hub.ring_secs == 0 {
             return bad("hub.min_interval_ms, hub.send_queue and hub.ring_secs must be > 0");
+        }
+        if self.hub.max_channels == 0
+            || self.hub.max_messages_per_sec == 0
+            || self.hub.max_snapshots_per_sec == 0
+            || self.hub.max_connections_per_ip == 0
+        {
+            return bad("hub.max_channels, hub.max_messages_per_sec, hub.max_snapshots_per_sec and hub.max_connections_per_ip must be > 0");
         }
         for t in &self.auth.tokens {
             if t.token.len() < 16 {

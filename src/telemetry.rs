@@ -94,6 +94,22 @@ pub mod metrics {
         "flowmeter_hub_messages_dropped_total",
         "hub messages dropped because a client's queue was full (it gets a snapshot later)",
     );
+    pub static HUB_EVENTS_FOLDED: Counter = Counter::new(
+        "flowmeter_hub_events_folded_total",
+        "hub events of a new subject counted in the overviews only (hub.max_subjects or hub.max_new_subjects_per_hour reached)",
+    );
+    pub static HUB_PEERS_UNTRACKED: Counter = Counter::new(
+        "flowmeter_hub_peers_untracked_total",
+        "webrtc samples of a new peer not tracked because hub.max_peers was reached (the samples still count)",
+    );
+    pub static HUB_SUBSCRIPTIONS_REFUSED: Counter = Counter::new(
+        "flowmeter_hub_subscriptions_refused_total",
+        "subscriptions refused because hub.max_channels channels are watched",
+    );
+    pub static HUB_CLIENT_MESSAGES_IGNORED: Counter = Counter::new(
+        "flowmeter_hub_client_messages_ignored_total",
+        "client messages ignored past hub.max_messages_per_sec",
+    );
     pub static ENTRIES_ACKED: Counter = Counter::new(
         "flowmeter_rollup_entries_acked_total",
         "stream entries acknowledged",
@@ -130,6 +146,10 @@ pub mod metrics {
         &HUB_CONNECTIONS,
         &HUB_DISCONNECTIONS,
         &HUB_DROPPED,
+        &HUB_EVENTS_FOLDED,
+        &HUB_PEERS_UNTRACKED,
+        &HUB_SUBSCRIPTIONS_REFUSED,
+        &HUB_CLIENT_MESSAGES_IGNORED,
         &ENTRIES_ACKED,
         &FLUSHES,
         &FLUSH_FAILURES,

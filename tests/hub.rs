@@ -340,6 +340,10 @@ async fn tokens_limits_and_slow_subscribers() {
     env.settings.hub.max_subscriptions = 3;
     env.settings.hub.max_connections_per_token = 3;
     env.settings.hub.send_queue = 4;
+    // the stalled client below floods re-subscriptions: lift the per-second
+    // caps so its queue overflows (tests/abuse/hub.rs tests the caps)
+    env.settings.hub.max_messages_per_sec = 10_000;
+    env.settings.hub.max_snapshots_per_sec = 10_000;
     env.migrate().await;
     let server = env.start("ingest,hub").await;
     let client = http_client();

@@ -196,6 +196,7 @@ fn advance(
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use crate::alert::rules::{Metric, Scope, Severity};

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 pub use eval::{Evaluator, Transition};
 pub use rules::{AlertRules, Metric, Rule, RuleKind, Scope, Severity};
 
+use crate::event::subject;
 use crate::hub::Hub;
 use crate::store::{AlertRow, NewAlert, Store};
 use crate::stream::{hold_singleton, release_singleton, Keys, Redis};
@@ -74,7 +75,8 @@ pub async fn run(
                 Ok(open) => {
                     let mut ev = Evaluator::default();
                     for a in &open {
-                        ev.restore_open(&a.rule, &a.subject);
+                        // as the hub names subjects (trailing spaces trimmed)
+                        ev.restore_open(&a.rule, subject::text(&a.subject));
                     }
                     tracing::info!(open = open.len(), "alert evaluator started");
                     evaluator = Some(ev);
@@ -90,7 +92,9 @@ pub async fn run(
         };
         let mut failed = false;
         for rule in &rules.rules {
-            let values = hub.rule_values(rule, sec);
+            let Ok(values) = hub.rule_values(rule, sec).await else {
+                break; // the hub is stopping
+            };
             for t in ev.step(rule, sec, &values) {
                 if let Err(e) = apply(&t, rule, sec, &store, &redis, &keys).await {
                     tracing::warn!(error = %e, "alerts: cannot record a transition; restarting the evaluator from the table");

@@ -90,6 +90,11 @@ pub async fn run(base: &Settings, opts: &WsBenchOptions) -> Result<WsBenchReport
     }
     let mut settings = bench_settings(base, &opts.prefix)?;
     settings.hub.max_connections_per_token = opts.subscribers + 100;
+    settings.hub.max_connections_per_ip = opts.subscribers + 100;
+    // the stalled client floods re-subscriptions to measure what a full
+    // queue costs: the per-connection caps would stop the flood first
+    settings.hub.max_messages_per_sec = 10_000;
+    settings.hub.max_snapshots_per_sec = 10_000;
     settings.hub.rebuild_secs = 5;
     reset(&settings).await?;
     let config = TempConfig::write(&settings)?;

@@ -5,6 +5,7 @@
 //! declares. Adding a kind means adding `schemas/KIND.vN.json`; no Rust.
 
 mod schema;
+pub mod subject;
 mod time;
 
 pub use schema::{KindInfo, SchemaRegistry};

@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use super::window::{Point, Windows};
+use crate::event::subject::dim_value;
 use crate::expr::Expr;
 
 /// Additive figures of http events in one bucket.
@@ -90,18 +91,48 @@ pub fn http_point(ev: &Map<String, Value>) -> (HttpPoint, Option<f64>) {
     )
 }
 
-/// The subjects (channel names) an http event counts in.
-pub fn http_subjects(ev: &Map<String, Value>) -> [String; 3] {
-    let service = s(ev, "service");
+/// Where an http subject sits. Kept beside the subject so nothing ever
+/// splits a channel name back into parts (a service may contain `:`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpScope {
+    Overview,
+    Service(Box<str>),
+    Endpoint {
+        service: Box<str>,
+        method: Box<str>,
+        endpoint: Box<str>,
+    },
+}
+
+/// The subjects an http event counts in, overview first: (channel name,
+/// scope). Values are normalized as the rollups' dimensions are.
+pub fn http_subjects(ev: &Map<String, Value>) -> [(String, HttpScope); 3] {
+    let service = dim_value(ev.get("service"), None);
+    let method = dim_value(ev.get("method"), None);
+    let endpoint = dim_value(ev.get("endpoint"), None);
     [
-        "http:overview".to_string(),
-        format!("http:service:{service}"),
-        format!(
-            "http:endpoint:{service}:{}:{}",
-            s(ev, "method"),
-            s(ev, "endpoint")
+        ("http:overview".to_string(), HttpScope::Overview),
+        (
+            format!("http:service:{service}"),
+            HttpScope::Service(service.clone()),
+        ),
+        (
+            format!("http:endpoint:{service}:{method}:{endpoint}"),
+            HttpScope::Endpoint {
+                service,
+                method,
+                endpoint,
+            },
         ),
     ]
+}
+
+/// A webrtc sample's meeting channel, meeting id and peer id (normalized as
+/// the rollups' dimensions are).
+pub fn webrtc_ids(ev: &Map<String, Value>) -> (String, Box<str>, Box<str>) {
+    let meeting = dim_value(ev.get("meeting_id"), None);
+    let peer = dim_value(ev.get("peer_id"), None);
+    (format!("webrtc:meeting:{meeting}"), meeting, peer)
 }
 
 /// Quality classes: (name, condition; None = the rest).
@@ -110,11 +141,12 @@ pub type Classes = Vec<(String, Option<Expr>)>;
 /// A webrtc sample's point and rtt.
 pub fn webrtc_point(ev: &Map<String, Value>, classes: &Classes) -> (WebrtcPoint, Option<f64>) {
     let mut quality = vec![0; classes.len()];
-    if let Some(i) = classes
+    if let Some(q) = classes
         .iter()
         .position(|(_, w)| w.as_ref().is_none_or(|w| w.eval_bool(ev)))
+        .and_then(|i| quality.get_mut(i))
     {
-        quality[i] = 1;
+        *q = 1;
     }
     let rtt = f(ev, "rtt_ms");
     (
@@ -133,17 +165,44 @@ pub fn webrtc_point(ev: &Map<String, Value>, classes: &Classes) -> (WebrtcPoint,
 }
 
 /// One http subject.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct HttpSubject {
     pub w: Windows<HttpPoint>,
+    pub scope: HttpScope,
 }
 
-/// One webrtc subject (overview or meeting), with the peers seen.
+impl HttpSubject {
+    pub fn new(scope: HttpScope) -> Self {
+        Self {
+            w: Windows::default(),
+            scope,
+        }
+    }
+}
+
+/// (meeting id, peer id) → last second it sent a sample.
+pub type Peers = HashMap<(Box<str>, Box<str>), i64>;
+
+/// One webrtc subject (overview or meeting), with the peers seen lately.
 #[derive(Debug, Default)]
 pub struct WebrtcSubject {
     pub w: Windows<WebrtcPoint>,
-    /// peer id → (meeting id, last second seen)
-    pub peers: HashMap<String, (String, i64)>,
+    /// The meeting id (`None` for the overview).
+    pub meeting: Option<Box<str>>,
+    pub peers: Peers,
+}
+
+/// `v` (an object) with `key` set to `x`; other values are returned as they are.
+pub fn with_field(mut v: Value, key: &str, x: Value) -> Value {
+    if let Value::Object(o) = &mut v {
+        o.insert(key.to_string(), x);
+    }
+    v
+}
+
+/// Field `key` of object `v` (`null` when absent).
+pub fn field(v: &Value, key: &str) -> Value {
+    v.get(key).cloned().unwrap_or(Value::Null)
 }
 
 fn rate(n: f64, secs: i64) -> f64 {
@@ -173,9 +232,8 @@ pub fn http_window(w: &Windows<HttpPoint>, now: i64, secs: i64) -> Value {
 /// Summary of a webrtc subject over the last `secs` seconds at `now`.
 pub fn webrtc_window(w: &Windows<WebrtcPoint>, now: i64, secs: i64, classes: &Classes) -> Value {
     let t = w.total(now, secs);
-    let mut v = webrtc_figures(&t, secs, classes);
-    v["rtt_ms"] = quantiles(&w.latency(now, secs));
-    v
+    let v = webrtc_figures(&t, secs, classes);
+    with_field(v, "rtt_ms", quantiles(&w.latency(now, secs)))
 }
 
 /// The additive figures of a webrtc total over `secs` seconds (rates,

@@ -45,36 +45,46 @@ pub struct Windows<P: Point> {
     pub last_sec: i64,
 }
 
-fn bucket<T: Default>(q: &mut VecDeque<(i64, T)>, key: i64) -> &mut T {
+/// The bucket of `key`, inserted in order when absent (`None` never
+/// happens: the position is either found or just filled).
+fn bucket<T: Default>(q: &mut VecDeque<(i64, T)>, key: i64) -> Option<&mut T> {
     // Entries arrive nearly in order: search from the back.
-    let pos = q.iter().rposition(|(k, _)| *k <= key);
-    match pos {
-        Some(i) if q[i].0 == key => &mut q[i].1,
+    let i = match q.iter().rposition(|(k, _)| *k <= key) {
+        Some(i) if q.get(i).is_some_and(|(k, _)| *k == key) => i,
         Some(i) => {
             q.insert(i + 1, (key, T::default()));
-            &mut q[i + 1].1
+            i + 1
         }
         None => {
             q.push_front((key, T::default()));
-            &mut q[0].1
+            0
         }
-    }
+    };
+    q.get_mut(i).map(|(_, t)| t)
 }
 
 impl<P: Point> Windows<P> {
     /// Adds one event at `ms` (entry-id time) with its point and latency.
     pub fn add(&mut self, ms: i64, point: &P, latency: Option<f64>) {
         let sec = ms.div_euclid(1000);
-        bucket(&mut self.seconds, sec).merge(point);
+        if let Some(b) = bucket(&mut self.seconds, sec) {
+            b.merge(point);
+        }
         let min = sec.div_euclid(60);
         let pos = self.minutes.iter().rposition(|(k, _, _)| *k <= min);
-        match pos {
-            Some(i) if self.minutes[i].0 == min => self.minutes[i].1.merge(point),
-            Some(i) => self.minutes.insert(i + 1, (min, point.clone(), None)),
-            None => self.minutes.push_front((min, point.clone(), None)),
+        let same = pos
+            .and_then(|i| self.minutes.get_mut(i))
+            .filter(|m| m.0 == min);
+        if let Some(m) = same {
+            m.1.merge(point);
+        } else {
+            let at = pos.map_or(0, |i| i + 1);
+            self.minutes.insert(at, (min, point.clone(), None));
         }
         if let Some(l) = latency {
-            bucket(&mut self.slots, sec - sec.rem_euclid(SLOT_SECS)).add(l);
+            if let Some(sk) = bucket(&mut self.slots, sec - sec.rem_euclid(SLOT_SECS)) {
+                sk.add(l);
+            }
             if self.minute_sketch.0 != min {
                 if min < self.minute_sketch.0 {
                     // a late event of a closed minute: its quantiles stay as computed
@@ -122,7 +132,17 @@ impl<P: Point> Windows<P> {
         }
     }
 
+    /// The point of second `sec`, `None` when nothing arrived.
+    pub fn at(&self, sec: i64) -> Option<&P> {
+        self.seconds
+            .iter()
+            .rev()
+            .find(|(s, _)| *s == sec)
+            .map(|(_, p)| p)
+    }
+
     /// The point of second `sec` (empty when nothing arrived).
+    #[cfg(test)]
     pub fn second(&self, sec: i64) -> P {
         self.seconds
             .iter()
@@ -219,18 +239,19 @@ mod tests {
         assert_eq!(w.total(t0 + 9, 60), N(15));
         let s = w.seconds(t0 + 11, 5);
         assert_eq!(s.len(), 5);
-        assert_eq!(s[0], (t0 + 7, N(1)));
-        assert_eq!(s[4], (t0 + 11, N(0)));
+        assert_eq!(s.first(), Some(&(t0 + 7, N(1))));
+        assert_eq!(s.last(), Some(&(t0 + 11, N(0))));
         assert_eq!(w.latency(t0 + 9, 60).count(), 10);
         assert_eq!(w.minutes().len(), 1);
         // the open minute's quantiles over latencies 10..=19 ms (DDSketch: within 1 %)
-        let q = w.minutes()[0].2.expect("quantiles");
-        assert!((q[0] - 14.0).abs() <= 0.2, "p50 {}", q[0]);
-        assert!((17.8..=19.2).contains(&q[2]), "p99 {}", q[2]);
-        assert!(q[0] <= q[1] && q[1] <= q[2]);
+        let q = w.minutes().first().and_then(|m| m.2).expect("quantiles");
+        let [p50, p95, p99] = q;
+        assert!((p50 - 14.0).abs() <= 0.2, "p50 {p50}");
+        assert!((17.8..=19.2).contains(&p99), "p99 {p99}");
+        assert!(p50 <= p95 && p95 <= p99);
         // a later minute closes this one with the same figures
         w.add((t0 + 61) * 1000, &N(1), Some(1.0));
-        assert_eq!(w.minutes()[0].2, Some(q));
+        assert_eq!(w.minutes().first().and_then(|m| m.2), Some(q));
         w.expire(t0 + 400);
         assert_eq!(w.total(t0 + 400, 300), N(0));
         assert_eq!(w.minutes().len(), 2, "the minutes stay for an hour");

@@ -4,12 +4,13 @@
 //! hub or other clients: the connection's updates are dropped and it gets a
 //! fresh snapshot once the queue has room again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -18,7 +19,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::{Channel, Hub};
+use super::channels::update_text;
+use super::{Channel, Hub, Since};
 use crate::api::AppState;
 use crate::auth::{Auth, Scope};
 use crate::telemetry::metrics;
@@ -49,9 +51,13 @@ enum ClientMsg {
     },
 }
 
-/// Upgrades after checking the token (read scope) and the per-token limit.
+/// Upgrades after checking the token (read scope) and the connection
+/// limits: per token, and per client address when auth is off. The slots
+/// are held by a [`Slots`] guard that the connection owns: a failed upgrade,
+/// a panic or a close gives them back.
 pub async fn handler(
     State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(q): Query<WsQuery>,
     ws: WebSocketUpgrade,
@@ -66,20 +72,26 @@ pub async fn handler(
         Ok(n) => n,
         Err(e) => return crate::api::ApiError::Auth(e).into_response(),
     };
-    {
-        let mut conns = hub.connections.lock().unwrap_or_else(|p| p.into_inner());
-        let n = conns.entry(name.clone()).or_default();
-        if *n >= hub.config().max_connections_per_token {
-            let limit = hub.config().max_connections_per_token;
-            return (
-                StatusCode::TOO_MANY_REQUESTS,
-                Json(json!({"error": format!("token {name} already has {limit} connections (hub.max_connections_per_token)")})),
-            )
-                .into_response();
-        }
-        *n += 1;
+    let cfg = hub.config();
+    let mut wants = vec![Want {
+        key: format!("token {name}"),
+        limit: cfg.max_connections_per_token,
+        field: "hub.max_connections_per_token",
+    }];
+    if !st.auth.enabled() {
+        wants.push(Want {
+            key: format!("address {}", peer.ip()),
+            limit: cfg.max_connections_per_ip,
+            field: "hub.max_connections_per_ip",
+        });
     }
-    let max = hub.config().max_message_bytes.saturating_mul(4).max(1024);
+    let slots = match Slots::take(&hub, wants) {
+        Ok(s) => s,
+        Err(e) => {
+            return (StatusCode::TOO_MANY_REQUESTS, Json(json!({"error": e}))).into_response()
+        }
+    };
+    let max = cfg.max_message_bytes.saturating_mul(4).max(1024);
     // Small socket buffers: with the library's defaults (128 KiB each way)
     // 10,000 connections held over 1.8 GB; messages here are a few KiB.
     ws.max_message_size(max)
@@ -88,12 +100,64 @@ pub async fn handler(
         .write_buffer_size(SOCKET_WRITE_BUFFER)
         .max_write_buffer_size(max.max(64 * 1024))
         .on_upgrade(move |socket| async move {
-            Connection::new(hub.clone()).run(socket).await;
-            let mut conns = hub.connections.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(n) = conns.get_mut(&name) {
-                *n = n.saturating_sub(1);
-            }
+            let _slots = slots; // given back when this future ends or is dropped
+            Connection::new(hub).run(socket).await;
         })
+}
+
+/// A connection slot to take: `key` may hold at most `limit` connections.
+struct Want {
+    key: String,
+    limit: usize,
+    field: &'static str,
+}
+
+/// Connection slots held by one connection, given back on drop: after a
+/// close, a failed upgrade (the callback is dropped unrun) or a panic.
+pub(crate) struct Slots {
+    hub: Arc<Hub>,
+    keys: Vec<String>,
+}
+
+impl Slots {
+    /// Takes one slot of every key, or none when one is at its limit.
+    fn take(hub: &Arc<Hub>, wants: Vec<Want>) -> Result<Slots, String> {
+        let mut conns = hub.connections.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(w) = wants
+            .iter()
+            .find(|w| conns.get(&w.key).copied().unwrap_or(0) >= w.limit)
+        {
+            return Err(format!(
+                "{} already has {} connections ({})",
+                w.key, w.limit, w.field
+            ));
+        }
+        for w in &wants {
+            *conns.entry(w.key.clone()).or_default() += 1;
+        }
+        Ok(Slots {
+            hub: hub.clone(),
+            keys: wants.into_iter().map(|w| w.key).collect(),
+        })
+    }
+}
+
+impl Drop for Slots {
+    fn drop(&mut self) {
+        let mut conns = self
+            .hub
+            .connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for k in &self.keys {
+            if let Some(n) = conns.get_mut(k) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    conns.remove(k);
+                }
+            }
+        }
+    }
 }
 
 /// Per-connection socket buffers (the outgoing queue bounds the rest).
@@ -108,8 +172,9 @@ struct Sub {
     interval: Duration,
     due: Instant,
     last_seq: i64,
-    /// Updates were dropped (queue full): send a snapshot next.
-    stale: bool,
+    /// A snapshot is owed, for this reason (`subscribe`, `resume_gap`,
+    /// `slow`); sent within the connection's snapshots per second.
+    pending: Option<&'static str>,
 }
 
 struct Connection {
@@ -118,6 +183,21 @@ struct Connection {
     out: Option<mpsc::Sender<Message>>,
     /// Alert announcements, while subscribed to `alerts`.
     alerts: Option<tokio::sync::broadcast::Receiver<Arc<Value>>>,
+    /// Start of the current one-second window and the messages received in it.
+    window: (Instant, u32),
+    /// Snapshots still allowed until the next closed second.
+    snapshots_left: u32,
+    /// Subscriptions owed a snapshot, in the order they became owed.
+    owed: std::collections::VecDeque<String>,
+}
+
+/// A connection's subscriptions are given back however it ends.
+impl Drop for Connection {
+    fn drop(&mut self) {
+        for name in self.subs.keys() {
+            self.hub.unsubscribe(name);
+        }
+    }
 }
 
 /// The next alert announcement, or never when not subscribed.
@@ -136,13 +216,25 @@ enum Sent {
     Closed,
 }
 
+/// A snapshot message: `body` (the hub's JSON object) with its `reason`.
+fn with_reason(body: &str, reason: &str) -> String {
+    match body.strip_prefix('{') {
+        Some(rest) => format!("{{\"reason\":{},{rest}", Value::from(reason)),
+        None => body.to_string(),
+    }
+}
+
 impl Connection {
     fn new(hub: Arc<Hub>) -> Self {
+        let snapshots_left = hub.config().max_snapshots_per_sec;
         Self {
             hub,
             subs: HashMap::new(),
             out: None,
             alerts: None,
+            window: (Instant::now(), 0),
+            snapshots_left,
+            owed: std::collections::VecDeque::new(),
         }
     }
 
@@ -166,6 +258,20 @@ impl Connection {
 
     fn error(&self, msg: impl Into<String>) {
         let _ = self.send(&json!({"type": "error", "error": msg.into()}));
+    }
+
+    /// Owes subscription `name` a snapshot for `reason` (a `subscribe`
+    /// does not replace a reason already owed).
+    fn owe(&mut self, name: &str, reason: &'static str) {
+        let Some(sub) = self.subs.get_mut(name) else {
+            return;
+        };
+        if sub.pending.is_none() {
+            self.owed.push_back(name.to_string());
+        }
+        if reason != "subscribe" || sub.pending.is_none() {
+            sub.pending = Some(reason);
+        }
     }
 
     async fn run(mut self, socket: WebSocket) {
@@ -192,34 +298,37 @@ impl Connection {
                     let Some(Ok(msg)) = msg else { break };
                     heard = Instant::now();
                     match msg {
-                        Message::Text(t) => self.on_text(t.as_str()),
-                        Message::Binary(_) => self.error("binary messages are not supported; send JSON text"),
+                        Message::Text(t) => {
+                            if self.allowed() {
+                                self.on_text(t.as_str()).await;
+                            }
+                        }
+                        Message::Binary(_) => {
+                            if self.allowed() {
+                                self.error("binary messages are not supported; send JSON text");
+                            }
+                        }
                         Message::Close(_) => break,
                         Message::Ping(_) | Message::Pong(_) => {}
                     }
                 }
                 a = next_alert(&mut self.alerts) => match a {
                     Ok(msg) => {
-                        if let Some(sub) = self.subs.get_mut("alerts") {
-                            match self.out.as_ref().map(|o| o.try_send(Message::Text(msg.to_string().into()))) {
-                                Some(Ok(())) => {}
-                                _ => {
-                                    metrics::HUB_DROPPED.inc();
-                                    sub.stale = true;
-                                }
+                        if self.subs.contains_key("alerts") {
+                            if let Sent::Full = self.send_text(msg.to_string().into()) {
+                                self.owe("alerts", "slow");
                             }
                         }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        if let Some(sub) = self.subs.get_mut("alerts") {
-                            sub.stale = true;
-                        }
+                        self.owe("alerts", "slow");
                     }
                     Err(_) => self.alerts = None,
                 },
                 r = ticks.changed() => {
                     if r.is_err() { break }
-                    self.deliver_due();
+                    self.snapshots_left = cfg.max_snapshots_per_sec;
+                    self.deliver_due().await;
                 }
                 _ = ping.tick() => {
                     if heard.elapsed() > Duration::from_millis(cfg.pong_timeout_ms) {
@@ -235,15 +344,34 @@ impl Connection {
                 break;
             }
         }
-        for name in self.subs.keys() {
-            self.hub.unsubscribe(name);
-        }
         self.out = None; // ends the writer
         writer.abort();
         metrics::HUB_DISCONNECTIONS.inc();
+        // dropping `self` gives the subscriptions back
     }
 
-    fn on_text(&mut self, text: &str) {
+    /// Counts a client message against `hub.max_messages_per_sec`; past it
+    /// the message is ignored (one error frame per second says so).
+    fn allowed(&mut self) -> bool {
+        let max = self.hub.config().max_messages_per_sec;
+        let now = Instant::now();
+        if now.duration_since(self.window.0) >= Duration::from_secs(1) {
+            self.window = (now, 0);
+        }
+        self.window.1 = self.window.1.saturating_add(1);
+        if self.window.1 <= max {
+            return true;
+        }
+        metrics::HUB_CLIENT_MESSAGES_IGNORED.inc();
+        if self.window.1 == max.saturating_add(1) {
+            self.error(format!(
+                "more than {max} messages in one second (hub.max_messages_per_sec): the rest of this second's messages are ignored"
+            ));
+        }
+        false
+    }
+
+    async fn on_text(&mut self, text: &str) {
         let cfg = self.hub.config();
         if text.len() > cfg.max_message_bytes {
             return self.error(format!(
@@ -278,22 +406,31 @@ impl Connection {
                 channels,
                 interval_ms,
                 resume,
-            } => self.subscribe(channels, interval_ms, resume),
+            } => self.subscribe(channels, interval_ms, resume).await,
         }
     }
 
-    fn subscribe(
+    /// Subscribes to each channel named (once, however often it is named),
+    /// then sends the snapshots owed within the connection's budget.
+    async fn subscribe(
         &mut self,
         channels: Vec<String>,
         interval_ms: Option<u64>,
         resume: HashMap<String, i64>,
     ) {
         let cfg = self.hub.config().clone();
-        let interval = interval_ms
-            .unwrap_or(cfg.default_interval_ms)
-            .max(cfg.min_interval_ms);
+        let interval = Duration::from_millis(
+            interval_ms
+                .unwrap_or(cfg.default_interval_ms)
+                .max(cfg.min_interval_ms),
+        );
+        let mut named = HashSet::new();
         let mut ok = Vec::new();
+        let mut over = 0usize;
         for name in channels {
+            if !named.insert(name.clone()) {
+                continue;
+            }
             let channel = match Channel::parse(&name) {
                 Ok(c) => c,
                 Err(e) => {
@@ -301,149 +438,165 @@ impl Connection {
                     continue;
                 }
             };
-            if !self.subs.contains_key(&name) && self.subs.len() >= cfg.max_subscriptions {
-                self.error(format!(
-                    "channel {name}: this connection already watches {} channels (hub.max_subscriptions)",
-                    cfg.max_subscriptions
-                ));
-                continue;
-            }
             if !self.subs.contains_key(&name) {
-                self.hub.subscribe(&name);
+                if self.subs.len() >= cfg.max_subscriptions {
+                    over += 1;
+                    continue;
+                }
+                if self.hub.subscribe(&name, &channel).is_err() {
+                    metrics::HUB_SUBSCRIPTIONS_REFUSED.inc();
+                    self.error(format!(
+                        "channel {name}: the hub already watches {} channels (hub.max_channels); try again later",
+                        cfg.max_channels
+                    ));
+                    continue;
+                }
             }
-            if channel == Channel::Alerts {
-                // alerts are pushed as they happen; a (re)subscription gets the open ones
+            let alerts = channel == Channel::Alerts;
+            if alerts {
+                // pushed as they happen; a (re)subscription gets the open ones
                 self.alerts.get_or_insert_with(|| self.hub.alert_feed());
-                let mut sub = Sub {
-                    channel,
-                    interval: Duration::from_millis(interval),
-                    due: Instant::now() + Duration::from_secs(3600 * 24 * 365),
-                    last_seq: 0,
-                    stale: false,
-                };
-                self.send_snapshot(&mut sub, &name, "subscribe");
-                self.subs.insert(name.clone(), sub);
-                ok.push(name);
-                continue;
             }
-            let mut sub = Sub {
+            let due = Instant::now()
+                + if alerts {
+                    Duration::from_secs(3600 * 24 * 365)
+                } else {
+                    interval
+                };
+            let sub = self.subs.entry(name.clone()).or_insert(Sub {
                 channel,
-                interval: Duration::from_millis(interval),
-                due: Instant::now() + Duration::from_millis(interval),
+                interval,
+                due,
                 last_seq: 0,
-                stale: false,
-            };
-            match resume
-                .get(&name)
-                .map(|seq| (*seq, self.hub.since(&name, *seq)))
-            {
-                Some((seq, Some(missed))) => {
+                pending: None,
+            });
+            sub.interval = interval;
+            match resume.get(&name) {
+                Some(seq) if !alerts && sub.pending.is_none() => {
+                    sub.last_seq = *seq;
+                    self.deliver(&name, true);
+                }
+                _ => self.owe(&name, "subscribe"),
+            }
+            ok.push(name);
+        }
+        if over > 0 {
+            self.error(format!(
+                "{over} channel(s) refused: this connection already watches {} channels (hub.max_subscriptions)",
+                cfg.max_subscriptions
+            ));
+        }
+        let _ = self.send(&json!({"type": "subscribed", "channels": ok, "interval_ms": interval.as_millis() as u64}));
+        self.send_snapshots().await;
+    }
+
+    /// Sends subscription `name` what it lacks after its `last_seq`: the
+    /// shared one-second update, several seconds in one update, or (owing
+    /// a snapshot) nothing now.
+    fn deliver(&mut self, name: &str, resumed: bool) {
+        let Some(sub) = self.subs.get(name) else {
+            return;
+        };
+        let after = sub.last_seq;
+        // a resume is flagged `resumed`, so it never takes the shared message
+        let owed = self.hub.since(name, after, !resumed);
+        let text: Option<(i64, axum::extract::ws::Utf8Bytes)> = match owed {
+            Since::UpToDate => None,
+            Since::Gap => {
+                self.owe(name, "resume_gap");
+                None
+            }
+            Since::Single(seq, text) => Some((seq, text)),
+            Since::Missed {
+                seq,
+                points,
+                summary,
+            } => Some((
+                seq,
+                update_text(
+                    &sub.channel,
+                    after,
+                    resumed,
+                    seq,
+                    &points,
+                    summary.as_deref(),
+                )
+                .into(),
+            )),
+        };
+        let Some((seq, text)) = text else {
+            return;
+        };
+        match self.send_text(text) {
+            Sent::Ok => {
+                if let Some(sub) = self.subs.get_mut(name) {
                     sub.last_seq = seq;
-                    if let Some(msg) = update_message(&name, seq, &missed, true) {
-                        match self.send(&msg) {
-                            Sent::Ok => sub.last_seq = missed.last().map_or(seq, |u| u.seq),
-                            _ => sub.stale = true,
+                }
+            }
+            Sent::Full | Sent::Closed => self.owe(name, "slow"),
+        }
+    }
+
+    /// Sends the snapshots owed, as many as `hub.max_snapshots_per_sec`
+    /// still allows this second; the rest wait for the next seconds.
+    async fn send_snapshots(&mut self) {
+        while let Some(name) = self.owed.front().cloned() {
+            let Some((channel, reason)) = self
+                .subs
+                .get(&name)
+                .and_then(|s| Some((s.channel.clone(), s.pending?)))
+            else {
+                self.owed.pop_front(); // unsubscribed, or served meanwhile
+                continue;
+            };
+            if self.out.as_ref().is_some_and(|o| o.capacity() == 0) {
+                // the client is not reading: it gets its snapshots once it does
+                for n in &self.owed {
+                    if let Some(sub) = self.subs.get_mut(n) {
+                        if sub.pending.is_some() {
+                            sub.pending = Some("slow");
                         }
                     }
                 }
-                other => {
-                    let reason = if other.is_some() {
-                        "resume_gap"
-                    } else {
-                        "subscribe"
-                    };
-                    self.send_snapshot(&mut sub, &name, reason);
+                return;
+            }
+            if self.snapshots_left == 0 {
+                return;
+            }
+            let Ok((seq, body)) = self.hub.snapshot(&channel).await else {
+                return;
+            };
+            self.snapshots_left -= 1;
+            self.owed.pop_front();
+            let sent = self.send_text(with_reason(&body, reason).into());
+            if let Some(sub) = self.subs.get_mut(&name) {
+                sub.pending = None;
+                match sent {
+                    Sent::Ok => sub.last_seq = seq,
+                    Sent::Full | Sent::Closed => self.owe(&name, "slow"),
                 }
             }
-            self.subs.insert(name.clone(), sub);
-            ok.push(name);
         }
-        let _ = self.send(&json!({"type": "subscribed", "channels": ok, "interval_ms": interval}));
-    }
-
-    fn send_snapshot(&self, sub: &mut Sub, name: &str, reason: &str) {
-        let mut snap = self.hub.snapshot(&sub.channel, true);
-        snap["reason"] = json!(reason);
-        let seq = snap["seq"].as_i64().unwrap_or(0);
-        match self.send(&snap) {
-            Sent::Ok => {
-                sub.last_seq = seq;
-                sub.stale = false;
-            }
-            _ => sub.stale = true,
-        }
-        let _ = name;
     }
 
     /// On a closed second: every subscription whose interval elapsed gets
-    /// what it missed, coalesced into one update (or a snapshot if it fell
-    /// behind the ring or its updates were dropped).
-    fn deliver_due(&mut self) {
+    /// what it missed, coalesced into one update; then the snapshots owed.
+    async fn deliver_due(&mut self) {
         let now = Instant::now();
-        let names: Vec<String> = self
+        let due: Vec<String> = self
             .subs
-            .iter()
-            .filter(|(_, s)| s.due <= now || s.stale)
-            .map(|(n, _)| n.clone())
+            .iter_mut()
+            .filter(|(_, s)| s.due <= now && s.pending.is_none() && s.channel != Channel::Alerts)
+            .map(|(n, s)| {
+                // ticks come once a second: a little slack keeps a 1 s
+                // interval from slipping to every other tick
+                s.due = now + s.interval.saturating_sub(TICK_SLACK);
+                n.clone()
+            })
             .collect();
-        for name in names {
-            let Some(mut sub) = self.subs.remove(&name) else {
-                continue;
-            };
-            if sub.channel == Channel::Alerts {
-                if sub.stale {
-                    self.send_snapshot(&mut sub, &name, "slow");
-                }
-                self.subs.insert(name, sub);
-                continue;
-            }
-            // ticks come once a second: a little slack keeps a 1 s interval
-            // from slipping to every other tick
-            sub.due = now + sub.interval.saturating_sub(TICK_SLACK);
-            if sub.stale {
-                self.send_snapshot(&mut sub, &name, "slow");
-            } else {
-                match self.hub.since(&name, sub.last_seq) {
-                    None => self.send_snapshot(&mut sub, &name, "resume_gap"),
-                    Some(missed) if missed.len() == 1 && missed[0].seq == sub.last_seq + 1 => {
-                        // the common case: one shared, pre-serialized message
-                        match self.send_text(missed[0].single(&name)) {
-                            Sent::Ok => sub.last_seq = missed[0].seq,
-                            _ => sub.stale = true,
-                        }
-                    }
-                    Some(missed) => {
-                        if let Some(msg) = update_message(&name, sub.last_seq, &missed, false) {
-                            match self.send(&msg) {
-                                Sent::Ok => {
-                                    sub.last_seq = missed.last().map_or(sub.last_seq, |u| u.seq)
-                                }
-                                _ => sub.stale = true,
-                            }
-                        }
-                    }
-                }
-            }
-            self.subs.insert(name, sub);
+        for name in due {
+            self.deliver(&name, false);
         }
+        self.send_snapshots().await;
     }
-}
-
-/// One `update` carrying every point after `after` and the newest summary.
-fn update_message(
-    channel: &str,
-    after: i64,
-    missed: &[Arc<super::Update>],
-    resumed: bool,
-) -> Option<Value> {
-    let last = missed.last()?;
-    Some(json!({
-        "type": "update",
-        "channel": channel,
-        "seq": last.seq,
-        "after": after,
-        "resumed": resumed,
-        "points": missed.iter().map(|u| u.point.clone()).collect::<Vec<_>>(),
-        "summary": last.summary,
-    }))
 }

@@ -149,7 +149,7 @@ impl CompiledTable {
         let dims = self
             .dims
             .iter()
-            .map(|(_, field, max)| dim_value(ev.get(field), *max))
+            .map(|(_, field, max)| crate::event::subject::dim_value(ev.get(field), *max))
             .collect();
         Some(RowKey {
             dims,
@@ -321,21 +321,6 @@ impl CompiledTable {
             }
             _ => SqlVal::Float(v),
         }
-    }
-}
-
-/// A dimension's value: strings as they are (trailing spaces trimmed, which
-/// MySQL's PAD SPACE collations would otherwise fold), numbers and booleans as
-/// text, missing/null as "". Truncated to the column's width.
-fn dim_value(v: Option<&Value>, max: Option<u64>) -> Box<str> {
-    let s: std::borrow::Cow<'_, str> = match v {
-        Some(Value::String(s)) => s.trim_end().into(),
-        Some(Value::Null) | None => "".into(),
-        Some(other) => other.to_string().into(),
-    };
-    match max.and_then(|m| usize::try_from(m).ok()) {
-        Some(m) if s.chars().count() > m => s.chars().take(m).collect::<String>().into_boxed_str(),
-        _ => s.into_owned().into_boxed_str(),
     }
 }
 

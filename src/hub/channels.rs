@@ -1,0 +1,427 @@
+//! The channels being watched and, for each warm one, the ring of its recent
+//! points. Shared between the hub's worker thread, which appends one closed
+//! second to every warm channel, and the connections, which read what they
+//! missed. One short lock; no JSON is computed under it.
+//!
+//! Bounds: at most `hub.max_channels` entries (channels with a subscriber,
+//! plus warm ones kept `hub.ring_secs` after their last subscriber left so a
+//! reconnecting client can resume; those are given up first when the table
+//! is full). A ring holds at most `ring_secs` points, and only of seconds
+//! that had events. A channel whose subject has no data has no ring: it
+//! costs its entry while someone watches it and nothing after.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use axum::extract::ws::Utf8Bytes;
+use serde_json::Value;
+
+use super::Channel;
+
+/// One closed second of a channel with data, as the worker computed it.
+pub(super) struct Closed {
+    /// The point's JSON (`None`: no events that second).
+    pub point: Option<Arc<str>>,
+    /// The summary's JSON as of that second.
+    pub summary: Arc<str>,
+    /// The one-second `update` message of that second.
+    pub single: Utf8Bytes,
+}
+
+#[derive(Debug)]
+struct Ring {
+    /// Every second from `start` to `seq` is covered; those absent from
+    /// `points` had no events.
+    start: i64,
+    /// (second, point JSON), ascending.
+    points: VecDeque<(i64, Arc<str>)>,
+    /// The newest closed second, its summary and one-second update.
+    seq: i64,
+    summary: Arc<str>,
+    single: Utf8Bytes,
+}
+
+#[derive(Debug)]
+struct Watch {
+    channel: Channel,
+    subscribers: usize,
+    /// Last second it had a subscriber.
+    last_seen: i64,
+    /// Without a ring: the seconds from here on are known to be empty.
+    empty_since: i64,
+    /// The last closed second at which the worker found it without data.
+    checked_empty: Option<i64>,
+    ring: Option<Ring>,
+}
+
+/// The table of watched channels.
+#[derive(Debug)]
+pub(super) struct Channels {
+    map: HashMap<String, Watch>,
+    max: usize,
+    ring_secs: i64,
+}
+
+/// What a subscriber who holds everything up to some second is owed.
+#[derive(Debug)]
+pub(crate) enum Since {
+    /// Nothing newer yet.
+    UpToDate,
+    /// The seconds it lacks are no longer held: it needs a snapshot.
+    Gap,
+    /// Exactly the newest second: the shared, pre-serialized update.
+    Single(i64, Utf8Bytes),
+    /// Several seconds: (second, point JSON or `None` for no events), and
+    /// the newest summary (`None`: the channel has no data).
+    Missed {
+        seq: i64,
+        points: Vec<(i64, Option<Arc<str>>)>,
+        summary: Option<Arc<str>>,
+    },
+}
+
+/// The table is full of channels that have subscribers.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Full;
+
+impl Channels {
+    pub fn new(max: usize, ring_secs: usize) -> Self {
+        Self {
+            map: HashMap::new(),
+            max: max.max(1),
+            ring_secs: i64::try_from(ring_secs.max(1)).unwrap_or(i64::MAX),
+        }
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Counts a subscriber of `name` at second `now`.
+    pub fn subscribe(&mut self, name: &str, channel: &Channel, now: i64) -> Result<(), Full> {
+        if let Some(w) = self.map.get_mut(name) {
+            w.subscribers += 1;
+            w.last_seen = now;
+            return Ok(());
+        }
+        if self.map.len() >= self.max {
+            // give up the warm channel nobody has watched for longest
+            let idle = self
+                .map
+                .iter()
+                .filter(|(_, w)| w.subscribers == 0)
+                .min_by_key(|(_, w)| w.last_seen)
+                .map(|(k, _)| k.clone());
+            match idle {
+                Some(k) => {
+                    self.map.remove(&k);
+                }
+                None => return Err(Full),
+            }
+        }
+        self.map.insert(
+            name.to_string(),
+            Watch {
+                channel: channel.clone(),
+                subscribers: 1,
+                last_seen: now,
+                empty_since: now,
+                checked_empty: None,
+                ring: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// Removes a subscriber; a channel without data is forgotten at once, one
+    /// with a ring stays warm for `ring_secs`.
+    pub fn unsubscribe(&mut self, name: &str, now: i64) {
+        let Some(w) = self.map.get_mut(name) else {
+            return;
+        };
+        w.subscribers = w.subscribers.saturating_sub(1);
+        w.last_seen = now;
+        if w.subscribers == 0 && w.ring.is_none() {
+            self.map.remove(name);
+        }
+    }
+
+    /// At the close of second `sec`: drops warm channels nobody watched for
+    /// `ring_secs`, and returns the rest for the worker to compute.
+    pub fn due(&mut self, sec: i64) -> Vec<(String, Channel)> {
+        let warm_from = sec - self.ring_secs;
+        self.map
+            .retain(|_, w| w.subscribers > 0 || (w.ring.is_some() && w.last_seen >= warm_from));
+        self.map
+            .iter_mut()
+            .map(|(k, w)| {
+                if w.subscribers > 0 {
+                    w.last_seen = sec;
+                }
+                (k.clone(), w.channel.clone())
+            })
+            .collect()
+    }
+
+    /// Records closed second `sec` of `name`: its point and summary when the
+    /// channel has data, `None` when it has none (its ring is dropped).
+    pub fn publish(&mut self, name: &str, sec: i64, closed: Option<Closed>) {
+        let ring_secs = self.ring_secs;
+        let Some(w) = self.map.get_mut(name) else {
+            return;
+        };
+        let Some(c) = closed else {
+            if w.ring.take().is_some() {
+                w.empty_since = sec;
+            }
+            w.checked_empty = Some(sec);
+            if w.subscribers == 0 {
+                self.map.remove(name);
+            }
+            return;
+        };
+        let start = match &w.ring {
+            Some(r) if r.seq == sec - 1 => r.start,
+            // a ring that did not get the previous second (the hub stalled): holes are not kept
+            Some(_) => sec,
+            // it was watched without data up to the previous close: those seconds were empty
+            None if w.checked_empty == Some(sec - 1) => w.empty_since,
+            None => sec,
+        };
+        let ring = w.ring.get_or_insert_with(|| Ring {
+            start,
+            points: VecDeque::new(),
+            seq: sec,
+            summary: c.summary.clone(),
+            single: c.single.clone(),
+        });
+        if start == sec {
+            ring.points.clear();
+        }
+        ring.start = start.max(sec - ring_secs + 1);
+        if let Some(p) = c.point {
+            ring.points.push_back((sec, p));
+        }
+        while ring.points.front().is_some_and(|(s, _)| *s < ring.start) {
+            ring.points.pop_front();
+        }
+        ring.seq = sec;
+        ring.summary = c.summary;
+        ring.single = c.single;
+        w.checked_empty = None;
+    }
+
+    /// What a subscriber of `name` holding everything up to `seq` is owed,
+    /// the last closed second being `now`; `single`: the shared one-second
+    /// update may answer (not for a resume, which is flagged).
+    pub fn since(&self, name: &str, seq: i64, now: i64, single: bool) -> Since {
+        let Some(w) = self.map.get(name) else {
+            return Since::Gap;
+        };
+        match &w.ring {
+            Some(r) => {
+                if seq >= r.seq {
+                    return Since::UpToDate;
+                }
+                if seq + 1 < r.start {
+                    return Since::Gap;
+                }
+                if single && seq + 1 == r.seq {
+                    return Since::Single(r.seq, r.single.clone());
+                }
+                let mut held = r.points.iter().filter(|(s, _)| *s > seq).peekable();
+                let points = (seq + 1..=r.seq)
+                    .map(|s| match held.next_if(|(k, _)| *k == s) {
+                        Some((_, p)) => (s, Some(p.clone())),
+                        None => (s, None),
+                    })
+                    .collect();
+                Since::Missed {
+                    seq: r.seq,
+                    points,
+                    summary: Some(r.summary.clone()),
+                }
+            }
+            None => {
+                if seq >= now {
+                    return Since::UpToDate;
+                }
+                if seq + 1 < w.empty_since || now - seq > self.ring_secs {
+                    return Since::Gap;
+                }
+                Since::Missed {
+                    seq: now,
+                    points: (seq + 1..=now).map(|s| (s, None)).collect(),
+                    summary: None,
+                }
+            }
+        }
+    }
+}
+
+/// The `update` message of `channel` with every point after `after` up to
+/// `seq` (`None` points: no events that second) and the summary as of `seq`
+/// (`None`: the channel has no data). Built from JSON pieces, so shared
+/// points are not parsed again.
+pub(super) fn update_text(
+    channel: &Channel,
+    after: i64,
+    resumed: bool,
+    seq: i64,
+    points: &[(i64, Option<Arc<str>>)],
+    summary: Option<&str>,
+) -> String {
+    let name = Value::from(channel.name()).to_string();
+    let mut out = format!(
+        r#"{{"type":"update","channel":{name},"seq":{seq},"after":{after},"resumed":{resumed},"points":["#
+    );
+    for (i, (s, p)) in points.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        match p {
+            Some(p) => out.push_str(p),
+            None => out.push_str(&channel.zero_point(*s).to_string()),
+        }
+    }
+    out.push_str(r#"],"summary":"#);
+    match summary {
+        Some(s) => out.push_str(s),
+        None => out.push_str(&channel.empty_summary().to_string()),
+    }
+    out.push('}');
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    fn http(name: &str) -> Channel {
+        Channel::Http(name.into())
+    }
+
+    fn closed(ch: &Channel, sec: i64, point: Option<&str>) -> Closed {
+        let points = [(sec, point.map(Arc::from))];
+        Closed {
+            point: point.map(Arc::from),
+            summary: Arc::from("{}"),
+            single: update_text(ch, sec - 1, false, sec, &points, Some("{}")).into(),
+        }
+    }
+
+    #[test]
+    fn a_channel_without_data_costs_an_entry_and_leaves_nothing() {
+        let mut c = Channels::new(4, 300);
+        let ch = http("http:service:nobody");
+        c.subscribe(ch.name(), &ch, 100).expect("room");
+        assert_eq!(c.due(101).len(), 1);
+        c.publish(ch.name(), 101, None);
+        // zero points for the seconds since it is watched
+        match c.since(ch.name(), 100, 101, true) {
+            Since::Missed {
+                seq,
+                points,
+                summary,
+            } => {
+                assert_eq!(seq, 101);
+                assert_eq!(points, vec![(101, None)]);
+                assert!(summary.is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(c.since(ch.name(), 90, 101, true), Since::Gap));
+        c.unsubscribe(ch.name(), 101);
+        assert_eq!(c.len(), 0, "nothing left behind");
+    }
+
+    #[test]
+    fn rings_keep_busy_seconds_and_fill_quiet_ones() {
+        let mut c = Channels::new(4, 5);
+        let ch = http("http:overview");
+        c.subscribe(ch.name(), &ch, 10).expect("room");
+        c.publish(ch.name(), 11, None); // watched, no data yet
+        c.publish(ch.name(), 12, Some(closed(&ch, 12, Some("{\"n\":1}"))));
+        c.publish(ch.name(), 13, Some(closed(&ch, 13, None)));
+        c.publish(ch.name(), 14, Some(closed(&ch, 14, Some("{\"n\":2}"))));
+        match c.since(ch.name(), 10, 14, true) {
+            Since::Missed { seq, points, .. } => {
+                assert_eq!(seq, 14);
+                let got: Vec<(i64, Option<&str>)> =
+                    points.iter().map(|(s, p)| (*s, p.as_deref())).collect();
+                assert_eq!(
+                    got,
+                    vec![
+                        (11, None),
+                        (12, Some("{\"n\":1}")),
+                        (13, None),
+                        (14, Some("{\"n\":2}"))
+                    ]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            c.since(ch.name(), 13, 14, true),
+            Since::Single(14, _)
+        ));
+        assert!(matches!(c.since(ch.name(), 14, 14, true), Since::UpToDate));
+        // the ring keeps ring_secs seconds
+        for s in 15..30 {
+            c.publish(ch.name(), s, Some(closed(&ch, s, Some("{}"))));
+        }
+        assert!(matches!(c.since(ch.name(), 20, 29, true), Since::Gap));
+        assert!(matches!(
+            c.since(ch.name(), 24, 29, true),
+            Since::Missed { .. }
+        ));
+        // a missed close leaves a hole: resumes before it need a snapshot
+        c.publish(ch.name(), 31, Some(closed(&ch, 31, Some("{}"))));
+        assert!(matches!(c.since(ch.name(), 29, 31, true), Since::Gap));
+    }
+
+    #[test]
+    fn the_table_is_bounded_and_gives_up_idle_warm_channels_first() {
+        let mut c = Channels::new(2, 300);
+        let (a, b, x) = (http("http:a"), http("http:b"), http("http:x"));
+        c.subscribe(a.name(), &a, 1).expect("room");
+        c.subscribe(b.name(), &b, 1).expect("room");
+        assert_eq!(c.subscribe(x.name(), &x, 1), Err(Full));
+        // b gets data, then its subscriber leaves: warm, but evictable
+        c.publish(b.name(), 2, Some(closed(&b, 2, Some("{}"))));
+        c.unsubscribe(b.name(), 2);
+        assert_eq!(c.len(), 2);
+        c.subscribe(x.name(), &x, 3).expect("b given up");
+        assert!(matches!(c.since(b.name(), 1, 3, true), Since::Gap));
+        // warm channels expire after ring_secs
+        c.unsubscribe(x.name(), 3);
+        c.unsubscribe(a.name(), 3);
+        assert!(c.due(400).is_empty());
+        assert_eq!(c.len(), 0);
+    }
+
+    #[test]
+    fn update_text_is_json_with_zero_points_filled_in() {
+        let ch = http("http:service:a:b");
+        let t = update_text(
+            &ch,
+            9,
+            true,
+            11,
+            &[
+                (10, None),
+                (11, Some(Arc::from("{\"requests\":3,\"t\":11000}"))),
+            ],
+            None,
+        );
+        let v: Value = serde_json::from_str(&t).expect("json");
+        assert_eq!(v["channel"], "http:service:a:b");
+        assert_eq!(v["after"], 9);
+        assert_eq!(v["points"][0]["requests"], 0);
+        assert_eq!(v["points"][0]["t"], 10_000);
+        assert_eq!(v["points"][1]["requests"], 3);
+        assert_eq!(v["summary"]["1m"], Value::Null);
+    }
+}
