@@ -151,7 +151,7 @@ impl TlsContext {
                 ),
                 None => "the server certificate is not signed by a CA of the system's trust store: set mysql.ssl_ca to the CA that signed it".into(),
             }
-        } else if text.contains("NotValidForName") {
+        } else if text.contains("NotValidForName") || text.contains("not valid for name") {
             "the server certificate does not name the host of mysql.url: connect with a name (or IP) it lists, or use mysql.ssl_mode = \"verify_ca\"".into()
         } else if text.contains("Expired") || text.contains("NotValidYet") {
             "the server certificate has expired or is not valid yet".into()

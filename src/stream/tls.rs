@@ -133,7 +133,7 @@ pub(super) fn explain_connect_error(
         };
         let reason = if text.contains("UnknownIssuer") || text.contains("BadSignature") {
             format!("the server certificate is not signed by {ca}")
-        } else if text.contains("NotValidForName") {
+        } else if text.contains("NotValidForName") || text.contains("not valid for name") {
             "the server certificate does not name the host of redis.url: connect with a name (or IP) the certificate lists".into()
         } else if text.contains("Expired") || text.contains("NotValidYet") {
             "the server certificate has expired or is not valid yet".into()
@@ -143,6 +143,8 @@ pub(super) fn explain_connect_error(
             "the server did not answer with TLS: is this port its tls-port? (a plain port needs redis://)".into()
         } else if text.contains("invalid peer certificate") || text.contains("HandshakeFailure") {
             format!("the server certificate was refused ({text})")
+        } else if err.is_connection_dropped() || text.contains("reset by peer") {
+            format!("the server closed the connection ({text}); if it checks client certificates (tls-auth-clients), set redis.tls_cert_file and redis.tls_key_file")
         } else {
             return StreamError::Redis(err);
         };
