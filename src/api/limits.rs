@@ -225,9 +225,10 @@ mod tests {
 
     #[test]
     fn slots_are_given_back_when_the_guard_drops() {
-        let mut cfg = QueryConfig::default();
-        cfg.max_concurrent_queries = 1;
-        let l = QueryLimits::new(&cfg);
+        let l = QueryLimits::new(&QueryConfig {
+            max_concurrent_queries: 1,
+            ..Default::default()
+        });
         let held = l.admit().expect("first");
         let e = l.admit().expect_err("second waits");
         assert!(matches!(e, ApiError::Unavailable { retry_after: 1, .. }));

@@ -521,6 +521,55 @@ mod tests {
         assert_eq!(line, "\"x,\"\"y\"\"\",1.5,,\"a\nb\"");
     }
 
+    fn table() -> RollupTable {
+        let col = |name: &str, kind| ColumnInfo {
+            name: name.into(),
+            kind,
+            max_chars: None,
+            nullable: false,
+        };
+        RollupTable {
+            processor: "p".into(),
+            kinds: vec!["http".into()],
+            window: Window::Hour,
+            table: "t".into(),
+            time_column: "hour".into(),
+            dims: vec!["service".into(), "method".into()],
+            columns: vec![
+                col("service", ColumnKind::Text),
+                col("method", ColumnKind::Text),
+                col("hour", ColumnKind::DateTime),
+                col("requests", ColumnKind::Int),
+            ],
+        }
+    }
+
+    #[test]
+    fn the_keyset_condition_follows_the_key_order() {
+        let t = table();
+        let key = KeyColumns::of(&t).expect("key columns");
+        let row = vec![
+            json!("svc"),
+            json!("GET"),
+            json!("2026-03-01T10:00:00Z"),
+            json!(7),
+        ];
+        let cursor = encode_cursor("t", key.of_row(&row));
+        let after = key.decode(&cursor, &t).expect("decodes");
+        assert!(matches!(after.first(), Some(KeyPart::Time(_))));
+        let mut qb: QueryBuilder<MySql> = QueryBuilder::new("");
+        key.push_after(&mut qb, &t, &after);
+        assert_eq!(
+            qb.sql(),
+            " AND `hour` >= ? AND (`hour` > ? OR (`hour` = ? AND (`service` > ? OR (`service` = ? AND (`method` > ?)))))"
+        );
+        // a cursor whose parts do not fit the columns' types is refused
+        let wrong = encode_cursor("t", vec![json!(1), json!("svc"), json!("GET")]);
+        assert!(
+            matches!(key.decode(&wrong, &t), Err(ApiError::BadParam { ref param, .. }) if param == "cursor")
+        );
+    }
+
     #[test]
     fn json_rows_keep_column_order() {
         let mut out = Vec::new();

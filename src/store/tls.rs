@@ -187,8 +187,10 @@ mod tests {
         let url = "mysql://root@127.0.0.1:3306/x?ssl-mode=VERIFY_CA";
         let (_, t) = apply(base(), url, None).expect("applies");
         assert_eq!(t.mode, MysqlSslMode::VerifyCa);
-        let mut cfg = MysqlConfig::default();
-        cfg.ssl_mode = Some(MysqlSslMode::Disabled);
+        let cfg = MysqlConfig {
+            ssl_mode: Some(MysqlSslMode::Disabled),
+            ..Default::default()
+        };
         let (_, t) = apply(base(), url, Some(&cfg)).expect("applies");
         assert_eq!(t.mode, MysqlSslMode::Disabled);
         let (_, t) = apply(base(), "mysql://root@h/x", None).expect("applies");
@@ -197,8 +199,10 @@ mod tests {
 
     #[test]
     fn unreadable_or_non_pem_files_are_named() {
-        let mut cfg = MysqlConfig::default();
-        cfg.ssl_ca = Some("/nonexistent/ca.pem".into());
+        let mut cfg = MysqlConfig {
+            ssl_ca: Some("/nonexistent/ca.pem".into()),
+            ..Default::default()
+        };
         let e = apply(base(), &cfg.url.clone(), Some(&cfg)).expect_err("refused");
         assert!(
             e.to_string().contains("mysql.ssl_ca /nonexistent/ca.pem"),
