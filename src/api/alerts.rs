@@ -7,14 +7,13 @@
 use std::collections::HashMap;
 
 use axum::extract::{Query, State};
-use axum::http::header;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use chrono::Utc;
 use futures::TryStreamExt;
 use serde_json::Value;
 
 use super::error::{bad_param, limit_param, time_param};
-use super::limits::{decode_cursor, encode_cursor, page_headers, CappedBody};
+use super::limits::{decode_cursor, encode_cursor, json_page, CappedBody};
 use super::{ApiError, AppState};
 
 const DEFAULT_LIMIT: u64 = 500;
@@ -87,20 +86,7 @@ pub async fn list(
         )),
         _ => None,
     };
-    let count = body.rows();
-    let tail = format!(
-        "],\"count\":{count},\"truncated\":{truncated},\"cursor\":{}}}",
-        cursor
-            .as_ref()
-            .map_or(Value::Null, |c| Value::from(c.as_str()))
-    );
-    let mut resp = (
-        [(header::CONTENT_TYPE, "application/json")],
-        body.finish(tail.as_bytes()),
-    )
-        .into_response();
-    page_headers(&mut resp, truncated, cursor.as_deref());
-    Ok(resp)
+    Ok(json_page(body, truncated, cursor))
 }
 
 /// The (created_at, id) of cursor `c`: where the previous page stopped.

@@ -141,6 +141,31 @@ pub fn decode_cursor(s: &str, table: &str, len: usize) -> Result<Vec<Value>, Api
     }
 }
 
+/// The response of a JSON page whose body holds `…"rows":[` (or another
+/// array) and its rows: closed with `"count"`, `"truncated"` and `"cursor"`,
+/// with the page headers.
+pub fn json_page(
+    body: CappedBody,
+    truncated: bool,
+    cursor: Option<String>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let count = body.rows();
+    let tail = format!(
+        "],\"count\":{count},\"truncated\":{truncated},\"cursor\":{}}}",
+        cursor
+            .as_ref()
+            .map_or(Value::Null, |c| Value::from(c.as_str()))
+    );
+    let mut resp = (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body.finish(tail.as_bytes()),
+    )
+        .into_response();
+    page_headers(&mut resp, truncated, cursor.as_deref());
+    resp
+}
+
 /// Response headers telling whether the answer was cut (for CSV, whose body
 /// cannot say it): `x-flowmeter-truncated` and `x-flowmeter-cursor`.
 pub fn page_headers(resp: &mut axum::response::Response, truncated: bool, cursor: Option<&str>) {

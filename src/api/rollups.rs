@@ -25,7 +25,7 @@ use futures::TryStreamExt;
 use serde_json::{json, Value};
 use sqlx::{MySql, QueryBuilder, Row};
 
-use super::limits::{decode_cursor, encode_cursor, page_headers, CappedBody};
+use super::limits::{decode_cursor, encode_cursor, json_page, page_headers, CappedBody};
 use super::{ApiError, AppState};
 use crate::processor::rollup::Window;
 use crate::processor::{ProcessorConfig, ProcessorRegistry};
@@ -241,24 +241,15 @@ async fn query(
         (true, Some(k)) => Some(encode_cursor(&table.table, k)),
         _ => None,
     };
-    let mut resp = if csv {
-        let tail: &[u8] = if body.rows() > 0 { b"\n" } else { b"" };
-        let body = body.finish(tail);
-        ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], body).into_response()
-    } else {
-        let count = body.rows();
-        let tail = format!(
-            "],\"count\":{count},\"truncated\":{truncated},\"cursor\":{}}}",
-            cursor
-                .as_ref()
-                .map_or(Value::Null, |c| Value::from(c.as_str()))
-        );
-        (
-            [(header::CONTENT_TYPE, "application/json")],
-            body.finish(tail.as_bytes()),
-        )
-            .into_response()
-    };
+    if !csv {
+        return Ok(json_page(body, truncated, cursor));
+    }
+    let tail: &[u8] = if body.rows() > 0 { b"\n" } else { b"" };
+    let mut resp = (
+        [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+        body.finish(tail),
+    )
+        .into_response();
     page_headers(&mut resp, truncated, cursor.as_deref());
     Ok(resp)
 }

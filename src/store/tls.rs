@@ -7,12 +7,11 @@
 
 use std::path::{Path, PathBuf};
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlSslMode};
 
 use super::StoreError;
 use crate::config::{MysqlConfig, MysqlSslMode};
+use crate::pem::PemKind;
 
 /// MariaDB / MySQL: "Connections using insecure transport are prohibited
 /// while --require_secure_transport=ON".
@@ -112,23 +111,14 @@ fn sqlx_mode(m: MysqlSslMode) -> MySqlSslMode {
 /// Fails with a message naming `field` when `path` is not a readable PEM
 /// certificate file (or private key file, `key`).
 fn check_pem(field: &str, path: &Path, key: bool) -> Result<(), StoreError> {
-    let bad = |reason: String| StoreError::Tls(format!("{field} {}: {reason}", path.display()));
-    let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
-    if key {
-        PrivateKeyDer::from_pem_slice(&bytes)
-            .map_err(|e| bad(format!("holds no PEM private key: {e}")))?;
-        return Ok(());
-    }
-    let n = CertificateDer::pem_slice_iter(&bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad(format!("not PEM certificates: {e}")))?
-        .len();
-    if n == 0 {
-        return Err(bad(
-            "holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into(),
-        ));
-    }
-    Ok(())
+    let kind = if key {
+        PemKind::PrivateKey
+    } else {
+        PemKind::Certificates
+    };
+    crate::pem::read(field, path, kind)
+        .map(|_| ())
+        .map_err(StoreError::Tls)
 }
 
 impl TlsContext {

@@ -7,10 +7,8 @@
 
 use std::path::{Path, PathBuf};
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
 use super::StreamError;
+use crate::pem::PemKind;
 
 /// The certificate files of a `rediss://` connection (`redis.tls_*`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -87,34 +85,9 @@ pub(super) fn client(url: &str, tls: &RedisTls) -> Result<redis::Client, StreamE
     )?)
 }
 
-#[derive(Clone, Copy)]
-enum PemKind {
-    Certificates,
-    PrivateKey,
-}
-
-/// The bytes of PEM file `path` (setting `field`), checked to hold what it should.
+/// `path`'s bytes, checked to hold `kind`.
 fn read_pem(field: &str, path: &Path, kind: PemKind) -> Result<Vec<u8>, StreamError> {
-    let bad =
-        |reason: String| StreamError::TlsConfig(format!("{field} {}: {reason}", path.display()));
-    let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
-    match kind {
-        PemKind::Certificates => {
-            let certs = CertificateDer::pem_slice_iter(&bytes)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| bad(format!("not PEM certificates: {e}")))?;
-            if certs.is_empty() {
-                return Err(bad(
-                    "holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into(),
-                ));
-            }
-        }
-        PemKind::PrivateKey => {
-            PrivateKeyDer::from_pem_slice(&bytes)
-                .map_err(|e| bad(format!("holds no PEM private key: {e}")))?;
-        }
-    }
-    Ok(bytes)
+    crate::pem::read(field, path, kind).map_err(StreamError::TlsConfig)
 }
 
 /// Turns a failed first connection into an error that names the setting to
