@@ -102,11 +102,7 @@ impl FromStr for Roles {
 
 /// Redis and the key layout of the config (for the CLI's stream commands).
 pub async fn redis_and_keys(settings: &Settings) -> Result<(Redis, Keys), AppError> {
-    let redis = Redis::connect(
-        &settings.redis.url,
-        Duration::from_millis(settings.redis.command_timeout_ms),
-    )
-    .await?;
+    let redis = Redis::from_config(&settings.redis).await?;
     Ok((
         redis,
         Keys::new(settings.redis.prefix.clone(), settings.redis.shards),
@@ -120,7 +116,7 @@ pub async fn status(settings: &Settings) -> Result<crate::status::Status, AppErr
     let schemas = SchemaRegistry::load(&settings.paths.schemas)?;
     let processors = ProcessorRegistry::load(&settings.paths.processors, &schemas)?;
     let (redis, keys) = redis_and_keys(settings).await?;
-    let store = match Store::connect(&settings.mysql.url, 2).await {
+    let store = match Store::from_config(&settings.mysql, 2).await {
         Ok(s) => Some(s),
         Err(e) => {
             tracing::warn!(error = %e, "MySQL unreachable: checkpoints are not shown");
@@ -157,7 +153,7 @@ pub async fn replay(
         }
     };
     let (redis, keys) = redis_and_keys(settings).await?;
-    let store = Store::connect(&settings.mysql.url, 2).await?;
+    let store = Store::from_config(&settings.mysql, 2).await?;
     let ctx = ProcessorContext {
         redis,
         keys,
@@ -177,7 +173,7 @@ pub async fn replay(
 /// With the ClickHouse archive enabled in `processors/`, also applies
 /// `paths.clickhouse_migrations` to `[clickhouse]` and returns the files applied.
 pub async fn migrate(settings: &Settings) -> Result<Vec<String>, AppError> {
-    let store = Store::connect(&settings.mysql.url, settings.mysql.max_connections).await?;
+    let store = Store::from_config(&settings.mysql, settings.mysql.max_connections).await?;
     store.migrate(&settings.paths.migrations).await?;
     let schemas = SchemaRegistry::load(&settings.paths.schemas)?;
     let processors = ProcessorRegistry::load(&settings.paths.processors, &schemas)?;
@@ -217,15 +213,11 @@ pub async fn serve(
         &settings.paths.processors,
         &schemas,
     )?);
-    let redis = Redis::connect(
-        &settings.redis.url,
-        Duration::from_millis(settings.redis.command_timeout_ms),
-    )
-    .await?;
+    let redis = Redis::from_config(&settings.redis).await?;
     let keys = Keys::new(settings.redis.prefix.clone(), settings.redis.shards);
     let alerting = roles.has(Role::Hub) && !processors.alerts.rules.is_empty();
-    let store = if roles.has(Role::Api) || roles.has(Role::Rollup) || alerting {
-        Some(Store::connect(&settings.mysql.url, settings.mysql.max_connections).await?)
+    let store = if roles.has(Role::Rollup) || alerting {
+        Some(Store::from_config(&settings.mysql, settings.mysql.max_connections).await?)
     } else {
         None
     };
@@ -296,9 +288,15 @@ pub async fn serve(
     // probes and Prometheus scrape rollup-only workers too), the ingest and
     // query endpoints only with their roles.
     {
-        let catalog = match (&store, roles.has(Role::Api)) {
-            (Some(s), true) => QueryCatalog::build(&processors, s).await?,
-            _ => QueryCatalog::default(),
+        let api_store = match roles.has(Role::Api) {
+            true => {
+                Some(Store::from_config(&settings.mysql, settings.query.max_connections).await?)
+            }
+            false => None,
+        };
+        let catalog = match &api_store {
+            Some(s) => QueryCatalog::build(&processors, s).await?,
+            None => QueryCatalog::default(),
         };
         let state = AppState {
             schemas: schemas.clone(),
@@ -308,11 +306,10 @@ pub async fn serve(
             producer: roles
                 .has(Role::Ingest)
                 .then(|| Producer::new(redis.clone(), keys.clone())),
-            store: if roles.has(Role::Api) {
-                store.clone()
-            } else {
-                None
-            },
+            // The query API's own pool: queries never take the connections
+            // the processors flush with.
+            store: api_store,
+            queries: crate::api::QueryLimits::new(&settings.query),
             catalog: Arc::new(catalog),
             ingest: settings.ingest.clone(),
             retention: settings.retention.clone(),
@@ -372,10 +369,14 @@ pub async fn query_archive(
     let schemas = SchemaRegistry::load(&settings.paths.schemas)?;
     let processors = ProcessorRegistry::load(&settings.paths.processors, &schemas)?;
     let es = crate::api::EventSearch::from_registry(&processors, &settings.clickhouse).ok_or(
-        ArchiveError::BadSearch(
-            "the ClickHouse archive is not enabled: set enabled = true in processors/clickhouse_archive.toml (docs/archive.md)".into(),
-        ),
+        ArchiveError::BadSearch {
+            param: "archive".into(),
+            reason: "the ClickHouse archive is not enabled: set enabled = true in processors/clickhouse_archive.toml (docs/archive.md)".into(),
+        },
     )?;
-    search.table = es.table(kind).map_err(ArchiveError::BadSearch)?;
+    search.table = es.table(kind).map_err(|reason| ArchiveError::BadSearch {
+        param: "--kind".into(),
+        reason,
+    })?;
     Ok(es.archive.search(&search).await?)
 }

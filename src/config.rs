@@ -35,6 +35,7 @@ pub struct Settings {
     pub auth: AuthConfig,
     pub kafka: KafkaConfig,
     pub clickhouse: ClickhouseConfig,
+    pub query: QueryConfig,
 }
 
 /// The HTTP listener (ingest, query and status API).
@@ -71,6 +72,14 @@ pub struct RedisConfig {
     /// Timeout for one Redis command or pipeline; past it the caller gets an
     /// error (ingest answers 503 with Retry-After).
     pub command_timeout_ms: u64,
+    /// `rediss://` only: PEM file with the CA certificate(s) the server's
+    /// certificate must be signed by. Unset: the system's trust store.
+    pub tls_ca_file: Option<PathBuf>,
+    /// `rediss://` only, for servers that check client certificates
+    /// (`tls-auth-clients yes`): PEM certificate chain and private key of
+    /// this client. Both or neither.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for RedisConfig {
@@ -80,6 +89,9 @@ impl Default for RedisConfig {
             prefix: "fm".into(),
             shards: 4,
             command_timeout_ms: 5_000,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -90,8 +102,22 @@ impl Default for RedisConfig {
 pub struct MysqlConfig {
     /// Connection URL; the database is created if it does not exist.
     pub url: String,
-    /// Upper bound of the connection pool.
+    /// Upper bound of the connection pool of the processors (flushes,
+    /// checkpoints, alerts). The query API has its own: `query.max_connections`.
     pub max_connections: u32,
+    /// TLS to the server: `disabled`, `preferred` (TLS when the server
+    /// offers it, its certificate unchecked), `required` (TLS, certificate
+    /// unchecked), `verify_ca` (TLS, certificate signed by `ssl_ca` or the
+    /// system's trust store) or `verify_identity` (also: the certificate
+    /// names the URL's host). Unset: the URL's `ssl-mode`, else `preferred`.
+    pub ssl_mode: Option<MysqlSslMode>,
+    /// PEM file with the CA certificate(s) of the server, added to the
+    /// system's trust store. Unset: the URL's `ssl-ca`, if any.
+    pub ssl_ca: Option<PathBuf>,
+    /// Client certificate chain and private key (PEM), for users created
+    /// `REQUIRE X509`. Both or neither; unset: the URL's `ssl-cert`/`ssl-key`.
+    pub ssl_cert: Option<PathBuf>,
+    pub ssl_key: Option<PathBuf>,
 }
 
 impl Default for MysqlConfig {
@@ -99,6 +125,58 @@ impl Default for MysqlConfig {
         Self {
             url: "mysql://root@127.0.0.1:3306/flowmeter".into(),
             max_connections: 8,
+            ssl_mode: None,
+            ssl_ca: None,
+            ssl_cert: None,
+            ssl_key: None,
+        }
+    }
+}
+
+/// `mysql.ssl_mode` (the names of MySQL's `--ssl-mode`, in lower case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MysqlSslMode {
+    Disabled,
+    Preferred,
+    Required,
+    VerifyCa,
+    VerifyIdentity,
+}
+
+/// The query API (`/v1/rollups/*`, `/v1/alerts`, `/v1/events/search`):
+/// what one query may cost, so queries can neither exhaust memory nor
+/// starve the processors' flushes; see docs/api.md#bounds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueryConfig {
+    /// MySQL connections of the query API: a pool of its own, separate
+    /// from the processors' (`mysql.max_connections`), so queries never
+    /// take the connections flushes need.
+    pub max_connections: u32,
+    /// Queries answered at once (rollups, alerts, archive searches); one
+    /// more gets 503 with `Retry-After: retry_after_secs`.
+    pub max_concurrent_queries: usize,
+    /// Largest body of one answer. Past it the answer ends at a row
+    /// boundary with `truncated: true` and a `cursor` to continue from.
+    pub max_response_bytes: usize,
+    /// Widest `from`..`to` of one hourly rollup query.
+    pub max_hourly_range_days: u64,
+    /// Widest `from`..`to` of one daily rollup or alerts query.
+    pub max_daily_range_days: u64,
+    /// Seconds a client is told to wait (Retry-After) when every query slot is taken.
+    pub retry_after_secs: u64,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 4,
+            max_concurrent_queries: 8,
+            max_response_bytes: 4 * 1024 * 1024,
+            max_hourly_range_days: 92,
+            max_daily_range_days: 1_830,
+            retry_after_secs: 1,
         }
     }
 }
@@ -460,6 +538,24 @@ impl Settings {
         if self.ingest.max_body_bytes == 0 || self.ingest.max_events_per_request == 0 {
             return bad("ingest.max_body_bytes and ingest.max_events_per_request must be > 0");
         }
+        let q = &self.query;
+        if q.max_connections == 0 || q.max_concurrent_queries == 0 || q.max_response_bytes == 0 {
+            return bad("query.max_connections, query.max_concurrent_queries and query.max_response_bytes must be > 0");
+        }
+        if q.max_hourly_range_days == 0 || q.max_daily_range_days == 0 {
+            return bad("query.max_hourly_range_days and query.max_daily_range_days must be > 0");
+        }
+        if self.clickhouse.search_max_execution_secs == 0 {
+            return bad("clickhouse.search_max_execution_secs must be > 0");
+        }
+        if self.redis.tls_cert_file.is_some() != self.redis.tls_key_file.is_some() {
+            return bad(
+                "redis.tls_cert_file and redis.tls_key_file go together: set both or neither",
+            );
+        }
+        if self.mysql.ssl_cert.is_some() != self.mysql.ssl_key.is_some() {
+            return bad("mysql.ssl_cert and mysql.ssl_key go together: set both or neither");
+        }
         Ok(())
     }
 
@@ -539,6 +635,9 @@ pub struct ClickhouseConfig {
     pub validation: bool,
     /// Longest one query or insert may take.
     pub timeout_ms: u64,
+    /// `max_execution_time` sent with every archive search: ClickHouse stops
+    /// a search running longer (the client gets 400 saying to narrow it).
+    pub search_max_execution_secs: u64,
 }
 
 impl Default for ClickhouseConfig {
@@ -550,6 +649,7 @@ impl Default for ClickhouseConfig {
             password: String::new(),
             validation: true,
             timeout_ms: 30_000,
+            search_max_execution_secs: 10,
         }
     }
 }

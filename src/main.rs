@@ -781,6 +781,7 @@ async fn query(
             order_by,
             ascending: asc,
             limit: limit.clamp(1, 10_000),
+            max_bytes: settings.query.max_response_bytes,
         };
         let found = app::query_archive(settings, &kind, search).await?;
         if json {
@@ -788,13 +789,14 @@ async fn query(
                 "{}",
                 serde_json::to_string_pretty(&serde_json::json!({
                     "from": from.to_rfc3339(), "to": to.to_rfc3339(), "total": found.total,
-                    "columns": found.columns, "rows": found.rows,
+                    "columns": found.columns, "rows": found.parsed_rows(),
+                    "truncated": found.truncated,
                 }))?
             );
             return Ok(());
         }
         let mut rows = vec![found.columns.clone()];
-        for r in &found.rows {
+        for r in &found.parsed_rows() {
             rows.push(
                 found
                     .columns
@@ -808,6 +810,9 @@ async fn query(
             );
         }
         print!("{}", flowmeter::table::table(&rows));
+        if found.truncated {
+            println!("(cut at query.max_response_bytes: narrow the search or lower --limit)");
+        }
         println!(
             "{} of {} matching {kind} events from {} to {}",
             found.rows.len(),

@@ -83,7 +83,7 @@ async fn unacked(env: &TestEnv) -> u64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn events_are_archived_once_and_searchable() {
-    let ch = PrivateClickHouse::start();
+    let mut ch = PrivateClickHouse::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let env = archive_env("archive", &ch, dir.path()).await;
     let db = env.name.clone();
@@ -217,6 +217,18 @@ async fn events_are_archived_once_and_searchable() {
         body["error"].as_str().is_some_and(|e| e.contains("nope")),
         "{body}"
     );
+    // filter values take their column's type: a number for status
+    let errors = get_json(&client, q("status=500&limit=1")).await;
+    let n500 = https.iter().filter(|e| e["status"] == 500).count();
+    assert_eq!(errors["total"].as_u64(), Some(n500 as u64), "{errors}");
+    let bad = client.get(q("status=5xx")).send().await.expect("answers");
+    assert_eq!(bad.status(), 400);
+    let body: Value = bad.json().await.expect("json");
+    assert_eq!(body["param"], "status", "{body}");
+    // a quote in a value is a value, not SQL
+    let sneaky = get_json(&client, q("service=svc1'%20OR%20'1'='1")).await;
+    assert_eq!(sneaky["total"].as_u64(), Some(0), "{sneaky}");
+    assert_eq!(sneaky["truncated"], false);
 
     // the same question from the command line
     let config = env.write_config(dir.path());
@@ -255,6 +267,24 @@ async fn events_are_archived_once_and_searchable() {
     let bad = common::cli(&config, &["query", "--kind", "http", "--where", "nope"]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("COLUMN=VALUE"));
+
+    // ClickHouse down: 503 with Retry-After, and nothing of ClickHouse's
+    // own text, address or SQL in the answer
+    ch.kill9();
+    let down = client.get(q("user_id=u7")).send().await.expect("answers");
+    assert_eq!(down.status(), 503);
+    assert!(down.headers().contains_key("retry-after"));
+    let text = down.text().await.expect("body");
+    for internal in [
+        "127.0.0.1",
+        "ClickHouse at",
+        "SELECT",
+        "FINAL",
+        "Code:",
+        "http_events",
+    ] {
+        assert!(!text.contains(internal), "{internal:?} leaked: {text}");
+    }
 
     server.stop().await;
     env.cleanup().await;

@@ -1,30 +1,38 @@
-//! `GET /v1/alerts?state=open|resolved&from&to&limit` (role `api`).
+//! `GET /v1/alerts?state=open|resolved&from&to&limit&cursor` (role `api`).
+//!
+//! Newest first. Bounded like the rollups (`[query]`): `from`..`to` at most
+//! `max_daily_range_days`, one query slot, and an answer of at most
+//! `max_response_bytes` ending with `truncated` and a `cursor` to continue.
 
 use std::collections::HashMap;
 
 use axum::extract::{Query, State};
-use axum::Json;
+use axum::response::Response;
 use chrono::Utc;
-use serde_json::{json, Value};
+use futures::TryStreamExt;
+use serde_json::Value;
 
 use super::error::{bad_param, limit_param, time_param};
+use super::limits::{decode_cursor, encode_cursor, json_page, CappedBody};
 use super::{ApiError, AppState};
 
 const DEFAULT_LIMIT: u64 = 500;
 const MAX_LIMIT: u64 = 10_000;
+/// The cursor's table name.
+const CURSOR_TABLE: &str = "alerts";
 
 pub async fn list(
     State(st): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let Some(store) = &st.store else {
         return Err(ApiError::NotFound("api role is not running".into()));
     };
     for k in params.keys() {
-        if !["state", "from", "to", "limit"].contains(&k.as_str()) {
+        if !["state", "from", "to", "limit", "cursor", "token"].contains(&k.as_str()) {
             return Err(bad_param(
                 k,
-                "unknown parameter; use state, from, to, limit",
+                "unknown parameter; use state, from, to, limit, cursor",
             ));
         }
     }
@@ -40,13 +48,61 @@ pub async fn list(
     if from > to {
         return Err(bad_param("from", "must not be after `to`"));
     }
+    st.queries.check_range(
+        from,
+        to,
+        st.queries.cfg.max_daily_range_days,
+        "max_daily_range_days",
+    )?;
     let limit = limit_param(&params, DEFAULT_LIMIT, MAX_LIMIT)?;
-    let rows = store
-        .alerts(open, from, to, limit)
-        .await
-        .map_err(|e| ApiError::Unavailable {
-            reason: format!("cannot read alerts from MySQL: {e}"),
-            retry_after: 1,
-        })?;
-    Ok(Json(json!({"alerts": rows, "count": rows.len()})))
+    let before = params.get("cursor").map(|c| before(c)).transpose()?;
+    let _slot = st.queries.admit()?;
+
+    let mut body = CappedBody::new(st.queries.cfg.max_response_bytes, b"{\"alerts\":[");
+    let mut rows = Box::pin(store.alerts(open, from, to, before, limit + 1));
+    let mut last = None;
+    let mut truncated = false;
+    while let Some(a) = rows.try_next().await.map_err(|e| ApiError::Unavailable {
+        reason: format!("cannot read alerts from MySQL: {e}"),
+        retry_after: st.queries.cfg.retry_after_secs,
+    })? {
+        if body.rows() as u64 == limit {
+            truncated = true;
+            break;
+        }
+        let piece = serde_json::to_vec(&a)
+            .map_err(|e| ApiError::Internal(format!("encoding alert {}: {e}", a.id)))?;
+        if !body.push_row(b",", &piece) {
+            truncated = true;
+            break;
+        }
+        last = Some((a.created_at, a.id));
+    }
+    drop(rows);
+    let cursor = match (truncated, last) {
+        (true, Some((at, id))) => Some(encode_cursor(
+            CURSOR_TABLE,
+            vec![Value::from(at), Value::from(id)],
+        )),
+        _ => None,
+    };
+    Ok(json_page(body, truncated, cursor))
+}
+
+/// The (created_at, id) of cursor `c`: where the previous page stopped.
+fn before(c: &str) -> Result<(chrono::NaiveDateTime, u64), ApiError> {
+    let k = decode_cursor(c, CURSOR_TABLE, 2)?;
+    let bad = || {
+        bad_param(
+            "cursor",
+            "is damaged: pass the `cursor` of the previous answer unchanged",
+        )
+    };
+    let at = k
+        .first()
+        .and_then(Value::as_str)
+        .and_then(|s| chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.fZ").ok())
+        .ok_or_else(bad)?;
+    let id = k.get(1).and_then(Value::as_u64).ok_or_else(bad)?;
+    Ok((at, id))
 }

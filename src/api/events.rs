@@ -8,14 +8,21 @@
 //! (`service=courses&endpoint=/api/courses/:id`), `min_<column>=N` (numeric
 //! lower bound, e.g. `min_duration_ms=500`), `order_by` (a column, default
 //! `ts_ms`), `order` (`desc` default, or `asc`), `limit` (default 100, at
-//! most 10,000). Answer: `{"table", "from", "to", "total", "columns", "rows": [...]}`;
+//! most 10,000). Answer: `{"table", "from", "to", "total", "columns", "rows": [...], "truncated"}`;
 //! `total` counts every match (duplicates from redelivery collapsed).
+//!
+//! Bounded: one query slot (`query.max_concurrent_queries`), rows read as
+//! ClickHouse sends them up to `query.max_response_bytes` (`truncated: true`
+//! past it), `max_execution_time` = `clickhouse.search_max_execution_secs`,
+//! filter values typed by column. ClickHouse's own error texts and the SQL
+//! go to the log, never to the client.
 
 use std::collections::BTreeMap;
 
 use axum::extract::{Query, State};
-use axum::Json;
-use serde_json::{json, Value};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
 
 use super::error::{bad_param, limit_param, time_param};
 use super::{ApiError, AppState};
@@ -65,7 +72,7 @@ impl EventSearch {
 pub async fn search(
     State(st): State<AppState>,
     Query(params): Query<std::collections::HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let Some(es) = st.events.clone() else {
         return Err(ApiError::NotFound(
             "the ClickHouse archive is not enabled (processors/clickhouse_archive.toml, docs/archive.md)".into(),
@@ -120,18 +127,45 @@ pub async fn search(
             order_by,
             ascending,
             limit,
+            max_bytes: st.queries.cfg.max_response_bytes,
         };
+        let _slot = st.queries.admit()?;
         let found = es.archive.search(&s).await.map_err(|e| match e {
-            ArchiveError::BadSearch(m) => bad_param("search", m),
-            e => ApiError::Unavailable {
-                reason: e.to_string(),
-                retry_after: 5,
-            },
+            ArchiveError::BadSearch { param, reason } => bad_param(&param, reason),
+            ArchiveError::TooSlow { limit_secs } => bad_param(
+                "from",
+                format!("the search ran longer than the archive allows ({limit_secs} s, clickhouse.search_max_execution_secs): narrow from/to or add filters"),
+            ),
+            e => {
+                // ClickHouse's text and the SQL stay in the log
+                tracing::warn!(error = %e, table = %s.table, "archive search failed");
+                ApiError::Unavailable {
+                    reason: "the event archive cannot answer right now; retry later".into(),
+                    retry_after: 5,
+                }
+            }
         })?;
-        Ok(Json(json!({
+        // the rows are spliced in as ClickHouse wrote them: one copy
+        let head = json!({
             "table": table, "from": from.to_rfc3339(), "to": to.to_rfc3339(),
-            "total": found.total, "columns": found.columns, "rows": found.rows,
-        })))
+            "total": found.total, "columns": found.columns, "truncated": found.truncated,
+            "count": found.rows.len(),
+        })
+        .to_string();
+        let size = head.len() + found.rows.iter().map(|r| r.len() + 1).sum::<usize>() + 16;
+        let mut body = String::with_capacity(size);
+        body.push_str(head.trim_end_matches('}'));
+        body.push_str(",\"rows\":[");
+        for (i, r) in found.rows.iter().enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(r);
+        }
+        body.push_str("]}");
+        let mut resp = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+        super::limits::page_headers(&mut resp, found.truncated, None);
+        Ok(resp)
     }
     #[cfg(not(feature = "clickhouse"))]
     {

@@ -14,6 +14,7 @@ mod alerts;
 mod error;
 mod events;
 mod ingest;
+mod limits;
 mod rollups;
 mod status;
 
@@ -26,6 +27,7 @@ use axum::Router;
 pub use error::ApiError;
 pub use events::EventSearch;
 pub use ingest::parse_body;
+pub use limits::QueryLimits;
 pub use rollups::{QueryCatalog, RollupTable};
 
 use crate::config::IngestConfig;
@@ -43,8 +45,11 @@ pub struct AppState {
     pub keys: Keys,
     /// Present when the `ingest` role runs.
     pub producer: Option<Producer>,
-    /// Present when the `api` role runs.
+    /// Present when the `api` role runs: the query API's own pool
+    /// (`query.max_connections`), not the processors'.
     pub store: Option<Store>,
+    /// What one query may cost (`[query]`).
+    pub queries: QueryLimits,
     pub catalog: Arc<QueryCatalog>,
     pub ingest: IngestConfig,
     /// Shown in status (what retention would trim and who holds it back).

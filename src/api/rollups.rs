@@ -5,19 +5,27 @@
 //! exclusive), any dimension column of the table as an exact-match filter
 //! (`service`, `endpoint`, `method`, `meeting_id`, …), `table` (when several
 //! processors fill tables for one kind), `limit` (default 10,000, at most
-//! 100,000), `format=json|csv`. Rows carry every column but sketch state.
+//! 100,000), `format=json|csv`, `cursor` (from a truncated answer). Rows
+//! carry every column but sketch state, in key order (time, dimensions).
+//!
+//! Bounded (`[query]`): `from`..`to` at most `max_hourly_range_days` /
+//! `max_daily_range_days`; one query slot of `max_concurrent_queries`; rows
+//! are written into the body as the database cursor yields them, and the
+//! body stops at a row boundary past `max_response_bytes` (or `limit` rows)
+//! with `truncated: true` and a `cursor`: the key of the last row, from
+//! which the same request continues (keyset pagination, every row once).
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 
 use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use chrono::Utc;
-use serde_json::{json, Map, Value};
+use futures::TryStreamExt;
+use serde_json::{json, Value};
 use sqlx::{MySql, QueryBuilder, Row};
 
+use super::limits::{decode_cursor, encode_cursor, json_page, page_headers, CappedBody};
 use super::{ApiError, AppState};
 use crate::processor::rollup::Window;
 use crate::processor::{ProcessorConfig, ProcessorRegistry};
@@ -124,14 +132,23 @@ async fn query(
         })?;
     let time = |name: &str| super::error::time_param(&params, name);
     let to = time("to")?.unwrap_or_else(|| Utc::now() + chrono::Duration::hours(1));
-    let span = match window {
-        Window::Hour => chrono::Duration::hours(24),
-        Window::Day => chrono::Duration::days(30),
+    let (span, max_days, setting) = match window {
+        Window::Hour => (
+            chrono::Duration::hours(24),
+            st.queries.cfg.max_hourly_range_days,
+            "max_hourly_range_days",
+        ),
+        Window::Day => (
+            chrono::Duration::days(30),
+            st.queries.cfg.max_daily_range_days,
+            "max_daily_range_days",
+        ),
     };
     let from = time("from")?.unwrap_or(to - span);
     if from > to {
         return Err(bad("from", "must not be after `to`"));
     }
+    st.queries.check_range(from, to, max_days, setting)?;
     let limit = super::error::limit_param(&params, DEFAULT_LIMIT, MAX_LIMIT)?;
     let csv = match params.get("format").map(String::as_str) {
         None | Some("json") => false,
@@ -141,7 +158,7 @@ async fn query(
     let mut filters = Vec::new();
     for (k, v) in &params {
         match k.as_str() {
-            "kind" | "from" | "to" | "limit" | "format" | "table" => {}
+            "kind" | "from" | "to" | "limit" | "format" | "table" | "cursor" | "token" => {}
             other if table.dims.iter().any(|d| d == other) => {
                 filters.push((other.to_string(), v.clone()))
             }
@@ -157,47 +174,146 @@ async fn query(
         }
     }
     filters.sort();
+    let key = KeyColumns::of(table)?;
+    let after = params
+        .get("cursor")
+        .map(|c| key.decode(c, table))
+        .transpose()?;
+    let _slot = st.queries.admit()?;
 
-    let q = |c: &str| format!("`{}`", c.replace('`', "``"));
+    let mut qb = select(table, from, to, &filters);
+    if let Some(after) = &after {
+        key.push_after(&mut qb, table, after);
+    }
+    let order: Vec<String> = std::iter::once(quote(&table.time_column))
+        .chain(table.dims.iter().map(|d| quote(d)))
+        .collect();
+    // one row past the limit tells whether there is more
+    qb.push(format!(
+        " ORDER BY {} LIMIT {}",
+        order.join(", "),
+        limit + 1
+    ));
+    let names: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
+    let mut body = if csv {
+        let mut head = csv_line(names.iter().map(|n| Value::from(*n)));
+        head.push('\n');
+        CappedBody::new(st.queries.cfg.max_response_bytes, head.as_bytes())
+    } else {
+        let head = json!({"table": table.table, "from": from.to_rfc3339(), "to": to.to_rfc3339(),
+                          "time_column": table.time_column, "dimensions": table.dims,
+                          "columns": names})
+        .to_string();
+        // the object without its closing brace, then the rows
+        let head = format!("{},\"rows\":[", head.trim_end_matches('}'));
+        CappedBody::new(st.queries.cfg.max_response_bytes, head.as_bytes())
+    };
+    // Rows go from the database cursor straight into the body: no list of
+    // rows, no JSON tree, one copy of the answer.
+    let mut rows = qb.build().fetch(store.pool());
+    let mut last: Option<Vec<Value>> = None;
+    let mut truncated = false;
+    let mut piece = Vec::new();
+    while let Some(r) = rows
+        .try_next()
+        .await
+        .map_err(|e| query_failed(&table.table, e))?
+    {
+        if body.rows() as u64 == limit {
+            truncated = true;
+            break;
+        }
+        let values = decode_row(table, &r)?;
+        piece.clear();
+        if csv {
+            piece.extend_from_slice(csv_line(values.iter().cloned()).as_bytes());
+        } else {
+            json_object(&mut piece, &names, &values);
+        }
+        if !body.push_row(if csv { b"\n" } else { b"," }, &piece) {
+            truncated = true;
+            break;
+        }
+        last = Some(key.of_row(&values));
+    }
+    drop(rows);
+    let cursor = match (truncated, last) {
+        (true, Some(k)) => Some(encode_cursor(&table.table, k)),
+        _ => None,
+    };
+    if !csv {
+        return Ok(json_page(body, truncated, cursor));
+    }
+    let tail: &[u8] = if body.rows() > 0 { b"\n" } else { b"" };
+    let mut resp = (
+        [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+        body.finish(tail),
+    )
+        .into_response();
+    page_headers(&mut resp, truncated, cursor.as_deref());
+    Ok(resp)
+}
+
+/// A failed rollup query: a busy pool is worth retrying, the rest is logged.
+fn query_failed(table: &str, e: sqlx::Error) -> ApiError {
+    match e {
+        sqlx::Error::PoolTimedOut => ApiError::Unavailable {
+            reason: "every MySQL connection of the query API is busy (query.max_connections); retry shortly".into(),
+            retry_after: 1,
+        },
+        e => ApiError::Internal(format!("rollup query on {table}: {e}")),
+    }
+}
+
+fn quote(c: &str) -> String {
+    format!("`{}`", c.replace('`', "``"))
+}
+
+/// `SELECT <every column but blobs> FROM table WHERE time in [from, to) AND filters`.
+fn select(
+    table: &RollupTable,
+    from: chrono::DateTime<Utc>,
+    to: chrono::DateTime<Utc>,
+    filters: &[(String, String)],
+) -> QueryBuilder<'static, MySql> {
     let select: Vec<String> = table
         .columns
         .iter()
         .map(|c| match c.kind {
-            ColumnKind::Int => format!("CAST({} AS SIGNED)", q(&c.name)),
-            ColumnKind::Float => format!("({} + 0E0)", q(&c.name)),
-            ColumnKind::DateTime => format!("DATE_FORMAT({}, '%Y-%m-%dT%H:%i:%sZ')", q(&c.name)),
-            ColumnKind::Date => format!("DATE_FORMAT({}, '%Y-%m-%d')", q(&c.name)),
+            ColumnKind::Int => format!("CAST({} AS SIGNED)", quote(&c.name)),
+            ColumnKind::Float => format!("({} + 0E0)", quote(&c.name)),
+            ColumnKind::DateTime => {
+                format!("DATE_FORMAT({}, '%Y-%m-%dT%H:%i:%sZ')", quote(&c.name))
+            }
+            ColumnKind::Date => format!("DATE_FORMAT({}, '%Y-%m-%d')", quote(&c.name)),
             // CAST: binary-collated VARCHARs would otherwise decode as VARBINARY.
-            _ => format!("CAST({} AS CHAR)", q(&c.name)),
+            _ => format!("CAST({} AS CHAR)", quote(&c.name)),
         })
         .collect();
+    let tc = quote(&table.time_column);
     let mut qb: QueryBuilder<MySql> = QueryBuilder::new(format!(
         "SELECT {} FROM {} WHERE {tc} >= ",
         select.join(", "),
-        q(&table.table),
-        tc = q(&table.time_column)
+        quote(&table.table),
     ));
     qb.push_bind(from.naive_utc());
-    qb.push(format!(" AND {} < ", q(&table.time_column)));
+    qb.push(format!(" AND {tc} < "));
     qb.push_bind(to.naive_utc());
-    for (col, val) in &filters {
-        qb.push(format!(" AND {} = ", q(col)));
+    for (col, val) in filters {
+        qb.push(format!(" AND {} = ", quote(col)));
         qb.push_bind(val.clone());
     }
-    let order: Vec<String> = std::iter::once(q(&table.time_column))
-        .chain(table.dims.iter().map(|d| q(d)))
-        .collect();
-    qb.push(format!(" ORDER BY {} LIMIT {limit}", order.join(", ")));
-    let rows = qb
-        .build()
-        .fetch_all(store.pool())
-        .await
-        .map_err(|e| ApiError::Internal(format!("rollup query on {}: {e}", table.table)))?;
-    let mut out: Vec<Map<String, Value>> = Vec::with_capacity(rows.len());
-    for r in &rows {
-        let mut m = Map::new();
-        for (i, c) in table.columns.iter().enumerate() {
-            let v = match c.kind {
+    qb
+}
+
+/// One row's values, in column order.
+fn decode_row(table: &RollupTable, r: &sqlx::mysql::MySqlRow) -> Result<Vec<Value>, ApiError> {
+    table
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            match c.kind {
                 ColumnKind::Int => r
                     .try_get::<Option<i64>, _>(i)
                     .map(|v| v.map_or(Value::Null, Value::from)),
@@ -208,35 +324,163 @@ async fn query(
                     .try_get::<Option<String>, _>(i)
                     .map(|v| v.map_or(Value::Null, Value::from)),
             }
-            .map_err(|e| ApiError::Internal(format!("decoding {}.{}: {e}", table.table, c.name)))?;
-            m.insert(c.name.clone(), v);
-        }
-        out.push(m);
-    }
-    if csv {
-        let names: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
-        return Ok((
-            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
-            to_csv(&names, &out),
-        )
-            .into_response());
-    }
-    let columns: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
-    Ok(Json(
-        json!({"table": table.table, "from": from.to_rfc3339(), "to": to.to_rfc3339(),
-                   "time_column": table.time_column, "dimensions": table.dims,
-                   "columns": columns, "rows": out}),
-    )
-    .into_response())
+            .map_err(|e| ApiError::Internal(format!("decoding {}.{}: {e}", table.table, c.name)))
+        })
+        .collect()
 }
 
-/// RFC 4180 CSV with a header line.
-pub fn to_csv(columns: &[&str], rows: &[Map<String, Value>]) -> String {
-    let mut s = String::new();
-    let field = |v: &Value| -> String {
+/// `{"name": value, …}` in column order, appended to `out`.
+fn json_object(out: &mut Vec<u8>, names: &[&str], values: &[Value]) {
+    out.push(b'{');
+    for (i, (n, v)) in names.iter().zip(values).enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        // serializing a str or a Value into a Vec cannot fail
+        let _ = serde_json::to_writer(&mut *out, n);
+        out.push(b':');
+        let _ = serde_json::to_writer(&mut *out, v);
+    }
+    out.push(b'}');
+}
+
+/// The key of a rollup row (time column, then dimensions): unique per row,
+/// the answer's order, and what a cursor holds.
+struct KeyColumns {
+    /// Positions in `RollupTable::columns`.
+    idx: Vec<usize>,
+}
+
+/// A key part as bound in SQL.
+enum KeyPart {
+    Time(chrono::NaiveDateTime),
+    Date(chrono::NaiveDate),
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+impl KeyColumns {
+    fn of(table: &RollupTable) -> Result<Self, ApiError> {
+        std::iter::once(&table.time_column)
+            .chain(&table.dims)
+            .map(|k| {
+                table
+                    .columns
+                    .iter()
+                    .position(|c| &c.name == k)
+                    .ok_or_else(|| {
+                        ApiError::Internal(format!(
+                            "{}: key column {k} is not readable",
+                            table.table
+                        ))
+                    })
+            })
+            .collect::<Result<_, _>>()
+            .map(|idx| Self { idx })
+    }
+
+    fn of_row(&self, values: &[Value]) -> Vec<Value> {
+        self.idx
+            .iter()
+            .map(|i| values.get(*i).cloned().unwrap_or(Value::Null))
+            .collect()
+    }
+
+    /// The key parts of cursor `c`, typed by column.
+    fn decode(&self, c: &str, table: &RollupTable) -> Result<Vec<KeyPart>, ApiError> {
+        let raw = decode_cursor(c, &table.table, self.idx.len())?;
+        let bad = || {
+            bad(
+                "cursor",
+                "is damaged: pass the `cursor` of the previous answer unchanged",
+            )
+        };
+        self.idx
+            .iter()
+            .zip(raw)
+            .map(|(i, v)| {
+                let kind = table.columns.get(*i).map(|c| c.kind).ok_or_else(bad)?;
+                Ok(match (kind, v) {
+                    (ColumnKind::DateTime, Value::String(s)) => KeyPart::Time(
+                        chrono::NaiveDateTime::parse_from_str(&s, "%Y-%m-%dT%H:%M:%SZ")
+                            .map_err(|_| bad())?,
+                    ),
+                    (ColumnKind::Date, Value::String(s)) => KeyPart::Date(
+                        chrono::NaiveDate::parse_from_str(&s, "%Y-%m-%d").map_err(|_| bad())?,
+                    ),
+                    (ColumnKind::Int, Value::Number(n)) => {
+                        KeyPart::Int(n.as_i64().ok_or_else(bad)?)
+                    }
+                    (ColumnKind::Float, Value::Number(n)) => {
+                        KeyPart::Float(n.as_f64().ok_or_else(bad)?)
+                    }
+                    (ColumnKind::Text, Value::String(s)) => KeyPart::Text(s),
+                    _ => return Err(bad()),
+                })
+            })
+            .collect()
+    }
+
+    /// `AND key > after` in the answer's order: `t > a OR (t = a AND (d1 > b OR …))`,
+    /// plus `t >= a` so the time index bounds the scan.
+    fn push_after(
+        &self,
+        qb: &mut QueryBuilder<'static, MySql>,
+        table: &RollupTable,
+        after: &[KeyPart],
+    ) {
+        let cols: Vec<String> = self
+            .idx
+            .iter()
+            .filter_map(|i| table.columns.get(*i).map(|c| quote(&c.name)))
+            .collect();
+        let bind = |qb: &mut QueryBuilder<'static, MySql>, p: &KeyPart| match p {
+            KeyPart::Time(t) => {
+                qb.push_bind(*t);
+            }
+            KeyPart::Date(d) => {
+                qb.push_bind(*d);
+            }
+            KeyPart::Int(n) => {
+                qb.push_bind(*n);
+            }
+            KeyPart::Float(x) => {
+                qb.push_bind(*x);
+            }
+            KeyPart::Text(s) => {
+                qb.push_bind(s.clone());
+            }
+        };
+        let (Some(first_col), Some(first)) = (cols.first(), after.first()) else {
+            return;
+        };
+        qb.push(format!(" AND {first_col} >= "));
+        bind(qb, first);
+        qb.push(" AND (");
+        let n = cols.len().min(after.len());
+        for (i, (c, p)) in cols.iter().zip(after).enumerate() {
+            qb.push(format!("{c} > "));
+            bind(qb, p);
+            if i + 1 < n {
+                qb.push(format!(" OR ({c} = "));
+                bind(qb, p);
+                qb.push(" AND (");
+            }
+        }
+        for _ in 1..n {
+            qb.push("))");
+        }
+        qb.push(")");
+    }
+}
+
+/// One RFC 4180 CSV line (no newline).
+fn csv_line(values: impl Iterator<Item = Value>) -> String {
+    let field = |v: Value| -> String {
         let raw = match v {
             Value::Null => String::new(),
-            Value::String(s) => s.clone(),
+            Value::String(s) => s,
             other => other.to_string(),
         };
         if raw.contains([',', '"', '\n', '\r']) {
@@ -245,15 +489,7 @@ pub fn to_csv(columns: &[&str], rows: &[Map<String, Value>]) -> String {
             raw
         }
     };
-    let _ = writeln!(s, "{}", columns.join(","));
-    for r in rows {
-        let line: Vec<String> = columns
-            .iter()
-            .map(|c| field(r.get(*c).unwrap_or(&Value::Null)))
-            .collect();
-        let _ = writeln!(s, "{}", line.join(","));
-    }
-    s
+    values.map(field).collect::<Vec<_>>().join(",")
 }
 
 /// Drops binary floating-point noise from sums (36.653999999999996 → 36.654):
@@ -272,12 +508,66 @@ mod tests {
 
     #[test]
     fn csv_quotes_what_needs_it() {
-        let mut m = Map::new();
-        m.insert("a".into(), json!("x,\"y\""));
-        m.insert("b".into(), json!(1.5));
+        let line = csv_line([json!("x,\"y\""), json!(1.5), Value::Null, json!("a\nb")].into_iter());
+        assert_eq!(line, "\"x,\"\"y\"\"\",1.5,,\"a\nb\"");
+    }
+
+    fn table() -> RollupTable {
+        let col = |name: &str, kind| ColumnInfo {
+            name: name.into(),
+            kind,
+            max_chars: None,
+            nullable: false,
+        };
+        RollupTable {
+            processor: "p".into(),
+            kinds: vec!["http".into()],
+            window: Window::Hour,
+            table: "t".into(),
+            time_column: "hour".into(),
+            dims: vec!["service".into(), "method".into()],
+            columns: vec![
+                col("service", ColumnKind::Text),
+                col("method", ColumnKind::Text),
+                col("hour", ColumnKind::DateTime),
+                col("requests", ColumnKind::Int),
+            ],
+        }
+    }
+
+    #[test]
+    fn the_keyset_condition_follows_the_key_order() {
+        let t = table();
+        let key = KeyColumns::of(&t).expect("key columns");
+        let row = vec![
+            json!("svc"),
+            json!("GET"),
+            json!("2026-03-01T10:00:00Z"),
+            json!(7),
+        ];
+        let cursor = encode_cursor("t", key.of_row(&row));
+        let after = key.decode(&cursor, &t).expect("decodes");
+        assert!(matches!(after.first(), Some(KeyPart::Time(_))));
+        let mut qb: QueryBuilder<MySql> = QueryBuilder::new("");
+        key.push_after(&mut qb, &t, &after);
         assert_eq!(
-            to_csv(&["a", "b", "c"], &[m]),
-            "a,b,c\n\"x,\"\"y\"\"\",1.5,\n"
+            qb.sql(),
+            " AND `hour` >= ? AND (`hour` > ? OR (`hour` = ? AND (`service` > ? OR (`service` = ? AND (`method` > ?)))))"
+        );
+        // a cursor whose parts do not fit the columns' types is refused
+        let wrong = encode_cursor("t", vec![json!(1), json!("svc"), json!("GET")]);
+        assert!(
+            matches!(key.decode(&wrong, &t), Err(ApiError::BadParam { ref param, .. }) if param == "cursor")
+        );
+    }
+
+    #[test]
+    fn json_rows_keep_column_order() {
+        let mut out = Vec::new();
+        json_object(&mut out, &["z", "a"], &[json!(1), json!("é\"")]);
+        assert_eq!(
+            String::from_utf8(out).expect("utf8"),
+            r#"{"z":1,"a":"é\""}"#
         );
     }
 

@@ -206,7 +206,7 @@ async fn reset(settings: &Settings) -> Result<(), BenchError> {
             .await
             .map_err(|e| BenchError::Setup(format!("DEL: {e}")))?;
     }
-    let store = Store::connect(&settings.mysql.url, 2).await?;
+    let store = Store::from_config(&settings.mysql, 2).await?;
     store.drop_database().await?;
     crate::app::migrate(settings).await?;
     Ok(())
@@ -398,7 +398,7 @@ async fn one_run(
         .build()
         .map_err(|e| BenchError::Setup(format!("http client: {e}")))?;
     let mut stack = start_stack(settings, &http).await?;
-    let store = Store::connect(&settings.mysql.url, 2).await?;
+    let store = Store::from_config(&settings.mysql, 2).await?;
     let commits_before = commits(&store).await?;
 
     let total = truth.events();

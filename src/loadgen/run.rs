@@ -204,12 +204,7 @@ pub async fn run(
         Target::Redis => {
             let registry = SchemaRegistry::load(&settings.paths.schemas)
                 .map_err(|e| LoadError::Setup(e.to_string()))?;
-            let redis = Redis::connect(
-                &settings.redis.url,
-                Duration::from_millis(settings.redis.command_timeout_ms),
-            )
-            .await
-            .map_err(|e| {
+            let redis = Redis::from_config(&settings.redis).await.map_err(|e| {
                 LoadError::Setup(format!(
                     "cannot reach Redis at {}: {e} (is it running? scripts/services start)",
                     settings.redis.url

@@ -120,26 +120,40 @@ impl Store {
         Ok(Some(a))
     }
 
-    /// Alerts, newest first: `open` (unresolved) or resolved, created in [from, to).
-    pub async fn alerts(
-        &self,
+    /// Alerts, newest first: `open` (unresolved) or resolved, created in
+    /// [from, to) and, with `before` (created_at, id), after that alert in
+    /// this order (keyset paging). Rows arrive one at a time as MySQL sends them.
+    pub fn alerts<'a>(
+        &'a self,
         open: Option<bool>,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
+        before: Option<(chrono::NaiveDateTime, u64)>,
         limit: u64,
-    ) -> Result<Vec<AlertRow>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM alerts WHERE created_at >= ? AND created_at < ? \
-             AND (? IS NULL OR (resolved_at IS NULL) = ?) ORDER BY created_at DESC, id DESC LIMIT ?"
-        ))
-        .bind(from.naive_utc())
-        .bind(to.naive_utc())
-        .bind(open)
-        .bind(open)
-        .bind(limit)
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter().map(row).collect()
+    ) -> impl futures::Stream<Item = Result<AlertRow, StoreError>> + Send + 'a {
+        use futures::TryStreamExt;
+        static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            format!(
+                "SELECT {COLUMNS} FROM alerts WHERE created_at >= ? AND created_at < ? \
+                 AND (? IS NULL OR (resolved_at IS NULL) = ?) \
+                 AND (? IS NULL OR created_at < ? OR (created_at = ? AND id < ?)) \
+                 ORDER BY created_at DESC, id DESC LIMIT ?"
+            )
+        });
+        let (at, id) = before.unzip();
+        sqlx::query(SQL.as_str())
+            .bind(from.naive_utc())
+            .bind(to.naive_utc())
+            .bind(open)
+            .bind(open)
+            .bind(at)
+            .bind(at)
+            .bind(at)
+            .bind(id)
+            .bind(limit)
+            .fetch(self.pool())
+            .map_err(StoreError::from)
+            .and_then(|r| async move { row(&r) })
     }
 
     /// Every open alert (for an evaluator taking over).

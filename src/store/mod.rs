@@ -8,11 +8,14 @@
 mod alerts;
 mod checkpoint;
 mod columns;
+mod tls;
 
 use std::path::Path;
 use std::time::Duration;
 
 use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlPoolOptions};
+
+use crate::config::MysqlConfig;
 use sqlx::{ConnectOptions, Executor, MySqlPool};
 
 pub use alerts::{AlertRow, NewAlert};
@@ -39,6 +42,10 @@ pub enum StoreError {
     Schema { table: String, reason: String },
     #[error("mysql did not finish within {0:?} (unreachable or overloaded?)")]
     Timeout(std::time::Duration),
+    /// TLS to the server failed or cannot work as configured: the reason
+    /// names the setting to fix.
+    #[error("TLS to MySQL: {0}")]
+    Tls(String),
 }
 
 impl StoreError {
@@ -87,11 +94,28 @@ pub struct Store {
 }
 
 impl Store {
-    /// Connects, creating the database named in the URL when it does not exist.
+    /// Connects to `[mysql]`: its URL and TLS settings (which override the
+    /// URL's `ssl-mode`, `ssl-ca`, `ssl-cert`, `ssl-key`), with a pool of
+    /// at most `max_connections`.
+    pub async fn from_config(cfg: &MysqlConfig, max_connections: u32) -> Result<Self, StoreError> {
+        Self::open(&cfg.url, Some(cfg), max_connections).await
+    }
+
+    /// Connects to `url` alone (TLS as its parameters say), creating the
+    /// database named in the URL when it does not exist.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        Self::open(url, None, max_connections).await
+    }
+
+    async fn open(
+        url: &str,
+        cfg: Option<&MysqlConfig>,
+        max_connections: u32,
+    ) -> Result<Self, StoreError> {
         let opts: MySqlConnectOptions = url
             .parse()
             .map_err(|e: sqlx::Error| StoreError::BadUrl(e.to_string()))?;
+        let (opts, tls) = tls::apply(opts, url, cfg)?;
         let db = url::Url::parse(url)
             .map_err(|e| StoreError::BadUrl(e.to_string()))?
             .path()
@@ -111,7 +135,8 @@ impl Store {
             let server = opts.clone().database("");
             let mut conn = tokio::time::timeout(Duration::from_secs(10), server.connect())
                 .await
-                .map_err(|_| sqlx::Error::PoolTimedOut)??;
+                .map_err(|_| sqlx::Error::PoolTimedOut)?
+                .map_err(|e| tls.explain(e))?;
             conn.execute(format!("CREATE DATABASE IF NOT EXISTS `{db}`").as_str())
                 .await?;
         }
@@ -127,7 +152,8 @@ impl Store {
                 })
             })
             .connect_with(opts)
-            .await?;
+            .await
+            .map_err(|e| tls.explain(e))?;
         Ok(Self { pool })
     }
 

@@ -13,6 +13,7 @@ mod lease;
 mod producer;
 pub mod resp;
 mod start;
+mod tls;
 
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ pub use keys::{Keys, Shard};
 pub use lease::{hold_singleton, release_singleton, LeaseManager, LeaseOutcome};
 pub use producer::Producer;
 pub use start::StartFrom;
+pub use tls::RedisTls;
 
 /// Errors talking to Redis. `retryable()` tells callers whether waiting helps.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +33,14 @@ pub enum StreamError {
     Timeout(Duration),
     #[error("unexpected reply from redis: {0}")]
     Protocol(String),
+    /// The TLS settings cannot work as they are (a file missing or not
+    /// PEM, TLS files with a plain URL): fix `[redis]`.
+    #[error("TLS to Redis: {0}")]
+    TlsConfig(String),
+    /// The TLS handshake failed (or a plain client met a TLS port): the
+    /// reason names the setting to fix.
+    #[error("TLS handshake with Redis failed: {reason}")]
+    TlsHandshake { reason: String },
 }
 
 impl StreamError {
@@ -48,7 +58,9 @@ impl StreamError {
                     )
             }
             StreamError::Timeout(_) => true,
-            StreamError::Protocol(_) => false,
+            StreamError::Protocol(_)
+            | StreamError::TlsConfig(_)
+            | StreamError::TlsHandshake { .. } => false,
         }
     }
 }
@@ -61,9 +73,30 @@ pub struct Redis {
 }
 
 impl Redis {
-    /// Connects (the first connection must succeed, so misconfiguration shows at start).
+    /// Connects to `[redis]`: its URL, TLS files and command timeout.
+    pub async fn from_config(cfg: &crate::config::RedisConfig) -> Result<Self, StreamError> {
+        Self::connect_with(
+            &cfg.url,
+            &RedisTls::from_config(cfg),
+            Duration::from_millis(cfg.command_timeout_ms),
+        )
+        .await
+    }
+
+    /// Connects to `url` (`redis://`, or `rediss://` with the system's trust store).
     pub async fn connect(url: &str, timeout: Duration) -> Result<Self, StreamError> {
-        let client = redis::Client::open(url)?;
+        Self::connect_with(url, &RedisTls::default(), timeout).await
+    }
+
+    /// Connects (the first connection must succeed, so misconfiguration
+    /// shows at start). `rediss://` URLs use TLS with `tls`'s files; every
+    /// Redis connection of flowmeter is made here.
+    pub async fn connect_with(
+        url: &str,
+        tls: &RedisTls,
+        timeout: Duration,
+    ) -> Result<Self, StreamError> {
+        let client = tls::client(url, tls)?;
         let cfg = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
@@ -74,7 +107,8 @@ impl Redis {
             redis::aio::ConnectionManager::new_with_config(client, cfg),
         )
         .await
-        .map_err(|_| StreamError::Timeout(timeout))??;
+        .map_err(|_| StreamError::Timeout(timeout))?
+        .map_err(|e| tls::explain_connect_error(url, tls, e))?;
         Ok(Self { conn, timeout })
     }
 

@@ -42,13 +42,60 @@ pub struct PrivateMariaDb {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Further `mariadbd` options (TLS).
+    extra: Vec<String>,
 }
 
 impl PrivateMariaDb {
     pub fn start() -> Self {
+        Self::start_with(Vec::new())
+    }
+
+    /// A server that accepts only TLS connections (`require_secure_transport`)
+    /// with `pki`'s server certificate, and a user `fm` (password `fm-secret`,
+    /// every privilege) created `REQUIRE SSL`; see [`Self::tls_url`].
+    pub fn start_tls(pki: &TestPki) -> Self {
+        let db = Self::start_with(vec![
+            format!("--ssl-cert={}", pki.server_cert().display()),
+            format!("--ssl-key={}", pki.server_key().display()),
+            format!("--ssl-ca={}", pki.ca().display()),
+            "--require-secure-transport=ON".into(),
+        ]);
+        db.sql_over_socket(
+            "CREATE USER 'fm'@'%' IDENTIFIED BY 'fm-secret' REQUIRE SSL; \
+             GRANT ALL PRIVILEGES ON *.* TO 'fm'@'%'; FLUSH PRIVILEGES;",
+        );
+        db
+    }
+
+    /// The URL of user `fm` of a [`Self::start_tls`] server (TLS settings not included).
+    pub fn tls_url(&self, database: &str) -> String {
+        format!("mysql://fm:fm-secret@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Runs `sql` as root over the server's Unix socket (which
+    /// `require_secure_transport` counts as secure).
+    pub fn sql_over_socket(&self, sql: &str) {
+        let out = Command::new("mariadb")
+            .arg("--no-defaults")
+            .arg(format!("--socket={}", self.path("sock").display()))
+            .args(["-uroot", "-e", sql])
+            .output()
+            .expect("mariadb client (Debian package mariadb-client)");
+        assert!(
+            out.status.success(),
+            "mariadb -e {sql:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn start_with(extra: Vec<String>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("data");
+        // its own temporary directory: bootstraps running side by side
+        // would otherwise clash on temporary table files in /tmp
         let out = Command::new("mariadb-install-db")
+            .env("TMPDIR", dir.path())
             .arg("--no-defaults")
             .arg(format!("--datadir={}", data.display()))
             .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
@@ -65,6 +112,7 @@ impl PrivateMariaDb {
             port: free_port(),
             dir,
             child: None,
+            extra,
         };
         db.restart();
         db
@@ -88,7 +136,9 @@ impl PrivateMariaDb {
             .arg("--bind-address=127.0.0.1")
             .arg(format!("--socket={}", self.path("sock").display()))
             .arg(format!("--pid-file={}", self.path("pid").display()))
+            .arg(format!("--tmpdir={}", self.dir.path().display()))
             .args(["--innodb-buffer-pool-size=64M", "--skip-name-resolve"])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         if running_as_root() {
@@ -124,6 +174,9 @@ pub struct PrivateRedis {
     dir: tempfile::TempDir,
     fsync: String,
     child: Option<Child>,
+    /// TLS only (`--port 0 --tls-port port`): the server's files, and
+    /// whether it asks clients for a certificate.
+    tls: Option<(PathBuf, PathBuf, PathBuf, bool)>,
 }
 
 impl PrivateRedis {
@@ -134,13 +187,35 @@ impl PrivateRedis {
             dir: tempfile::tempdir().expect("tempdir"),
             fsync: appendfsync.to_string(),
             child: None,
+            tls: None,
         };
         r.restart();
         r
     }
 
+    /// A server that speaks only TLS on its port, with `pki`'s server
+    /// certificate; with `client_certs`, clients must present one signed by
+    /// `pki`'s CA (`tls-auth-clients yes`).
+    pub fn start_tls(pki: &TestPki, client_certs: bool) -> Self {
+        let mut r = Self {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            fsync: "everysec".into(),
+            child: None,
+            tls: Some((pki.server_cert(), pki.server_key(), pki.ca(), client_certs)),
+        };
+        r.restart();
+        r
+    }
+
+    /// `redis://…`, or `rediss://…` for a TLS server.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     pub fn dir(&self) -> &Path {
@@ -149,9 +224,22 @@ impl PrivateRedis {
 
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let child = Command::new("redis-server")
-            .arg("--port")
-            .arg(self.port.to_string())
+        let mut cmd = Command::new("redis-server");
+        match &self.tls {
+            None => cmd.arg("--port").arg(self.port.to_string()),
+            Some((cert, key, ca, client_certs)) => cmd
+                .args(["--port", "0", "--tls-port"])
+                .arg(self.port.to_string())
+                .arg("--tls-cert-file")
+                .arg(cert)
+                .arg("--tls-key-file")
+                .arg(key)
+                .arg("--tls-ca-cert-file")
+                .arg(ca)
+                .arg("--tls-auth-clients")
+                .arg(if *client_certs { "yes" } else { "no" }),
+        };
+        let child = cmd
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
             .arg("--appendfsync")
             .arg(&self.fsync)
@@ -163,6 +251,10 @@ impl PrivateRedis {
             .expect("redis-server (Debian package redis-server)");
         self.child = Some(child);
         wait_port(self.port, true, Duration::from_secs(30), "redis-server");
+        if self.tls.is_some() {
+            // a plain PING cannot reach it; the tests' first TLS command waits
+            return;
+        }
         // the port opens before the AOF is loaded; wait for PING
         let start = Instant::now();
         loop {
@@ -528,5 +620,80 @@ impl Drop for PrivateKafka {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// A test CA and what it signed, as PEM files in a directory of their own:
+/// a server certificate for `127.0.0.1` and `localhost`, and a client
+/// certificate. Every instance is a different CA.
+pub struct TestPki {
+    dir: tempfile::TempDir,
+}
+
+impl TestPki {
+    pub fn new(name: &str) -> Self {
+        Self::with_server_names(name, &["127.0.0.1", "localhost"])
+    }
+
+    /// Like [`TestPki::new`], the server certificate naming only `names`.
+    pub fn with_server_names(name: &str, names: &[&str]) -> Self {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+            IsCa, KeyPair, KeyUsagePurpose,
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let write = |file: &str, pem: String| {
+            std::fs::write(dir.path().join(file), pem).expect("write pem");
+        };
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, format!("flowmeter test CA {name}"));
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().expect("ca key"))
+            .expect("self-signed ca");
+        write("ca.pem", ca.pem());
+        for (who, names, usage) in [
+            (
+                "server",
+                names.iter().map(|n| n.to_string()).collect(),
+                ExtendedKeyUsagePurpose::ServerAuth,
+            ),
+            (
+                "client",
+                vec!["flowmeter".to_string()],
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ),
+        ] {
+            let key = KeyPair::generate().expect("key");
+            let mut p = CertificateParams::new(names).expect("params");
+            p.distinguished_name
+                .push(DnType::CommonName, format!("flowmeter test {who}"));
+            p.extended_key_usages = vec![usage];
+            let cert = p.signed_by(&key, &ca).expect("signed");
+            write(&format!("{who}.pem"), cert.pem());
+            write(&format!("{who}-key.pem"), key.serialize_pem());
+        }
+        Self { dir }
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+    pub fn server_cert(&self) -> PathBuf {
+        self.dir.path().join("server.pem")
+    }
+    pub fn server_key(&self) -> PathBuf {
+        self.dir.path().join("server-key.pem")
+    }
+    pub fn client_cert(&self) -> PathBuf {
+        self.dir.path().join("client.pem")
+    }
+    pub fn client_key(&self) -> PathBuf {
+        self.dir.path().join("client-key.pem")
     }
 }
