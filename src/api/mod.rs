@@ -25,7 +25,7 @@ use axum::Router;
 
 pub use error::ApiError;
 pub use events::EventSearch;
-pub use ingest::parse_body;
+pub use ingest::{parse_body, ErrorReport, ReportLimits};
 pub use rollups::{QueryCatalog, RollupTable};
 
 use crate::config::IngestConfig;

@@ -10,6 +10,7 @@
 mod consumer;
 mod keys;
 mod lease;
+pub mod pressure;
 mod producer;
 pub mod resp;
 mod start;
@@ -19,7 +20,7 @@ use std::time::Duration;
 pub use consumer::{ack, ensure_group, range, Entry, GroupReader, ReadOutcome, StreamId};
 pub use keys::{Keys, Shard};
 pub use lease::{hold_singleton, release_singleton, LeaseManager, LeaseOutcome};
-pub use producer::Producer;
+pub use producer::{Idempotency, Producer, SubmitError, Submitted};
 pub use start::StartFrom;
 
 /// Errors talking to Redis. `retryable()` tells callers whether waiting helps.
