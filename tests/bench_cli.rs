@@ -52,6 +52,39 @@ async fn bench_runs_and_checks_the_totals() {
 }
 
 #[tokio::test]
+async fn bench_compares_ingest_with_and_without_idempotency_keys() {
+    let env = TestEnv::new("benchkeys");
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = env.write_config(dir.path());
+    let out = Command::new(env!("CARGO_BIN_EXE_flowmeter"))
+        .arg("--config")
+        .arg(&config)
+        .args(["bench", "--events", "3000", "--batch", "500", "--runs", "1"])
+        .args(["--latency-secs", "0", "--reference-entries", "1000"])
+        .args([
+            "--idempotency-keys",
+            "both",
+            "--quiet",
+            "--prefix",
+            &env.name,
+        ])
+        .output()
+        .expect("run flowmeter bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Both runs passed the totals check (a keyed run that wrote twice or
+    // not at all fails the bench).
+    assert!(out.status.success(), "bench failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("== with Idempotency-Key"), "{stdout}");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("Idempotency-Key: median ingest"))
+        .unwrap_or_else(|| panic!("no comparison line:\n{stdout}"));
+    assert!(line.contains(" %; p99"), "{line}");
+    env.cleanup().await;
+}
+
+#[tokio::test]
 async fn ws_bench_measures_lag_memory_and_a_stalled_client() {
     let env = TestEnv::new("benchws");
     let dir = tempfile::tempdir().expect("tmp");

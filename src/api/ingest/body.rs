@@ -82,16 +82,18 @@ pub fn parse_body(
                     "unexpected JSON body".into(),
                 ))
             }
-            Err(e) => return Err(invalid(
-                FieldError::new(
-                    None,
-                    None,
-                    format!(
+            Err(e) => {
+                return Err(invalid(
+                    FieldError::new(
+                        None,
+                        None,
+                        format!(
                         "invalid JSON: {e} (send NDJSON with Content-Type: application/x-ndjson)"
                     ),
-                ),
-                "the request body is not valid JSON; nothing was written".into(),
-            )),
+                    ),
+                    "the request body is not valid JSON; nothing was written".into(),
+                ))
+            }
         }
     };
     if values.is_empty() {
