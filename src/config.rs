@@ -572,6 +572,11 @@ mod tests {
         assert_eq!(s.redis.shards, 4);
         assert_eq!(s.rollup.flush_interval_ms, 1000);
         assert_eq!(s.ingest.max_body_bytes, 1 << 20);
+        // every [ingest] bound of the example is the default
+        assert_eq!(
+            toml::to_string(&s.ingest).ok(),
+            toml::to_string(&IngestConfig::default()).ok()
+        );
     }
 
     #[test]

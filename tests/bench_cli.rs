@@ -8,27 +8,29 @@ use std::process::Command;
 
 use common::*;
 
-#[tokio::test]
-async fn bench_runs_and_checks_the_totals() {
-    let env = TestEnv::new("bench");
+/// Runs `flowmeter bench` with a small load and `extra` options in the
+/// env's own prefix; asserts it succeeded (every total matched); returns stdout.
+fn small_bench(env: &TestEnv, events: &str, extra: &[&str]) -> String {
     let dir = tempfile::tempdir().expect("tmp");
     let config = env.write_config(dir.path());
     let out = Command::new(env!("CARGO_BIN_EXE_flowmeter"))
         .arg("--config")
         .arg(&config)
-        .args(["bench", "--events", "6000", "--batch", "500", "--runs", "1"])
-        .args([
-            "--reference-entries",
-            "2000",
-            "--quiet",
-            "--prefix",
-            &env.name,
-        ])
+        .args(["bench", "--events", events, "--batch", "500", "--runs", "1"])
+        .args(extra)
+        .args(["--quiet", "--prefix", &env.name])
         .output()
         .expect("run flowmeter bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "bench failed:\n{stdout}\n{stderr}");
+    stdout
+}
+
+#[tokio::test]
+async fn bench_runs_and_checks_the_totals() {
+    let env = TestEnv::new("bench");
+    let stdout = small_bench(&env, "6000", &["--reference-entries", "2000"]);
     let medians: Vec<Vec<&str>> = stdout
         .lines()
         .filter(|l| l.starts_with("median"))
@@ -54,27 +56,20 @@ async fn bench_runs_and_checks_the_totals() {
 #[tokio::test]
 async fn bench_compares_ingest_with_and_without_idempotency_keys() {
     let env = TestEnv::new("benchkeys");
-    let dir = tempfile::tempdir().expect("tmp");
-    let config = env.write_config(dir.path());
-    let out = Command::new(env!("CARGO_BIN_EXE_flowmeter"))
-        .arg("--config")
-        .arg(&config)
-        .args(["bench", "--events", "3000", "--batch", "500", "--runs", "1"])
-        .args(["--latency-secs", "0", "--reference-entries", "1000"])
-        .args([
+    // Both runs pass the totals check: a keyed run that wrote a batch twice
+    // or not at all fails the bench.
+    let stdout = small_bench(
+        &env,
+        "3000",
+        &[
+            "--latency-secs",
+            "0",
+            "--reference-entries",
+            "1000",
             "--idempotency-keys",
             "both",
-            "--quiet",
-            "--prefix",
-            &env.name,
-        ])
-        .output()
-        .expect("run flowmeter bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    // Both runs passed the totals check (a keyed run that wrote twice or
-    // not at all fails the bench).
-    assert!(out.status.success(), "bench failed:\n{stdout}\n{stderr}");
+        ],
+    );
     assert!(stdout.contains("== with Idempotency-Key"), "{stdout}");
     let line = stdout
         .lines()

@@ -210,30 +210,38 @@ impl Producer {
         let entries = self
             .entries(registry, events)
             .map_err(SubmitError::NotWritten)?;
+        let first_kind = entries.rows.first().map_or("", |r| r.1);
+        let record = idempotency.map(|idem| {
+            let home = self.keys.home_shard(first_kind, idem.key);
+            self.keys.idempotency(&home, idem.key)
+        });
         if let Some((backlog, limit)) = &self.backlog {
             let over = entries
                 .streams
                 .iter()
                 .map(|s| (s, backlog.of(s)))
                 .find(|(_, n)| *limit > 0 && n > limit);
-            if let Some((stream, entries)) = over {
+            if let Some((stream, n)) = over {
+                // A retry of a request already written is answered even now.
+                if let (Some(idem), Some(record)) = (idempotency, &record) {
+                    if let Some(seen) = self.record(record).await {
+                        return replayed(&seen, &idem.fingerprint);
+                    }
+                }
                 return Err(SubmitError::Backlog {
                     shard: shard_label(stream),
-                    entries,
+                    entries: n,
                     limit: *limit,
                 });
             }
         }
-        let Some(idem) = idempotency else {
+        let (Some(idem), Some(record)) = (idempotency, record) else {
             return self
                 .exec(&entries)
                 .await
                 .map(|()| Submitted::Written)
                 .map_err(classify);
         };
-        let first_kind = entries.rows.first().map_or("", |r| r.1);
-        let home = self.keys.home_shard(first_kind, idem.key);
-        let record = self.keys.idempotency(&home, idem.key);
         let mut inv = SCRIPT.prepare_invoke();
         inv.key(&record);
         for s in &entries.streams {
@@ -259,6 +267,16 @@ impl Producer {
             None => Ok(Submitted::Written),
             Some(value) => replayed(&value, &idem.fingerprint),
         }
+    }
+
+    /// The value of an idempotency record, if it exists and Redis answers.
+    async fn record(&self, key: &str) -> Option<String> {
+        let mut conn = self.redis.conn.clone();
+        self.redis
+            .run(redis::cmd("GET").arg(key).query_async(&mut conn))
+            .await
+            .ok()
+            .flatten()
     }
 }
 

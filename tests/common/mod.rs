@@ -385,6 +385,23 @@ pub async fn post_http_range(
     }
 }
 
+/// Entries in every shard stream of both kinds (`XLEN`), on the Redis
+/// `conn` is connected to (the shared one, or a private server).
+pub async fn stream_total_on(conn: &mut redis::aio::MultiplexedConnection, env: &TestEnv) -> i64 {
+    let mut total = 0i64;
+    for kind in ["http", "webrtc"] {
+        for i in 0..env.settings.redis.shards {
+            let n: i64 = redis::cmd("XLEN")
+                .arg(format!("{}:{{{kind}:{i}}}", env.name))
+                .query_async(conn)
+                .await
+                .expect("xlen");
+            total += n;
+        }
+    }
+    total
+}
+
 /// Every entry of each shard of `kind`, in stream order: (stream key, id, `data`).
 pub async fn shard_entries(env: &TestEnv, kind: &str) -> Vec<Vec<(String, String, String)>> {
     let mut r = env.redis().await;
