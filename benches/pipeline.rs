@@ -56,7 +56,8 @@ fn ingest(c: &mut Criterion) {
     g.throughput(Throughput::Elements(BATCH as u64));
     g.bench_function("parse_validate", |b| {
         b.iter(|| {
-            let values = flowmeter::api::parse_body(&body, true, 100_000).expect("parse");
+            let values = flowmeter::api::parse_body(&body, true, 100_000, &Default::default())
+                .expect("parse");
             let mut ok = 0usize;
             for (i, v) in values.iter().enumerate() {
                 ok += usize::from(schemas.validate(i, v).is_ok());

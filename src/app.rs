@@ -298,14 +298,26 @@ pub async fn serve(
             Some(s) => QueryCatalog::build(&processors, s).await?,
             None => QueryCatalog::default(),
         };
+        let producer = roles.has(Role::Ingest).then(|| {
+            // Backpressure decides on figures a background task refreshes.
+            let streams = crate::retention::all_streams(&keys, &schemas);
+            let backlog = crate::stream::pressure::Backlog::new(streams);
+            tracker.spawn(crate::stream::pressure::watch(
+                redis.clone(),
+                backlog.clone(),
+                settings.ingest.max_backlog_entries,
+                Duration::from_millis(settings.ingest.backlog_poll_ms),
+                shutdown.child_token(),
+            ));
+            Producer::new(redis.clone(), keys.clone())
+                .with_backpressure(backlog, settings.ingest.max_backlog_entries)
+        });
         let state = AppState {
             schemas: schemas.clone(),
             processors: processors.clone(),
             redis: redis.clone(),
             keys: keys.clone(),
-            producer: roles
-                .has(Role::Ingest)
-                .then(|| Producer::new(redis.clone(), keys.clone())),
+            producer,
             // The query API's own pool: queries never take the connections
             // the processors flush with.
             store: api_store,

@@ -217,8 +217,29 @@ pub struct IngestConfig {
     pub max_events_per_request: usize,
     /// Most per-event errors listed in a 400 answer (the count is always exact).
     pub max_reported_errors: usize,
-    /// Seconds a client is told to wait (Retry-After) when Redis is unreachable.
+    /// Largest body of a 400 answer: errors that would pass it are counted
+    /// (`errors_omitted`) but not listed.
+    pub max_error_body_bytes: usize,
+    /// Longest `field` and `reason` of one listed error; longer ones (and the
+    /// values they quote) are cut on a character boundary and end with `…`.
+    pub max_error_reason_chars: usize,
+    /// Seconds a client is told to wait (Retry-After) with a 503: Redis
+    /// unreachable, the outcome unknown, or the backlog past `max_backlog_entries`.
     pub retry_after_secs: u64,
+    /// Longest accepted `Idempotency-Key` header (letters, digits and
+    /// `-_.:+/=`); longer keys get 400.
+    pub max_idempotency_key_bytes: usize,
+    /// How long a request's `Idempotency-Key` is remembered: a retry within
+    /// it gets the first outcome and writes nothing.
+    pub idempotency_window_secs: u64,
+    /// Backpressure: past this many unacknowledged entries (lag + pending) of
+    /// any consumer group on a shard stream, requests writing to it get 503
+    /// with Retry-After. 0 = never refuse.
+    pub max_backlog_entries: u64,
+    /// How often the backlog figures are refreshed (XINFO GROUPS of every
+    /// shard stream); ingest decides on figures at most this old (plus one
+    /// Redis round trip).
+    pub backlog_poll_ms: u64,
     /// Browser origins (e.g. `https://meet.example.com`, or `*`) whose pages
     /// may send events (the WebRTC collector); others get 403. Requests
     /// without an `Origin` (servers) and from the server's own origin pass.
@@ -233,7 +254,13 @@ impl Default for IngestConfig {
             max_body_bytes: 1024 * 1024,
             max_events_per_request: 10_000,
             max_reported_errors: 100,
+            max_error_body_bytes: 64 * 1024,
+            max_error_reason_chars: 240,
             retry_after_secs: 1,
+            max_idempotency_key_bytes: 128,
+            idempotency_window_secs: 24 * 3600,
+            max_backlog_entries: 500_000,
+            backlog_poll_ms: 1_000,
             cors_origins: Vec::new(),
             cors_max_age_secs: 600,
         }
@@ -556,6 +583,17 @@ impl Settings {
         if self.mysql.ssl_cert.is_some() != self.mysql.ssl_key.is_some() {
             return bad("mysql.ssl_cert and mysql.ssl_key go together: set both or neither");
         }
+        if self.ingest.max_error_body_bytes < 1024 || self.ingest.max_error_reason_chars < 16 {
+            return bad("ingest.max_error_body_bytes must be at least 1024 and ingest.max_error_reason_chars at least 16");
+        }
+        if !(1..=1024).contains(&self.ingest.max_idempotency_key_bytes)
+            || self.ingest.idempotency_window_secs == 0
+        {
+            return bad("ingest.max_idempotency_key_bytes must be 1 to 1024 and ingest.idempotency_window_secs > 0");
+        }
+        if self.ingest.backlog_poll_ms < 10 {
+            return bad("ingest.backlog_poll_ms must be at least 10");
+        }
         Ok(())
     }
 
@@ -674,6 +712,11 @@ mod tests {
         assert_eq!(s.redis.shards, 4);
         assert_eq!(s.rollup.flush_interval_ms, 1000);
         assert_eq!(s.ingest.max_body_bytes, 1 << 20);
+        // every [ingest] bound of the example is the default
+        assert_eq!(
+            toml::to_string(&s.ingest).ok(),
+            toml::to_string(&IngestConfig::default()).ok()
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! |---|---|
 //! | [`config`] | the one typed, layered configuration (defaults < file < env) |
 //! | [`event`] | event kinds, their JSON Schemas, validation, timestamps |
-//! | [`stream`] | Redis: every key name, the producer (XADD), fenced group reads, leases |
+//! | [`stream`] | Redis: every key name, the producer (XADD; idempotent, behind backpressure), fenced group reads, leases |
 //! | [`store`] | MySQL: pool, migrations, checkpoints, generic rollup upserts |
 //! | [`processor`] | processor definitions (`processors/*.toml`), registry and runner; one directory per processor type |
 //! | [`sketch`] | mergeable quantile (DDSketch) and distinct-count (HyperLogLog) sketches |

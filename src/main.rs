@@ -221,6 +221,10 @@ enum Command {
         /// …for this many seconds (0 skips it).
         #[arg(long, default_value_t = 15)]
         latency_secs: u64,
+        /// Give every POST its own Idempotency-Key (`on`), or run each run
+        /// without and then with keys (`both`) to compare the two.
+        #[arg(long, value_enum, default_value = "off")]
+        idempotency_keys: flowmeter::bench::KeyMode,
         /// No progress bars.
         #[arg(long)]
         quiet: bool,
@@ -666,6 +670,7 @@ async fn main() -> anyhow::Result<()> {
             stall_secs,
             latency_share,
             latency_secs,
+            idempotency_keys,
             quiet,
         } => {
             let opts = flowmeter::bench::BenchOptions {
@@ -681,6 +686,7 @@ async fn main() -> anyhow::Result<()> {
                 latency_share,
                 latency_duration: std::time::Duration::from_secs(latency_secs),
                 progress: !quiet,
+                idempotency_keys,
             };
             let report = flowmeter::bench::run(&settings, &opts).await?;
             print!("{}", report.render());

@@ -12,6 +12,7 @@ use crate::event::SchemaRegistry;
 use crate::processor::{ProcessorRegistry, RunnerStats};
 use crate::retention::TrimPlan;
 use crate::store::Store;
+use crate::stream::pressure::RedisMemory;
 use crate::stream::resp::{entry_id, int, text, to_map};
 use crate::stream::{Keys, LeaseManager, Redis, StreamError, StreamId};
 
@@ -21,6 +22,8 @@ pub struct Status {
     /// Each consumer group over all its shards (`flowmeter groups list`).
     pub groups: Vec<GroupSummary>,
     pub processors: Vec<ProcessorStatus>,
+    /// Redis' memory settings; `warning` when accepted events could be evicted.
+    pub redis: RedisMemory,
 }
 
 /// One consumer group summed over the shards it exists on.
@@ -249,6 +252,14 @@ pub async fn gather(
         streams,
         groups,
         processors: out,
+        redis: crate::stream::pressure::memory(redis)
+            .await
+            .unwrap_or_else(|e| RedisMemory {
+                warning: Some(format!(
+                    "cannot read Redis' maxmemory-policy (INFO memory: {e}); make sure it is noeviction"
+                )),
+                ..RedisMemory::default()
+            }),
     })
 }
 
@@ -522,7 +533,11 @@ impl Status {
                 ]);
             }
         }
-        let mut out = String::from("STREAMS\n");
+        let mut out = String::new();
+        if let Some(w) = &self.redis.warning {
+            out.push_str(&format!("WARNING: {w}\n\n"));
+        }
+        out.push_str("STREAMS\n");
         out.push_str(&crate::table::table(&streams));
         out.push_str("\nGROUPS\n");
         out.push_str(&crate::table::table(&groups));

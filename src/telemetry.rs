@@ -56,7 +56,19 @@ pub mod metrics {
     );
     pub static REQUESTS_UNAVAILABLE: Counter = Counter::new(
         "flowmeter_ingest_requests_unavailable_total",
-        "ingest requests answered 503 (Redis unreachable)",
+        "ingest requests answered 503 (Redis unreachable, outcome unknown, or backpressure)",
+    );
+    pub static REQUESTS_BACKPRESSURE: Counter = Counter::new(
+        "flowmeter_ingest_requests_backpressure_total",
+        "ingest requests answered 503 because a stream's backlog passed ingest.max_backlog_entries",
+    );
+    pub static REQUESTS_OUTCOME_UNKNOWN: Counter = Counter::new(
+        "flowmeter_ingest_requests_outcome_unknown_total",
+        "ingest requests answered 503 \"outcome\": \"unknown\" (Redis did not confirm a write it may have applied)",
+    );
+    pub static IDEMPOTENT_REPLAYS: Counter = Counter::new(
+        "flowmeter_ingest_idempotent_replays_total",
+        "ingest requests whose Idempotency-Key was already written (answered the first outcome, wrote nothing)",
     );
     pub static EVENTS_INGESTED: Counter = Counter::new(
         "flowmeter_events_ingested_total",
@@ -137,6 +149,9 @@ pub mod metrics {
         &REQUESTS_ACCEPTED,
         &REQUESTS_REJECTED,
         &REQUESTS_UNAVAILABLE,
+        &REQUESTS_BACKPRESSURE,
+        &REQUESTS_OUTCOME_UNKNOWN,
+        &IDEMPOTENT_REPLAYS,
         &EVENTS_INGESTED,
         &EVENTS_APPLIED,
         &EVENTS_INVALID,

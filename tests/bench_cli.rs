@@ -8,27 +8,29 @@ use std::process::Command;
 
 use common::*;
 
-#[tokio::test]
-async fn bench_runs_and_checks_the_totals() {
-    let env = TestEnv::new("bench");
+/// Runs `flowmeter bench` with a small load and `extra` options in the
+/// env's own prefix; asserts it succeeded (every total matched); returns stdout.
+fn small_bench(env: &TestEnv, events: &str, extra: &[&str]) -> String {
     let dir = tempfile::tempdir().expect("tmp");
     let config = env.write_config(dir.path());
     let out = Command::new(env!("CARGO_BIN_EXE_flowmeter"))
         .arg("--config")
         .arg(&config)
-        .args(["bench", "--events", "6000", "--batch", "500", "--runs", "1"])
-        .args([
-            "--reference-entries",
-            "2000",
-            "--quiet",
-            "--prefix",
-            &env.name,
-        ])
+        .args(["bench", "--events", events, "--batch", "500", "--runs", "1"])
+        .args(extra)
+        .args(["--quiet", "--prefix", &env.name])
         .output()
         .expect("run flowmeter bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "bench failed:\n{stdout}\n{stderr}");
+    stdout
+}
+
+#[tokio::test]
+async fn bench_runs_and_checks_the_totals() {
+    let env = TestEnv::new("bench");
+    let stdout = small_bench(&env, "6000", &["--reference-entries", "2000"]);
     let medians: Vec<Vec<&str>> = stdout
         .lines()
         .filter(|l| l.starts_with("median"))
@@ -48,6 +50,32 @@ async fn bench_runs_and_checks_the_totals() {
     assert!(steady > 0.0, "{stdout}");
     assert_eq!(medians[1].len(), 5, "{stdout}");
     assert!(stdout.contains("reference: redis-benchmark"), "{stdout}");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn bench_compares_ingest_with_and_without_idempotency_keys() {
+    let env = TestEnv::new("benchkeys");
+    // Both runs pass the totals check: a keyed run that wrote a batch twice
+    // or not at all fails the bench.
+    let stdout = small_bench(
+        &env,
+        "3000",
+        &[
+            "--latency-secs",
+            "0",
+            "--reference-entries",
+            "1000",
+            "--idempotency-keys",
+            "both",
+        ],
+    );
+    assert!(stdout.contains("== with Idempotency-Key"), "{stdout}");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("Idempotency-Key: median ingest"))
+        .unwrap_or_else(|| panic!("no comparison line:\n{stdout}"));
+    assert!(line.contains(" %; p99"), "{line}");
     env.cleanup().await;
 }
 

@@ -11,19 +11,7 @@ use common::*;
 use serde_json::{json, Value};
 
 async fn stream_total(env: &TestEnv) -> i64 {
-    let mut r = env.redis().await;
-    let mut total = 0i64;
-    for kind in ["http", "webrtc"] {
-        for i in 0..env.settings.redis.shards {
-            let n: i64 = redis::cmd("XLEN")
-                .arg(format!("{}:{{{kind}:{i}}}", env.name))
-                .query_async(&mut r)
-                .await
-                .expect("xlen");
-            total += n;
-        }
-    }
-    total
+    stream_total_on(&mut env.redis().await, env).await
 }
 
 async fn post(client: &reqwest::Client, url: &str, ct: &str, body: Vec<u8>) -> (u16, Value) {

@@ -10,12 +10,37 @@ use crate::event::FieldError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// Invalid events: nothing of the request was written.
+    /// Invalid events: nothing of the request was written. `total` counts
+    /// the invalid events, `omitted` the errors left out of `errors` (the
+    /// answer's size is bounded; see `api::ingest::ErrorReport`).
     #[error("{message}")]
     Invalid {
         message: String,
         errors: Vec<FieldError>,
         total: usize,
+        omitted: usize,
+    },
+    /// A bad request header.
+    #[error("header {header}: {reason}")]
+    BadHeader {
+        header: &'static str,
+        reason: String,
+    },
+    /// A well-formed request that conflicts with an earlier one (an
+    /// idempotency key reused with another body). Not worth retrying.
+    #[error("{reason}")]
+    Conflict {
+        header: &'static str,
+        reason: String,
+    },
+    /// Ingest did not write the request, or cannot tell whether it did
+    /// (`unknown`); retry after `retry_after` seconds (with the same
+    /// idempotency key when unknown).
+    #[error("{reason}")]
+    WriteFailed {
+        reason: String,
+        retry_after: u64,
+        unknown: bool,
     },
     /// A bad query parameter.
     #[error("parameter {param}: {reason}")]
@@ -47,9 +72,27 @@ impl IntoResponse for ApiError {
                 message,
                 errors,
                 total,
+                omitted,
             } => (
                 StatusCode::BAD_REQUEST,
-                json!({"error": message, "accepted": 0, "invalid_events": total, "errors": errors}),
+                json!({"error": message, "accepted": 0, "invalid_events": total,
+                       "errors_omitted": omitted, "errors": errors}),
+            ),
+            ApiError::BadHeader { header, reason } => (
+                StatusCode::BAD_REQUEST,
+                json!({"error": self.to_string(), "header": header, "reason": reason, "accepted": 0}),
+            ),
+            ApiError::Conflict { header, .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({"error": self.to_string(), "header": header, "accepted": 0}),
+            ),
+            ApiError::WriteFailed { unknown: true, .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": self.to_string(), "outcome": "unknown"}),
+            ),
+            ApiError::WriteFailed { unknown: false, .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": self.to_string(), "outcome": "not_written", "accepted": 0}),
             ),
             ApiError::BadParam { param, reason } => (
                 StatusCode::BAD_REQUEST,
@@ -81,7 +124,9 @@ impl IntoResponse for ApiError {
             }
         };
         let mut resp = (status, Json(body)).into_response();
-        if let ApiError::Unavailable { retry_after, .. } = self {
+        if let ApiError::Unavailable { retry_after, .. }
+        | ApiError::WriteFailed { retry_after, .. } = self
+        {
             if let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {
                 resp.headers_mut().insert(header::RETRY_AFTER, v);
             }

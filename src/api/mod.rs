@@ -26,7 +26,7 @@ use axum::Router;
 
 pub use error::ApiError;
 pub use events::EventSearch;
-pub use ingest::parse_body;
+pub use ingest::{parse_body, ErrorReport, ReportLimits};
 pub use limits::QueryLimits;
 pub use rollups::{QueryCatalog, RollupTable};
 

@@ -18,6 +18,11 @@
 //!   commits per minute at that rate (to set against the full-speed phase);
 //! - as the reference, redis-benchmark's pipelined XADD rate for an entry of
 //!   the same shape, measured in the same invocation, and the ratio.
+//!
+//! With `--idempotency-keys on`, every POST carries its own
+//! `Idempotency-Key` (the idempotent write path); with `both`, each run is
+//! made once without and once with keys, alternating, and the report sets
+//! the two ingest rates side by side.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -60,11 +65,34 @@ pub struct BenchOptions {
     /// …for this long (zero skips the phase).
     pub latency_duration: Duration,
     pub progress: bool,
+    /// Whether POSTs carry an `Idempotency-Key`.
+    pub idempotency_keys: KeyMode,
+}
+
+/// Runs without, with, or alternately without and with `Idempotency-Key`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeyMode {
+    Off,
+    On,
+    Both,
+}
+
+impl KeyMode {
+    /// Whether each run of a round is keyed, in order.
+    fn rounds(self) -> &'static [bool] {
+        match self {
+            KeyMode::Off => &[false],
+            KeyMode::On => &[true],
+            KeyMode::Both => &[false, true],
+        }
+    }
 }
 
 /// Figures of one run.
 #[derive(Debug, Clone, Default)]
 pub struct RunFigures {
+    /// Whether its POSTs carried an `Idempotency-Key`.
+    pub keyed: bool,
     pub events: u64,
     pub ingest_eps: f64,
     pub e2e_eps: f64,
@@ -118,8 +146,11 @@ pub async fn run(base: &Settings, opts: &BenchOptions) -> Result<BenchReport, Be
     }
     let mut runs = Vec::new();
     for i in 0..opts.runs.max(1) {
-        eprintln!("run {}/{}", i + 1, opts.runs.max(1));
-        runs.push(one_run(&settings, opts, &bodies, truth, &table).await?);
+        for &keyed in opts.idempotency_keys.rounds() {
+            let with = if keyed { " with Idempotency-Key" } else { "" };
+            eprintln!("run {}/{}{with}", i + 1, opts.runs.max(1));
+            runs.push(one_run(&settings, opts, &bodies, truth, &table, keyed).await?);
+        }
     }
     Ok(BenchReport {
         runs,
@@ -390,6 +421,7 @@ async fn one_run(
     bodies: &[Bytes],
     truth: Truth,
     table: &TruthTable,
+    keyed: bool,
 ) -> Result<RunFigures, BenchError> {
     reset(settings).await?;
     let http = reqwest::Client::builder()
@@ -424,9 +456,13 @@ async fn one_run(
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(body) = bodies.get(i) else { break };
                 let t = Instant::now();
-                let resp = http
+                let mut req = http
                     .post(&url)
-                    .header("content-type", "application/x-ndjson")
+                    .header("content-type", "application/x-ndjson");
+                if keyed {
+                    req = req.header("idempotency-key", format!("bench-{i}"));
+                }
+                let resp = req
                     .body(body.clone())
                     .send()
                     .await
@@ -492,6 +528,7 @@ async fn one_run(
     commit_bar.finish_and_clear();
     let commits_after = commits(&store).await?;
     let figures = RunFigures {
+        keyed,
         events: total,
         ingest_eps: total as f64 / ingest_secs,
         e2e_eps: total as f64 / e2e_secs,
@@ -713,36 +750,86 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 impl BenchReport {
-    /// The median of one figure over the runs.
-    pub fn median(&self, f: impl Fn(&RunFigures) -> f64) -> f64 {
-        median(self.runs.iter().map(f).collect())
+    /// The median of one figure over the runs with (`keyed`) or without keys.
+    pub fn median(&self, keyed: bool, f: impl Fn(&RunFigures) -> f64) -> f64 {
+        median(
+            self.runs
+                .iter()
+                .filter(|r| r.keyed == keyed)
+                .map(f)
+                .collect(),
+        )
     }
 
-    /// The medians of every figure.
-    pub fn medians(&self) -> RunFigures {
+    /// The medians of every figure over the runs with (`keyed`) or without keys.
+    pub fn medians(&self, keyed: bool) -> RunFigures {
+        let median = |f: fn(&RunFigures) -> f64| self.median(keyed, f);
         RunFigures {
+            keyed,
             events: self.runs.first().map(|f| f.events).unwrap_or(0),
-            ingest_eps: self.median(|f| f.ingest_eps),
-            e2e_eps: self.median(|f| f.e2e_eps),
-            ingest_p50_ms: self.median(|f| f.ingest_p50_ms),
-            ingest_p99_ms: self.median(|f| f.ingest_p99_ms),
-            rollup_rss_mb: self.median(|f| f.rollup_rss_mb),
-            ingest_rss_mb: self.median(|f| f.ingest_rss_mb),
-            commits_per_min: self.median(|f| f.commits_per_min),
-            steady_eps: self.median(|f| f.steady_eps),
-            xadd_to_row_p50_ms: self.median(|f| f.xadd_to_row_p50_ms),
-            xadd_to_row_p99_ms: self.median(|f| f.xadd_to_row_p99_ms),
-            steady_commits_per_min: self.median(|f| f.steady_commits_per_min),
+            ingest_eps: median(|f| f.ingest_eps),
+            e2e_eps: median(|f| f.e2e_eps),
+            ingest_p50_ms: median(|f| f.ingest_p50_ms),
+            ingest_p99_ms: median(|f| f.ingest_p99_ms),
+            rollup_rss_mb: median(|f| f.rollup_rss_mb),
+            ingest_rss_mb: median(|f| f.ingest_rss_mb),
+            commits_per_min: median(|f| f.commits_per_min),
+            steady_eps: median(|f| f.steady_eps),
+            xadd_to_row_p50_ms: median(|f| f.xadd_to_row_p50_ms),
+            xadd_to_row_p99_ms: median(|f| f.xadd_to_row_p99_ms),
+            steady_commits_per_min: median(|f| f.steady_commits_per_min),
         }
     }
 
     /// Two aligned tables (full speed; steady latency phase) of every run
-    /// and the medians, and the reference.
+    /// and the medians, and the reference; with and without keys apart, and
+    /// their ingest rates side by side when both were run.
     pub fn render(&self) -> String {
-        let med = self.medians();
+        let groups: Vec<bool> = [false, true]
+            .into_iter()
+            .filter(|k| self.runs.iter().any(|r| r.keyed == *k))
+            .collect();
+        let mut out = String::new();
+        for &keyed in &groups {
+            if groups.len() > 1 || keyed {
+                out.push_str(if keyed {
+                    "\n== with Idempotency-Key (one per POST) ==\n"
+                } else {
+                    "== without Idempotency-Key ==\n"
+                });
+            }
+            out.push_str(&self.render_group(keyed));
+        }
+        if groups.len() > 1 {
+            let (off, on) = (self.medians(false), self.medians(true));
+            out.push_str(&format!(
+                "\nIdempotency-Key: median ingest {:.0} ev/s with, {:.0} without = {:.1} %; p99 {:.1} ms with, {:.1} without\n",
+                on.ingest_eps,
+                off.ingest_eps,
+                100.0 * on.ingest_eps / off.ingest_eps.max(f64::MIN_POSITIVE),
+                on.ingest_p99_ms,
+                off.ingest_p99_ms
+            ));
+        }
+        let med = self.medians(groups.first().copied().unwrap_or(false));
+        match self.reference_xadd_per_s {
+            Some(x) => out.push_str(&format!(
+                "\nreference: redis-benchmark pipelined XADD {x:.0} entries/s; \
+                 median end to end = {:.1} % of it\n",
+                100.0 * med.e2e_eps / x
+            )),
+            None => out.push_str("\nreference: not measured (redis-benchmark missing)\n"),
+        }
+        out
+    }
+
+    /// The two tables of the runs with (`keyed`) or without keys.
+    fn render_group(&self, keyed: bool) -> String {
+        let med = self.medians(keyed);
         let numbered: Vec<(String, &RunFigures)> = self
             .runs
             .iter()
+            .filter(|r| r.keyed == keyed)
             .enumerate()
             .map(|(i, f)| ((i + 1).to_string(), f))
             .chain(std::iter::once(("median".to_string(), &med)))
@@ -796,14 +883,6 @@ impl BenchReport {
             out.push_str("\nsteady phase (fresh rollup worker, loadgen at a fixed rate):\n");
             out.push_str(&crate::table::table(&b));
         }
-        match self.reference_xadd_per_s {
-            Some(x) => out.push_str(&format!(
-                "\nreference: redis-benchmark pipelined XADD {x:.0} entries/s; \
-                 median end to end = {:.1} % of it\n",
-                100.0 * med.e2e_eps / x
-            )),
-            None => out.push_str("\nreference: not measured (redis-benchmark missing)\n"),
-        }
         out
     }
 }
@@ -842,6 +921,7 @@ mod tests {
             latency_share: 0.5,
             latency_duration: Duration::ZERO,
             progress: false,
+            idempotency_keys: KeyMode::Off,
         };
         let (bodies, truth, table) = generate(&opts);
         assert_eq!(table.events(), 2_500);

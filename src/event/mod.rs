@@ -8,7 +8,7 @@ mod schema;
 pub mod subject;
 mod time;
 
-pub use schema::{KindInfo, SchemaRegistry};
+pub use schema::{truncate, KindInfo, SchemaRegistry};
 pub use time::{format_rfc3339_ms, parse_ts, parse_ts_value};
 
 use serde::Serialize;

@@ -349,7 +349,8 @@ fn describe(e: &jsonschema::ValidationError<'_>) -> (Option<String>, String) {
     }
 }
 
-fn truncate(s: &str, max: usize) -> String {
+/// `s` cut to `max` characters (never inside one), ending with `…` when cut.
+pub fn truncate(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         s.to_string()
     } else {

@@ -70,6 +70,29 @@ impl Keys {
         format!("{}:{{{}}}", self.prefix, shard.label())
     }
 
+    /// The home shard of an ingest request carrying `Idempotency-Key: key`:
+    /// the kind of its first event, the index hashed from the key (so every
+    /// retry, whatever its body, finds the same record as long as its first
+    /// event has the same kind).
+    pub fn home_shard(&self, kind: &str, idempotency_key: &str) -> Shard {
+        self.shard_for(kind, xxhash_rust::xxh3::xxh3_64(idempotency_key.as_bytes()))
+    }
+
+    /// Idempotency record of a request: `{prefix}:idem:{kind:i}:{key}`, kept
+    /// `ingest.idempotency_window_secs`. The hash tag is the home shard's, so
+    /// on Redis Cluster the record lives in the slot of that shard's stream.
+    ///
+    /// Issue 16 (Redis Cluster) must keep the record in the same slot as the
+    /// entries written with it: either route a keyed request's events to its
+    /// home shard alone (one slot, one script: the record and the XADDs), or
+    /// write per-shard transactions that each carry the record of their own
+    /// shard (`idempotency(&shard, key)` for every shard touched). Today one
+    /// request may span several shards in one script, which a cluster would
+    /// reject with CROSSSLOT.
+    pub fn idempotency(&self, home: &Shard, key: &str) -> String {
+        format!("{}:idem:{{{}}}:{key}", self.prefix, home.label())
+    }
+
     /// Lease of a shard for a group: `{prefix}:lease:{group}:{kind:i}` (same slot as the stream).
     pub fn lease(&self, group: &str, shard: &Shard) -> String {
         format!("{}:lease:{}:{{{}}}", self.prefix, group, shard.label())
@@ -127,6 +150,29 @@ mod tests {
         assert_eq!(k.stream(&s), "fm:{http:2}");
         assert_eq!(k.lease("rollup", &s), "fm:lease:rollup:{http:2}");
         assert_eq!(k.shards_of("webrtc").len(), 4);
+    }
+
+    #[test]
+    fn idempotency_record_shares_the_home_shards_hash_tag() {
+        let k = Keys::new("fm", 4);
+        let home = k.home_shard("http", "order-17");
+        assert_eq!(home, k.home_shard("http", "order-17"));
+        assert_eq!(home.kind, "http");
+        let record = k.idempotency(&home, "order-17");
+        let stream = k.stream(&home);
+        let tag = |key: &str| {
+            let open = key.find('{').map(|i| i + 1);
+            let close = key.find('}');
+            open.zip(close)
+                .map(|(a, b)| key.get(a..b).map(str::to_owned))
+        };
+        assert_eq!(tag(&record), tag(&stream));
+        assert_eq!(record, format!("fm:idem:{{http:{}}}:order-17", home.index));
+        // keys spread over the shards like partitions do
+        let used: std::collections::BTreeSet<u32> = (0..64)
+            .map(|i| k.home_shard("http", &format!("k{i}")).index)
+            .collect();
+        assert_eq!(used.len(), 4);
     }
 
     #[test]

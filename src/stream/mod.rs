@@ -1,15 +1,18 @@
-//! Redis Streams: every key name, the producer, fenced consumer-group reads
-//! and shard leases.
+//! Redis Streams: every key name, the producer (idempotent and behind
+//! backpressure for ingest), fenced consumer-group reads, shard leases, and
+//! the memory-pressure figures ([`pressure`]).
 //!
 //! Layout: kind `K` goes to `S` shard streams `{prefix}:{K:0}` …
 //! `{prefix}:{K:S-1}`. The braces are a Redis Cluster hash tag; every key that
-//! belongs to one shard (its lease) carries the same tag, so scripts touching a
-//! shard and its lease stay in one slot. Entries have the fields `kind`, `v`
+//! belongs to one shard (its lease, the idempotency records of requests whose
+//! home it is) carries the same tag, so scripts touching a shard and its
+//! lease stay in one slot. Entries have the fields `kind`, `v`
 //! and `data` (the event JSON), readable by any Redis client.
 
 mod consumer;
 mod keys;
 mod lease;
+pub mod pressure;
 mod producer;
 pub mod resp;
 mod start;
@@ -20,7 +23,7 @@ use std::time::Duration;
 pub use consumer::{ack, ensure_group, range, Entry, GroupReader, ReadOutcome, StreamId};
 pub use keys::{Keys, Shard};
 pub use lease::{hold_singleton, release_singleton, LeaseManager, LeaseOutcome};
-pub use producer::Producer;
+pub use producer::{Idempotency, Producer, SubmitError, Submitted};
 pub use start::StartFrom;
 pub use tls::RedisTls;
 

@@ -7,4 +7,5 @@
 mod common;
 
 mod hub;
+mod ingest;
 mod query;

@@ -355,6 +355,15 @@ pub fn http_event(i: u64, ts_ms: i64) -> serde_json::Value {
     })
 }
 
+/// A valid webrtc sample at `ts_ms` (varying fields derived from `i`).
+pub fn webrtc_event(i: u64, ts_ms: i64) -> serde_json::Value {
+    serde_json::json!({
+        "kind": "webrtc", "ts": ts_ms, "meeting_id": format!("m{}", i % 4),
+        "peer_id": format!("p{}", i % 7), "bytes_sent": 1000 + i, "bytes_received": 2000,
+        "rtt_ms": 40.0, "jitter_ms": 3.0, "packet_loss": 0.0, "candidate_type": "host"
+    })
+}
+
 /// POSTs http events `ids` (see [`http_event`]) in requests of 500, their
 /// `ts` spread over `spread_ms` from `t0`; asserts each is accepted.
 pub async fn post_http_range(
@@ -374,6 +383,23 @@ pub async fn post_http_range(
         assert_eq!(code, 202, "{reply}");
         i = end;
     }
+}
+
+/// Entries in every shard stream of both kinds (`XLEN`), on the Redis
+/// `conn` is connected to (the shared one, or a private server).
+pub async fn stream_total_on(conn: &mut redis::aio::MultiplexedConnection, env: &TestEnv) -> i64 {
+    let mut total = 0i64;
+    for kind in ["http", "webrtc"] {
+        for i in 0..env.settings.redis.shards {
+            let n: i64 = redis::cmd("XLEN")
+                .arg(format!("{}:{{{kind}:{i}}}", env.name))
+                .query_async(conn)
+                .await
+                .expect("xlen");
+            total += n;
+        }
+    }
+    total
 }
 
 /// Every entry of each shard of `kind`, in stream order: (stream key, id, `data`).
@@ -418,11 +444,14 @@ pub async fn stream_events(env: &TestEnv, kind: &str) -> Vec<Vec<serde_json::Val
 
 /// A TCP forwarder that counts the bytes going each way (client → upstream,
 /// upstream → client). `listen` may name a fixed address (e.g. one a client
-/// was already pointed at, to make a "server" come back).
+/// was already pointed at, to make a "server" come back). While
+/// [`TcpProxy::hold_replies`] is on, upstream's answers are held back (the
+/// upstream has done the work; the client does not hear of it).
 pub struct TcpProxy {
     pub addr: SocketAddr,
     pub up: std::sync::Arc<std::sync::atomic::AtomicU64>,
     pub down: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    hold: std::sync::Arc<std::sync::atomic::AtomicBool>,
     task: JoinHandle<()>,
 }
 
@@ -435,7 +464,8 @@ impl TcpProxy {
         let addr = listener.local_addr().expect("addr");
         let up = Arc::new(AtomicU64::new(0));
         let down = Arc::new(AtomicU64::new(0));
-        let (u, d) = (up.clone(), down.clone());
+        let hold = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (u, d, h) = (up.clone(), down.clone(), hold.clone());
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
@@ -443,7 +473,7 @@ impl TcpProxy {
                 };
                 let (mut cr, mut cw) = client.into_split();
                 let (mut sr, mut sw) = server.into_split();
-                let (u, d) = (u.clone(), d.clone());
+                let (u, d, h) = (u.clone(), d.clone(), h.clone());
                 tokio::spawn(async move {
                     let a = async {
                         let mut buf = vec![0u8; 16 * 1024];
@@ -457,6 +487,9 @@ impl TcpProxy {
                     let b = async {
                         let mut buf = vec![0u8; 16 * 1024];
                         while let Ok(n) = sr.read(&mut buf).await {
+                            while h.load(Ordering::SeqCst) {
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                            }
                             if n == 0 || cw.write_all(&buf[..n]).await.is_err() {
                                 break;
                             }
@@ -473,8 +506,14 @@ impl TcpProxy {
             addr,
             up,
             down,
+            hold,
             task,
         }
+    }
+
+    /// Holds back (`true`) or releases upstream's replies.
+    pub fn hold_replies(&self, on: bool) {
+        self.hold.store(on, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// (client → upstream, upstream → client) bytes so far.

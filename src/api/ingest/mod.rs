@@ -1,0 +1,198 @@
+//! `POST /v1/events`: one JSON object, a JSON array, or NDJSON
+//! (`Content-Type: application/x-ndjson`). All or nothing: any invalid event
+//! rejects the whole request (400, every problem counted, the first ones
+//! listed within `ingest.max_error_body_bytes`); otherwise every event is
+//! appended in one Redis transaction and the answer is `202 {"accepted": N}`
+//! once Redis has acknowledged it.
+//!
+//! - `Idempotency-Key` makes retries safe: within
+//!   `ingest.idempotency_window_secs` a request with a key already written
+//!   answers the first outcome (`"replayed": true`) and writes nothing; the
+//!   same key with another body answers 422.
+//! - A 503 says whether anything may have been written: `"outcome":
+//!   "not_written"` (Redis refused or was unreachable, or backpressure) or
+//!   `"unknown"` (Redis did not confirm a write it may have applied: retry
+//!   with the same key).
+
+mod body;
+mod key;
+mod report;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+pub use body::parse_body;
+pub use report::{ErrorReport, ReportLimits};
+
+use super::{ApiError, AppState};
+use crate::stream::{Idempotency, SubmitError, Submitted};
+use crate::telemetry::metrics;
+
+/// Header on a 202 that repeats an earlier request's outcome.
+const REPLAYED_HEADER: &str = "idempotent-replayed";
+
+pub async fn ingest(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let result = handle(&st, &headers, body).await;
+    match &result {
+        Ok(_) => metrics::REQUESTS_ACCEPTED.inc(),
+        Err(ApiError::Unavailable { .. } | ApiError::WriteFailed { .. }) => {
+            metrics::REQUESTS_UNAVAILABLE.inc()
+        }
+        Err(_) => metrics::REQUESTS_REJECTED.inc(),
+    }
+    result
+}
+
+async fn handle(st: &AppState, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let cfg = &st.ingest;
+    let key = key::idempotency_key(headers, cfg.max_idempotency_key_bytes)?;
+    let limit = cfg.max_body_bytes;
+    let limits = ReportLimits::from(cfg);
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        // to_bytes fails on the limit, or when the client broke off mid-body.
+        if is_length_limit(&e) {
+            ApiError::TooLarge { limit }
+        } else {
+            ErrorReport::new(&limits).into_error(format!("could not read the request body: {e}"), 0)
+        }
+    })?;
+    let ndjson = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.starts_with("application/x-ndjson") || ct.starts_with("application/jsonl")
+        });
+    let values = parse_body(&bytes, ndjson, cfg.max_events_per_request, &limits)?;
+    let Some(producer) = &st.producer else {
+        return Err(ApiError::NotFound("ingest role is not running".into()));
+    };
+    let mut valid = Vec::with_capacity(values.len());
+    let mut report = ErrorReport::new(&limits);
+    let mut invalid = 0usize;
+    for (i, v) in values.iter().enumerate() {
+        match st.schemas.validate(i, v) {
+            Ok(e) => valid.push(e),
+            Err(errs) => {
+                invalid += 1;
+                errs.into_iter().for_each(|e| report.push(e));
+            }
+        }
+    }
+    if invalid > 0 {
+        return Err(report.into_error(
+            format!(
+                "{invalid} of {} events are invalid; nothing from this request was written",
+                values.len()
+            ),
+            invalid,
+        ));
+    }
+    let idempotency = key.map(|key| Idempotency {
+        key,
+        fingerprint: key::fingerprint(ndjson, &bytes),
+        window: std::time::Duration::from_secs(cfg.idempotency_window_secs),
+    });
+    match producer
+        .submit(&st.schemas, &valid, idempotency.as_ref())
+        .await
+    {
+        Ok(Submitted::Written) => {
+            metrics::EVENTS_INGESTED.add(valid.len() as u64);
+            Ok(accepted(valid.len() as u64, false))
+        }
+        Ok(Submitted::Replayed { accepted: n }) => {
+            metrics::IDEMPOTENT_REPLAYS.inc();
+            Ok(accepted(n, true))
+        }
+        Err(e) => Err(failed(e, key, cfg.retry_after_secs)),
+    }
+}
+
+fn accepted(n: u64, replayed: bool) -> Response {
+    let body = if replayed {
+        json!({"accepted": n, "replayed": true})
+    } else {
+        json!({"accepted": n})
+    };
+    let mut resp = (StatusCode::ACCEPTED, Json(body)).into_response();
+    if replayed {
+        resp.headers_mut()
+            .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+    }
+    resp
+}
+
+/// The answer to a request the producer did not (or may not have) written.
+fn failed(e: SubmitError, key: Option<&str>, retry_after: u64) -> ApiError {
+    let not_written = |reason: String| ApiError::WriteFailed {
+        reason,
+        retry_after,
+        unknown: false,
+    };
+    match e {
+        SubmitError::Backlog {
+            shard,
+            entries,
+            limit,
+        } => {
+            metrics::REQUESTS_BACKPRESSURE.inc();
+            not_written(format!(
+                "backpressure: shard {shard} holds {entries} events its consumers have not processed yet (ingest.max_backlog_entries = {limit}); nothing from this request was written, retry later"
+            ))
+        }
+        SubmitError::NotWritten(e) => {
+            tracing::warn!(error = %e, "ingest: Redis refused or was unreachable; nothing written");
+            not_written(
+                "the event store (Redis) is unavailable; nothing from this request was written, retry later".into(),
+            )
+        }
+        SubmitError::Unknown(e) => {
+            tracing::warn!(error = %e, keyed = key.is_some(), "ingest: the outcome of a write is unknown");
+            metrics::REQUESTS_OUTCOME_UNKNOWN.inc();
+            let advice = match key {
+                Some(_) => format!(
+                    "retry with the same {} header: the events are then written at most once",
+                    key::HEADER
+                ),
+                None => format!(
+                    "a retry may count them twice; send an {} header to make retries safe",
+                    key::HEADER
+                ),
+            };
+            ApiError::WriteFailed {
+                reason: format!(
+                    "the event store (Redis) did not confirm the write in time: the events may or may not have been stored; {advice}"
+                ),
+                retry_after,
+                unknown: true,
+            }
+        }
+        SubmitError::KeyReused => ApiError::Conflict {
+            header: key::HEADER,
+            reason: format!(
+                "{} {:?} was used for a request with another body within ingest.idempotency_window_secs; nothing was written: use a new key for a new request",
+                key::HEADER,
+                key.unwrap_or_default()
+            ),
+        },
+    }
+}
+
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = src {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        src = s.source();
+    }
+    false
+}
