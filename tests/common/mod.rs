@@ -545,6 +545,7 @@ pub fn read_and_ingest_tokens(read: &str, ingest: &str) -> Vec<flowmeter::config
         name: name.into(),
         token: token.into(),
         scopes: vec![scope.into()],
+        ..Default::default()
     };
     vec![
         token("reader", read, "read"),
