@@ -5,6 +5,7 @@
 
 pub mod browser;
 pub mod servers;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
