@@ -340,6 +340,49 @@ mod tests {
         assert!(err.contains("metrics_requires_token"), "{err}");
     }
 
+    /// The tokens file of the k8s manifest's Secret: refused while it holds
+    /// the placeholders, loaded with digests in their place, and then the
+    /// pods may listen on 0.0.0.0.
+    #[test]
+    fn the_k8s_secret_fails_closed_until_filled_in() {
+        let manifest = std::fs::read_to_string("k8s/flowmeter.yaml").expect("manifest");
+        let file: String = manifest
+            .lines()
+            .skip_while(|l| !l.trim_start().starts_with("flowmeter.toml: |"))
+            .skip(1)
+            .take_while(|l| l.starts_with("    "))
+            .map(|l| format!("{}\n", l.trim_start()))
+            .collect();
+        assert!(file.contains("[auth]"), "{file}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("flowmeter.toml");
+        let env = vec![(
+            "FLOWMETER__SERVER__LISTEN".to_string(),
+            "0.0.0.0:8080".to_string(),
+        )];
+        std::fs::write(&path, &file).expect("write");
+        let err = crate::config::Settings::load_from(Some(&path), env.clone())
+            .expect_err("placeholders refused");
+        assert!(err.to_string().contains("token_sha256"), "{err}");
+        let digest = "ab".repeat(32);
+        let filled = file
+            .split('"')
+            .map(|part| {
+                if part.starts_with("REPLACE") {
+                    digest.as_str()
+                } else {
+                    part
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\"");
+        std::fs::write(&path, filled).expect("write");
+        let s = crate::config::Settings::load_from(Some(&path), env).expect("loads");
+        assert_eq!(s.auth.tokens.len(), 2);
+        let addr: SocketAddr = s.server.listen.parse().expect("addr");
+        assert_eq!(check_exposure(&s.auth, &[addr]), Ok(()));
+    }
+
     #[test]
     fn open_servers_only_on_loopback() {
         let addr = |s: &str| s.parse::<SocketAddr>().expect("addr");

@@ -65,7 +65,9 @@ pub struct ServerConfig {
     /// cut mid-answer). A WebSocket is not cut once upgraded (default 60,000).
     pub request_timeout_ms: u64,
     /// Largest request head (request line and headers) a client may send;
-    /// larger heads get 431. At least 8,192 (default 65,536).
+    /// larger heads get 431. At least 8,192 (default 16,384). Connections
+    /// still sending their head hold at most `max_connections ×
+    /// max_header_bytes` of buffers.
     pub max_header_bytes: usize,
     /// HTTPS and WSS on the same port (`[server.tls]`).
     pub tls: TlsConfig,
@@ -82,7 +84,7 @@ impl Default for ServerConfig {
             header_read_timeout_ms: 10_000,
             body_idle_timeout_ms: 10_000,
             request_timeout_ms: 60_000,
-            max_header_bytes: 64 * 1024,
+            max_header_bytes: 16 * 1024,
             tls: TlsConfig::default(),
             ingest_rate_limit: IngestRateLimitConfig::default(),
         }
