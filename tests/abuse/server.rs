@@ -499,22 +499,25 @@ async fn ingest_rate_limits_per_token_and_per_client() {
         token("two", INGEST2, &["ingest"]),
     ];
     let rl = &mut env.settings.server.ingest_rate_limit;
-    rl.requests_per_sec = 1.0;
+    // one request every 2 s after a burst of 3
+    rl.requests_per_sec = 0.5;
     rl.burst_requests = 3;
     let server = start(&env, "ingest").await;
     let c = http_client();
     let url = server.url("/v1/events");
+    let t0 = Instant::now();
     let (accepted, r) = until_limited(&c, &url, Some(INGEST), 20).await;
+    let refills = (t0.elapsed().as_secs_f64() * 0.5).ceil() as usize;
     assert!(
-        (3..=4).contains(&accepted),
-        "burst 3 (+1 refilled): {accepted}"
+        (3..=3 + refills).contains(&accepted),
+        "burst 3 (+{refills} refilled): {accepted}"
     );
     let retry: u64 = r.headers()["retry-after"]
         .to_str()
         .expect("ascii")
         .parse()
         .expect("seconds");
-    assert_eq!(retry, 1);
+    assert!((1..=2).contains(&retry), "{retry}");
     let body: serde_json::Value = r.json().await.expect("json");
     assert_eq!(body["accepted"], 0);
     assert!(body["error"]
@@ -739,15 +742,17 @@ async fn tokens_hashed_bearer_any_case_query_everywhere_and_metrics() {
     assert_eq!(r.status(), 400);
     assert!(r.text().await.expect("text").len() < 2_000);
     // a head past server.max_header_bytes (16 KiB) is refused before any
-    // handler runs; the server goes on
-    let r = c
+    // handler runs (on a connection of its own); the server goes on
+    let r = http_client()
         .get(server.url("/v1/status"))
         .bearer_auth(READ)
         .header("x-padding", "p".repeat(20_000))
         .send()
         .await
         .expect("an answer");
-    assert_eq!(r.status(), 431);
+    let status = r.status();
+    let body = r.text().await.unwrap_or_default();
+    assert_eq!(status, 431, "{body}");
     assert_eq!(post_one(&c, &events, Some(INGEST)).await.status(), 202);
     server.stop().await;
     env.cleanup().await;
