@@ -243,11 +243,6 @@ pub async fn serve(
     if serves_data {
         let addrs = listen_addrs(&settings, listener.as_ref()).await?;
         crate::auth::check_exposure(&settings.auth, &addrs)?;
-        if !settings.auth.enabled() {
-            tracing::info!(
-                "no [auth] tokens configured: the API and the hub are open to local clients"
-            );
-        }
     }
     let http = crate::api::server::HttpServer::new(&settings.server)?;
     let schemas = Arc::new(SchemaRegistry::load(&settings.paths.schemas)?);

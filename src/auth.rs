@@ -135,7 +135,12 @@ pub fn check_exposure(cfg: &AuthConfig, addrs: &[SocketAddr]) -> Result<(), Expo
         return Ok(());
     }
     match addrs.iter().find(|a| !a.ip().is_loopback()) {
-        None => Ok(()),
+        None => {
+            tracing::info!(
+                "no [auth] tokens configured: the API and the hub are open to local clients"
+            );
+            Ok(())
+        }
         Some(&addr) if cfg.allow_anonymous => {
             tracing::warn!(%addr, "auth.allow_anonymous = true and no [auth] tokens: the API and the hub are open to anyone who can reach {addr}");
             Ok(())

@@ -536,20 +536,47 @@ async fn ingest_rate_limits_per_token_and_per_client() {
         .sum();
     assert_eq!(written, accepted + 2);
     server.stop().await;
+    let before = written;
 
-    // without tokens, per client address: 127.0.0.2 is not 127.0.0.1
+    // without tokens, per client address: 127.0.0.2 is not 127.0.0.1; one
+    // request per 20 s, so no refill shows within the test; at most 8
+    // addresses tracked
     env.settings.auth.tokens.clear();
+    let rl = &mut env.settings.server.ingest_rate_limit;
+    rl.requests_per_sec = 0.05;
+    rl.max_clients = 8;
     let server = start(&env, "ingest").await;
     let url = server.url("/v1/events");
     let (accepted, _) = until_limited(&c, &url, None, 20).await;
-    assert!(accepted >= 3);
-    let other = reqwest::Client::builder()
-        .local_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)))
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("client");
+    assert_eq!(accepted, 3);
+    let from = |ip: Ipv4Addr| {
+        reqwest::Client::builder()
+            .local_address(IpAddr::V4(ip))
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("client")
+    };
+    let other = from(Ipv4Addr::new(127, 0, 0, 2));
     assert_eq!(post_one(&other, &url, None).await.status(), 202);
     assert_eq!(post_one(&c, &url, None).await.status(), 429);
+    // a churn of 12 fresh addresses: each is served, and the table forgets
+    // the oldest (127.0.0.1 starts again with a full bucket) instead of
+    // growing
+    for i in 1..=12 {
+        let churn = from(Ipv4Addr::new(127, 0, 1, i));
+        assert_eq!(
+            post_one(&churn, &url, None).await.status(),
+            202,
+            "127.0.1.{i}"
+        );
+    }
+    assert_eq!(post_one(&c, &url, None).await.status(), 202);
+    let written: usize = common::shard_entries(&env, "http")
+        .await
+        .iter()
+        .map(Vec::len)
+        .sum();
+    assert_eq!(written - before, 3 + 1 + 12 + 1);
     server.stop().await;
     env.cleanup().await;
 }

@@ -82,7 +82,8 @@ pub(super) async fn serve(
         tokio::select! {
             res = conn.as_mut() => {
                 if let Err(e) = res {
-                    note_error(&*e, remote);
+                    // a timeout after the watchdog's is the same one, counted
+                    note_error(&*e, remote, closing.is_none());
                 }
                 break;
             }
@@ -101,12 +102,12 @@ pub(super) async fn serve(
     }
 }
 
-/// Logs a connection's end by error; a header timeout is counted.
-fn note_error(e: &(dyn std::error::Error + 'static), remote: SocketAddr) {
+/// Logs a connection's end by error; a header timeout is counted when `count`.
+fn note_error(e: &(dyn std::error::Error + 'static), remote: SocketAddr, count: bool) {
     let timeout = e
         .downcast_ref::<hyper::Error>()
         .is_some_and(hyper::Error::is_timeout);
-    if timeout {
+    if timeout && count {
         metrics::HTTP_HEADER_TIMEOUTS.inc();
     }
     tracing::debug!(%remote, error = %e, "connection ended with an error");
