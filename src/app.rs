@@ -33,6 +33,10 @@ pub enum AppError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Exposed(#[from] crate::auth::ExposedError),
+    #[error(transparent)]
+    Server(#[from] crate::api::server::ServerError),
     #[error("unknown role {0:?}; roles are ingest, api, rollup, hub")]
     UnknownRole(String),
     #[error("no processor named {0:?} in processors/; the names are: {1}")]
@@ -200,14 +204,43 @@ pub async fn migrate(settings: &Settings) -> Result<Vec<String>, AppError> {
     }
 }
 
+/// The addresses `serve` would listen on: the given listener's, else what
+/// `server.listen` resolves to.
+async fn listen_addrs(
+    settings: &Settings,
+    listener: Option<&TcpListener>,
+) -> Result<Vec<std::net::SocketAddr>, AppError> {
+    let listen_err = |source| AppError::Listen {
+        addr: settings.server.listen.clone(),
+        source,
+    };
+    match listener {
+        Some(l) => Ok(vec![l.local_addr().map_err(listen_err)?]),
+        None => Ok(tokio::net::lookup_host(&settings.server.listen)
+            .await
+            .map_err(listen_err)?
+            .collect()),
+    }
+}
+
 /// Runs the given roles until `shutdown` is cancelled. `listener` lets tests
 /// bind port 0; without it `server.listen` is bound.
+///
+/// Refuses to start, before touching anything, when a role that serves data
+/// (ingest, api, hub) would be open to anyone on an address that is not
+/// loopback (see [`crate::auth::check_exposure`]).
 pub async fn serve(
     settings: Settings,
     roles: Roles,
     listener: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> Result<(), AppError> {
+    let serves_data = roles.has(Role::Ingest) || roles.has(Role::Api) || roles.has(Role::Hub);
+    if serves_data {
+        let addrs = listen_addrs(&settings, listener.as_ref()).await?;
+        crate::auth::check_exposure(&settings.auth, &addrs)?;
+    }
+    let http = crate::api::server::HttpServer::new(&settings.server)?;
     let schemas = Arc::new(SchemaRegistry::load(&settings.paths.schemas)?);
     let processors = Arc::new(ProcessorRegistry::load(
         &settings.paths.processors,
@@ -280,10 +313,6 @@ pub async fn serve(
         }
         hub
     });
-    if !settings.auth.enabled() && (roles.has(Role::Hub) || roles.has(Role::Api)) {
-        tracing::warn!("no [auth] tokens configured: the API and the hub are open to anyone who can reach them");
-    }
-
     // Every role serves HTTP: `/healthz` and `/metrics` always (liveness
     // probes and Prometheus scrape rollup-only workers too), the ingest and
     // query endpoints only with their roles.
@@ -331,7 +360,10 @@ pub async fn serve(
             } else {
                 None
             },
-            auth: crate::auth::Auth::new(settings.auth.clone()),
+            auth: crate::auth::Auth::new(&settings.auth),
+            ingest_limit: Arc::new(crate::api::RateLimiter::new(
+                &settings.server.ingest_rate_limit,
+            )),
         };
         let listener = match listener {
             Some(l) => l,
@@ -343,21 +375,10 @@ pub async fn serve(
                 })?,
         };
         if let Ok(addr) = listener.local_addr() {
-            tracing::info!(%addr, roles = ?roles.0, "listening");
+            let scheme = if http.tls() { "https" } else { "http" };
+            tracing::info!(%addr, scheme, roles = ?roles.0, "listening");
         }
-        let app = api::router(state);
-        let stop = shutdown.clone();
-        tracker.spawn(async move {
-            let res = axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-            if let Err(e) = res {
-                tracing::error!(error = %e, "http server failed");
-            }
-        });
+        tracker.spawn(http.run(listener, api::router(state), shutdown.clone()));
     }
     tracker.close();
     shutdown.cancelled().await;

@@ -1,8 +1,18 @@
 //! Bearer tokens and scopes (`[auth]` in the config). A request names its
-//! token in `Authorization: Bearer <token>` or, where headers cannot be set
-//! (browser WebSockets), in the `token` query parameter.
+//! token in `Authorization: Bearer <token>` (the scheme in any case) or,
+//! where headers cannot be set (browser WebSockets, `sendBeacon`), in the
+//! `token` query parameter.
+//!
+//! Tokens are kept only as SHA-256 digests (configured as the token or as
+//! `token_sha256`); a presented token is hashed and compared with every
+//! digest in constant time, so neither its content nor its length shows in
+//! the timing.
+
+use std::net::SocketAddr;
 
 use axum::http::HeaderMap;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use crate::config::AuthConfig;
 
@@ -11,14 +21,22 @@ use crate::config::AuthConfig;
 pub enum Scope {
     Read,
     Ingest,
+    Metrics,
 }
 
 impl Scope {
+    const ALL: [Scope; 3] = [Scope::Read, Scope::Ingest, Scope::Metrics];
+
     fn name(self) -> &'static str {
         match self {
             Scope::Read => "read",
             Scope::Ingest => "ingest",
+            Scope::Metrics => "metrics",
         }
+    }
+
+    fn parse(s: &str) -> Option<Scope> {
+        Scope::ALL.into_iter().find(|x| x.name() == s)
     }
 }
 
@@ -33,29 +51,144 @@ pub enum AuthError {
     Scope { name: String, scope: &'static str },
 }
 
-/// The configured tokens.
-#[derive(Debug, Clone, Default)]
-pub struct Auth {
-    cfg: AuthConfig,
+/// Why `serve` refuses to start: open to anyone on a reachable address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("refusing to serve without tokens on {addr}, which is not a loopback address: configure [auth] tokens (docs/security.md), or set auth.allow_anonymous = true to serve open on purpose")]
+pub struct ExposedError {
+    pub addr: SocketAddr,
 }
 
-/// Equal-length comparison that does not stop at the first difference.
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+type Sha = [u8; 32];
+
+#[derive(Debug, Clone)]
+struct Known {
+    name: String,
+    digest: Sha,
+    scopes: Vec<Scope>,
+}
+
+/// The configured tokens, as digests.
+#[derive(Debug, Clone, Default)]
+pub struct Auth {
+    tokens: Vec<Known>,
+    metrics_requires_token: bool,
+}
+
+fn sha256(token: &str) -> Sha {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// 64 hex digits (either case) as 32 bytes.
+fn parse_hex(hex: &str) -> Option<Sha> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut digits = hex.chars().map(|c| c.to_digit(16));
+    let mut out = [0u8; 32];
+    for b in &mut out {
+        let (hi, lo) = (digits.next()??, digits.next()??);
+        *b = u8::try_from(hi << 4 | lo).ok()?;
+    }
+    Some(out)
+}
+
+/// Checks `[auth]`: every token has a name, exactly one of `token` (at least
+/// 16 characters) and `token_sha256` (64 hex digits), and known scopes. The
+/// error names the token and the field.
+pub fn validate(cfg: &AuthConfig) -> Result<(), String> {
+    for t in &cfg.tokens {
+        let who = format!("auth.tokens {:?}", t.name);
+        if t.name.is_empty() {
+            return Err("auth.tokens: every token needs a name".into());
+        }
+        match (t.token.is_empty(), t.token_sha256.is_empty()) {
+            (false, false) => return Err(format!("{who}: give token or token_sha256, not both")),
+            (true, true) => return Err(format!("{who}: give token or token_sha256")),
+            (false, true) if t.token.chars().count() < 16 => {
+                return Err(format!("{who}: a token must be at least 16 characters"))
+            }
+            (true, false) if parse_hex(&t.token_sha256).is_none() => {
+                return Err(format!("{who}: token_sha256 must be 64 hex digits"))
+            }
+            _ => {}
+        }
+        if let Some(s) = t.scopes.iter().find(|s| Scope::parse(s).is_none()) {
+            return Err(format!(
+                "{who}: unknown scope {s:?} (read, ingest, metrics)"
+            ));
+        }
+    }
+    let metrics = cfg
+        .tokens
+        .iter()
+        .any(|t| t.scopes.iter().any(|s| s == "metrics"));
+    if cfg.metrics_requires_token && !metrics {
+        return Err("auth.metrics_requires_token is set but no token has the metrics scope".into());
+    }
+    Ok(())
+}
+
+/// Refuses an open server on an address that is not loopback, unless
+/// `auth.allow_anonymous`; an allowed open one is logged as a warning.
+pub fn check_exposure(cfg: &AuthConfig, addrs: &[SocketAddr]) -> Result<(), ExposedError> {
+    if cfg.enabled() {
+        return Ok(());
+    }
+    match addrs.iter().find(|a| !a.ip().is_loopback()) {
+        None => {
+            tracing::info!(
+                "no [auth] tokens configured: the API and the hub are open to local clients"
+            );
+            Ok(())
+        }
+        Some(&addr) if cfg.allow_anonymous => {
+            tracing::warn!(%addr, "auth.allow_anonymous = true and no [auth] tokens: the API and the hub are open to anyone who can reach {addr}");
+            Ok(())
+        }
+        Some(&addr) => Err(ExposedError { addr }),
+    }
+}
+
+/// The token in an `Authorization` value: `Bearer <token>`, scheme in any case.
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.trim_start().split_once([' ', '\t'])?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
 }
 
 impl Auth {
-    pub fn new(cfg: AuthConfig) -> Self {
-        Self { cfg }
+    /// Digests of the tokens of `cfg`. Tokens whose `token_sha256` does not
+    /// parse are left out ([`validate`] refuses them at load).
+    pub fn new(cfg: &AuthConfig) -> Self {
+        let tokens = cfg
+            .tokens
+            .iter()
+            .filter_map(|t| {
+                let digest = if t.token.is_empty() {
+                    parse_hex(&t.token_sha256)?
+                } else {
+                    sha256(&t.token)
+                };
+                Some(Known {
+                    name: t.name.clone(),
+                    digest,
+                    scopes: t.scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
+                })
+            })
+            .collect();
+        Self {
+            tokens,
+            metrics_requires_token: cfg.metrics_requires_token,
+        }
     }
 
     /// Whether any token is configured (else everything is open).
     pub fn enabled(&self) -> bool {
-        !self.cfg.tokens.is_empty()
+        !self.tokens.is_empty()
+    }
+
+    /// Whether `GET /metrics` asks for a token with the `metrics` scope.
+    pub fn metrics_requires_token(&self) -> bool {
+        self.metrics_requires_token && self.enabled()
     }
 
     /// The token of a request: the bearer header, else the `token` query parameter.
@@ -63,8 +196,7 @@ impl Auth {
         headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(bearer)
             .or(query_token)
             .filter(|t| !t.is_empty())
     }
@@ -74,14 +206,18 @@ impl Auth {
         if !self.enabled() {
             return Ok("anonymous".into());
         }
-        let token = token.ok_or(AuthError::Missing)?;
-        let t = self
-            .cfg
-            .tokens
-            .iter()
-            .find(|t| same(&t.token, token))
-            .ok_or(AuthError::Unknown)?;
-        if t.scopes.iter().any(|s| s == scope.name()) {
+        let digest = sha256(token.ok_or(AuthError::Missing)?);
+        // Every digest is compared, each in constant time: the time taken
+        // does not depend on which token matched or how close a guess was.
+        let found = self.tokens.iter().fold(None, |found, t| {
+            if bool::from(t.digest.ct_eq(&digest)) {
+                Some(t)
+            } else {
+                found
+            }
+        });
+        let t = found.ok_or(AuthError::Unknown)?;
+        if t.scopes.contains(&scope) {
             Ok(t.name.clone())
         } else {
             Err(AuthError::Scope {
@@ -97,14 +233,20 @@ mod tests {
     use super::*;
     use crate::config::TokenConfig;
 
+    fn token(name: &str, token: &str, scopes: &[&str]) -> TokenConfig {
+        TokenConfig {
+            name: name.into(),
+            token: token.into(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            ..TokenConfig::default()
+        }
+    }
+
     #[test]
     fn scopes_are_checked() {
-        let auth = Auth::new(AuthConfig {
-            tokens: vec![TokenConfig {
-                name: "dash".into(),
-                token: "0123456789abcdef".into(),
-                scopes: vec!["read".into()],
-            }],
+        let auth = Auth::new(&AuthConfig {
+            tokens: vec![token("dash", "0123456789abcdef", &["read"])],
+            ..AuthConfig::default()
         });
         assert_eq!(
             auth.check(Some("0123456789abcdef"), Scope::Read),
@@ -118,17 +260,154 @@ mod tests {
             auth.check(Some("nope"), Scope::Read),
             Err(AuthError::Unknown)
         );
+        // a prefix or an extension of a token is not the token
+        for near in ["0123456789abcde", "0123456789abcdef0", ""] {
+            assert_eq!(auth.check(Some(near), Scope::Read), Err(AuthError::Unknown));
+        }
         assert_eq!(auth.check(None, Scope::Read), Err(AuthError::Missing));
         assert_eq!(
             Auth::default().check(None, Scope::Read),
             Ok("anonymous".into())
         );
+    }
+
+    #[test]
+    fn bearer_scheme_in_any_case() {
         let mut h = HeaderMap::new();
-        h.insert(
-            axum::http::header::AUTHORIZATION,
-            axum::http::HeaderValue::from_static("Bearer abc"),
-        );
-        assert_eq!(Auth::token_of(&h, Some("q")), Some("abc"));
+        for v in ["Bearer abc", "bearer abc", "BEARER  abc ", "BeArEr\tabc"] {
+            h.insert(
+                axum::http::header::AUTHORIZATION,
+                axum::http::HeaderValue::from_static(v),
+            );
+            assert_eq!(Auth::token_of(&h, Some("q")), Some("abc"), "{v:?}");
+        }
+        for v in ["Basic abc", "Bearerabc", "abc"] {
+            h.insert(
+                axum::http::header::AUTHORIZATION,
+                axum::http::HeaderValue::from_static(v),
+            );
+            assert_eq!(Auth::token_of(&h, None), None, "{v:?}");
+        }
         assert_eq!(Auth::token_of(&HeaderMap::new(), Some("q")), Some("q"));
+        assert_eq!(Auth::token_of(&HeaderMap::new(), Some("")), None);
+    }
+
+    #[test]
+    fn tokens_by_their_hash() {
+        let secret = "a-token-only-its-owner-knows";
+        let hex: String = sha256(secret).iter().map(|b| format!("{b:02x}")).collect();
+        let cfg = AuthConfig {
+            tokens: vec![TokenConfig {
+                name: "ci".into(),
+                token_sha256: hex.to_uppercase(),
+                scopes: vec!["ingest".into()],
+                ..TokenConfig::default()
+            }],
+            ..AuthConfig::default()
+        };
+        assert_eq!(validate(&cfg), Ok(()));
+        let auth = Auth::new(&cfg);
+        assert_eq!(auth.check(Some(secret), Scope::Ingest), Ok("ci".into()));
+        // the digest itself is not a token
+        assert_eq!(
+            auth.check(Some(&hex), Scope::Ingest),
+            Err(AuthError::Unknown)
+        );
+    }
+
+    #[test]
+    fn validation_names_the_token_and_field() {
+        let check = |t: TokenConfig| {
+            validate(&AuthConfig {
+                tokens: vec![t],
+                ..AuthConfig::default()
+            })
+        };
+        let err = check(token("short", "tooshort", &["read"])).expect_err("short");
+        assert!(err.contains("\"short\"") && err.contains("16"), "{err}");
+        let mut both = token("both", "0123456789abcdef", &["read"]);
+        both.token_sha256 = "00".repeat(32);
+        assert!(check(both).expect_err("both").contains("not both"));
+        let mut badhex = token("hex", "", &["read"]);
+        badhex.token_sha256 = "zz".repeat(32);
+        assert!(check(badhex).expect_err("hex").contains("token_sha256"));
+        let mut odd = token("odd", "", &["read"]);
+        odd.token_sha256 = "0".repeat(63);
+        assert!(check(odd).expect_err("odd").contains("64 hex"));
+        let err = check(token("s", "0123456789abcdef", &["admin"])).expect_err("scope");
+        assert!(err.contains("admin"), "{err}");
+        let err = validate(&AuthConfig {
+            tokens: vec![token("r", "0123456789abcdef", &["read"])],
+            metrics_requires_token: true,
+            ..AuthConfig::default()
+        })
+        .expect_err("no metrics token");
+        assert!(err.contains("metrics_requires_token"), "{err}");
+    }
+
+    /// The tokens file of the k8s manifest's Secret: refused while it holds
+    /// the placeholders, loaded with digests in their place, and then the
+    /// pods may listen on 0.0.0.0.
+    #[test]
+    fn the_k8s_secret_fails_closed_until_filled_in() {
+        let manifest = std::fs::read_to_string("k8s/flowmeter.yaml").expect("manifest");
+        let file: String = manifest
+            .lines()
+            .skip_while(|l| !l.trim_start().starts_with("flowmeter.toml: |"))
+            .skip(1)
+            .take_while(|l| l.starts_with("    "))
+            .map(|l| format!("{}\n", l.trim_start()))
+            .collect();
+        assert!(file.contains("[auth]"), "{file}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("flowmeter.toml");
+        let env = vec![(
+            "FLOWMETER__SERVER__LISTEN".to_string(),
+            "0.0.0.0:8080".to_string(),
+        )];
+        std::fs::write(&path, &file).expect("write");
+        let err = crate::config::Settings::load_from(Some(&path), env.clone())
+            .expect_err("placeholders refused");
+        assert!(err.to_string().contains("token_sha256"), "{err}");
+        let digest = "ab".repeat(32);
+        let filled = file
+            .split('"')
+            .map(|part| {
+                if part.starts_with("REPLACE") {
+                    digest.as_str()
+                } else {
+                    part
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\"");
+        std::fs::write(&path, filled).expect("write");
+        let s = crate::config::Settings::load_from(Some(&path), env).expect("loads");
+        assert_eq!(s.auth.tokens.len(), 2);
+        let addr: SocketAddr = s.server.listen.parse().expect("addr");
+        assert_eq!(check_exposure(&s.auth, &[addr]), Ok(()));
+    }
+
+    #[test]
+    fn open_servers_only_on_loopback() {
+        let addr = |s: &str| s.parse::<SocketAddr>().expect("addr");
+        let open = AuthConfig::default();
+        for ok in ["127.0.0.1:8080", "[::1]:8080", "127.3.4.5:1"] {
+            assert_eq!(check_exposure(&open, &[addr(ok)]), Ok(()), "{ok}");
+        }
+        let err = check_exposure(&open, &[addr("127.0.0.1:1"), addr("0.0.0.0:8080")])
+            .expect_err("0.0.0.0 without tokens");
+        assert!(err.to_string().contains("auth.allow_anonymous"), "{err}");
+        assert!(check_exposure(&open, &[addr("[::]:80")]).is_err());
+        let allowed = AuthConfig {
+            allow_anonymous: true,
+            ..AuthConfig::default()
+        };
+        assert_eq!(check_exposure(&allowed, &[addr("0.0.0.0:8080")]), Ok(()));
+        let closed = AuthConfig {
+            tokens: vec![token("r", "0123456789abcdef", &["read"])],
+            ..AuthConfig::default()
+        };
+        assert_eq!(check_exposure(&closed, &[addr("0.0.0.0:8080")]), Ok(()));
     }
 }

@@ -38,14 +38,42 @@ pub struct Settings {
     pub query: QueryConfig,
 }
 
-/// The HTTP listener (ingest, query and status API).
+/// The HTTP listener (ingest, query and status API, the hub's WebSockets)
+/// and the limits that keep slow or abusive clients from holding it; see
+/// docs/security.md.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
-    /// Address the API listens on.
+    /// Address the API listens on. Anything but a loopback address needs
+    /// `[auth]` tokens, or `auth.allow_anonymous = true`.
     pub listen: String,
     /// Graceful shutdown: how long in-flight requests and the final flush may take.
     pub shutdown_timeout_ms: u64,
+    /// Most open client connections, HTTP and WebSocket together (default
+    /// 16,384). Past it new connections wait in the listen backlog until one
+    /// closes. Keep it below the process's file limit (`ulimit -n`).
+    pub max_connections: usize,
+    /// A connection must finish its TLS handshake and send a request's
+    /// complete headers within this long of opening, and the next request's
+    /// headers within this long of the previous answer (so it is also the
+    /// keep-alive idle timeout); else it is closed (default 10,000).
+    pub header_read_timeout_ms: u64,
+    /// Longest pause between two chunks of a request body; past it the
+    /// request fails and the connection is closed (default 10,000).
+    pub body_idle_timeout_ms: u64,
+    /// Longest one request may take, from its complete headers to the last
+    /// byte of the answer; past it the client gets 408 (or the connection is
+    /// cut mid-answer). A WebSocket is not cut once upgraded (default 60,000).
+    pub request_timeout_ms: u64,
+    /// Largest request head (request line and headers) a client may send;
+    /// larger heads get 431. At least 8,192 (default 16,384). Connections
+    /// still sending their head hold at most `max_connections ×
+    /// max_header_bytes` of buffers.
+    pub max_header_bytes: usize,
+    /// HTTPS and WSS on the same port (`[server.tls]`).
+    pub tls: TlsConfig,
+    /// Ingest rate limits (`[server.ingest_rate_limit]`).
+    pub ingest_rate_limit: IngestRateLimitConfig,
 }
 
 impl Default for ServerConfig {
@@ -53,6 +81,63 @@ impl Default for ServerConfig {
         Self {
             listen: "127.0.0.1:8080".into(),
             shutdown_timeout_ms: 15_000,
+            max_connections: 16_384,
+            header_read_timeout_ms: 10_000,
+            body_idle_timeout_ms: 10_000,
+            request_timeout_ms: 60_000,
+            max_header_bytes: 16 * 1024,
+            tls: TlsConfig::default(),
+            ingest_rate_limit: IngestRateLimitConfig::default(),
+        }
+    }
+}
+
+/// TLS for the listener (rustls). With both paths set the port speaks only
+/// HTTPS/WSS (HTTP/2 offered by ALPN); a plain-HTTP request gets a 400 that
+/// says so. Files are read at start; a change needs a restart.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM file with the certificate chain, leaf first. Empty = no TLS.
+    pub cert_path: PathBuf,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1). Empty = no TLS.
+    pub key_path: PathBuf,
+}
+
+impl TlsConfig {
+    pub fn enabled(&self) -> bool {
+        !self.cert_path.as_os_str().is_empty()
+    }
+}
+
+/// Token buckets on `POST /v1/events`: one per token, or per client address
+/// when auth is off (IPv6 clients by /64). A request past its bucket gets
+/// 429 with `Retry-After`. Each request costs one, whatever it carries, so
+/// events/s are bounded by `requests_per_sec × ingest.max_events_per_request`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestRateLimitConfig {
+    /// Sustained requests per second per token or client; 0 = no limit
+    /// (default 1,000).
+    pub requests_per_sec: f64,
+    /// Requests a token or client may send at once above the sustained rate
+    /// (the bucket's size; default 2,000).
+    pub burst_requests: u32,
+    /// Client addresses tracked when auth is off; memory stays below about
+    /// 100 bytes each. Past it the least recently seen half is forgotten
+    /// (those clients start again with a full bucket) (default 100,000).
+    pub max_clients: usize,
+    /// A client address idle this long may be forgotten (default 300).
+    pub client_idle_secs: u64,
+}
+
+impl Default for IngestRateLimitConfig {
+    fn default() -> Self {
+        Self {
+            requests_per_sec: 1_000.0,
+            burst_requests: 2_000,
+            max_clients: 100_000,
+            client_idle_secs: 300,
         }
     }
 }
@@ -439,12 +524,19 @@ impl Default for HubConfig {
     }
 }
 
-/// Bearer tokens. With none configured, the API is open (a warning says so
-/// at start).
+/// Bearer tokens. With none configured the API is open, which `serve`
+/// allows only on a loopback address unless `allow_anonymous` is set.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     pub tokens: Vec<TokenConfig>,
+    /// Serve without tokens on an address that is not loopback (everything
+    /// open to whoever reaches it; a warning says so). Default false: such a
+    /// server refuses to start.
+    pub allow_anonymous: bool,
+    /// `GET /metrics` asks for a token with the `metrics` scope (default
+    /// false: open, like `/healthz`).
+    pub metrics_requires_token: bool,
 }
 
 impl AuthConfig {
@@ -453,14 +545,21 @@ impl AuthConfig {
     }
 }
 
-/// One token and what it may do.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// One token and what it may do. Give either `token` or `token_sha256`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {
     /// A name for logs and limits (never the token itself).
     pub name: String,
+    /// The token itself, at least 16 characters.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub token: String,
-    /// `read` (WebSocket hub, queries), `ingest` (POST /v1/events).
+    /// Instead of `token`: its SHA-256 as 64 hex digits
+    /// (`printf %s "$TOKEN" | sha256sum`), so the file holds no secret.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub token_sha256: String,
+    /// `read` (WebSocket hub, queries), `ingest` (POST /v1/events),
+    /// `metrics` (GET /metrics with `auth.metrics_requires_token`).
     pub scopes: Vec<String>,
 }
 
@@ -544,21 +643,8 @@ impl Settings {
         {
             return bad("hub.max_channels, hub.max_messages_per_sec, hub.max_snapshots_per_sec and hub.max_connections_per_ip must be > 0");
         }
-        for t in &self.auth.tokens {
-            if t.token.len() < 16 {
-                return bad("auth.tokens: every token must be at least 16 characters");
-            }
-            if let Some(s) = t
-                .scopes
-                .iter()
-                .find(|s| !["read", "ingest"].contains(&s.as_str()))
-            {
-                return Err(ConfigError::Invalid(format!(
-                    "auth.tokens {}: unknown scope {s:?} (read, ingest)",
-                    t.name
-                )));
-            }
-        }
+        crate::auth::validate(&self.auth).map_err(ConfigError::Invalid)?;
+        self.validate_server()?;
         if self.retention.max_scan == 0 {
             return bad("retention.max_scan must be > 0");
         }
@@ -597,13 +683,45 @@ impl Settings {
         Ok(())
     }
 
+    fn validate_server(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        let s = &self.server;
+        if s.max_connections == 0 {
+            return bad("server.max_connections must be > 0");
+        }
+        if s.header_read_timeout_ms == 0 || s.body_idle_timeout_ms == 0 || s.request_timeout_ms == 0
+        {
+            return bad("server.header_read_timeout_ms, body_idle_timeout_ms and request_timeout_ms must be > 0");
+        }
+        if s.max_header_bytes < 8_192 || s.max_header_bytes > u32::MAX as usize {
+            return bad("server.max_header_bytes must be between 8192 and 4294967295");
+        }
+        if s.tls.cert_path.as_os_str().is_empty() != s.tls.key_path.as_os_str().is_empty() {
+            return bad("server.tls: set both cert_path and key_path, or neither");
+        }
+        let r = &s.ingest_rate_limit;
+        if !r.requests_per_sec.is_finite() || r.requests_per_sec < 0.0 {
+            return bad("server.ingest_rate_limit.requests_per_sec must be 0 (off) or positive");
+        }
+        if r.requests_per_sec > 0.0 && (r.burst_requests == 0 || r.max_clients < 2) {
+            return bad(
+                "server.ingest_rate_limit: burst_requests must be > 0 and max_clients at least 2",
+            );
+        }
+        Ok(())
+    }
+
     /// The effective configuration as TOML with passwords in URLs masked.
     pub fn to_masked_toml(&self) -> String {
         let mut s = self.clone();
         s.redis.url = mask_url(&s.redis.url);
         s.mysql.url = mask_url(&s.mysql.url);
         for t in &mut s.auth.tokens {
-            t.token = "***".into();
+            for secret in [&mut t.token, &mut t.token_sha256] {
+                if !secret.is_empty() {
+                    *secret = "***".into();
+                }
+            }
         }
         s.clickhouse.url = mask_url(&s.clickhouse.url);
         if !s.clickhouse.password.is_empty() {

@@ -144,6 +144,38 @@ pub mod metrics {
         "flowmeter_sink_delivery_failures_total",
         "sink deliveries that failed and were retried",
     );
+    pub static HTTP_CONNECTIONS_OPENED: Counter = Counter::new(
+        "flowmeter_http_connections_opened_total",
+        "client connections accepted (HTTP and WebSocket)",
+    );
+    pub static HTTP_CONNECTIONS_CLOSED: Counter = Counter::new(
+        "flowmeter_http_connections_closed_total",
+        "client connections closed (opened minus closed = open now)",
+    );
+    pub static HTTP_CONNECTION_CAP_WAITS: Counter = Counter::new(
+        "flowmeter_http_connection_cap_waits_total",
+        "times server.max_connections was reached and new connections waited",
+    );
+    pub static HTTP_HEADER_TIMEOUTS: Counter = Counter::new(
+        "flowmeter_http_header_timeouts_total",
+        "connections closed for no request (handshake, headers) within server.header_read_timeout_ms",
+    );
+    pub static HTTP_BODY_TIMEOUTS: Counter = Counter::new(
+        "flowmeter_http_body_timeouts_total",
+        "requests failed for a pause in their body past server.body_idle_timeout_ms",
+    );
+    pub static HTTP_REQUEST_TIMEOUTS: Counter = Counter::new(
+        "flowmeter_http_request_timeouts_total",
+        "requests cut at server.request_timeout_ms",
+    );
+    pub static HTTP_TLS_FAILURES: Counter = Counter::new(
+        "flowmeter_http_tls_failures_total",
+        "connections to the TLS port that failed the handshake or spoke plain HTTP",
+    );
+    pub static INGEST_RATE_LIMITED: Counter = Counter::new(
+        "flowmeter_ingest_requests_rate_limited_total",
+        "ingest requests answered 429 (server.ingest_rate_limit)",
+    );
 
     pub static ALL: &[&Counter] = &[
         &REQUESTS_ACCEPTED,
@@ -171,6 +203,14 @@ pub mod metrics {
         &FLUSH_RETRIES,
         &SINK_DELIVERED,
         &SINK_FAILURES,
+        &HTTP_CONNECTIONS_OPENED,
+        &HTTP_CONNECTIONS_CLOSED,
+        &HTTP_CONNECTION_CAP_WAITS,
+        &HTTP_HEADER_TIMEOUTS,
+        &HTTP_BODY_TIMEOUTS,
+        &HTTP_REQUEST_TIMEOUTS,
+        &HTTP_TLS_FAILURES,
+        &INGEST_RATE_LIMITED,
     ];
 
     /// The value of counter `name` in a Prometheus text exposition (e.g. a

@@ -330,11 +330,13 @@ async fn tokens_limits_and_slow_subscribers() {
             name: "dash".into(),
             token: "read-token-0123456789".into(),
             scopes: vec!["read".into()],
+            ..Default::default()
         },
         flowmeter::config::TokenConfig {
             name: "collector".into(),
             token: "ingest-token-0123456789".into(),
             scopes: vec!["ingest".into()],
+            ..Default::default()
         },
     ];
     env.settings.hub.max_subscriptions = 3;

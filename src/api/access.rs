@@ -2,20 +2,29 @@
 //! endpoint, and CORS on ingest for the browser collector
 //! (`ingest.cors_origins`).
 //!
-//! - `read` endpoints (rollups, status, alerts) and `ingest` take the token
-//!   from `Authorization: Bearer` or the `token` query parameter (a
-//!   `sendBeacon` cannot set headers);
+//! - `read` endpoints (rollups, status, alerts, event search) and `ingest`
+//!   take the token from `Authorization: Bearer` or the `token` query
+//!   parameter (a `sendBeacon` or a browser WebSocket cannot set headers);
+//!   on read endpoints the parameter is removed once checked, so handlers
+//!   that refuse unknown parameters never see it;
+//! - `/metrics` asks for a `metrics` token with `auth.metrics_requires_token`;
 //! - a request to `/v1/events` whose `Origin` is neither the server's own nor
 //!   listed is refused with 403 before its body is read; listed origins get
 //!   `Access-Control-Allow-Origin` on the answer and on preflights.
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use super::error::{capped, MAX_ECHOED_CHARS};
 use super::{ApiError, AppState};
 use crate::auth::{Auth, Scope};
+
+/// The name of the token a request was let in with (`anonymous` when auth
+/// is off), for the layers after this one (the ingest rate limit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller(pub String);
 
 /// The `token` query parameter of a request, if any.
 fn query_token(req: &Request) -> Option<String> {
@@ -25,20 +34,58 @@ fn query_token(req: &Request) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-fn check(st: &AppState, req: &Request, scope: Scope) -> Result<(), ApiError> {
+fn check(st: &AppState, req: &mut Request, scope: Scope) -> Result<(), ApiError> {
     let q = query_token(req);
-    st.auth
+    let name = st
+        .auth
         .check(Auth::token_of(req.headers(), q.as_deref()), scope)
-        .map(|_| ())
-        .map_err(ApiError::Auth)
+        .map_err(ApiError::Auth)?;
+    req.extensions_mut().insert(Caller(name));
+    Ok(())
+}
+
+/// `uri` without its `token` query parameters (unchanged when it has none).
+fn without_token(uri: &Uri) -> Option<Uri> {
+    let q = uri.query()?;
+    let pairs = || url::form_urlencoded::parse(q.as_bytes());
+    if !pairs().any(|(k, _)| k == "token") {
+        return None;
+    }
+    let rest = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs().filter(|(k, _)| k != "token"))
+        .finish();
+    let path_and_query = if rest.is_empty() {
+        uri.path().to_string()
+    } else {
+        format!("{}?{rest}", uri.path())
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(path_and_query.parse().ok()?);
+    Uri::from_parts(parts).ok()
 }
 
 /// Middleware of the query endpoints: a token with the `read` scope.
-pub async fn read(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    match check(&st, &req, Scope::Read) {
-        Ok(()) => next.run(req).await,
+pub async fn read(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
+    match check(&st, &mut req, Scope::Read) {
+        Ok(()) => {
+            if let Some(uri) = without_token(req.uri()) {
+                *req.uri_mut() = uri;
+            }
+            next.run(req).await
+        }
         Err(e) => e.into_response(),
     }
+}
+
+/// Middleware of `/metrics`: a token with the `metrics` scope when
+/// `auth.metrics_requires_token`, else open.
+pub async fn metrics(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
+    if st.auth.metrics_requires_token() {
+        if let Err(e) = check(&st, &mut req, Scope::Metrics) {
+            return e.into_response();
+        }
+    }
+    next.run(req).await
 }
 
 /// How an `Origin` relates to the ingest endpoint.
@@ -68,7 +115,7 @@ fn origin(st: &AppState, headers: &HeaderMap) -> Origin {
     if allowed.iter().any(|a| a == "*" || a == text) {
         Origin::Allowed(o.clone())
     } else {
-        Origin::Refused(text.chars().take(200).collect())
+        Origin::Refused(capped(text, MAX_ECHOED_CHARS))
     }
 }
 
@@ -95,7 +142,7 @@ fn cors_headers(resp: &mut Response, origin: HeaderValue, max_age: u64) {
 
 /// Middleware of `/v1/events`: origin, preflight, then a token with the
 /// `ingest` scope.
-pub async fn ingest(State(st): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn ingest(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
     let allow = match origin(&st, req.headers()) {
         Origin::Refused(o) => {
             return ApiError::Forbidden(format!(
@@ -114,7 +161,7 @@ pub async fn ingest(State(st): State<AppState>, req: Request, next: Next) -> Res
         }
         return resp;
     }
-    let mut resp = match check(&st, &req, Scope::Ingest) {
+    let mut resp = match check(&st, &mut req, Scope::Ingest) {
         Ok(()) => next.run(req).await,
         Err(e) => e.into_response(),
     };
@@ -122,4 +169,25 @@ pub async fn ingest(State(st): State<AppState>, req: Request, next: Next) -> Res
         cors_headers(&mut resp, o, max_age);
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_parameter_is_removed_and_the_rest_kept() {
+        let strip = |u: &str| without_token(&u.parse::<Uri>().expect("uri")).map(|u| u.to_string());
+        assert_eq!(
+            strip("/v1/rollups/hourly?kind=http&token=abc&service=a%20b"),
+            Some("/v1/rollups/hourly?kind=http&service=a+b".into())
+        );
+        assert_eq!(strip("/v1/status?token=abc"), Some("/v1/status".into()));
+        assert_eq!(
+            strip("/v1/status?token=a&token=b"),
+            Some("/v1/status".into())
+        );
+        assert_eq!(strip("/v1/status?kind=http"), None);
+        assert_eq!(strip("/v1/status"), None);
+    }
 }

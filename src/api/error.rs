@@ -63,6 +63,24 @@ pub enum ApiError {
     /// Details go to the log, not to the client.
     #[error("internal error")]
     Internal(String),
+    /// Past a rate limit; the client should retry after `retry_after` seconds (429).
+    #[error("{reason}")]
+    RateLimited { reason: String, retry_after: u64 },
+    /// The request took longer than `server.request_timeout_ms` (408).
+    #[error("the request took longer than {limit_ms} ms (server.request_timeout_ms)")]
+    RequestTimeout { limit_ms: u64 },
+}
+
+/// Most characters of client-supplied text (a parameter name, an origin)
+/// an error answer repeats.
+pub const MAX_ECHOED_CHARS: usize = 200;
+
+/// `text` cut to `max` characters (never inside one), marked when cut.
+pub fn capped(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_string(),
+        Some((end, _)) => format!("{}…", text.get(..end).unwrap_or_default()),
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -94,10 +112,13 @@ impl IntoResponse for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 json!({"error": self.to_string(), "outcome": "not_written", "accepted": 0}),
             ),
-            ApiError::BadParam { param, reason } => (
-                StatusCode::BAD_REQUEST,
-                json!({"error": self.to_string(), "param": param, "reason": reason}),
-            ),
+            ApiError::BadParam { param, reason } => {
+                let param = capped(param, MAX_ECHOED_CHARS);
+                (
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": format!("parameter {param}: {reason}"), "param": param, "reason": reason}),
+                )
+            }
             ApiError::TooLarge { .. } | ApiError::TooManyEvents(_) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 json!({"error": self.to_string(), "accepted": 0}),
@@ -115,6 +136,14 @@ impl IntoResponse for ApiError {
                 json!({"error": self.to_string()}),
             ),
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, json!({"error": m})),
+            ApiError::RateLimited { retry_after, .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                json!({"error": self.to_string(), "accepted": 0, "retry_after_secs": retry_after}),
+            ),
+            ApiError::RequestTimeout { .. } => (
+                StatusCode::REQUEST_TIMEOUT,
+                json!({"error": self.to_string()}),
+            ),
             ApiError::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
                 (
@@ -125,7 +154,8 @@ impl IntoResponse for ApiError {
         };
         let mut resp = (status, Json(body)).into_response();
         if let ApiError::Unavailable { retry_after, .. }
-        | ApiError::WriteFailed { retry_after, .. } = self
+        | ApiError::WriteFailed { retry_after, .. }
+        | ApiError::RateLimited { retry_after, .. } = self
         {
             if let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {
                 resp.headers_mut().insert(header::RETRY_AFTER, v);
@@ -177,5 +207,33 @@ pub fn limit_param(
             .filter(|n| (1..=max).contains(n))
             .ok_or_else(|| bad_param("limit", format!("must be an integer from 1 to {max}"))),
         None => Ok(default),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echoed_text_is_capped_on_a_char_boundary() {
+        assert_eq!(capped("abc", 5), "abc");
+        assert_eq!(capped("abcdef", 3), "abc…");
+        assert_eq!(capped("ééééé", 2), "éé…");
+        assert_eq!(capped("🦀🦀🦀", 1), "🦀…");
+    }
+
+    #[tokio::test]
+    async fn a_huge_parameter_name_is_not_echoed_whole() {
+        let name = "x".repeat(100_000);
+        let resp = bad_param(&name, "unknown parameter").into_response();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        assert!(
+            body.len() < 2 * MAX_ECHOED_CHARS + 200,
+            "{} bytes",
+            body.len()
+        );
     }
 }

@@ -4,10 +4,12 @@
 //! - `GET /v1/rollups/hourly`, `GET /v1/rollups/daily`: rollup rows as JSON or CSV (role `api`);
 //! - `GET /v1/status`: streams, groups, checkpoints, runners (role `api`);
 //! - `GET /v1/events/search`: raw events from the ClickHouse archive (role `api`);
-//! - `GET /healthz`, `GET /metrics`: always.
+//! - `GET /healthz`, `GET /metrics`: always (`/metrics` with a token when
+//!   `auth.metrics_requires_token`).
 //!
 //! [`router`] builds the whole thing from an [`AppState`], so tests drive it
-//! with `tower::ServiceExt::oneshot` and no socket.
+//! with `tower::ServiceExt::oneshot` and no socket; [`server`] serves it
+//! with the connection limits, timeouts and TLS of `[server]`.
 
 mod access;
 mod alerts;
@@ -15,7 +17,9 @@ mod error;
 mod events;
 mod ingest;
 mod limits;
+mod rate;
 mod rollups;
+pub mod server;
 mod status;
 
 use std::sync::Arc;
@@ -28,6 +32,7 @@ pub use error::ApiError;
 pub use events::EventSearch;
 pub use ingest::{parse_body, ErrorReport, ReportLimits};
 pub use limits::QueryLimits;
+pub use rate::RateLimiter;
 pub use rollups::{QueryCatalog, RollupTable};
 
 use crate::config::IngestConfig;
@@ -59,23 +64,30 @@ pub struct AppState {
     pub auth: crate::auth::Auth,
     /// Present when the `api` role runs and the ClickHouse archive is enabled.
     pub events: Option<EventSearch>,
+    /// `server.ingest_rate_limit` on `POST /v1/events`.
+    pub ingest_limit: Arc<RateLimiter>,
 }
 
 /// Builds the router for the roles present in `state`.
 pub fn router(state: AppState) -> Router {
     let mut r = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(status::metrics))
+        .route(
+            "/metrics",
+            get(status::metrics).route_layer(from_fn_with_state(state.clone(), access::metrics)),
+        )
         .merge(crate::web::router());
     if state.producer.is_some() {
-        r = r.merge(
-            Router::new()
-                .route(
-                    "/v1/events",
-                    post(ingest::ingest).options(|| async { axum::http::StatusCode::NO_CONTENT }),
-                )
-                .route_layer(from_fn_with_state(state.clone(), access::ingest)),
+        let mut events = Router::new().route(
+            "/v1/events",
+            post(ingest::ingest).options(|| async { axum::http::StatusCode::NO_CONTENT }),
         );
+        // Layers run outside in: the access check (origin, token), then the
+        // rate limit of the token it found.
+        if state.ingest_limit.enabled() {
+            events = events.route_layer(from_fn_with_state(state.clone(), rate::ingest));
+        }
+        r = r.merge(events.route_layer(from_fn_with_state(state.clone(), access::ingest)));
     }
     if state.hub.is_some() {
         r = r.route("/v1/ws", get(crate::hub::ws::handler));

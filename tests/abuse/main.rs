@@ -9,3 +9,4 @@ mod common;
 mod hub;
 mod ingest;
 mod query;
+mod server;

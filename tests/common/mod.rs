@@ -5,6 +5,7 @@
 
 pub mod browser;
 pub mod servers;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -584,6 +585,7 @@ pub fn read_and_ingest_tokens(read: &str, ingest: &str) -> Vec<flowmeter::config
         name: name.into(),
         token: token.into(),
         scopes: vec![scope.into()],
+        ..Default::default()
     };
     vec![
         token("reader", read, "read"),
