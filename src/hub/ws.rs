@@ -30,10 +30,10 @@ pub struct WsQuery {
     token: Option<String>,
 }
 
-/// A client message.
+/// A client message (docs/websocket.md).
 #[derive(Debug, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
-enum ClientMsg {
+pub enum ClientMsg {
     Subscribe {
         channels: Vec<String>,
         #[serde(default)]
@@ -49,6 +49,17 @@ enum ClientMsg {
         #[serde(default)]
         id: Option<Value>,
     },
+}
+
+impl ClientMsg {
+    /// Reads one client message; the error is the text of the error frame.
+    pub fn parse(text: &str) -> Result<ClientMsg, String> {
+        serde_json::from_str(text).map_err(|e| {
+            format!(
+                "bad message: {e} (expected {{\"op\":\"subscribe\"|\"unsubscribe\"|\"ping\", …}})"
+            )
+        })
+    }
 }
 
 /// Upgrades after checking the token (read scope) and the connection
@@ -380,13 +391,9 @@ impl Connection {
                 cfg.max_message_bytes
             ));
         }
-        let msg: ClientMsg = match serde_json::from_str(text) {
+        let msg = match ClientMsg::parse(text) {
             Ok(m) => m,
-            Err(e) => {
-                return self.error(format!(
-                "bad message: {e} (expected {{\"op\":\"subscribe\"|\"unsubscribe\"|\"ping\", …}})"
-            ))
-            }
+            Err(e) => return self.error(e),
         };
         match msg {
             ClientMsg::Ping { id } => {
