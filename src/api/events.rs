@@ -20,8 +20,12 @@
 use std::collections::BTreeMap;
 
 use axum::extract::{Query, State};
+#[cfg(feature = "clickhouse")]
 use axum::http::header;
-use axum::response::{IntoResponse, Response};
+#[cfg(feature = "clickhouse")]
+use axum::response::IntoResponse;
+use axum::response::Response;
+#[cfg(feature = "clickhouse")]
 use serde_json::json;
 
 use super::error::{bad_param, limit_param, time_param};

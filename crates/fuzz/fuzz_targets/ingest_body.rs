@@ -5,6 +5,8 @@
 
 use std::sync::OnceLock;
 
+use flowmeter::api::{ApiError, ReportLimits};
+use flowmeter::config::IngestConfig;
 use flowmeter::event::SchemaRegistry;
 use libfuzzer_sys::fuzz_target;
 
@@ -22,8 +24,14 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let ndjson = mode & 1 == 1;
-    let Ok(values) = flowmeter::api::parse_body(body, ndjson, 1_000) else {
-        return;
+    let limits = ReportLimits::from(&IngestConfig::default());
+    let values = match flowmeter::api::parse_body(body, ndjson, 1_000, &limits) {
+        Ok(v) => v,
+        Err(ApiError::Invalid { errors, total, .. }) => {
+            assert!(errors.len() <= limits.max_errors && errors.len() <= total.max(1));
+            return;
+        }
+        Err(_) => return,
     };
     assert!(!values.is_empty() && values.len() <= 1_000);
     for (i, v) in values.iter().enumerate() {
