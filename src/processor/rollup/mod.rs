@@ -2,7 +2,9 @@
 //! once in effect.
 //!
 //! - `config.rs`: the definition read from `processors/*.toml`;
-//! - `agg.rs`: mergeable per-row measure state and derived columns;
+//! - `agg.rs`: mergeable per-row measure state and derived columns, every
+//!   value checked against its column before it is folded in;
+//! - `budget.rs`: each table's cardinality budget (new keys per hour);
 //! - `writer.rs`: the per-table SQL of a flush;
 //! - `processor.rs`: the runner (leases, fenced shard readers, flush, ack);
 //! - `replay.rs`: `flowmeter replay`, rebuilding a time range's rows from the streams.
@@ -10,12 +12,13 @@
 //! The mechanism is written down in `docs/guarantees.md`.
 
 mod agg;
+mod budget;
 mod config;
 mod processor;
 mod replay;
 mod writer;
 
-pub use agg::{CompiledTable, MState, RowKey, SqlVal};
+pub use agg::{fold_event, CompiledTable, MState, Row, RowKey, SqlVal, TableRows, OTHER};
 pub use config::{ClassDef, Dimension, MeasureDef, RollupDef, TableDef, Window};
-pub use processor::{decode, RollupProcessor, RunnerStats};
+pub use processor::{check_future, decode, RollupProcessor};
 pub use replay::{ReplayError, ReplayOptions, ReplayReport};

@@ -10,26 +10,36 @@
 //! applied. When a checkpoint moved under us (another worker committed the
 //! shard), the transaction rolls back, all in-memory state is dropped, and
 //! every owned shard restarts from its pending list.
+//!
+//! No single entry can stop the runner. An entry that cannot be decoded, or
+//! whose values do not fit the tables' columns (checked in memory before
+//! anything is sent), is dead-lettered with the reason when it is read. If
+//! the database still refuses a flush's data (a data error, see
+//! [`StoreError::is_data_error`]), the runner drops its state, re-reads the
+//! uncommitted entries and flushes them in halves (then quarters …) until
+//! the refused flush holds a single entry: that entry is dead-lettered with
+//! the database's error and everything else commits. Only infrastructure
+//! errors (connection, timeout, lock conflicts) are retried, with backoff.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::agg::{CompiledTable, MState, RowKey};
+use super::agg::{fold_event, CompiledTable, Row, RowKey, TableRows};
+use super::budget::{Fold, KeyBudget};
 use super::config::RollupDef;
 use super::writer::write_table;
-use crate::event::parse_ts_value;
+use crate::event::{format_rfc3339_ms, parse_ts_value};
 use crate::processor::reader::{self, Batch, READ_ERROR_BACKOFF};
-use crate::processor::{Processor, ProcessorContext, ProcessorError};
+use crate::processor::{Processor, ProcessorContext, ProcessorError, RunnerStats};
 use crate::store::{advance_checkpoint, StoreError};
 use crate::stream::{
-    ack, ensure_group, LeaseManager, LeaseOutcome, ReadOutcome, Shard, StreamError, StreamId,
+    ack, ensure_group, range, LeaseManager, LeaseOutcome, ReadOutcome, Shard, StreamError, StreamId,
 };
 use crate::telemetry::metrics;
 
@@ -70,30 +80,6 @@ struct ShardState {
 enum Leaving {
     Lost,
     Surplus,
-}
-
-/// Figures the runner publishes for `status` (read back by `status::gather`;
-/// fields missing from an older worker's record default to zero).
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct RunnerStats {
-    pub worker: String,
-    pub shards: Vec<String>,
-    pub last_flush_at: Option<String>,
-    pub last_flush_ms: u64,
-    pub last_flush_events: u64,
-    pub last_flush_rows: u64,
-    pub events_per_sec: f64,
-    pub events_total: u64,
-    pub invalid_total: u64,
-    pub flushes_total: u64,
-    pub flush_failures_total: u64,
-    /// Time from XADD (the entry id's milliseconds, Redis' clock) to the
-    /// commit of the flush that applied the event (this worker's clock),
-    /// over every event applied since the worker started.
-    pub xadd_to_commit_p50_ms: f64,
-    pub xadd_to_commit_p99_ms: f64,
-    pub xadd_to_commit_max_ms: f64,
 }
 
 /// A built rollup processor.
@@ -140,8 +126,6 @@ impl Processor for RollupProcessor {
     }
 }
 
-type TableRows = HashMap<RowKey, Vec<MState>>;
-
 struct Runner {
     p: RollupProcessor,
     leases: LeaseManager,
@@ -162,6 +146,19 @@ struct Runner {
     suspect: Option<Batch>,
     /// Dead-letter reason forced on the next batch (a suspect past its solo attempts).
     force_dead: Option<String>,
+    /// Each table's cardinality budget.
+    budgets: Vec<KeyBudget>,
+    /// Entries per flush while narrowing down a flush the database refused
+    /// (halved on each refusal, doubled on each commit); `None`: normal.
+    isolate: Option<usize>,
+    /// The rest of a batch held back because `isolate` was reached.
+    carry: Option<Batch>,
+    /// The last entry applied since the last commit (stream, id): the one
+    /// to blame when a flush holding one entry is refused.
+    last_applied: Option<(String, StreamId)>,
+    /// Entries dead-lettered since the last commit, so re-reading them
+    /// (while isolating) does not dead-letter them twice.
+    lettered: HashSet<(String, StreamId)>,
 }
 
 impl Runner {
@@ -183,6 +180,11 @@ impl Runner {
         );
         let (tx, rx) = mpsc::channel(ctx.settings.read_queue_batches);
         let aggs = p.tables.iter().map(|_| HashMap::new()).collect();
+        let budgets = p
+            .tables
+            .iter()
+            .map(|t| KeyBudget::new(p.def.key_budget(&t.def, ctx.settings.max_new_keys_per_hour)))
+            .collect();
         let stats = RunnerStats {
             worker: ctx.worker_id.clone(),
             ..Default::default()
@@ -203,6 +205,31 @@ impl Runner {
             last_flush: Instant::now(),
             suspect: None,
             force_dead: None,
+            budgets,
+            isolate: None,
+            carry: None,
+            last_applied: None,
+            lettered: HashSet::new(),
+        }
+    }
+
+    /// Events held in memory before a flush: `max_batch_events`, or the
+    /// isolation chunk.
+    fn batch_limit(&self) -> usize {
+        self.isolate
+            .unwrap_or(self.p.ctx.settings.max_batch_events)
+            .max(1)
+    }
+
+    /// Takes a batch from a reader (or the carried rest of one).
+    async fn take_batch(&mut self, batch: Batch) {
+        if batch.is_suspect(self.p.ctx.settings.max_deliveries) {
+            self.suspect = Some(batch);
+            return;
+        }
+        self.on_batch(batch);
+        if self.pending_events >= self.batch_limit() {
+            self.flush().await;
         }
     }
 
@@ -214,15 +241,20 @@ impl Runner {
         let mut flush_tick =
             tokio::time::interval(Duration::from_millis(s.flush_interval_ms.max(10)));
         flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let max_batch = s.max_batch_events;
         tracing::info!(processor = %self.p.def.name, group = %self.p.def.group, worker = %self.p.ctx.worker_id, "rollup runner started");
         loop {
             if self.suspect.is_some() && self.retry_at.is_none_or(|t| Instant::now() >= t) {
                 self.run_suspect().await;
             }
             let accepting = self.retry_at.is_none()
-                && self.pending_events < max_batch
+                && self.pending_events < self.batch_limit()
                 && self.suspect.is_none();
+            if accepting {
+                if let Some(batch) = self.carry.take() {
+                    self.take_batch(batch).await;
+                    continue;
+                }
+            }
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -232,21 +264,18 @@ impl Runner {
                         self.flush().await;
                     }
                 }
-                Some(batch) = self.rx.recv(), if accepting => {
-                    if batch.is_suspect(self.p.ctx.settings.max_deliveries) {
-                        self.suspect = Some(batch);
-                        continue;
-                    }
-                    self.on_batch(batch);
-                    if self.pending_events >= max_batch {
-                        self.flush().await;
-                    }
-                }
+                Some(batch) = self.rx.recv(), if accepting => self.take_batch(batch).await,
             }
         }
         // Graceful stop: stop reading, flush what we hold, ack, hand shards back.
         self.stop_readers().await;
-        while let Ok(batch) = self.rx.try_recv() {
+        // Apply only what the current isolation chunk allows: the rest stays
+        // pending and is read again by the next owner.
+        if let Some(batch) = self.carry.take() {
+            self.on_batch(batch);
+        }
+        while self.carry.is_none() && self.pending_events < self.batch_limit() {
+            let Ok(batch) = self.rx.try_recv() else { break };
             self.on_batch(batch);
         }
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -361,7 +390,12 @@ impl Runner {
         }
         self.on_batch(batch);
         self.force_dead = None;
-        if self.flush().await {
+        let mut done = self.flush().await;
+        if !done && self.pending_events == 0 && self.retry_at.is_none() {
+            // refused alone: it became a dead letter, which this commits
+            done = self.flush().await;
+        }
+        if done {
             let mut conn = self.p.ctx.redis.conn.clone();
             let _: Result<(), _> = self
                 .p
@@ -472,7 +506,10 @@ impl Runner {
             }
             ReadOutcome::Entries(e) => e,
         };
-        for e in entries {
+        let limit = self.isolate;
+        let max_future_ms = self.p.ctx.settings.max_future_secs.saturating_mul(1000);
+        let mut entries = entries.into_iter();
+        while let Some(e) = entries.next() {
             if e.id <= st.checkpoint {
                 st.stale.push(e.id); // effect already committed: ack without applying
                 continue;
@@ -480,22 +517,30 @@ impl Runner {
             if e.id <= st.seen {
                 continue; // already in this flush's state (cannot happen with one reader)
             }
+            if limit.is_some_and(|n| self.pending_events >= n) {
+                // isolating: the rest waits for the next flush
+                self.carry = Some(Batch {
+                    shard: batch.shard,
+                    generation: batch.generation,
+                    outcome: ReadOutcome::Entries(std::iter::once(e).chain(entries).collect()),
+                });
+                return;
+            }
             st.seen = e.id;
             st.acks.push(e.id);
             let decoded = match self.force_dead.take() {
                 Some(reason) => Err(reason),
-                None => decode(e.data.as_deref()),
+                None => decode(e.data.as_deref())
+                    .and_then(|(ev, ts)| check_future(e.id, ts, max_future_ms).map(|()| (ev, ts))),
             };
-            match decoded {
-                Ok((ev, ts)) => {
-                    for (t, rows) in self.p.tables.iter().zip(self.aggs.iter_mut()) {
-                        if let Some(key) = t.key(&ev, ts) {
-                            let row = rows.entry(key).or_insert_with(|| t.new_row());
-                            t.apply(row, &ev, ts);
-                        }
-                    }
+            let folded =
+                decoded.and_then(|(ev, ts)| fold_event(&self.p.tables, &mut self.aggs, &ev, ts));
+            match folded {
+                Ok(_) => {
                     self.pending_events += 1;
+                    self.last_applied = Some((st.stream.clone(), e.id));
                 }
+                Err(_) if self.lettered.contains(&(st.stream.clone(), e.id)) => {}
                 Err(reason) => {
                     self.stats.invalid_total += 1;
                     metrics::EVENTS_INVALID.inc();
@@ -509,6 +554,50 @@ impl Runner {
                 }
             }
         }
+    }
+
+    /// The database refused the current flush's data (`reason`). With one
+    /// entry's effect held, that entry is to blame: its effect is dropped and
+    /// it becomes a dead letter, committed by the next flush. Otherwise the
+    /// state is dropped and the uncommitted entries are read again and
+    /// flushed half as many at a time.
+    async fn on_refused(&mut self, reason: String) {
+        if self.pending_events == 1 {
+            if let Some((stream, id)) = self.last_applied.clone() {
+                let ctx = &self.p.ctx;
+                let at = id.to_string();
+                let data = match range(&ctx.redis, &stream, &at, &at, 1).await {
+                    Ok(entries) => entries.into_iter().next().and_then(|e| e.data),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read back a refused entry; retrying");
+                        self.retry_at = Some(Instant::now() + READ_ERROR_BACKOFF);
+                        return;
+                    }
+                };
+                for a in &mut self.aggs {
+                    a.clear();
+                }
+                self.pending_events = 0;
+                self.last_applied = None;
+                self.stats.invalid_total += 1;
+                metrics::EVENTS_INVALID.inc();
+                let reason = format!("the database refused this entry's effect: {reason}");
+                tracing::warn!(%stream, %id, %reason, "moving entry to the dead-letter stream");
+                self.poison.push(Poison {
+                    stream,
+                    id,
+                    data,
+                    reason,
+                });
+                self.retry_at = None;
+                return;
+            }
+        }
+        let chunk = (self.pending_events / 2).max(1);
+        tracing::warn!(entries = self.pending_events, chunk, error = %reason, "the database refused a flush's data; re-reading its entries in smaller flushes to find the one(s) responsible");
+        metrics::FLUSHES_REFUSED.inc();
+        self.isolate = Some(chunk);
+        self.reset_all().await;
     }
 
     /// Commits the current state. Returns whether everything held was flushed.
@@ -531,7 +620,8 @@ impl Runner {
             return true;
         }
         if let Err(e) = self.dead_letter().await {
-            self.stats.flush_failures_total += 1;
+            self.stats
+                .record_failure(&format!("cannot write the dead-letter stream: {e}"));
             tracing::warn!(error = %e, "cannot write the dead-letter stream; holding state and pausing reads");
             self.retry_at = Some(Instant::now() + self.backoff);
             self.backoff = (self.backoff * 2).min(MAX_FLUSH_BACKOFF);
@@ -541,12 +631,11 @@ impl Runner {
         let events = self.pending_events as u64;
         // Borrowed, sorted views of the state (keys sorted so concurrent
         // flushes lock rows in the same order); nothing is cloned.
-        let rows: Vec<Vec<(&RowKey, &[MState])>> = self
+        let rows: Vec<Vec<(&RowKey, &Row)>> = self
             .aggs
             .iter()
             .map(|a| {
-                let mut v: Vec<(&RowKey, &[MState])> =
-                    a.iter().map(|(k, s)| (k, s.as_slice())).collect();
+                let mut v: Vec<(&RowKey, &Row)> = a.iter().collect();
                 v.sort_by(|x, y| x.0.cmp(y.0));
                 v
             })
@@ -559,8 +648,9 @@ impl Runner {
         // land, the retry's checkpoint compare-and-set notices and re-reads.
         let result = loop {
             attempt += 1;
+            let commit = commit(&self.p, &mut self.budgets, &dirty_shards, &rows);
             let attempt_result = tokio::select! {
-                r = tokio::time::timeout(COMMIT_TIMEOUT, self.commit(&dirty_shards, &rows)) => match r {
+                r = tokio::time::timeout(COMMIT_TIMEOUT, commit) => match r {
                     Ok(r) => r,
                     Err(_) => Err(StoreError::Timeout(COMMIT_TIMEOUT)),
                 },
@@ -576,8 +666,9 @@ impl Runner {
                 other => break other,
             }
         };
+        drop(rows);
         match result {
-            Ok(()) => {
+            Ok(folds) => {
                 for (shard, _, _, to) in &dirty_shards {
                     if let Some(st) = self.shards.get_mut(shard) {
                         st.checkpoint = *to;
@@ -587,8 +678,18 @@ impl Runner {
                     a.clear();
                 }
                 self.pending_events = 0;
+                self.last_applied = None;
+                // dead letters still beyond a checkpoint may be read again
+                let shards = &self.shards;
+                self.lettered.retain(|(stream, id)| {
+                    shards
+                        .values()
+                        .any(|st| st.stream == *stream && *id > st.checkpoint)
+                });
                 self.retry_at = None;
                 self.backoff = Duration::from_millis(100);
+                self.widen_isolation();
+                self.note_folds(folds);
                 let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
                 for st in self.shards.values() {
                     for id in &st.acks {
@@ -607,8 +708,7 @@ impl Runner {
                 self.stats.events_per_sec = events as f64 / elapsed;
                 self.stats.events_total += events;
                 self.stats.flushes_total += 1;
-                self.stats.last_flush_at =
-                    Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+                self.stats.record_success();
                 metrics::EVENTS_APPLIED.add(events);
                 metrics::FLUSHES.inc();
                 // status shows every flush, not only the last lease tick's
@@ -624,13 +724,21 @@ impl Runner {
             }
             Err(StoreError::CheckpointMoved { group, stream }) => {
                 tracing::warn!(%group, %stream, "checkpoint moved under us: dropping uncommitted state and re-reading pending entries");
-                self.stats.flush_failures_total += 1;
+                self.stats.record_failure(&format!(
+                    "checkpoint of {group} on {stream} moved: another worker committed this shard"
+                ));
                 self.reset_all().await;
                 false
             }
-            Err(e) => {
-                self.stats.flush_failures_total += 1;
+            Err(e) if e.is_data_error() && self.pending_events > 0 => {
                 metrics::FLUSH_FAILURES.inc();
+                self.stats.record_failure(&e.to_string());
+                self.on_refused(e.to_string()).await;
+                false
+            }
+            Err(e) => {
+                metrics::FLUSH_FAILURES.inc();
+                self.stats.record_failure(&e.to_string());
                 tracing::warn!(error = %e, retryable = e.retryable(), backoff_ms = self.backoff.as_millis() as u64, "flush failed; holding state and pausing reads");
                 self.retry_at = Some(Instant::now() + self.backoff);
                 self.backoff = (self.backoff * 2).min(MAX_FLUSH_BACKOFF);
@@ -639,31 +747,42 @@ impl Runner {
         }
     }
 
-    async fn commit(
-        &self,
-        dirty: &[(Shard, String, StreamId, StreamId)],
-        rows: &[Vec<(&RowKey, &[MState])>],
-    ) -> Result<(), StoreError> {
-        let ctx = &self.p.ctx;
-        let mut tx = ctx.store.pool().begin().await?;
-        // Checkpoints first, in shard order: fails fast on a moved checkpoint and
-        // serializes two workers racing on one shard.
-        for (_, stream, from, to) in dirty {
-            advance_checkpoint(
-                &mut tx,
-                &self.p.def.group,
-                stream,
-                *from,
-                *to,
-                &ctx.worker_id,
-            )
-            .await?;
+    /// After a commit while isolating: twice as many entries per flush,
+    /// back to normal once that reaches `max_batch_events`.
+    fn widen_isolation(&mut self) {
+        if let Some(n) = self.isolate {
+            let next = n.saturating_mul(2);
+            if next >= self.p.ctx.settings.max_batch_events {
+                tracing::info!(processor = %self.p.def.name, "refused entries isolated; back to full flushes");
+                self.isolate = None;
+            } else {
+                self.isolate = Some(next);
+            }
         }
-        for (t, r) in self.p.tables.iter().zip(rows) {
-            write_table(&mut tx, t, r).await?;
+    }
+
+    /// Publishes what the cardinality budgets did in a committed flush.
+    fn note_folds(&mut self, folds: Vec<Fold>) {
+        for ((t, f), b) in self.p.tables.iter().zip(folds).zip(&self.budgets) {
+            let keys = f.keys_folded();
+            if keys > 0 {
+                metrics::KEYS_FOLDED.add(keys);
+                metrics::EVENTS_FOLDED.add(f.events_folded);
+                self.stats.keys_folded_total += keys;
+                tracing::warn!(table = %t.def.name, keys, events = f.events_folded, max_new_keys_per_hour = b.max_new_keys_per_hour, "cardinality budget spent: new dimension keys folded into __other__ rows");
+            }
+            if let Some(st) = f.status {
+                match self
+                    .stats
+                    .key_budgets
+                    .iter_mut()
+                    .find(|x| x.table == st.table)
+                {
+                    Some(x) => *x = st,
+                    None => self.stats.key_budgets.push(st),
+                }
+            }
         }
-        tx.commit().await?;
-        Ok(())
     }
 
     /// Appends this flush's undecodable entries to `{prefix}:dlq:{group}`
@@ -691,7 +810,8 @@ impl Runner {
             &letters,
         )
         .await?;
-        self.poison.clear();
+        self.lettered
+            .extend(self.poison.drain(..).map(|p| (p.stream, p.id)));
         Ok(())
     }
 
@@ -744,6 +864,8 @@ impl Runner {
         self.retry_at = None;
         self.poison.clear();
         self.pending_events = 0;
+        self.last_applied = None;
+        self.carry = None;
         self.stop_readers().await;
         while self.rx.try_recv().is_ok() {}
         let shards: Vec<(Shard, Option<Leaving>)> = self
@@ -783,6 +905,50 @@ impl Runner {
         self.stats.shards = self.shards.keys().map(Shard::label).collect();
         crate::processor::publish_stats(&self.p.ctx, &self.p.def.name, &self.stats).await;
     }
+}
+
+/// One flush transaction: moves every dirty shard's checkpoint, then folds
+/// each table's new keys past its budget and writes its rows. Returns what
+/// each table's budget did.
+async fn commit(
+    p: &RollupProcessor,
+    budgets: &mut [KeyBudget],
+    dirty: &[(Shard, String, StreamId, StreamId)],
+    rows: &[Vec<(&RowKey, &Row)>],
+) -> Result<Vec<Fold>, StoreError> {
+    let ctx = &p.ctx;
+    let mut tx = ctx.store.pool().begin().await?;
+    // Checkpoints first, in shard order: fails fast on a moved checkpoint and
+    // serializes two workers racing on one shard.
+    for (_, stream, from, to) in dirty {
+        advance_checkpoint(&mut tx, &p.def.group, stream, *from, *to, &ctx.worker_id).await?;
+    }
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let mut folds = Vec::with_capacity(p.tables.len());
+    for ((t, r), budget) in p.tables.iter().zip(rows).zip(budgets.iter_mut()) {
+        let fold = budget.fold(&mut tx, t, r, now_ms).await?;
+        write_table(&mut tx, t, &fold.apply(r)).await?;
+        folds.push(fold);
+    }
+    tx.commit().await?;
+    Ok(folds)
+}
+
+/// Refuses an event whose `ts` is more than `max_future_ms` after its entry
+/// was written (the id's time); 0 = no bound.
+pub fn check_future(id: StreamId, ts_ms: i64, max_future_ms: u64) -> Result<(), String> {
+    let written = i64::try_from(id.ms).unwrap_or(i64::MAX);
+    let limit = i64::try_from(max_future_ms).unwrap_or(i64::MAX);
+    if max_future_ms == 0 || ts_ms <= written.saturating_add(limit) {
+        return Ok(());
+    }
+    Err(format!(
+        "field ts: {} is {} s after the entry was written ({}), beyond rollup.max_future_secs = {}",
+        format_rfc3339_ms(ts_ms),
+        (ts_ms - written) / 1000,
+        format_rfc3339_ms(written),
+        max_future_ms / 1000
+    ))
 }
 
 /// Decodes an entry's `data` into the event object and its time.
