@@ -357,6 +357,64 @@ async fn a_stalled_rollup_shows_since_when_and_why_then_recovers() {
     env.cleanup().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_altered_under_the_rollup_stalls_it_instead_of_dead_lettering_all() {
+    let mut env = TestEnv::new("abuse_drift");
+    env.settings.redis.shards = 1;
+    env.settings.rollup.flush_interval_ms = 100;
+    env.migrate().await;
+    let store = env.store().await;
+    let server = env.start("ingest,api,rollup").await;
+    let client = http_client();
+    // Narrowed after the processor checked its definition: the database now
+    // refuses what the processor's checks let through.
+    sqlx::query("ALTER TABLE http_hourly MODIFY bytes_in INT UNSIGNED NOT NULL DEFAULT 0")
+        .execute(store.pool())
+        .await
+        .expect("alter");
+    let big = 5_000_000_000u64;
+    let events: Vec<Value> = (0..5)
+        .map(|i| http(json!(HOUR), &format!("s{i}"), "/x", big))
+        .collect();
+    let (code, reply) = post_ndjson(&client, &server.url("/v1/events"), ndjson(&events)).await;
+    assert_eq!(code, 202, "{reply}");
+    wait_until(Duration::from_secs(30), || async {
+        workers(&client, &server, "http_rollup")
+            .await
+            .iter()
+            .any(|w| {
+                w["stalled_since"].is_string()
+                    && w["last_error"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("changed since the processor started"))
+            })
+    })
+    .await;
+    assert!(
+        dead_letters(&env, "rollup").await.is_empty(),
+        "a schema change is not the data's fault"
+    );
+    // Restarted, the processor knows the new column: the events that do
+    // not fit it are dead-lettered, the ones that do are counted.
+    server.stop().await;
+    let server = env.start("ingest,rollup").await;
+    let fits = http(json!(HOUR), "small", "/x", 1);
+    let (code, reply) = post_ndjson(&client, &server.url("/v1/events"), ndjson(&[fits])).await;
+    assert_eq!(code, 202, "{reply}");
+    caught_up(&env, "rollup", Duration::from_secs(30)).await;
+    let letters = dead_letters(&env, "rollup").await;
+    assert_eq!(letters.len(), 5, "{letters:?}");
+    assert!(letters
+        .iter()
+        .all(|l| l.get("error").is_some_and(|e| e.contains("INT UNSIGNED"))));
+    assert_eq!(
+        exact(&store, "SELECT SUM(requests) FROM http_daily").await,
+        1
+    );
+    server.stop().await;
+    env.cleanup().await;
+}
+
 /// Waits (at most a little over two minutes) until the wall-clock hour has
 /// at least three minutes left, so one attack fits in one budget hour.
 async fn away_from_the_hour_boundary() {

@@ -2,6 +2,7 @@ use serde_json::json;
 
 use super::*;
 use crate::processor::ProcessorConfig;
+use crate::store::ms_datetime;
 
 fn column(name: &str, data_type: &str) -> ColumnInfo {
     let kind = match data_type {
@@ -332,4 +333,23 @@ fn window_floor_and_filters_still_apply() {
     assert!(a[0].is_empty(), "table a's filter excludes it");
     fold_event(&t, &mut a, &ev("s", json!(11)), HOUR + 59_999).expect("ok");
     assert_eq!(a[0].keys().next().map(|k| k.start_ms), Some(HOUR));
+}
+
+#[test]
+fn a_changed_column_no_longer_matches() {
+    let t = tables(SUMS, "datetime", &[]);
+    let mut cols = vec![
+        column("hour", "datetime"),
+        column("service", "varchar"),
+        column("n", "bigint"),
+        column("bytes", "bigint"),
+        column("ms", "double"),
+    ];
+    assert!(t[0].matches(&cols));
+    if let Some(c) = cols.iter_mut().find(|c| c.name == "bytes") {
+        c.data_type = "int".into();
+    }
+    assert!(!t[0].matches(&cols));
+    cols.retain(|c| c.name != "bytes");
+    assert!(!t[0].matches(&cols));
 }

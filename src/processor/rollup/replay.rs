@@ -22,7 +22,7 @@ use std::time::Instant;
 use indicatif::ProgressBar;
 use serde::Serialize;
 
-use super::agg::{fold_event_where, Row, RowKey, TableRows};
+use super::agg::{fold_event_where, sorted_rows, RowKey, TableRows};
 use super::budget::KeyBudget;
 use super::processor::{check_future, decode, RollupProcessor};
 use super::writer::write_table;
@@ -278,14 +278,7 @@ impl RollupProcessor {
             tx.rollback().await?;
             return Ok(Some(now));
         }
-        let sorted: Vec<Vec<(&RowKey, &Row)>> = aggs
-            .iter()
-            .map(|rows| {
-                let mut v: Vec<(&RowKey, &Row)> = rows.iter().collect();
-                v.sort_by(|a, b| a.0.cmp(b.0));
-                v
-            })
-            .collect();
+        let sorted = sorted_rows(aggs);
         // Budgets first, while the range's old rows still say which keys
         // the table knows: a replay folds what the live path would.
         let now_ms = chrono::Utc::now().timestamp_millis();
