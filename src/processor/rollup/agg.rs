@@ -109,6 +109,58 @@ pub struct CompiledTable {
     pub dims: Vec<DimColumn>,
     /// Every column a measure writes.
     pub columns: HashMap<String, ColumnInfo>,
+    /// By measure: the columns its values are checked against, looked up
+    /// once here rather than by name for every event.
+    checks: Vec<MeasureCols>,
+}
+
+/// The columns one measure's values are checked against.
+#[derive(Debug, Clone, Default)]
+struct MeasureCols {
+    /// Its column (count, sum, min, max), or a peak's value column.
+    main: Option<ColumnInfo>,
+    /// Quantile outputs, class columns (by class), or a peak's `at` column.
+    more: Vec<ColumnInfo>,
+}
+
+impl MeasureCols {
+    fn of(m: &MeasureDef, columns: &HashMap<String, ColumnInfo>) -> Self {
+        let get = |c: &String| columns.get(c).cloned();
+        let (main, more) = match m {
+            MeasureDef::Count { column, .. }
+            | MeasureDef::Sum { column, .. }
+            | MeasureDef::Min { column, .. }
+            | MeasureDef::Max { column, .. } => (get(column), Vec::new()),
+            MeasureDef::Quantiles { outputs, .. } => {
+                (None, outputs.keys().filter_map(get).collect())
+            }
+            MeasureDef::Classify { classes, .. } => (
+                None,
+                classes.iter().filter_map(|c| get(&c.column)).collect(),
+            ),
+            MeasureDef::Peak {
+                value_column,
+                at_column,
+                ..
+            } => (get(value_column), get(at_column).into_iter().collect()),
+            MeasureDef::Distinct { .. } | MeasureDef::Ratio { .. } => (None, Vec::new()),
+        };
+        Self { main, more }
+    }
+
+    fn is_int(&self) -> bool {
+        self.main
+            .as_ref()
+            .is_some_and(|c| c.kind == ColumnKind::Int)
+    }
+}
+
+/// Runs `check` on the column, when there is one.
+fn check_with(
+    c: Option<&ColumnInfo>,
+    check: impl FnOnce(&ColumnInfo) -> Result<(), String>,
+) -> Result<(), String> {
+    c.map_or(Ok(()), check)
 }
 
 /// What one event adds to one measure, computed once, checked, then folded.
@@ -204,12 +256,18 @@ impl CompiledTable {
                 _ => {}
             }
         }
+        let checks = def
+            .measures
+            .iter()
+            .map(|m| MeasureCols::of(m, &cols))
+            .collect();
         Ok(Self {
             def: def.clone(),
             time_kind,
             time: time.clone(),
             dims,
             columns: cols,
+            checks,
         })
     }
 
@@ -311,10 +369,10 @@ impl CompiledTable {
         };
         let row = rows.get(&key);
         let mut deltas = Vec::with_capacity(self.def.measures.len());
-        for (i, m) in self.def.measures.iter().enumerate() {
+        for (i, (m, cols)) in self.def.measures.iter().zip(&self.checks).enumerate() {
             let state = row.and_then(|r| r.state.get(i));
             let d = self
-                .delta(m, state, ev, ts_ms)
+                .delta(m, cols, state, ev, ts_ms)
                 .map_err(|e| format!("{}: {e}", describe(m)))?;
             deltas.push(d);
         }
@@ -326,6 +384,7 @@ impl CompiledTable {
     fn delta(
         &self,
         m: &MeasureDef,
+        cols: &MeasureCols,
         state: Option<&MState>,
         ev: &Map<String, Value>,
         ts_ms: i64,
@@ -334,56 +393,64 @@ impl CompiledTable {
             return Ok(Delta::Skip);
         }
         let finite = |e: &crate::expr::Expr| e.eval_f64(ev).filter(|v| v.is_finite());
-        // A bare integer field exactly; anything else rounded.
-        let exact = |e: &crate::expr::Expr, v: f64, col: &str| match e.eval_exact_int(ev) {
-            Some(i) => Ok(i),
-            None if v.abs() < 1e38 => Ok(v.round() as i128),
-            None => Err(format!("{v:e} does not fit integer column {col}")),
+        // For integer columns: a bare integer field exactly, anything else
+        // rounded; `None` when there is no number.
+        let exact = |e: &crate::expr::Expr, col: &str| -> Result<Option<i128>, String> {
+            if let Some(i) = e.eval_exact_int(ev) {
+                return Ok(Some(i));
+            }
+            match finite(e) {
+                Some(v) if v.abs() < 1e38 => Ok(Some(v.round() as i128)),
+                Some(v) => Err(format!("{v:e} does not fit integer column {col}")),
+                None => Ok(None),
+            }
         };
         Ok(match (m, state) {
-            (MeasureDef::Count { column, .. }, s) => {
+            (MeasureDef::Count { .. }, s) => {
                 let n = match s {
                     Some(MState::Count(n)) => i128::from(*n),
                     _ => 0,
                 };
-                self.fits(column, |c| c.check_int(n + 1))?;
+                check_with(cols.main.as_ref(), |c| c.check_int(n + 1))?;
                 Delta::One
             }
             (MeasureDef::Sum { column, value, .. }, s) => {
-                let Some(v) = finite(value) else {
-                    return Ok(Delta::Skip);
-                };
-                if self.int_column(column) {
-                    let v = exact(value, v, column)?;
+                if cols.is_int() {
+                    let Some(v) = exact(value, column)? else {
+                        return Ok(Delta::Skip);
+                    };
                     let now = match s {
                         Some(MState::IntSum(n)) => *n,
                         _ => 0,
                     };
                     let sum = checked(now, v)?;
-                    self.fits(column, |c| check_partial(c, sum))?;
+                    check_with(cols.main.as_ref(), |c| check_partial(c, sum))?;
                     Delta::Int(v)
                 } else {
+                    let Some(v) = finite(value) else {
+                        return Ok(Delta::Skip);
+                    };
                     let now = match s {
                         Some(MState::Sum(x)) => *x,
                         _ => 0.0,
                     };
-                    self.fits(column, |c| c.check_float(now + v))?;
+                    check_with(cols.main.as_ref(), |c| c.check_float(now + v))?;
                     Delta::Float(v)
                 }
             }
-            (MeasureDef::Min { column, value, .. } | MeasureDef::Max { column, value, .. }, _) => {
+            (MeasureDef::Min { value, .. } | MeasureDef::Max { value, .. }, _) => {
                 let Some(v) = finite(value) else {
                     return Ok(Delta::Skip);
                 };
-                self.fits(column, |c| c.check_float(v))?;
+                check_with(cols.main.as_ref(), |c| c.check_float(v))?;
                 Delta::Float(v)
             }
-            (MeasureDef::Quantiles { value, outputs, .. }, _) => {
+            (MeasureDef::Quantiles { value, .. }, _) => {
                 let Some(v) = finite(value) else {
                     return Ok(Delta::Skip);
                 };
-                for col in outputs.keys() {
-                    self.fits(col, |c| c.check_float(v))?;
+                for c in &cols.more {
+                    c.check_float(v)?;
                 }
                 Delta::Float(v)
             }
@@ -406,44 +473,43 @@ impl CompiledTable {
                     Some(MState::Classes(c)) => c.get(i).copied().map_or(0, i128::from),
                     _ => 0,
                 };
-                if let Some(cd) = classes.get(i) {
-                    self.fits(&cd.column, |c| c.check_int(n + 1))?;
-                }
+                check_with(cols.more.get(i), |c| c.check_int(n + 1))?;
                 Delta::Class(i)
             }
             (
                 MeasureDef::Peak {
                     value,
                     by,
-                    at_column,
                     value_column,
                     ..
                 },
                 s,
             ) => {
-                let Some(v) = finite(value) else {
-                    return Ok(Delta::Skip);
-                };
                 let bucket = by.floor(ts_ms);
-                self.fits(at_column, |c| c.check_time(bucket))?;
                 match s {
-                    Some(MState::Peak(b)) => {
-                        let sum = b.get(&bucket).copied().unwrap_or(0.0) + v;
-                        self.fits(value_column, |c| c.check_float(sum))?;
-                        Delta::PeakFloat(bucket, v)
-                    }
-                    _ if self.int_column(value_column) => {
-                        let v = exact(value, v, value_column)?;
+                    Some(MState::IntPeak(_)) | None if cols.is_int() => {
+                        let Some(v) = exact(value, value_column)? else {
+                            return Ok(Delta::Skip);
+                        };
+                        check_with(cols.more.first(), |c| c.check_time(bucket))?;
                         let now = match s {
                             Some(MState::IntPeak(b)) => b.get(&bucket).copied().unwrap_or(0),
                             _ => 0,
                         };
                         let sum = checked(now, v)?;
-                        self.fits(value_column, |c| check_partial(c, sum))?;
+                        check_with(cols.main.as_ref(), |c| check_partial(c, sum))?;
                         Delta::PeakInt(bucket, v)
                     }
                     _ => {
-                        self.fits(value_column, |c| c.check_float(v))?;
+                        let Some(v) = finite(value) else {
+                            return Ok(Delta::Skip);
+                        };
+                        check_with(cols.more.first(), |c| c.check_time(bucket))?;
+                        let now = match s {
+                            Some(MState::Peak(b)) => b.get(&bucket).copied().unwrap_or(0.0),
+                            _ => 0.0,
+                        };
+                        check_with(cols.main.as_ref(), |c| c.check_float(now + v))?;
                         Delta::PeakFloat(bucket, v)
                     }
                 }
