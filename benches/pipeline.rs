@@ -12,13 +12,12 @@
 //! start`); it creates and drops its own database. Run with
 //! `cargo bench --bench pipeline`; results are in BENCHMARKS.md.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use flowmeter::config::Settings;
 use flowmeter::event::SchemaRegistry;
-use flowmeter::processor::rollup::{decode, CompiledTable, MState, RowKey};
+use flowmeter::processor::rollup::{decode, fold_event, CompiledTable, TableRows};
 use flowmeter::processor::{ProcessorConfig, ProcessorRegistry};
 use flowmeter::store::Store;
 
@@ -107,16 +106,11 @@ fn rollup(c: &mut Criterion) {
     g.throughput(Throughput::Elements(BATCH as u64));
     g.bench_function("decode_aggregate", |b| {
         b.iter_batched(
-            || vec![HashMap::<RowKey, Vec<MState>>::new(); tables.len()],
+            || vec![TableRows::new(); tables.len()],
             |mut aggs| {
                 for e in &entries {
                     let (ev, ts) = decode(Some(e)).expect("decode");
-                    for (t, rows) in tables.iter().zip(aggs.iter_mut()) {
-                        if let Some(key) = t.key(&ev, ts) {
-                            let row = rows.entry(key).or_insert_with(|| t.new_row());
-                            t.apply(row, &ev, ts);
-                        }
-                    }
+                    fold_event(&tables, &mut aggs, &ev, ts).expect("fits");
                 }
                 aggs
             },

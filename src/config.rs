@@ -374,6 +374,17 @@ pub struct RollupConfig {
     /// being committed (the worker crashed or stalled on it each time) goes
     /// to the dead-letter stream instead of being applied again. 0 = never.
     pub max_deliveries: u64,
+    /// Cardinality budget: new dimension keys (a row's dimension values, in
+    /// any time bucket) each rollup table takes per wall-clock hour (UTC);
+    /// events of further new keys fold into the bucket's `__other__` row
+    /// (nothing is lost). 0 = no limit. A processor file may set its own
+    /// (`max_new_keys_per_hour` at the top or in a `[[table]]`).
+    pub max_new_keys_per_hour: u64,
+    /// An event whose `ts` is more than this many seconds after it was
+    /// written to its stream (the entry id's time) is dead-lettered instead
+    /// of rolled up. 0 = no bound: every `ts` ingest accepts (1970-01-01 ..=
+    /// 3000-01-01) is rolled up.
+    pub max_future_secs: u64,
 }
 
 impl Default for RollupConfig {
@@ -387,6 +398,8 @@ impl Default for RollupConfig {
             lease_ms: 10_000,
             max_flush_retries: 10,
             max_deliveries: 5,
+            max_new_keys_per_hour: 10_000,
+            max_future_secs: 0,
         }
     }
 }

@@ -553,6 +553,51 @@ impl Status {
         } else {
             out.push_str(&crate::table::table(&workers));
         }
+        out.push_str(&self.render_health());
+        out
+    }
+
+    /// Stalled workers (since when, the last error) and the key budgets
+    /// of rollup tables; empty when there is neither.
+    fn render_health(&self) -> String {
+        let mut out = String::new();
+        let mut budgets = vec![[
+            "processor",
+            "table",
+            "hour",
+            "new keys",
+            "max",
+            "folded keys",
+        ]
+        .map(String::from)
+        .to_vec()];
+        for p in &self.processors {
+            for w in &p.workers {
+                if let Some(since) = &w.stalled_since {
+                    out.push_str(&format!(
+                        "STALLED {} on {} since {since} ({} failed attempts): {}\n",
+                        p.name,
+                        w.worker,
+                        w.consecutive_failures,
+                        w.last_error.as_deref().unwrap_or("-")
+                    ));
+                }
+                for b in &w.key_budgets {
+                    budgets.push(vec![
+                        p.name.clone(),
+                        b.table.clone(),
+                        b.hour.clone(),
+                        b.new_keys.to_string(),
+                        b.max_new_keys_per_hour.to_string(),
+                        b.folded_keys.to_string(),
+                    ]);
+                }
+            }
+        }
+        if budgets.len() > 1 {
+            out.push_str("\nKEY BUDGETS (as each worker last saw them)\n");
+            out.push_str(&crate::table::table(&budgets));
+        }
         out
     }
 }

@@ -80,7 +80,7 @@ pub mod metrics {
     );
     pub static EVENTS_INVALID: Counter = Counter::new(
         "flowmeter_rollup_events_invalid_total",
-        "stream entries the rollup could not decode (dead-lettered, then acked)",
+        "stream entries the rollup dead-lettered (undecodable, or a value its tables cannot hold), then acked",
     );
     pub static DEAD_LETTERED: Counter = Counter::new(
         "flowmeter_rollup_dead_lettered_total",
@@ -135,6 +135,18 @@ pub mod metrics {
     pub static FLUSH_RETRIES: Counter = Counter::new(
         "flowmeter_rollup_flush_lock_retries_total",
         "flush transactions retried after a deadlock or lock timeout",
+    );
+    pub static FLUSHES_REFUSED: Counter = Counter::new(
+        "flowmeter_rollup_flushes_refused_total",
+        "flushes whose data the database refused; their entries were re-read in smaller flushes to find the one(s) responsible",
+    );
+    pub static KEYS_FOLDED: Counter = Counter::new(
+        "flowmeter_rollup_keys_folded_total",
+        "new dimension keys past a table's max_new_keys_per_hour, folded into __other__ rows",
+    );
+    pub static EVENTS_FOLDED: Counter = Counter::new(
+        "flowmeter_rollup_events_folded_total",
+        "events counted in __other__ rows because their key was past the table's budget",
     );
     pub static SINK_DELIVERED: Counter = Counter::new(
         "flowmeter_sink_entries_delivered_total",
@@ -201,6 +213,9 @@ pub mod metrics {
         &FLUSHES,
         &FLUSH_FAILURES,
         &FLUSH_RETRIES,
+        &FLUSHES_REFUSED,
+        &KEYS_FOLDED,
+        &EVENTS_FOLDED,
         &SINK_DELIVERED,
         &SINK_FAILURES,
         &HTTP_CONNECTIONS_OPENED,

@@ -518,6 +518,12 @@ mod tests {
             kind,
             max_chars: None,
             nullable: false,
+            data_type: String::new(),
+            unsigned: false,
+            max_bytes: None,
+            charset: None,
+            precision: None,
+            scale: None,
         };
         RollupTable {
             processor: "p".into(),

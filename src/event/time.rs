@@ -74,6 +74,19 @@ mod tests {
     }
 
     #[test]
+    fn the_accepted_range_is_inclusive_in_both_forms() {
+        assert_eq!(parse_ts("1970-01-01T00:00:00Z"), Ok(0));
+        assert_eq!(parse_ts("3000-01-01T00:00:00Z"), Ok(MAX_TS_MS));
+        assert_eq!(parse_ts("3000-01-01T01:00:00+01:00"), Ok(MAX_TS_MS));
+        assert!(parse_ts("3000-01-01T00:00:00.001Z").is_err());
+        assert!(parse_ts("1969-12-31T23:59:59.999Z").is_err());
+        assert_eq!(parse_ts_value(&json!(MAX_TS_MS)), Ok(MAX_TS_MS));
+        assert!(parse_ts_value(&json!(MAX_TS_MS + 1)).is_err());
+        // after 2038 (where MariaDB's UNIX_TIMESTAMP() gives up) is accepted
+        assert_eq!(parse_ts("2040-01-01T00:00:00Z"), Ok(2_208_988_800_000));
+    }
+
+    #[test]
     fn formats_utc() {
         assert_eq!(format_rfc3339_ms(3_600_000), "1970-01-01T01:00:00Z");
     }

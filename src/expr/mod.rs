@@ -154,6 +154,22 @@ impl Expr {
         eval::eval(&self.root, event).truthy()
     }
 
+    /// The exact integer of an expression that is a bare field holding a
+    /// JSON integer (which `eval_f64` would round past 2^53); `None`
+    /// otherwise.
+    pub fn eval_exact_int(&self, event: &Map<String, Json>) -> Option<i128> {
+        let Node::Field(f) = &self.root else {
+            return None;
+        };
+        match event.get(&**f) {
+            Some(Json::Number(n)) => n
+                .as_i64()
+                .map(i128::from)
+                .or_else(|| n.as_u64().map(i128::from)),
+            _ => None,
+        }
+    }
+
     /// A number (`true`/`false` as 1/0); `None` for null and strings.
     pub fn eval_f64(&self, event: &Map<String, Json>) -> Option<f64> {
         match eval::eval(&self.root, event) {

@@ -14,7 +14,7 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use crate::event::{format_rfc3339_ms, parse_ts_value};
-use crate::store::Store;
+use crate::store::{datetime_ms, ms_datetime, Store};
 
 const HOUR_MS: i64 = 3_600_000;
 
@@ -22,6 +22,20 @@ const HOUR_MS: i64 = 3_600_000;
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct TruthTable {
     rows: BTreeMap<(String, i64, Vec<String>), [u64; 3]>,
+    /// A sum passed `u64::MAX` (the tables' BIGINT UNSIGNED): the truth is
+    /// no longer exact, and [`TruthTable::compare`] says so.
+    overflowed: bool,
+}
+
+/// Adds exactly, noting an overflow instead of wrapping.
+fn add_exact(acc: &mut u64, v: u64, overflowed: &mut bool) {
+    match acc.checked_add(v) {
+        Some(s) => *acc = s,
+        None => {
+            *acc = u64::MAX;
+            *overflowed = true;
+        }
+    }
 }
 
 /// Dimension columns and the three measures of each kind's hourly table.
@@ -72,23 +86,30 @@ impl TruthTable {
             .rows
             .entry((kind.to_string(), ts.div_euclid(HOUR_MS) * HOUR_MS, key))
             .or_default();
-        row[0] += 1;
+        add_exact(&mut row[0], 1, &mut self.overflowed);
         for (i, f) in fields.iter().enumerate() {
-            row[i + 1] += ev.get(*f).and_then(Value::as_u64).unwrap_or(0);
+            let v = ev.get(*f).and_then(Value::as_u64).unwrap_or(0);
+            add_exact(&mut row[i + 1], v, &mut self.overflowed);
         }
     }
 
     pub fn merge(&mut self, other: &TruthTable) {
+        self.overflowed |= other.overflowed;
         for (k, v) in &other.rows {
             let row = self.rows.entry(k.clone()).or_default();
-            for i in 0..3 {
-                row[i] += v[i];
+            for (a, b) in row.iter_mut().zip(v) {
+                add_exact(a, *b, &mut self.overflowed);
             }
         }
     }
 
     pub fn len(&self) -> usize {
         self.rows.len()
+    }
+
+    /// No sum passed `u64::MAX`.
+    pub fn is_exact(&self) -> bool {
+        !self.overflowed
     }
 
     pub fn is_empty(&self) -> bool {
@@ -127,6 +148,9 @@ impl TruthTable {
     /// the truth's hours. Returns the differences (empty when equal).
     pub async fn compare(&self, store: &Store) -> Result<Vec<String>, sqlx::Error> {
         let mut diffs = Vec::new();
+        if self.overflowed {
+            diffs.push("a sent sum passed u64::MAX: the truth is not exact".to_string());
+        }
         for kind in ["http", "webrtc"] {
             let Some((dims, measures, _)) = layout(kind) else {
                 continue;
@@ -144,9 +168,10 @@ impl TruthTable {
                 mine.keys().map(|k| k.0).min().unwrap_or(0),
                 mine.keys().map(|k| k.0).max().unwrap_or(0) + HOUR_MS,
             );
+            // Times converted here, not by UNIX_TIMESTAMP()/FROM_UNIXTIME(),
+            // which are NULL after 2038 on MariaDB.
             let sql = format!(
-                "SELECT CAST(UNIX_TIMESTAMP(hour) * 1000 AS SIGNED), {}, {} FROM {kind}_hourly \
-                 WHERE hour >= FROM_UNIXTIME(?) AND hour < FROM_UNIXTIME(?)",
+                "SELECT hour, {}, {} FROM {kind}_hourly WHERE hour >= ? AND hour < ?",
                 dims.iter()
                     .map(|d| format!("CAST({d} AS CHAR)"))
                     .collect::<Vec<_>>()
@@ -158,14 +183,14 @@ impl TruthTable {
                     .join(", ")
             );
             let rows = sqlx::query(&sql)
-                .bind(lo / 1000)
-                .bind(hi / 1000)
+                .bind(ms_datetime(lo))
+                .bind(ms_datetime(hi))
                 .fetch_all(store.pool())
                 .await?;
             let mut theirs: BTreeMap<(i64, Vec<String>), [u64; 3]> = BTreeMap::new();
             for r in rows {
                 use sqlx::Row;
-                let hour: i64 = r.try_get(0)?;
+                let hour = datetime_ms(r.try_get(0)?);
                 let mut d = Vec::new();
                 for i in 0..dims.len() {
                     d.push(r.try_get::<String, _>(1 + i)?);
@@ -206,6 +231,23 @@ impl TruthTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sums_never_wrap() {
+        let mut t = TruthTable::default();
+        let ev = json!({"kind": "http", "ts": 0, "service": "s", "endpoint": "/", "method": "GET",
+                        "req_bytes": u64::MAX - 1, "resp_bytes": 0});
+        t.add(&ev);
+        assert!(t.is_exact());
+        let mut u = t.clone();
+        u.merge(&t);
+        assert!(!u.is_exact(), "2 × (u64::MAX − 1) is not a u64");
+        t.add(
+            &json!({"kind": "http", "ts": 0, "service": "s", "endpoint": "/", "method": "GET",
+                      "req_bytes": 1, "resp_bytes": 0}),
+        );
+        assert!(t.is_exact(), "u64::MAX itself fits");
+    }
 
     #[test]
     fn sums_per_hour_and_dimension() {

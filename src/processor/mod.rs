@@ -11,6 +11,7 @@ pub mod reader;
 pub mod registry;
 pub mod rollup;
 pub mod sink;
+mod stats;
 
 use std::sync::Arc;
 
@@ -23,7 +24,7 @@ use crate::store::{Store, StoreError};
 use crate::stream::{Keys, Redis, StreamError};
 
 pub use registry::{ProcessorConfig, ProcessorRegistry};
-pub use rollup::RunnerStats;
+pub use stats::{KeyBudgetStatus, RunnerStats};
 
 /// Errors of a processor. `retryable()` says whether the runner should back off and try again.
 #[derive(Debug, thiserror::Error)]

@@ -20,7 +20,7 @@ use sqlx::{ConnectOptions, Executor, MySqlPool};
 
 pub use alerts::{AlertRow, NewAlert};
 pub use checkpoint::{advance as advance_checkpoint, Checkpoint};
-pub use columns::{ColumnInfo, ColumnKind};
+pub use columns::{date_ms, datetime_ms, ms_datetime, ColumnInfo, ColumnKind};
 
 /// MySQL error numbers worth retrying the whole transaction for.
 const ER_LOCK_DEADLOCK: u16 = 1213;
@@ -46,13 +46,42 @@ pub enum StoreError {
     /// names the setting to fix.
     #[error("TLS to MySQL: {0}")]
     Tls(String),
+    /// A value a column cannot hold, found before it was sent.
+    #[error("table {table}: {reason}")]
+    Value { table: String, reason: String },
 }
+
+/// MySQL/MariaDB errors about a value (not the server, not the schema):
+/// out of range, incorrect datetime/integer/string value, data too long,
+/// truncated, NULL into NOT NULL, arithmetic out of range.
+/// Also CHECK constraints (MariaDB 4025, MySQL 3819).
+const DATA_ERRORS: &[u16] = &[
+    1048, 1264, 1265, 1292, 1366, 1367, 1406, 1411, 1690, 3819, 4025,
+];
 
 impl StoreError {
     pub fn retryable(&self) -> bool {
         match self {
             StoreError::Db(e) => is_retryable_db(e),
             StoreError::Timeout(_) => true,
+            _ => false,
+        }
+    }
+
+    /// An error about the data written, which retrying the same data cannot
+    /// fix: a value rejected by the database (the numbers in [`DATA_ERRORS`]
+    /// or SQLSTATE class 22, "data exception"), a row that does not decode,
+    /// or a value found not to fit before it was sent. The runner isolates
+    /// the entry responsible and dead-letters it instead of retrying.
+    pub fn is_data_error(&self) -> bool {
+        match self {
+            StoreError::Value { .. } => true,
+            StoreError::Db(sqlx::Error::Database(d)) => {
+                d.code().is_some_and(|c| c.starts_with("22"))
+                    || d.try_downcast_ref::<MySqlDatabaseError>()
+                        .is_some_and(|m| DATA_ERRORS.contains(&m.number()))
+            }
+            StoreError::Db(sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_)) => true,
             _ => false,
         }
     }

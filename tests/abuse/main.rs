@@ -9,4 +9,5 @@ mod common;
 mod hub;
 mod ingest;
 mod query;
+mod rollup;
 mod server;

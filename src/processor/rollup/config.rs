@@ -25,6 +25,10 @@ pub struct RollupDef {
     /// a stream id. An existing group keeps its position.
     #[serde(default)]
     pub start_from: Option<String>,
+    /// New dimension keys each table takes per hour, overriding
+    /// `rollup.max_new_keys_per_hour` (0 = no limit).
+    #[serde(default)]
+    pub max_new_keys_per_hour: Option<u64>,
     /// The tables filled, each with its own window.
     #[serde(rename = "table")]
     pub tables: Vec<TableDef>,
@@ -73,6 +77,10 @@ pub struct TableDef {
     pub filter: Option<Expr>,
     #[serde(rename = "measure")]
     pub measures: Vec<MeasureDef>,
+    /// New dimension keys this table takes per hour, overriding the
+    /// processor's and `rollup.max_new_keys_per_hour` (0 = no limit).
+    #[serde(default)]
+    pub max_new_keys_per_hour: Option<u64>,
 }
 
 /// A key column fed from an event field.
@@ -230,6 +238,14 @@ impl MeasureDef {
 }
 
 impl RollupDef {
+    /// The key budget of `table`: its own, else the processor's, else `global`.
+    pub fn key_budget(&self, table: &TableDef, global: u64) -> u64 {
+        table
+            .max_new_keys_per_hour
+            .or(self.max_new_keys_per_hour)
+            .unwrap_or(global)
+    }
+
     /// The parsed `start_from` (default `beginning`).
     pub fn start(&self) -> Result<crate::stream::StartFrom, String> {
         match &self.start_from {

@@ -2,20 +2,26 @@
 //! once in effect.
 //!
 //! - `config.rs`: the definition read from `processors/*.toml`;
-//! - `agg.rs`: mergeable per-row measure state and derived columns;
+//! - `agg.rs`: mergeable per-row measure state and derived columns, every
+//!   value checked against its column before it is folded in;
+//! - `output.rs`: a row merged with its committed state, and the values written;
+//! - `budget.rs`: each table's cardinality budget (new keys per hour);
 //! - `writer.rs`: the per-table SQL of a flush;
-//! - `processor.rs`: the runner (leases, fenced shard readers, flush, ack);
+//! - `processor.rs`: the runner (leases, fenced shard readers, poison);
+//! - `flush.rs`: one flush transaction and what its outcome leads to;
 //! - `replay.rs`: `flowmeter replay`, rebuilding a time range's rows from the streams.
 //!
 //! The mechanism is written down in `docs/guarantees.md`.
 
 mod agg;
+mod budget;
 mod config;
+mod output;
 mod processor;
 mod replay;
 mod writer;
 
-pub use agg::{CompiledTable, MState, RowKey, SqlVal};
+pub use agg::{fold_event, CompiledTable, MState, Row, RowKey, SqlVal, TableRows, OTHER};
 pub use config::{ClassDef, Dimension, MeasureDef, RollupDef, TableDef, Window};
-pub use processor::{decode, RollupProcessor, RunnerStats};
+pub use processor::{check_future, decode, RollupProcessor};
 pub use replay::{ReplayError, ReplayOptions, ReplayReport};

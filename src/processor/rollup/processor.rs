@@ -10,28 +10,37 @@
 //! applied. When a checkpoint moved under us (another worker committed the
 //! shard), the transaction rolls back, all in-memory state is dropped, and
 //! every owned shard restarts from its pending list.
+//!
+//! No single entry can stop the runner. An entry that cannot be decoded, or
+//! whose values do not fit the tables' columns (checked in memory before
+//! anything is sent), is dead-lettered with the reason when it is read. If
+//! the database still refuses a flush's data (a data error, see
+//! [`StoreError::is_data_error`]), the runner drops its state, re-reads the
+//! uncommitted entries and flushes them in halves (then quarters …) until
+//! the refused flush holds a single entry: that entry is dead-lettered with
+//! the database's error and everything else commits. Only infrastructure
+//! errors (connection, timeout, lock conflicts) are retried, with backoff.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::agg::{CompiledTable, MState, RowKey};
+use super::agg::{fold_event, CompiledTable, TableRows};
+use super::budget::KeyBudget;
 use super::config::RollupDef;
-use super::writer::write_table;
-use crate::event::parse_ts_value;
+use crate::event::{format_rfc3339_ms, parse_ts_value};
 use crate::processor::reader::{self, Batch, READ_ERROR_BACKOFF};
-use crate::processor::{Processor, ProcessorContext, ProcessorError};
-use crate::store::{advance_checkpoint, StoreError};
-use crate::stream::{
-    ack, ensure_group, LeaseManager, LeaseOutcome, ReadOutcome, Shard, StreamError, StreamId,
-};
+use crate::processor::{Processor, ProcessorContext, ProcessorError, RunnerStats};
+use crate::stream::{ensure_group, LeaseManager, LeaseOutcome, ReadOutcome, Shard, StreamId};
 use crate::telemetry::metrics;
+
+#[path = "flush.rs"]
+mod flush;
 
 /// Most backoff between failed flush attempts.
 const MAX_FLUSH_BACKOFF: Duration = Duration::from_secs(5);
@@ -70,30 +79,6 @@ struct ShardState {
 enum Leaving {
     Lost,
     Surplus,
-}
-
-/// Figures the runner publishes for `status` (read back by `status::gather`;
-/// fields missing from an older worker's record default to zero).
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct RunnerStats {
-    pub worker: String,
-    pub shards: Vec<String>,
-    pub last_flush_at: Option<String>,
-    pub last_flush_ms: u64,
-    pub last_flush_events: u64,
-    pub last_flush_rows: u64,
-    pub events_per_sec: f64,
-    pub events_total: u64,
-    pub invalid_total: u64,
-    pub flushes_total: u64,
-    pub flush_failures_total: u64,
-    /// Time from XADD (the entry id's milliseconds, Redis' clock) to the
-    /// commit of the flush that applied the event (this worker's clock),
-    /// over every event applied since the worker started.
-    pub xadd_to_commit_p50_ms: f64,
-    pub xadd_to_commit_p99_ms: f64,
-    pub xadd_to_commit_max_ms: f64,
 }
 
 /// A built rollup processor.
@@ -140,8 +125,6 @@ impl Processor for RollupProcessor {
     }
 }
 
-type TableRows = HashMap<RowKey, Vec<MState>>;
-
 struct Runner {
     p: RollupProcessor,
     leases: LeaseManager,
@@ -162,6 +145,19 @@ struct Runner {
     suspect: Option<Batch>,
     /// Dead-letter reason forced on the next batch (a suspect past its solo attempts).
     force_dead: Option<String>,
+    /// Each table's cardinality budget.
+    budgets: Vec<KeyBudget>,
+    /// Entries per flush while narrowing down a flush the database refused
+    /// (halved on each refusal, doubled on each commit); `None`: normal.
+    isolate: Option<usize>,
+    /// The rest of a batch held back because `isolate` was reached.
+    carry: Option<Batch>,
+    /// The last entry applied since the last commit (stream, id): the one
+    /// to blame when a flush holding one entry is refused.
+    last_applied: Option<(String, StreamId)>,
+    /// Entries dead-lettered since the last commit, so re-reading them
+    /// (while isolating) does not dead-letter them twice.
+    lettered: HashSet<(String, StreamId)>,
 }
 
 impl Runner {
@@ -183,6 +179,11 @@ impl Runner {
         );
         let (tx, rx) = mpsc::channel(ctx.settings.read_queue_batches);
         let aggs = p.tables.iter().map(|_| HashMap::new()).collect();
+        let budgets = p
+            .tables
+            .iter()
+            .map(|t| KeyBudget::new(p.def.key_budget(&t.def, ctx.settings.max_new_keys_per_hour)))
+            .collect();
         let stats = RunnerStats {
             worker: ctx.worker_id.clone(),
             ..Default::default()
@@ -203,6 +204,31 @@ impl Runner {
             last_flush: Instant::now(),
             suspect: None,
             force_dead: None,
+            budgets,
+            isolate: None,
+            carry: None,
+            last_applied: None,
+            lettered: HashSet::new(),
+        }
+    }
+
+    /// Events held in memory before a flush: `max_batch_events`, or the
+    /// isolation chunk.
+    fn batch_limit(&self) -> usize {
+        self.isolate
+            .unwrap_or(self.p.ctx.settings.max_batch_events)
+            .max(1)
+    }
+
+    /// Takes a batch from a reader (or the carried rest of one).
+    async fn take_batch(&mut self, batch: Batch) {
+        if batch.is_suspect(self.p.ctx.settings.max_deliveries) {
+            self.suspect = Some(batch);
+            return;
+        }
+        self.on_batch(batch);
+        if self.pending_events >= self.batch_limit() {
+            self.flush().await;
         }
     }
 
@@ -214,15 +240,20 @@ impl Runner {
         let mut flush_tick =
             tokio::time::interval(Duration::from_millis(s.flush_interval_ms.max(10)));
         flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let max_batch = s.max_batch_events;
         tracing::info!(processor = %self.p.def.name, group = %self.p.def.group, worker = %self.p.ctx.worker_id, "rollup runner started");
         loop {
             if self.suspect.is_some() && self.retry_at.is_none_or(|t| Instant::now() >= t) {
                 self.run_suspect().await;
             }
             let accepting = self.retry_at.is_none()
-                && self.pending_events < max_batch
+                && self.pending_events < self.batch_limit()
                 && self.suspect.is_none();
+            if accepting {
+                if let Some(batch) = self.carry.take() {
+                    self.take_batch(batch).await;
+                    continue;
+                }
+            }
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -232,21 +263,18 @@ impl Runner {
                         self.flush().await;
                     }
                 }
-                Some(batch) = self.rx.recv(), if accepting => {
-                    if batch.is_suspect(self.p.ctx.settings.max_deliveries) {
-                        self.suspect = Some(batch);
-                        continue;
-                    }
-                    self.on_batch(batch);
-                    if self.pending_events >= max_batch {
-                        self.flush().await;
-                    }
-                }
+                Some(batch) = self.rx.recv(), if accepting => self.take_batch(batch).await,
             }
         }
         // Graceful stop: stop reading, flush what we hold, ack, hand shards back.
         self.stop_readers().await;
-        while let Ok(batch) = self.rx.try_recv() {
+        // Apply only what the current isolation chunk allows: the rest stays
+        // pending and is read again by the next owner.
+        if let Some(batch) = self.carry.take() {
+            self.on_batch(batch);
+        }
+        while self.carry.is_none() && self.pending_events < self.batch_limit() {
+            let Ok(batch) = self.rx.try_recv() else { break };
             self.on_batch(batch);
         }
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -361,7 +389,12 @@ impl Runner {
         }
         self.on_batch(batch);
         self.force_dead = None;
-        if self.flush().await {
+        let mut done = self.flush().await;
+        if !done && self.pending_events == 0 && self.retry_at.is_none() {
+            // refused alone: it became a dead letter, which this commits
+            done = self.flush().await;
+        }
+        if done {
             let mut conn = self.p.ctx.redis.conn.clone();
             let _: Result<(), _> = self
                 .p
@@ -472,7 +505,10 @@ impl Runner {
             }
             ReadOutcome::Entries(e) => e,
         };
-        for e in entries {
+        let limit = self.isolate;
+        let max_future_ms = self.p.ctx.settings.max_future_secs.saturating_mul(1000);
+        let mut entries = entries.into_iter();
+        while let Some(e) = entries.next() {
             if e.id <= st.checkpoint {
                 st.stale.push(e.id); // effect already committed: ack without applying
                 continue;
@@ -480,22 +516,30 @@ impl Runner {
             if e.id <= st.seen {
                 continue; // already in this flush's state (cannot happen with one reader)
             }
+            if limit.is_some_and(|n| self.pending_events >= n) {
+                // isolating: the rest waits for the next flush
+                self.carry = Some(Batch {
+                    shard: batch.shard,
+                    generation: batch.generation,
+                    outcome: ReadOutcome::Entries(std::iter::once(e).chain(entries).collect()),
+                });
+                return;
+            }
             st.seen = e.id;
             st.acks.push(e.id);
             let decoded = match self.force_dead.take() {
                 Some(reason) => Err(reason),
-                None => decode(e.data.as_deref()),
+                None => decode(e.data.as_deref())
+                    .and_then(|(ev, ts)| check_future(e.id, ts, max_future_ms).map(|()| (ev, ts))),
             };
-            match decoded {
-                Ok((ev, ts)) => {
-                    for (t, rows) in self.p.tables.iter().zip(self.aggs.iter_mut()) {
-                        if let Some(key) = t.key(&ev, ts) {
-                            let row = rows.entry(key).or_insert_with(|| t.new_row());
-                            t.apply(row, &ev, ts);
-                        }
-                    }
+            let folded =
+                decoded.and_then(|(ev, ts)| fold_event(&self.p.tables, &mut self.aggs, &ev, ts));
+            match folded {
+                Ok(_) => {
                     self.pending_events += 1;
+                    self.last_applied = Some((st.stream.clone(), e.id));
                 }
+                Err(_) if self.lettered.contains(&(st.stream.clone(), e.id)) => {}
                 Err(reason) => {
                     self.stats.invalid_total += 1;
                     metrics::EVENTS_INVALID.inc();
@@ -506,209 +550,6 @@ impl Runner {
                         data: e.data,
                         reason,
                     });
-                }
-            }
-        }
-    }
-
-    /// Commits the current state. Returns whether everything held was flushed.
-    async fn flush(&mut self) -> bool {
-        let dirty_shards: Vec<(Shard, String, StreamId, StreamId)> = self
-            .shards
-            .iter()
-            .filter(|(_, s)| s.seen > s.checkpoint)
-            .map(|(k, s)| (k.clone(), s.stream.clone(), s.checkpoint, s.seen))
-            .collect();
-        let has_acks = self
-            .shards
-            .values()
-            .any(|s| !s.acks.is_empty() || !s.stale.is_empty());
-        if dirty_shards.is_empty() && !has_acks {
-            // nothing held: whatever failed before no longer blocks reading
-            self.retry_at = None;
-            self.backoff = Duration::from_millis(100);
-            self.finish_leaving().await;
-            return true;
-        }
-        if let Err(e) = self.dead_letter().await {
-            self.stats.flush_failures_total += 1;
-            tracing::warn!(error = %e, "cannot write the dead-letter stream; holding state and pausing reads");
-            self.retry_at = Some(Instant::now() + self.backoff);
-            self.backoff = (self.backoff * 2).min(MAX_FLUSH_BACKOFF);
-            return false;
-        }
-        let started = Instant::now();
-        let events = self.pending_events as u64;
-        // Borrowed, sorted views of the state (keys sorted so concurrent
-        // flushes lock rows in the same order); nothing is cloned.
-        let rows: Vec<Vec<(&RowKey, &[MState])>> = self
-            .aggs
-            .iter()
-            .map(|a| {
-                let mut v: Vec<(&RowKey, &[MState])> =
-                    a.iter().map(|(k, s)| (k, s.as_slice())).collect();
-                v.sort_by(|x, y| x.0.cmp(y.0));
-                v
-            })
-            .collect();
-        let row_count: usize = rows.iter().map(Vec::len).sum();
-        let mut attempt = 0;
-        // The leases are kept alive while the commit runs (MySQL may make it
-        // wait: an unreachable server holds it for the pool's connect
-        // timeout). A commit past COMMIT_TIMEOUT is abandoned; if it did
-        // land, the retry's checkpoint compare-and-set notices and re-reads.
-        let result = loop {
-            attempt += 1;
-            let attempt_result = tokio::select! {
-                r = tokio::time::timeout(COMMIT_TIMEOUT, self.commit(&dirty_shards, &rows)) => match r {
-                    Ok(r) => r,
-                    Err(_) => Err(StoreError::Timeout(COMMIT_TIMEOUT)),
-                },
-                _ = self.leases.keepalive() => Err(StoreError::Timeout(COMMIT_TIMEOUT)),
-            };
-            match attempt_result {
-                Err(e)
-                    if e.is_lock_conflict() && attempt <= self.p.ctx.settings.max_flush_retries =>
-                {
-                    metrics::FLUSH_RETRIES.inc();
-                    tokio::time::sleep(Duration::from_millis(10 * u64::from(attempt))).await;
-                }
-                other => break other,
-            }
-        };
-        match result {
-            Ok(()) => {
-                for (shard, _, _, to) in &dirty_shards {
-                    if let Some(st) = self.shards.get_mut(shard) {
-                        st.checkpoint = *to;
-                    }
-                }
-                for a in &mut self.aggs {
-                    a.clear();
-                }
-                self.pending_events = 0;
-                self.retry_at = None;
-                self.backoff = Duration::from_millis(100);
-                let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
-                for st in self.shards.values() {
-                    for id in &st.acks {
-                        self.latency.add(now_ms.saturating_sub(id.ms) as f64);
-                    }
-                }
-                self.stats.xadd_to_commit_p50_ms = self.latency.quantile(0.5).unwrap_or(0.0);
-                self.stats.xadd_to_commit_p99_ms = self.latency.quantile(0.99).unwrap_or(0.0);
-                self.stats.xadd_to_commit_max_ms = self.latency.quantile(1.0).unwrap_or(0.0);
-                self.ack_committed().await;
-                let elapsed = self.last_flush.elapsed().as_secs_f64().max(0.001);
-                self.last_flush = Instant::now();
-                self.stats.last_flush_ms = started.elapsed().as_millis() as u64;
-                self.stats.last_flush_events = events;
-                self.stats.last_flush_rows = row_count as u64;
-                self.stats.events_per_sec = events as f64 / elapsed;
-                self.stats.events_total += events;
-                self.stats.flushes_total += 1;
-                self.stats.last_flush_at =
-                    Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
-                metrics::EVENTS_APPLIED.add(events);
-                metrics::FLUSHES.inc();
-                // status shows every flush, not only the last lease tick's
-                self.publish_stats().await;
-                tracing::debug!(
-                    events,
-                    rows = row_count,
-                    ms = self.stats.last_flush_ms,
-                    "flushed"
-                );
-                self.finish_leaving().await;
-                true
-            }
-            Err(StoreError::CheckpointMoved { group, stream }) => {
-                tracing::warn!(%group, %stream, "checkpoint moved under us: dropping uncommitted state and re-reading pending entries");
-                self.stats.flush_failures_total += 1;
-                self.reset_all().await;
-                false
-            }
-            Err(e) => {
-                self.stats.flush_failures_total += 1;
-                metrics::FLUSH_FAILURES.inc();
-                tracing::warn!(error = %e, retryable = e.retryable(), backoff_ms = self.backoff.as_millis() as u64, "flush failed; holding state and pausing reads");
-                self.retry_at = Some(Instant::now() + self.backoff);
-                self.backoff = (self.backoff * 2).min(MAX_FLUSH_BACKOFF);
-                false
-            }
-        }
-    }
-
-    async fn commit(
-        &self,
-        dirty: &[(Shard, String, StreamId, StreamId)],
-        rows: &[Vec<(&RowKey, &[MState])>],
-    ) -> Result<(), StoreError> {
-        let ctx = &self.p.ctx;
-        let mut tx = ctx.store.pool().begin().await?;
-        // Checkpoints first, in shard order: fails fast on a moved checkpoint and
-        // serializes two workers racing on one shard.
-        for (_, stream, from, to) in dirty {
-            advance_checkpoint(
-                &mut tx,
-                &self.p.def.group,
-                stream,
-                *from,
-                *to,
-                &ctx.worker_id,
-            )
-            .await?;
-        }
-        for (t, r) in self.p.tables.iter().zip(rows) {
-            write_table(&mut tx, t, r).await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Appends this flush's undecodable entries to `{prefix}:dlq:{group}`
-    /// (one MULTI/EXEC) before the commit that lets them be acknowledged. A
-    /// crash between the two writes them again on redelivery.
-    async fn dead_letter(&mut self) -> Result<(), StreamError> {
-        if self.poison.is_empty() {
-            return Ok(());
-        }
-        let ctx = &self.p.ctx;
-        let letters: Vec<crate::dlq::NewLetter> = self
-            .poison
-            .iter()
-            .map(|p| crate::dlq::NewLetter {
-                stream: &p.stream,
-                id: p.id,
-                error: &p.reason,
-                data: p.data.as_deref(),
-            })
-            .collect();
-        crate::dlq::append(
-            &ctx.redis,
-            &ctx.keys.dlq(&self.p.def.group),
-            &self.p.def.name,
-            &letters,
-        )
-        .await?;
-        self.poison.clear();
-        Ok(())
-    }
-
-    /// XACK everything committed. A failed ack leaves entries pending; they sit
-    /// at or below the checkpoint and are acked when re-read.
-    async fn ack_committed(&mut self) {
-        let ctx = &self.p.ctx;
-        for st in self.shards.values_mut() {
-            let mut ids: Vec<StreamId> = std::mem::take(&mut st.stale);
-            ids.append(&mut st.acks);
-            if ids.is_empty() {
-                continue;
-            }
-            match ack(&ctx.redis, &st.stream, &self.p.def.group, &ids).await {
-                Ok(()) => metrics::ENTRIES_ACKED.add(ids.len() as u64),
-                Err(e) => {
-                    tracing::warn!(stream = %st.stream, error = %e, "XACK failed; entries stay pending and are acked on re-read")
                 }
             }
         }
@@ -744,6 +585,8 @@ impl Runner {
         self.retry_at = None;
         self.poison.clear();
         self.pending_events = 0;
+        self.last_applied = None;
+        self.carry = None;
         self.stop_readers().await;
         while self.rx.try_recv().is_ok() {}
         let shards: Vec<(Shard, Option<Leaving>)> = self
@@ -783,6 +626,23 @@ impl Runner {
         self.stats.shards = self.shards.keys().map(Shard::label).collect();
         crate::processor::publish_stats(&self.p.ctx, &self.p.def.name, &self.stats).await;
     }
+}
+
+/// Refuses an event whose `ts` is more than `max_future_ms` after its entry
+/// was written (the id's time); 0 = no bound.
+pub fn check_future(id: StreamId, ts_ms: i64, max_future_ms: u64) -> Result<(), String> {
+    let written = i64::try_from(id.ms).unwrap_or(i64::MAX);
+    let limit = i64::try_from(max_future_ms).unwrap_or(i64::MAX);
+    if max_future_ms == 0 || ts_ms <= written.saturating_add(limit) {
+        return Ok(());
+    }
+    Err(format!(
+        "field ts: {} is {} s after the entry was written ({}), beyond rollup.max_future_secs = {}",
+        format_rfc3339_ms(ts_ms),
+        (ts_ms - written) / 1000,
+        format_rfc3339_ms(written),
+        max_future_ms / 1000
+    ))
 }
 
 /// Decodes an entry's `data` into the event object and its time.

@@ -22,8 +22,9 @@ use std::time::Instant;
 use indicatif::ProgressBar;
 use serde::Serialize;
 
-use super::agg::{MState, RowKey};
-use super::processor::{decode, RollupProcessor};
+use super::agg::{fold_event_where, sorted_rows, RowKey, TableRows};
+use super::budget::KeyBudget;
+use super::processor::{check_future, decode, RollupProcessor};
 use super::writer::write_table;
 use crate::store::StoreError;
 use crate::stream::{range, StreamError, StreamId};
@@ -73,6 +74,8 @@ pub struct ReplayReport {
     pub streams: usize,
     pub entries_scanned: u64,
     pub events_in_range: u64,
+    /// Entries the live path dead-letters (undecodable, or refused by a
+    /// column), skipped here too.
     pub undecodable: u64,
     /// (table, first window start, end, rows written)
     pub tables: Vec<(String, String, String, u64)>,
@@ -90,7 +93,7 @@ impl ReplayReport {
         }
         let mut out = crate::table::table(&rows);
         out.push_str(&format!(
-            "{}: {} entries scanned on {} streams in {:.1} s ({:.0} entries/s), {} events in range, {} undecodable skipped, {} transaction attempt(s)\n",
+            "{}: {} entries scanned on {} streams in {:.1} s ({:.0} entries/s), {} events in range, {} dead-letter entries (undecodable or refused) skipped, {} transaction attempt(s)\n",
             self.processor,
             self.entries_scanned,
             self.streams,
@@ -158,8 +161,8 @@ impl RollupProcessor {
             }
         }
 
-        let mut aggs: Vec<HashMap<RowKey, Vec<MState>>> =
-            self.tables.iter().map(|_| HashMap::new()).collect();
+        let mut aggs: Vec<TableRows> = self.tables.iter().map(|_| HashMap::new()).collect();
+        let max_future_ms = ctx.settings.max_future_secs.saturating_mul(1000);
         // per stream: folded up to here (exclusive start of the next scan)
         let mut folded: HashMap<String, Option<StreamId>> =
             streams.iter().map(|s| (s.clone(), None)).collect();
@@ -194,23 +197,23 @@ impl RollupProcessor {
                         p.inc(page.len() as u64);
                     }
                     for e in page {
-                        let Ok((ev, ts)) = decode(e.data.as_deref()) else {
-                            undecodable += 1; // dead-lettered by the live path, not counted there either
-                            continue;
+                        let in_bounds = |i: usize, k: &RowKey| {
+                            bounds
+                                .get(i)
+                                .is_some_and(|(lo, hi)| (*lo..*hi).contains(&k.start_ms))
                         };
-                        let mut hit = false;
-                        for ((t, rows), (lo, hi)) in
-                            self.tables.iter().zip(aggs.iter_mut()).zip(&bounds)
-                        {
-                            let Some(key) = t.key(&ev, ts) else { continue };
-                            if key.start_ms < *lo || key.start_ms >= *hi {
-                                continue;
-                            }
-                            hit = true;
-                            let row = rows.entry(key).or_insert_with(|| t.new_row());
-                            t.apply(row, &ev, ts);
+                        let folded = decode(e.data.as_deref())
+                            .and_then(|(ev, ts)| {
+                                check_future(e.id, ts, max_future_ms).map(|()| (ev, ts))
+                            })
+                            .and_then(|(ev, ts)| {
+                                fold_event_where(&self.tables, &mut aggs, &ev, ts, in_bounds)
+                            });
+                        match folded {
+                            Ok(hit) => in_range += u64::from(hit),
+                            // dead-lettered by the live path, not counted there either
+                            Err(_) => undecodable += 1,
                         }
-                        in_range += u64::from(hit);
                     }
                     folded.insert(s.clone(), Some(last));
                 }
@@ -257,7 +260,7 @@ impl RollupProcessor {
         streams: &[String],
         targets: &HashMap<String, StreamId>,
         bounds: &[(i64, i64)],
-        aggs: &[HashMap<RowKey, Vec<MState>>],
+        aggs: &[TableRows],
     ) -> Result<Option<HashMap<String, StreamId>>, StoreError> {
         let mut tx = self.ctx.store.pool().begin().await?;
         let mut now = HashMap::new();
@@ -275,7 +278,19 @@ impl RollupProcessor {
             tx.rollback().await?;
             return Ok(Some(now));
         }
-        for ((t, (lo, hi)), rows) in self.tables.iter().zip(bounds).zip(aggs) {
+        let sorted = sorted_rows(aggs);
+        // Budgets first, while the range's old rows still say which keys
+        // the table knows: a replay folds what the live path would.
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let mut folds = Vec::with_capacity(self.tables.len());
+        for (t, rows) in self.tables.iter().zip(&sorted) {
+            let limit = self
+                .def
+                .key_budget(&t.def, self.ctx.settings.max_new_keys_per_hour);
+            folds.push(KeyBudget::new(limit).fold(&mut tx, t, rows, now_ms).await?);
+        }
+        for (((t, (lo, hi)), rows), fold) in self.tables.iter().zip(bounds).zip(&sorted).zip(&folds)
+        {
             let sql = format!(
                 "DELETE FROM `{}` WHERE `{}` >= ? AND `{}` < ?",
                 t.def.name.replace('`', "``"),
@@ -291,10 +306,7 @@ impl RollupProcessor {
                 };
             }
             q.execute(&mut *tx).await?;
-            let mut sorted: Vec<(&RowKey, &[MState])> =
-                rows.iter().map(|(k, v)| (k, v.as_slice())).collect();
-            sorted.sort_by(|a, b| a.0.cmp(b.0));
-            write_table(&mut tx, t, &sorted).await?;
+            write_table(&mut tx, t, &fold.apply(rows)).await?;
         }
         tx.commit().await?;
         Ok(None)

@@ -11,10 +11,10 @@ use std::collections::HashMap;
 
 use sqlx::mysql::MySqlRow;
 use sqlx::query_builder::Separated;
-use sqlx::{MySql, QueryBuilder, Row, Transaction};
+use sqlx::{MySql, QueryBuilder, Row as _, Transaction};
 
-use super::agg::{CompiledTable, DbRow, MState, RowKey, SqlVal};
-use crate::store::{ColumnKind, StoreError};
+use super::agg::{CompiledTable, DbRow, Row, RowKey, SqlVal};
+use crate::store::{date_ms, datetime_ms, ColumnKind, StoreError};
 
 /// Bind parameters per statement stay below MySQL's 65,535 limit.
 const MAX_BINDS_PER_STATEMENT: usize = 30_000;
@@ -25,6 +25,7 @@ fn bind<'a>(sep: &mut Separated<'_, 'a, MySql, &'static str>, v: SqlVal) {
     match v {
         SqlVal::Null => sep.push_bind(None::<i64>),
         SqlVal::Int(i) => sep.push_bind(i),
+        SqlVal::UInt(u) => sep.push_bind(u),
         SqlVal::Float(f) => sep.push_bind(f),
         SqlVal::Text(s) => sep.push_bind(s),
         SqlVal::Bytes(b) => sep.push_bind(b),
@@ -33,7 +34,7 @@ fn bind<'a>(sep: &mut Separated<'_, 'a, MySql, &'static str>, v: SqlVal) {
     };
 }
 
-fn q(ident: &str) -> String {
+pub(super) fn q(ident: &str) -> String {
     format!("`{}`", ident.replace('`', "``"))
 }
 
@@ -44,7 +45,7 @@ fn q(ident: &str) -> String {
 pub async fn write_table(
     tx: &mut Transaction<'_, MySql>,
     table: &CompiledTable,
-    rows: &[(&RowKey, &[MState])],
+    rows: &[(&RowKey, &Row)],
 ) -> Result<(), StoreError> {
     if rows.is_empty() {
         return Ok(());
@@ -53,7 +54,7 @@ pub async fn write_table(
     let key_cols: Vec<String> = table
         .dims
         .iter()
-        .map(|(c, _, _)| q(c))
+        .map(|d| q(&d.column))
         .chain(std::iter::once(q(&table.def.time_column)))
         .collect();
     let key_list = key_cols.join(", ");
@@ -74,17 +75,18 @@ pub async fn write_table(
 
     // 2. read the committed state under lock
     let state_cols = table.state_columns();
-    // CAST: binary-collated VARCHARs would otherwise decode as VARBINARY.
+    // CAST: binary-collated VARCHARs would otherwise decode as VARBINARY;
+    // integers come as text so every BIGINT UNSIGNED reads back exactly. The
+    // time column is read as it is and converted here (UNIX_TIMESTAMP() is
+    // NULL after 2038 on MariaDB).
     let select_list: Vec<String> = table
         .dims
         .iter()
-        .map(|(c, _, _)| format!("CAST({} AS CHAR)", q(c)))
-        .chain(std::iter::once(format!(
-            "CAST(UNIX_TIMESTAMP({}) AS SIGNED)",
-            q(&table.def.time_column)
-        )))
+        .map(|d| format!("CAST({} AS CHAR)", q(&d.column)))
+        .chain(std::iter::once(q(&table.def.time_column)))
         .chain(state_cols.iter().map(|c| match table.kind_of(c) {
             ColumnKind::Blob => q(c),
+            ColumnKind::Int => format!("CAST({} AS CHAR)", q(c)),
             _ => format!("({} + 0E0)", q(c)),
         }))
         .collect();
@@ -124,15 +126,20 @@ pub async fn write_table(
         .collect::<Vec<_>>()
         .join(", ");
     let mut out_rows = Vec::with_capacity(rows.len());
-    for (key, state) in rows {
-        match existing.remove(*key) {
+    let rejected = |reason: String| StoreError::Value {
+        table: table.def.name.clone(),
+        reason,
+    };
+    for (key, row) in rows {
+        let out = match existing.remove(*key) {
             Some(db) => {
-                let mut merged = state.to_vec();
-                table.merge_db(&mut merged, &db);
-                out_rows.push(table.output(key, &merged));
+                let mut merged = (*row).clone();
+                table.merge_db(&mut merged, &db).map_err(rejected)?;
+                table.output(key, &merged)
             }
-            None => out_rows.push(table.output(key, state)),
-        }
+            None => table.output(key, row),
+        };
+        out_rows.push(out.map_err(rejected)?);
     }
     drop(existing);
     let per_statement = (MAX_BINDS_PER_STATEMENT / cols.len().max(1)).max(1);
@@ -163,7 +170,10 @@ fn decode_row(
         let s: String = r.try_get(i)?;
         dims.push(s.into_boxed_str());
     }
-    let secs: i64 = r.try_get(n)?;
+    let start_ms = match table.time_kind {
+        ColumnKind::Date => date_ms(r.try_get(n)?),
+        _ => datetime_ms(r.try_get(n)?),
+    };
     let mut db = DbRow::with_capacity(state_cols.len());
     for (i, c) in state_cols.iter().enumerate() {
         let idx = n + 1 + i;
@@ -171,6 +181,13 @@ fn decode_row(
             ColumnKind::Blob => r
                 .try_get::<Option<Vec<u8>>, _>(idx)?
                 .map_or(SqlVal::Null, SqlVal::Bytes),
+            ColumnKind::Int => match r.try_get::<Option<String>, _>(idx)? {
+                None => SqlVal::Null,
+                Some(t) => parse_int(&t).ok_or_else(|| StoreError::Value {
+                    table: table.def.name.clone(),
+                    reason: format!("column {c} holds {t:?}, not an integer"),
+                })?,
+            },
             _ => r
                 .try_get::<Option<f64>, _>(idx)?
                 .map_or(SqlVal::Null, SqlVal::Float),
@@ -180,8 +197,16 @@ fn decode_row(
     Ok((
         RowKey {
             dims: dims.into_boxed_slice(),
-            start_ms: secs.saturating_mul(1000),
+            start_ms,
         },
         db,
     ))
+}
+
+/// An integer column's text, exactly.
+fn parse_int(t: &str) -> Option<SqlVal> {
+    t.parse::<i64>()
+        .map(SqlVal::Int)
+        .or_else(|_| t.parse::<u64>().map(SqlVal::UInt))
+        .ok()
 }

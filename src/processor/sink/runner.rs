@@ -386,7 +386,7 @@ impl<S: Sink> Runner<S> {
             Ok(v) => v,
             Err(reason) => {
                 metrics::SINK_FAILURES.inc();
-                self.stats.flush_failures_total += 1;
+                self.stats.record_failure(&reason);
                 tracing::warn!(processor = %self.p.name, entries = self.buffer.len(), retry_in_ms = self.backoff.as_millis() as u64, %reason, "delivery failed; keeping the batch and retrying");
                 self.retry_at = Some(Instant::now() + self.backoff);
                 self.backoff =
@@ -426,6 +426,8 @@ impl<S: Sink> Runner<S> {
         {
             // delivered but not acknowledged: the retry delivers again (at least once)
             tracing::warn!(error = %e, "cannot write dead letters; retrying the batch");
+            self.stats
+                .record_failure(&format!("cannot write dead letters: {e}"));
             self.retry_at = Some(Instant::now() + self.backoff);
             return false;
         }
@@ -465,8 +467,7 @@ impl<S: Sink> Runner<S> {
         st.events_total += self.buffer.len() as u64;
         st.invalid_total += self.letters.len() as u64 + (self.buffer.len() - delivered) as u64;
         st.flushes_total += 1;
-        st.last_flush_at =
-            Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        st.record_success();
         self.buffer.clear();
         self.letters.clear();
         self.oldest = None;
