@@ -98,11 +98,23 @@ impl Channels {
         self.map.len()
     }
 
-    /// Counts a subscriber of `name` at second `now`.
-    pub fn subscribe(&mut self, name: &str, channel: &Channel, now: i64) -> Result<(), Full> {
+    /// Counts a subscriber of `name` at second `now`. `quiet_from`: the
+    /// channel had no events from that second on (a resuming client is owed
+    /// only empty seconds from there).
+    pub fn subscribe(
+        &mut self,
+        name: &str,
+        channel: &Channel,
+        now: i64,
+        quiet_from: Option<i64>,
+    ) -> Result<(), Full> {
+        let empty_since = quiet_from.map_or(now, |q| q.min(now));
         if let Some(w) = self.map.get_mut(name) {
             w.subscribers += 1;
             w.last_seen = now;
+            if w.ring.is_none() {
+                w.empty_since = w.empty_since.min(empty_since);
+            }
             return Ok(());
         }
         if self.map.len() >= self.max {
@@ -126,7 +138,7 @@ impl Channels {
                 channel: channel.clone(),
                 subscribers: 1,
                 last_seen: now,
-                empty_since: now,
+                empty_since,
                 checked_empty: None,
                 ring: None,
             },
@@ -316,7 +328,7 @@ mod tests {
     fn a_channel_without_data_costs_an_entry_and_leaves_nothing() {
         let mut c = Channels::new(4, 300);
         let ch = http("http:service:nobody");
-        c.subscribe(ch.name(), &ch, 100).expect("room");
+        c.subscribe(ch.name(), &ch, 100, None).expect("room");
         assert_eq!(c.due(101).len(), 1);
         c.publish(ch.name(), 101, None);
         // zero points for the seconds since it is watched
@@ -338,10 +350,30 @@ mod tests {
     }
 
     #[test]
+    fn a_resumed_channel_known_quiet_owes_empty_seconds_not_a_snapshot() {
+        let mut c = Channels::new(4, 300);
+        let ch = http("http:service:quiet");
+        // left at 95, back at 100: the hub found no events since 96
+        c.subscribe(ch.name(), &ch, 100, Some(96)).expect("room");
+        match c.since(ch.name(), 95, 100, false) {
+            Since::Missed { seq, points, .. } => {
+                assert_eq!(seq, 100);
+                assert_eq!(points.len(), 5);
+                assert!(points.iter().all(|(_, p)| p.is_none()));
+            }
+            other => panic!("{other:?}"),
+        }
+        // without that knowledge, the same resume needs a snapshot
+        let other = http("http:service:unknown");
+        c.subscribe(other.name(), &other, 100, None).expect("room");
+        assert!(matches!(c.since(other.name(), 95, 100, false), Since::Gap));
+    }
+
+    #[test]
     fn rings_keep_busy_seconds_and_fill_quiet_ones() {
         let mut c = Channels::new(4, 5);
         let ch = http("http:overview");
-        c.subscribe(ch.name(), &ch, 10).expect("room");
+        c.subscribe(ch.name(), &ch, 10, None).expect("room");
         c.publish(ch.name(), 11, None); // watched, no data yet
         c.publish(ch.name(), 12, Some(closed(&ch, 12, Some("{\"n\":1}"))));
         c.publish(ch.name(), 13, Some(closed(&ch, 13, None)));
@@ -386,14 +418,14 @@ mod tests {
     fn the_table_is_bounded_and_gives_up_idle_warm_channels_first() {
         let mut c = Channels::new(2, 300);
         let (a, b, x) = (http("http:a"), http("http:b"), http("http:x"));
-        c.subscribe(a.name(), &a, 1).expect("room");
-        c.subscribe(b.name(), &b, 1).expect("room");
-        assert_eq!(c.subscribe(x.name(), &x, 1), Err(Full));
+        c.subscribe(a.name(), &a, 1, None).expect("room");
+        c.subscribe(b.name(), &b, 1, None).expect("room");
+        assert_eq!(c.subscribe(x.name(), &x, 1, None), Err(Full));
         // b gets data, then its subscriber leaves: warm, but evictable
         c.publish(b.name(), 2, Some(closed(&b, 2, Some("{}"))));
         c.unsubscribe(b.name(), 2);
         assert_eq!(c.len(), 2);
-        c.subscribe(x.name(), &x, 3).expect("b given up");
+        c.subscribe(x.name(), &x, 3, None).expect("b given up");
         assert!(matches!(c.since(b.name(), 1, 3, true), Since::Gap));
         // warm channels expire after ring_secs
         c.unsubscribe(x.name(), 3);

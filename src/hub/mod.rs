@@ -240,6 +240,22 @@ impl Hub {
         rx.await.map_err(|_| WorkerGone)
     }
 
+    /// Whether `channel` had no events after second `seq` (it has no data
+    /// now and had none then): a client resuming it from `seq` missed only
+    /// empty seconds.
+    pub(crate) async fn quiet_since(&self, channel: &Channel, seq: i64) -> bool {
+        let (reply, rx) = oneshot::channel();
+        let asked = self
+            .tx
+            .send(Command::Quiet {
+                channel: channel.clone(),
+                seq,
+                reply,
+            })
+            .await;
+        asked.is_ok() && rx.await.unwrap_or(false)
+    }
+
     /// What a subscriber of `channel` holding everything up to `seq` is
     /// owed; `single`: the shared one-second update may answer.
     pub(crate) fn since(&self, channel: &str, seq: i64, single: bool) -> Since {
@@ -249,13 +265,21 @@ impl Hub {
 
     /// Counts a subscriber of `channel` (the hub only computes updates for
     /// channels someone watches). Fails when `hub.max_channels` channels
-    /// are watched.
-    pub(crate) fn subscribe(&self, name: &str, channel: &Channel) -> Result<(), channels::Full> {
+    /// are watched. `quiet_from`: the channel is known to have had no events
+    /// from this second on (see [`Hub::quiet_since`]).
+    pub(crate) fn subscribe(
+        &self,
+        name: &str,
+        channel: &Channel,
+        quiet_from: Option<i64>,
+    ) -> Result<(), channels::Full> {
         if *channel == Channel::Alerts {
             return Ok(()); // pushed as they happen: no ring, no per-second work
         }
         let now = *self.shared.tick.borrow();
-        self.shared.channels().subscribe(name, channel, now)
+        self.shared
+            .channels()
+            .subscribe(name, channel, now, quiet_from)
     }
 
     pub(crate) fn unsubscribe(&self, name: &str) {

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::channels::{update_text, Closed};
 use super::view::{self, Classes, HttpScope, HttpSubject, WebrtcSubject};
-use super::window::{self, Windows, SECONDS};
+use super::window::{self, Windows, MINUTES, SECONDS};
 use super::{Channel, Shared};
 use crate::alert::{Metric, Rule, Scope};
 use crate::config::HubConfig;
@@ -59,6 +59,13 @@ pub(super) enum Command {
         rule: Box<Rule>,
         now: i64,
         reply: oneshot::Sender<Vec<(String, f64, u64)>>,
+    },
+    /// Whether `channel` is known to have had no events after second `seq`
+    /// (for a client resuming a channel without data).
+    Quiet {
+        channel: Channel,
+        seq: i64,
+        reply: oneshot::Sender<bool>,
     },
 }
 
@@ -208,6 +215,20 @@ impl State {
             }
             Command::RuleValues { rule, now, reply } => {
                 let _ = reply.send(self.rule_values(&rule, now));
+            }
+            Command::Quiet {
+                channel,
+                seq,
+                reply,
+            } => {
+                // A subject is dropped an hour after its last event, and the
+                // windows hold everything since `complete_since`: a channel
+                // without a subject had no events after `seq` when `seq` is
+                // within both.
+                let quiet = !self.has_data(&channel)
+                    && seq + 1 >= self.complete_since
+                    && self.now - seq < MINUTES * 60;
+                let _ = reply.send(quiet);
             }
         }
     }

@@ -450,7 +450,17 @@ impl Connection {
                     over += 1;
                     continue;
                 }
-                if self.hub.subscribe(&name, &channel).is_err() {
+                // a client resuming a channel without data missed only empty
+                // seconds when the hub knows it had none since
+                let quiet_from = match resume.get(&name) {
+                    Some(&seq) if channel != Channel::Alerts => self
+                        .hub
+                        .quiet_since(&channel, seq)
+                        .await
+                        .then_some(seq.saturating_add(1)),
+                    _ => None,
+                };
+                if self.hub.subscribe(&name, &channel, quiet_from).is_err() {
                     metrics::HUB_SUBSCRIPTIONS_REFUSED.inc();
                     self.error(format!(
                         "channel {name}: the hub already watches {} channels (hub.max_channels); try again later",
