@@ -60,18 +60,29 @@ pub enum Channel {
     Alerts,
 }
 
+/// Characters of a bad channel name quoted in its error frame.
+const QUOTED_CHARS: usize = 64;
+
 impl Channel {
     /// Parses `http:overview`, `http:service:<name>`,
     /// `http:endpoint:<service>:<method>:<route>`, `webrtc:overview`,
     /// `webrtc:meeting:<id>`, `webrtc:meetings`, `alerts`.
     pub fn parse(name: &str) -> Result<Channel, String> {
+        // error frames quote at most the name's first characters, escaped
+        let quoted = || {
+            let head: String = name.chars().take(QUOTED_CHARS).collect();
+            match name.chars().nth(QUOTED_CHARS) {
+                Some(_) => format!("{head:?}…"),
+                None => format!("{head:?}"),
+            }
+        };
         let bad = || {
-            format!("unknown channel {name:?}: use http:overview, http:service:<name>, http:endpoint:<service>:<method>:<route>, webrtc:overview, webrtc:meeting:<id>, webrtc:meetings or alerts")
+            format!("unknown channel {}: use http:overview, http:service:<name>, http:endpoint:<service>:<method>:<route>, webrtc:overview, webrtc:meeting:<id>, webrtc:meetings or alerts", quoted())
         };
         if name.chars().nth(MAX_CHANNEL_CHARS).is_some() {
-            let head: String = name.chars().take(40).collect();
             return Err(format!(
-                "channel name longer than {MAX_CHANNEL_CHARS} characters: {head:?}…"
+                "channel name longer than {MAX_CHANNEL_CHARS} characters: {}",
+                quoted()
             ));
         }
         match name.split_once(':') {
@@ -489,5 +500,14 @@ mod tests {
         assert!(Channel::parse("http:endpoint:svc:GET").is_err());
         assert!(Channel::parse("webrtc:meeting:").is_err());
         assert_eq!(Channel::parse("webrtc:meetings"), Ok(Channel::Meetings));
+    }
+
+    #[test]
+    fn errors_quote_a_bounded_head_of_the_name() {
+        // control characters escape to 8 bytes each: found by the ws_message fuzz target
+        let bad = "\u{17}".repeat(500);
+        let e = Channel::parse(&bad).expect_err("unknown");
+        assert!(e.len() < 1024, "{} bytes", e.len());
+        assert!(e.ends_with("or alerts") && e.contains('…'), "{e}");
     }
 }
