@@ -10,4 +10,5 @@ mod hub;
 mod ingest;
 mod query;
 mod rollup;
+mod rollup_rows;
 mod server;
