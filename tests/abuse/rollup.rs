@@ -48,7 +48,7 @@ pub(crate) async fn exact(store: &flowmeter::store::Store, sql: &str) -> u128 {
 }
 
 /// The dead letters of `group`: each entry's fields.
-async fn dead_letters(env: &TestEnv, group: &str) -> Vec<HashMap<String, String>> {
+pub(crate) async fn dead_letters(env: &TestEnv, group: &str) -> Vec<HashMap<String, String>> {
     let mut r = env.redis().await;
     let raw: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
         .arg(format!("{}:dlq:{group}", env.name))
