@@ -240,7 +240,8 @@ pub struct QueryConfig {
     /// take the connections flushes need.
     pub max_connections: u32,
     /// Queries answered at once (rollups, alerts, archive searches); one
-    /// more gets 503 with `Retry-After: retry_after_secs`.
+    /// more gets 503 with `Retry-After: retry_after_secs`. A query holds its
+    /// slot until its answer is sent, so slow readers count.
     pub max_concurrent_queries: usize,
     /// Largest body of one answer. Past it the answer ends at a row
     /// boundary with `truncated: true` and a `cursor` to continue from.
