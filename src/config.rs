@@ -299,6 +299,11 @@ impl Default for PathsConfig {
 pub struct IngestConfig {
     /// Largest accepted request body; larger bodies get 413.
     pub max_body_bytes: usize,
+    /// Request body bytes all ingest requests together may hold at once
+    /// (declared `Content-Length`s before reading, chunked bodies as they
+    /// arrive, until the request is done). A body past it gets 503 with
+    /// `Retry-After`, unread. At least `max_body_bytes`.
+    pub max_inflight_body_bytes: usize,
     /// Most events in one request; more gets 413.
     pub max_events_per_request: usize,
     /// Most per-event errors listed in a 400 answer (the count is always exact).
@@ -338,6 +343,7 @@ impl Default for IngestConfig {
     fn default() -> Self {
         Self {
             max_body_bytes: 1024 * 1024,
+            max_inflight_body_bytes: 64 * 1024 * 1024,
             max_events_per_request: 10_000,
             max_reported_errors: 100,
             max_error_body_bytes: 64 * 1024,
@@ -664,6 +670,9 @@ impl Settings {
         }
         if self.ingest.max_body_bytes == 0 || self.ingest.max_events_per_request == 0 {
             return bad("ingest.max_body_bytes and ingest.max_events_per_request must be > 0");
+        }
+        if self.ingest.max_inflight_body_bytes < self.ingest.max_body_bytes {
+            return bad("ingest.max_inflight_body_bytes must be at least ingest.max_body_bytes (else no largest body could ever be read)");
         }
         let q = &self.query;
         if q.max_connections == 0 || q.max_concurrent_queries == 0 || q.max_response_bytes == 0 {

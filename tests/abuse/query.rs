@@ -59,23 +59,6 @@ fn whole_range() -> String {
     )
 }
 
-/// One value of /proc/self/status in KiB (`VmRSS`, `VmHWM`).
-fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .expect("/proc/self/status")
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(field)?
-                .trim_start_matches(':')
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse()
-                .ok()
-        })
-        .expect("status field")
-}
-
 /// GETs `url` reading the body in chunks and dropping them (the client
 /// holds no answer); (status, bytes).
 async fn drain(client: &reqwest::Client, url: &str) -> (u16, u64) {
@@ -99,19 +82,7 @@ fn rss_bound_mib(cfg: &flowmeter::config::QueryConfig) -> u64 {
 /// binary adds to the RSS it measures.
 #[test]
 fn large_parallel_queries_keep_rss_bounded() {
-    let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
-        .args(["query::rss_probe", "--exact", "--ignored", "--nocapture"])
-        .args(["--test-threads", "1"])
-        .output()
-        .expect("run the probe");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    println!("{text}");
-    assert!(out.status.success(), "the probe failed:\n{text}");
-    assert!(text.contains("1 passed"), "the probe did not run:\n{text}");
+    run_alone("query::rss_probe");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,8 +13,11 @@
 //!   "not_written"` (Redis refused or was unreachable, or backpressure) or
 //!   `"unknown"` (Redis did not confirm a write it may have applied: retry
 //!   with the same key).
+//! - The bodies being read hold `ingest.max_inflight_body_bytes` between
+//!   them ([`BodyBudget`]); a body past it gets 503 + `Retry-After` unread.
 
 mod body;
+mod inflight;
 mod key;
 mod report;
 
@@ -26,6 +29,8 @@ use axum::Json;
 use serde_json::json;
 
 pub use body::parse_body;
+pub use inflight::BodyBudget;
+use inflight::ReadError;
 pub use report::{ErrorReport, ReportLimits};
 
 use super::{ApiError, AppState};
@@ -54,16 +59,26 @@ pub async fn ingest(
 async fn handle(st: &AppState, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
     let cfg = &st.ingest;
     let key = key::idempotency_key(headers, cfg.max_idempotency_key_bytes)?;
-    let limit = cfg.max_body_bytes;
     let limits = ReportLimits::from(cfg);
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        // to_bytes fails on the limit, or when the client broke off mid-body.
-        if is_length_limit(&e) {
-            ApiError::TooLarge { limit }
-        } else {
-            ErrorReport::new(&limits).into_error(format!("could not read the request body: {e}"), 0)
-        }
-    })?;
+    // `_held` keeps the body's bytes counted until the request is done.
+    let (bytes, _held) = st
+        .ingest_bodies
+        .read(body, cfg.max_body_bytes)
+        .await
+        .map_err(|e| match e {
+            ReadError::TooLarge { limit } => ApiError::TooLarge { limit },
+            ReadError::Budget { held, max } => {
+                metrics::INGEST_BODY_BUDGET_REFUSED.inc();
+                ApiError::Unavailable {
+                    reason: format!(
+                        "request bodies in flight hold {held} of {max} bytes (ingest.max_inflight_body_bytes); this body was not read and nothing was written: retry after Retry-After, or raise ingest.max_inflight_body_bytes"
+                    ),
+                    retry_after: cfg.retry_after_secs,
+                }
+            }
+            ReadError::Broken(e) => ErrorReport::new(&limits)
+                .into_error(format!("could not read the request body: {e}"), 0),
+        })?;
     let ndjson = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -184,15 +199,4 @@ fn failed(e: SubmitError, key: Option<&str>, retry_after: u64) -> ApiError {
             ),
         },
     }
-}
-
-fn is_length_limit(e: &axum::Error) -> bool {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = src {
-        if s.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        src = s.source();
-    }
-    false
 }
