@@ -63,7 +63,9 @@ pub struct ServerConfig {
     pub body_idle_timeout_ms: u64,
     /// Longest one request may take, from its complete headers to the last
     /// byte of the answer; past it the client gets 408 (or the connection is
-    /// cut mid-answer). A WebSocket is not cut once upgraded (default 60,000).
+    /// cut mid-answer). A WebSocket is not cut once upgraded, nor an ingest
+    /// request whose Redis write has begun (it ends with the write's answer,
+    /// within `redis.command_timeout_ms`) (default 60,000).
     pub request_timeout_ms: u64,
     /// Largest request head (request line and headers) a client may send;
     /// larger heads get 431. At least 8,192 (default 16,384). Connections

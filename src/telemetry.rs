@@ -218,6 +218,10 @@ pub mod metrics {
         "flowmeter_ingest_requests_body_budget_refused_total",
         "ingest requests answered 503 because the bodies in flight held ingest.max_inflight_body_bytes",
     );
+    pub static INGEST_WRITES_PAST_DEADLINE: Counter = Counter::new(
+        "flowmeter_ingest_writes_past_request_timeout_total",
+        "ingest requests whose Redis write was still running at server.request_timeout_ms and was let finish",
+    );
 
     /// Request body bytes of `POST /v1/events` held now (read or being
     /// read), at most `ingest.max_inflight_body_bytes`.
@@ -266,6 +270,7 @@ pub mod metrics {
         &HTTP_TLS_FAILURES,
         &INGEST_RATE_LIMITED,
         &INGEST_BODY_BUDGET_REFUSED,
+        &INGEST_WRITES_PAST_DEADLINE,
     ];
 
     /// The value of counter `name` in a Prometheus text exposition (e.g. a

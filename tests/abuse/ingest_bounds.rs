@@ -5,7 +5,11 @@
 //!   each sending a body of `max_body_bytes` get 503 past it, while the
 //!   bytes held (the `flowmeter_ingest_body_bytes_in_flight` gauge, and the
 //!   process's RSS) stay under it — measured in a process of its own, the
-//!   gauge and RSS being process-wide.
+//!   gauge and RSS being process-wide;
+//! - a write to Redis still running at `server.request_timeout_ms` is not
+//!   answered 408 (which would hide that it landed): it ends with the
+//!   write's own answer, `503 "outcome": "unknown"`, and a retry with its
+//!   key writes nothing.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,6 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
+use super::ingest::{batch, post, stored};
 use crate::common::*;
 
 const BODY: usize = 1 << 20;
@@ -177,6 +182,60 @@ async fn inflight_bodies_probe() {
     assert!(
         grown_mib < ((BUDGET >> 20) + 40) as f64,
         "RSS grew by {grown_mib:.1} MiB"
+    );
+    server.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_past_the_request_timeout_answers_its_outcome_not_408() {
+    let env = TestEnv::new("abuse_write_deadline");
+    let proxy = TcpProxy::start(
+        "127.0.0.1:0",
+        "127.0.0.1:6379".parse().expect("redis address"),
+    )
+    .await;
+    let mut via = env.settings.clone();
+    via.redis.url = format!("redis://{}", proxy.addr);
+    // The request timeout ends before the write's own timeout does.
+    via.server.request_timeout_ms = 1_000;
+    via.redis.command_timeout_ms = 3_000;
+    let server = start_with(via, "ingest").await;
+    let client = http_client();
+    let url = server.url("/v1/events");
+    let (b1, _, _) = batch(0, 10);
+    let r = post(&client, &url, Some("late-1"), b1).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+
+    // Redis writes; its reply is held past the request timeout.
+    proxy.hold_replies(true);
+    let (b2, _, _) = batch(100, 10);
+    let r = post(&client, &url, Some("late-2"), b2.clone()).await;
+    assert_eq!(
+        r.status, 503,
+        "the write may have happened: not a 408 ({})",
+        r.body
+    );
+    assert_eq!(r.body["outcome"], "unknown", "{}", r.body);
+    assert!(r.retry_after.is_some());
+    wait_until(Duration::from_secs(10), || async {
+        stored(&env).await == 20
+    })
+    .await;
+    proxy.hold_replies(false);
+    // the retry with its key writes nothing more
+    let r = post(&client, &url, Some("late-2"), b2).await;
+    assert_eq!((r.status, r.replayed), (202, true), "{}", r.body);
+    assert_eq!(r.body["accepted"], 10);
+    assert_eq!(stored(&env).await, 20);
+    assert!(
+        metric(
+            &client,
+            &server,
+            "flowmeter_ingest_writes_past_request_timeout_total"
+        )
+        .await
+            >= 1.0
     );
     server.stop().await;
     env.cleanup().await;

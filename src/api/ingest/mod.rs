@@ -15,6 +15,9 @@
 //!   with the same key).
 //! - The bodies being read hold `ingest.max_inflight_body_bytes` between
 //!   them ([`BodyBudget`]); a body past it gets 503 + `Retry-After` unread.
+//! - Once the write is sent to Redis, `server.request_timeout_ms` no longer
+//!   cuts the request (a 408 would hide that the events may be stored): it
+//!   ends with the write's own answer, within the Redis command timeout.
 
 mod body;
 mod inflight;
@@ -22,7 +25,7 @@ mod key;
 mod report;
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -33,6 +36,7 @@ pub use inflight::BodyBudget;
 use inflight::ReadError;
 pub use report::{ErrorReport, ReportLimits};
 
+use super::server::Uninterruptible;
 use super::{ApiError, AppState};
 use crate::stream::{Idempotency, SubmitError, Submitted};
 use crate::telemetry::metrics;
@@ -42,10 +46,12 @@ const REPLAYED_HEADER: &str = "idempotent-replayed";
 
 pub async fn ingest(
     State(st): State<AppState>,
+    uninterruptible: Option<Extension<Uninterruptible>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let result = handle(&st, &headers, body).await;
+    let write = uninterruptible.map(|Extension(u)| u);
+    let result = handle(&st, &headers, body, write.as_ref()).await;
     match &result {
         Ok(_) => metrics::REQUESTS_ACCEPTED.inc(),
         Err(ApiError::Unavailable { .. } | ApiError::WriteFailed { .. }) => {
@@ -56,7 +62,12 @@ pub async fn ingest(
     result
 }
 
-async fn handle(st: &AppState, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn handle(
+    st: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    write: Option<&Uninterruptible>,
+) -> Result<Response, ApiError> {
     let cfg = &st.ingest;
     let key = key::idempotency_key(headers, cfg.max_idempotency_key_bytes)?;
     let limits = ReportLimits::from(cfg);
@@ -115,6 +126,11 @@ async fn handle(st: &AppState, headers: &HeaderMap, body: Body) -> Result<Respon
         fingerprint: key::fingerprint(ndjson, &bytes),
         window: std::time::Duration::from_secs(cfg.idempotency_window_secs),
     });
+    // From here the events may land in Redis whatever the client hears:
+    // the request timeout must not answer 408 over it.
+    if let Some(w) = write {
+        w.begin();
+    }
     match producer
         .submit(&st.schemas, &valid, idempotency.as_ref())
         .await
