@@ -115,6 +115,7 @@ async fn bare_axum(
         store: None,
         catalog: Arc::new(QueryCatalog::default()),
         ingest: s.ingest.clone(),
+        ingest_bodies: flowmeter::api::BodyBudget::new(s.ingest.max_inflight_body_bytes),
         retention: s.retention.clone(),
         hub: None,
         auth: flowmeter::auth::Auth::new(&s.auth),

@@ -353,6 +353,7 @@ pub async fn serve(
             queries: crate::api::QueryLimits::new(&settings.query),
             catalog: Arc::new(catalog),
             ingest: settings.ingest.clone(),
+            ingest_bodies: crate::api::BodyBudget::new(settings.ingest.max_inflight_body_bytes),
             retention: settings.retention.clone(),
             hub: hub.clone(),
             events: if roles.has(Role::Api) {

@@ -63,7 +63,9 @@ pub struct ServerConfig {
     pub body_idle_timeout_ms: u64,
     /// Longest one request may take, from its complete headers to the last
     /// byte of the answer; past it the client gets 408 (or the connection is
-    /// cut mid-answer). A WebSocket is not cut once upgraded (default 60,000).
+    /// cut mid-answer). A WebSocket is not cut once upgraded, nor an ingest
+    /// request whose Redis write has begun (it ends with the write's answer,
+    /// within `redis.command_timeout_ms`) (default 60,000).
     pub request_timeout_ms: u64,
     /// Largest request head (request line and headers) a client may send;
     /// larger heads get 431. At least 8,192 (default 16,384). Connections
@@ -240,7 +242,8 @@ pub struct QueryConfig {
     /// take the connections flushes need.
     pub max_connections: u32,
     /// Queries answered at once (rollups, alerts, archive searches); one
-    /// more gets 503 with `Retry-After: retry_after_secs`.
+    /// more gets 503 with `Retry-After: retry_after_secs`. A query holds its
+    /// slot until its answer is sent, so slow readers count.
     pub max_concurrent_queries: usize,
     /// Largest body of one answer. Past it the answer ends at a row
     /// boundary with `truncated: true` and a `cursor` to continue from.
@@ -298,6 +301,11 @@ impl Default for PathsConfig {
 pub struct IngestConfig {
     /// Largest accepted request body; larger bodies get 413.
     pub max_body_bytes: usize,
+    /// Request body bytes all ingest requests together may hold at once
+    /// (declared `Content-Length`s before reading, chunked bodies as they
+    /// arrive, until the request is done). A body past it gets 503 with
+    /// `Retry-After`, unread. At least `max_body_bytes`.
+    pub max_inflight_body_bytes: usize,
     /// Most events in one request; more gets 413.
     pub max_events_per_request: usize,
     /// Most per-event errors listed in a 400 answer (the count is always exact).
@@ -337,6 +345,7 @@ impl Default for IngestConfig {
     fn default() -> Self {
         Self {
             max_body_bytes: 1024 * 1024,
+            max_inflight_body_bytes: 64 * 1024 * 1024,
             max_events_per_request: 10_000,
             max_reported_errors: 100,
             max_error_body_bytes: 64 * 1024,
@@ -663,6 +672,9 @@ impl Settings {
         }
         if self.ingest.max_body_bytes == 0 || self.ingest.max_events_per_request == 0 {
             return bad("ingest.max_body_bytes and ingest.max_events_per_request must be > 0");
+        }
+        if self.ingest.max_inflight_body_bytes < self.ingest.max_body_bytes {
+            return bad("ingest.max_inflight_body_bytes must be at least ingest.max_body_bytes (else no largest body could ever be read)");
         }
         let q = &self.query;
         if q.max_connections == 0 || q.max_concurrent_queries == 0 || q.max_response_bytes == 0 {

@@ -42,9 +42,35 @@ impl Counter {
     }
 }
 
-/// Every counter.
+/// A value that goes up and down (bytes held now).
+pub struct Gauge {
+    pub name: &'static str,
+    pub help: &'static str,
+    value: AtomicU64,
+}
+
+impl Gauge {
+    pub const fn new(name: &'static str, help: &'static str) -> Self {
+        Self {
+            name,
+            help,
+            value: AtomicU64::new(0),
+        }
+    }
+    pub fn add(&self, n: u64) {
+        self.value.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn sub(&self, n: u64) {
+        self.value.fetch_sub(n, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.value.load(Ordering::Relaxed)
+    }
+}
+
+/// Every counter and gauge.
 pub mod metrics {
-    use super::Counter;
+    use super::{Counter, Gauge};
 
     pub static REQUESTS_ACCEPTED: Counter = Counter::new(
         "flowmeter_ingest_requests_accepted_total",
@@ -188,6 +214,23 @@ pub mod metrics {
         "flowmeter_ingest_requests_rate_limited_total",
         "ingest requests answered 429 (server.ingest_rate_limit)",
     );
+    pub static INGEST_BODY_BUDGET_REFUSED: Counter = Counter::new(
+        "flowmeter_ingest_requests_body_budget_refused_total",
+        "ingest requests answered 503 because the bodies in flight held ingest.max_inflight_body_bytes",
+    );
+    pub static INGEST_WRITES_PAST_DEADLINE: Counter = Counter::new(
+        "flowmeter_ingest_writes_past_request_timeout_total",
+        "ingest requests whose Redis write was still running at server.request_timeout_ms and was let finish",
+    );
+
+    /// Request body bytes of `POST /v1/events` held now (read or being
+    /// read), at most `ingest.max_inflight_body_bytes`.
+    pub static INGEST_BODY_BYTES_IN_FLIGHT: Gauge = Gauge::new(
+        "flowmeter_ingest_body_bytes_in_flight",
+        "request body bytes of POST /v1/events held now (ingest.max_inflight_body_bytes bounds it)",
+    );
+
+    pub static GAUGES: &[&Gauge] = &[&INGEST_BODY_BYTES_IN_FLIGHT];
 
     pub static ALL: &[&Counter] = &[
         &REQUESTS_ACCEPTED,
@@ -226,6 +269,8 @@ pub mod metrics {
         &HTTP_REQUEST_TIMEOUTS,
         &HTTP_TLS_FAILURES,
         &INGEST_RATE_LIMITED,
+        &INGEST_BODY_BUDGET_REFUSED,
+        &INGEST_WRITES_PAST_DEADLINE,
     ];
 
     /// The value of counter `name` in a Prometheus text exposition (e.g. a
@@ -237,7 +282,7 @@ pub mod metrics {
             .and_then(|n| n.parse().ok())
     }
 
-    /// Prometheus text exposition of every counter.
+    /// Prometheus text exposition of every counter and gauge.
     pub fn render() -> String {
         let mut out = String::new();
         for c in ALL {
@@ -246,6 +291,14 @@ pub mod metrics {
                 c.name,
                 c.help,
                 c.get()
+            ));
+        }
+        for g in GAUGES {
+            out.push_str(&format!(
+                "# HELP {0} {1}\n# TYPE {0} gauge\n{0} {2}\n",
+                g.name,
+                g.help,
+                g.get()
             ));
         }
         out

@@ -56,7 +56,7 @@ pub async fn list(
     )?;
     let limit = limit_param(&params, DEFAULT_LIMIT, MAX_LIMIT)?;
     let before = params.get("cursor").map(|c| before(c)).transpose()?;
-    let _slot = st.queries.admit()?;
+    let slot = st.queries.admit()?;
 
     let mut body = CappedBody::new(st.queries.cfg.max_response_bytes, b"{\"alerts\":[");
     let mut rows = Box::pin(store.alerts(open, from, to, before, limit + 1));
@@ -86,7 +86,7 @@ pub async fn list(
         )),
         _ => None,
     };
-    Ok(json_page(body, truncated, cursor))
+    Ok(json_page(body, truncated, cursor, slot))
 }
 
 /// The (created_at, id) of cursor `c`: where the previous page stopped.

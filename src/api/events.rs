@@ -133,7 +133,7 @@ pub async fn search(
             limit,
             max_bytes: st.queries.cfg.max_response_bytes,
         };
-        let _slot = st.queries.admit()?;
+        let slot = st.queries.admit()?;
         let found = es.archive.search(&s).await.map_err(|e| match e {
             ArchiveError::BadSearch { param, reason } => bad_param(&param, reason),
             ArchiveError::TooSlow { limit_secs } => bad_param(
@@ -167,7 +167,11 @@ pub async fn search(
             body.push_str(r);
         }
         body.push_str("]}");
-        let mut resp = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+        let mut resp = (
+            [(header::CONTENT_TYPE, "application/json")],
+            slot.body(body),
+        )
+            .into_response();
         super::limits::page_headers(&mut resp, found.truncated, None);
         Ok(resp)
     }

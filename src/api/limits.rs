@@ -1,12 +1,19 @@
 //! What one query may cost (`[query]`): a slot among
-//! `max_concurrent_queries`, a `from`..`to` span within the window's cap, an
-//! answer of at most `max_response_bytes` built row by row, and the keyset
-//! cursor that continues a truncated answer. Shared by the rollup, alert and
-//! archive-search endpoints.
+//! `max_concurrent_queries`, held from admission until the answer's last
+//! byte is handed to the connection; a `from`..`to` span within the
+//! window's cap; an answer of at most `max_response_bytes` built row by row;
+//! and the keyset cursor that continues a truncated answer. Shared by the
+//! rollup, alert and archive-search endpoints.
 
+use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use axum::body::Body;
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use http_body::{Frame, SizeHint};
 use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -29,12 +36,16 @@ impl QueryLimits {
         }
     }
 
-    /// A query slot, held until the answer is built (the guard gives it
-    /// back on every path); 503 with Retry-After when all are taken.
-    pub fn admit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+    /// A query slot; 503 with Retry-After when all are taken. The handler
+    /// moves it into its answer ([`QuerySlot::body`]), so it is held until
+    /// the answer is sent, not only until it is built: a client that does
+    /// not read keeps its slot (and the answer's memory) to itself, and
+    /// `max_concurrent_queries × max_response_bytes` bounds both.
+    pub fn admit(&self) -> Result<QuerySlot, ApiError> {
         self.slots
             .clone()
             .try_acquire_owned()
+            .map(|p| QuerySlot { _permit: p })
             .map_err(|_| ApiError::Unavailable {
                 reason: format!(
                     "{} queries are running (query.max_concurrent_queries); retry shortly",
@@ -64,6 +75,59 @@ impl QueryLimits {
             ));
         }
         Ok(())
+    }
+}
+
+/// A slot among `query.max_concurrent_queries`, given back when dropped.
+#[derive(Debug)]
+pub struct QuerySlot {
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Most bytes of an answer handed to the connection at a time: hyper asks
+/// for the next piece only once its write buffer has room, so the slot is
+/// held while a slow reader's answer waits in memory.
+const SEND_CHUNK_BYTES: usize = 64 * 1024;
+
+impl QuerySlot {
+    /// `answer` as a response body holding this slot until its last piece is
+    /// taken, or until it is dropped (client gone, `server.request_timeout_ms`).
+    pub fn body(self, answer: impl Into<Bytes>) -> Body {
+        Body::new(SlotBody {
+            rest: answer.into(),
+            _slot: self,
+        })
+    }
+}
+
+/// An answer in memory, served in pieces, with its query slot.
+struct SlotBody {
+    rest: Bytes,
+    _slot: QuerySlot,
+}
+
+impl http_body::Body for SlotBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        if this.rest.is_empty() {
+            return Poll::Ready(None);
+        }
+        let piece = this.rest.split_to(this.rest.len().min(SEND_CHUNK_BYTES));
+        Poll::Ready(Some(Ok(Frame::data(piece))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.rest.len() as u64)
     }
 }
 
@@ -143,11 +207,12 @@ pub fn decode_cursor(s: &str, table: &str, len: usize) -> Result<Vec<Value>, Api
 
 /// The response of a JSON page whose body holds `…"rows":[` (or another
 /// array) and its rows: closed with `"count"`, `"truncated"` and `"cursor"`,
-/// with the page headers.
+/// with the page headers; `slot` is held until it is sent.
 pub fn json_page(
     body: CappedBody,
     truncated: bool,
     cursor: Option<String>,
+    slot: QuerySlot,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     let count = body.rows();
@@ -159,7 +224,7 @@ pub fn json_page(
     );
     let mut resp = (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
-        body.finish(tail.as_bytes()),
+        slot.body(body.finish(tail.as_bytes())),
     )
         .into_response();
     page_headers(&mut resp, truncated, cursor.as_deref());
@@ -258,6 +323,40 @@ mod tests {
         let e = l.admit().expect_err("second waits");
         assert!(matches!(e, ApiError::Unavailable { retry_after: 1, .. }));
         drop(held);
+        assert!(l.admit().is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_answer_holds_its_slot_until_its_last_piece_is_taken() {
+        use http_body::Body as _;
+        use http_body_util::BodyExt;
+        let l = QueryLimits::new(&QueryConfig {
+            max_concurrent_queries: 1,
+            ..Default::default()
+        });
+        let answer: Vec<u8> = (0..3 * SEND_CHUNK_BYTES + 7).map(|i| i as u8).collect();
+        let mut body = l.admit().expect("slot").body(answer.clone());
+        assert_eq!(body.size_hint().exact(), Some(answer.len() as u64));
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            let piece = body.frame().await.expect("a piece").expect("infallible");
+            let piece = piece.into_data().expect("data");
+            assert_eq!(piece.len(), SEND_CHUNK_BYTES, "served in pieces");
+            got.extend_from_slice(&piece);
+            assert!(!body.is_end_stream());
+            assert!(l.admit().is_err(), "held while the answer is being sent");
+        }
+        let last = body.frame().await.expect("last").expect("infallible");
+        got.extend_from_slice(&last.into_data().expect("data"));
+        assert!(body.is_end_stream());
+        assert_eq!(got, answer);
+        drop(body);
+        assert!(l.admit().is_ok(), "given back once sent");
+        // a client that goes away mid-answer gives the slot back too
+        let mut body = l.admit().expect("slot").body(answer);
+        let _ = body.frame().await;
+        assert!(l.admit().is_err());
+        drop(body);
         assert!(l.admit().is_ok());
     }
 }

@@ -30,7 +30,7 @@ use axum::Router;
 
 pub use error::ApiError;
 pub use events::EventSearch;
-pub use ingest::{parse_body, ErrorReport, ReportLimits};
+pub use ingest::{parse_body, BodyBudget, ErrorReport, ReportLimits};
 pub use limits::QueryLimits;
 pub use rate::RateLimiter;
 pub use rollups::{QueryCatalog, RollupTable};
@@ -57,6 +57,8 @@ pub struct AppState {
     pub queries: QueryLimits,
     pub catalog: Arc<QueryCatalog>,
     pub ingest: IngestConfig,
+    /// `ingest.max_inflight_body_bytes`: what the ingest bodies in flight hold.
+    pub ingest_bodies: BodyBudget,
     /// Shown in status (what retention would trim and who holds it back).
     pub retention: crate::config::RetentionConfig,
     /// Present when the `hub` role runs.

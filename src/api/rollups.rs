@@ -179,7 +179,7 @@ async fn query(
         .get("cursor")
         .map(|c| key.decode(c, table))
         .transpose()?;
-    let _slot = st.queries.admit()?;
+    let slot = st.queries.admit()?;
 
     let mut qb = select(table, from, to, &filters);
     if let Some(after) = &after {
@@ -242,12 +242,12 @@ async fn query(
         _ => None,
     };
     if !csv {
-        return Ok(json_page(body, truncated, cursor));
+        return Ok(json_page(body, truncated, cursor, slot));
     }
     let tail: &[u8] = if body.rows() > 0 { b"\n" } else { b"" };
     let mut resp = (
         [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
-        body.finish(tail),
+        slot.body(body.finish(tail)),
     )
         .into_response();
     page_headers(&mut resp, truncated, cursor.as_deref());

@@ -13,11 +13,11 @@ use serde_json::Value;
 
 use crate::common::*;
 
-const T0: i64 = 1_772_359_200_000;
+pub(crate) const T0: i64 = 1_772_359_200_000;
 
 /// NDJSON of `n` events from id `from` (every fourth a webrtc sample, the
 /// rest http) and how many of each.
-fn batch(from: u64, n: u64) -> (String, i64, i64) {
+pub(crate) fn batch(from: u64, n: u64) -> (String, i64, i64) {
     let (mut http, mut webrtc) = (0, 0);
     let lines: Vec<String> = (from..from + n)
         .map(|i| {
@@ -42,15 +42,20 @@ fn http_batch(from: u64, n: u64) -> String {
         .join("\n")
 }
 
-struct Reply {
-    status: u16,
-    replayed: bool,
-    retry_after: Option<String>,
-    bytes: usize,
-    body: Value,
+pub(crate) struct Reply {
+    pub status: u16,
+    pub replayed: bool,
+    pub retry_after: Option<String>,
+    pub bytes: usize,
+    pub body: Value,
 }
 
-async fn post(client: &reqwest::Client, url: &str, key: Option<&str>, body: String) -> Reply {
+pub(crate) async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    key: Option<&str>,
+    body: String,
+) -> Reply {
     let mut req = client
         .post(url)
         .header("content-type", "application/x-ndjson")
@@ -85,7 +90,7 @@ async fn post(client: &reqwest::Client, url: &str, key: Option<&str>, body: Stri
 }
 
 /// Entries in the streams of both kinds.
-async fn stored(env: &TestEnv) -> usize {
+pub(crate) async fn stored(env: &TestEnv) -> usize {
     stream_total_on(&mut env.redis().await, env).await as usize
 }
 

@@ -8,6 +8,8 @@ mod common;
 
 mod hub;
 mod ingest;
+mod ingest_bounds;
 mod query;
 mod rollup;
+mod rollup_rows;
 mod server;

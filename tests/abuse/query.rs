@@ -9,7 +9,9 @@
 //! - a `from`..`to` wider than the cap is refused with 400 naming `from`
 //!   and the cap;
 //! - walking a table with `cursor` returns every row exactly once, in JSON
-//!   and in CSV, whether pages end at the byte cap or at `limit`.
+//!   and in CSV, whether pages end at the byte cap or at `limit`;
+//! - clients that do not read their answers keep their query slots until
+//!   the answers are sent: the next query gets 503.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -57,23 +59,6 @@ fn whole_range() -> String {
     )
 }
 
-/// One value of /proc/self/status in KiB (`VmRSS`, `VmHWM`).
-fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .expect("/proc/self/status")
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(field)?
-                .trim_start_matches(':')
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse()
-                .ok()
-        })
-        .expect("status field")
-}
-
 /// GETs `url` reading the body in chunks and dropping them (the client
 /// holds no answer); (status, bytes).
 async fn drain(client: &reqwest::Client, url: &str) -> (u16, u64) {
@@ -97,19 +82,7 @@ fn rss_bound_mib(cfg: &flowmeter::config::QueryConfig) -> u64 {
 /// binary adds to the RSS it measures.
 #[test]
 fn large_parallel_queries_keep_rss_bounded() {
-    let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
-        .args(["query::rss_probe", "--exact", "--ignored", "--nocapture"])
-        .args(["--test-threads", "1"])
-        .output()
-        .expect("run the probe");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    println!("{text}");
-    assert!(out.status.success(), "the probe failed:\n{text}");
-    assert!(text.contains("1 passed"), "the probe did not run:\n{text}");
+    run_alone("query::rss_probe");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -458,6 +431,67 @@ async fn a_cursor_walk_returns_every_row_exactly_once() {
     assert_eq!(r.status(), 400);
     let body: serde_json::Value = r.json().await.expect("json");
     assert_eq!(body["param"], "cursor", "{body}");
+    server.stop().await;
+    env.cleanup().await;
+}
+
+/// Sends `GET path` on a socket with a small receive buffer and reads only
+/// the first bytes of the answer (its status line): the handler has answered,
+/// the rest of the answer waits for a reader that never comes.
+async fn stalled_reader(server: &Server, path: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let mut tcp = socket.connect(server.addr).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nhost: test\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.expect("send");
+    let mut head = [0u8; 12];
+    tcp.read_exact(&mut head).await.expect("an answer starts");
+    assert_eq!(&head, b"HTTP/1.1 200", "{}", String::from_utf8_lossy(&head));
+    tcp
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_do_not_read_keep_their_query_slots() {
+    let mut env = TestEnv::new("abuse_qslow");
+    env.settings.query.max_concurrent_queries = 2;
+    // answers (~13 MB) far past what the socket buffers take (the kernel's
+    // send buffer grows to tcp_wmem's 4 MiB at most)
+    env.settings.query.max_response_bytes = 32 * 1024 * 1024;
+    env.migrate().await;
+    fill(&env, 30_000).await;
+    let server = env.start("api").await;
+    let client = http_client();
+    let path = format!(
+        "/v1/rollups/hourly?kind=http&limit=100000&{}",
+        whole_range()
+    );
+    let a = stalled_reader(&server, &path).await;
+    let b = stalled_reader(&server, &path).await;
+    // Both handlers have answered; their answers are not sent.
+    let r = client.get(server.url(&path)).send().await.expect("answers");
+    assert_eq!(
+        r.status().as_u16(),
+        503,
+        "both slots are still held by the unread answers"
+    );
+    assert!(r.headers().contains_key("retry-after"));
+    let said = r.text().await.expect("body");
+    assert!(said.contains("query.max_concurrent_queries"), "{said}");
+    // The alert list takes the same slots.
+    let r = client
+        .get(server.url("/v1/alerts"))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(r.status().as_u16(), 503);
+    // Clients gone: their slots come back.
+    drop((a, b));
+    wait_until(Duration::from_secs(30), || {
+        let (client, url) = (client.clone(), server.url(&path));
+        async move { drain(&client, &url).await.0 == 200 }
+    })
+    .await;
     server.stop().await;
     env.cleanup().await;
 }

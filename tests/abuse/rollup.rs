@@ -22,12 +22,12 @@ const Y2038_MS: i64 = 2_147_483_647_000;
 /// The schemas' largest byte count (1 TiB).
 const MAX_BYTES: u64 = 1_099_511_627_776;
 
-fn http(ts: Value, service: &str, endpoint: &str, req_bytes: u64) -> Value {
+pub(crate) fn http(ts: Value, service: &str, endpoint: &str, req_bytes: u64) -> Value {
     json!({"kind": "http", "ts": ts, "service": service, "endpoint": endpoint, "method": "GET",
            "status": 200, "req_bytes": req_bytes, "resp_bytes": 10, "duration_ms": 1.0})
 }
 
-fn ndjson(events: &[Value]) -> String {
+pub(crate) fn ndjson(events: &[Value]) -> String {
     events
         .iter()
         .map(Value::to_string)
@@ -37,7 +37,7 @@ fn ndjson(events: &[Value]) -> String {
 
 /// An exact number from MySQL (`SUM` of BIGINT UNSIGNED columns may pass
 /// 2^53, where `scalar`'s DOUBLE is no longer exact); NULL → 0.
-async fn exact(store: &flowmeter::store::Store, sql: &str) -> u128 {
+pub(crate) async fn exact(store: &flowmeter::store::Store, sql: &str) -> u128 {
     let v: Option<String> = sqlx::query_scalar(&format!("SELECT CAST(({sql}) AS CHAR)"))
         .fetch_one(store.pool())
         .await
@@ -48,7 +48,7 @@ async fn exact(store: &flowmeter::store::Store, sql: &str) -> u128 {
 }
 
 /// The dead letters of `group`: each entry's fields.
-async fn dead_letters(env: &TestEnv, group: &str) -> Vec<HashMap<String, String>> {
+pub(crate) async fn dead_letters(env: &TestEnv, group: &str) -> Vec<HashMap<String, String>> {
     let mut r = env.redis().await;
     let raw: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
         .arg(format!("{}:dlq:{group}", env.name))
@@ -63,7 +63,7 @@ async fn dead_letters(env: &TestEnv, group: &str) -> Vec<HashMap<String, String>
 }
 
 /// Waits until the group has nothing pending or unread on any shard.
-async fn caught_up(env: &TestEnv, group: &str, limit: Duration) {
+pub(crate) async fn caught_up(env: &TestEnv, group: &str, limit: Duration) {
     wait_until(limit, || async {
         group_figures(env, group).await == (0, 0)
     })

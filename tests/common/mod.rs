@@ -592,3 +592,39 @@ pub fn read_and_ingest_tokens(read: &str, ingest: &str) -> Vec<flowmeter::config
         token("ingester", ingest, "ingest"),
     ]
 }
+
+/// One value of /proc/self/status in KiB (`VmRSS`, `VmHWM`).
+pub fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .expect("/proc/self/status")
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .trim_start_matches(':')
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .ok()
+        })
+        .expect("status field")
+}
+
+/// Runs the ignored test `name` (`module::test`) of the running test binary
+/// in a process of its own, so no other test adds to the process-wide
+/// figures it measures (RSS, gauges); asserts it ran and passed.
+pub fn run_alone(name: &str) {
+    let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([name, "--exact", "--ignored", "--nocapture"])
+        .args(["--test-threads", "1"])
+        .output()
+        .expect("run the probe");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{text}");
+    assert!(out.status.success(), "the probe failed:\n{text}");
+    assert!(text.contains("1 passed"), "the probe did not run:\n{text}");
+}

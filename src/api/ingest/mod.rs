@@ -13,21 +13,30 @@
 //!   "not_written"` (Redis refused or was unreachable, or backpressure) or
 //!   `"unknown"` (Redis did not confirm a write it may have applied: retry
 //!   with the same key).
+//! - The bodies being read hold `ingest.max_inflight_body_bytes` between
+//!   them ([`BodyBudget`]); a body past it gets 503 + `Retry-After` unread.
+//! - Once the write is sent to Redis, `server.request_timeout_ms` no longer
+//!   cuts the request (a 408 would hide that the events may be stored): it
+//!   ends with the write's own answer, within the Redis command timeout.
 
 mod body;
+mod inflight;
 mod key;
 mod report;
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
 pub use body::parse_body;
+pub use inflight::BodyBudget;
+use inflight::ReadError;
 pub use report::{ErrorReport, ReportLimits};
 
+use super::server::Uninterruptible;
 use super::{ApiError, AppState};
 use crate::stream::{Idempotency, SubmitError, Submitted};
 use crate::telemetry::metrics;
@@ -37,10 +46,12 @@ const REPLAYED_HEADER: &str = "idempotent-replayed";
 
 pub async fn ingest(
     State(st): State<AppState>,
+    uninterruptible: Option<Extension<Uninterruptible>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let result = handle(&st, &headers, body).await;
+    let write = uninterruptible.map(|Extension(u)| u);
+    let result = handle(&st, &headers, body, write.as_ref()).await;
     match &result {
         Ok(_) => metrics::REQUESTS_ACCEPTED.inc(),
         Err(ApiError::Unavailable { .. } | ApiError::WriteFailed { .. }) => {
@@ -51,19 +62,34 @@ pub async fn ingest(
     result
 }
 
-async fn handle(st: &AppState, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn handle(
+    st: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    write: Option<&Uninterruptible>,
+) -> Result<Response, ApiError> {
     let cfg = &st.ingest;
     let key = key::idempotency_key(headers, cfg.max_idempotency_key_bytes)?;
-    let limit = cfg.max_body_bytes;
     let limits = ReportLimits::from(cfg);
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        // to_bytes fails on the limit, or when the client broke off mid-body.
-        if is_length_limit(&e) {
-            ApiError::TooLarge { limit }
-        } else {
-            ErrorReport::new(&limits).into_error(format!("could not read the request body: {e}"), 0)
-        }
-    })?;
+    // `_held` keeps the body's bytes counted until the request is done.
+    let (bytes, _held) = st
+        .ingest_bodies
+        .read(body, cfg.max_body_bytes)
+        .await
+        .map_err(|e| match e {
+            ReadError::TooLarge { limit } => ApiError::TooLarge { limit },
+            ReadError::Budget { held, max } => {
+                metrics::INGEST_BODY_BUDGET_REFUSED.inc();
+                ApiError::Unavailable {
+                    reason: format!(
+                        "request bodies in flight hold {held} of {max} bytes (ingest.max_inflight_body_bytes); this body was not read and nothing was written: retry after Retry-After, or raise ingest.max_inflight_body_bytes"
+                    ),
+                    retry_after: cfg.retry_after_secs,
+                }
+            }
+            ReadError::Broken(e) => ErrorReport::new(&limits)
+                .into_error(format!("could not read the request body: {e}"), 0),
+        })?;
     let ndjson = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -100,6 +126,11 @@ async fn handle(st: &AppState, headers: &HeaderMap, body: Body) -> Result<Respon
         fingerprint: key::fingerprint(ndjson, &bytes),
         window: std::time::Duration::from_secs(cfg.idempotency_window_secs),
     });
+    // From here the events may land in Redis whatever the client hears:
+    // the request timeout must not answer 408 over it.
+    if let Some(w) = write {
+        w.begin();
+    }
     match producer
         .submit(&st.schemas, &valid, idempotency.as_ref())
         .await
@@ -184,15 +215,4 @@ fn failed(e: SubmitError, key: Option<&str>, retry_after: u64) -> ApiError {
             ),
         },
     }
-}
-
-fn is_length_limit(e: &axum::Error) -> bool {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = src {
-        if s.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        src = s.source();
-    }
-    false
 }

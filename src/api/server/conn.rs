@@ -28,7 +28,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
-use super::{Limits, Slot};
+use super::{Limits, Slot, Uninterruptible};
 use crate::api::ApiError;
 use crate::telemetry::metrics;
 
@@ -239,13 +239,24 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         let idle = self.limits.body_idle_timeout;
         let mut req = req.map(|b| Body::new(IdleBody::new(b, idle)));
         req.extensions_mut().insert(ConnectInfo(self.remote));
+        let uninterruptible = Uninterruptible::default();
+        req.extensions_mut().insert(uninterruptible.clone());
         let mut app = self.app.clone();
         let limit = self.limits.request_timeout;
         Box::pin(async move {
-            let answer = tokio::time::timeout_at(deadline, tower::Service::call(&mut app, req));
-            let resp = match answer.await {
+            let answer = tower::Service::call(&mut app, req);
+            tokio::pin!(answer);
+            let resp = match tokio::time::timeout_at(deadline, answer.as_mut()).await {
                 Ok(Ok(r)) => r,
                 Ok(Err(never)) => match never {},
+                Err(_) if uninterruptible.begun() => {
+                    metrics::INGEST_WRITES_PAST_DEADLINE.inc();
+                    tracing::debug!("request past server.request_timeout_ms: its write has begun, letting it finish");
+                    match answer.await {
+                        Ok(r) => r,
+                        Err(never) => match never {},
+                    }
+                }
                 Err(_) => {
                     metrics::HTTP_REQUEST_TIMEOUTS.inc();
                     ApiError::RequestTimeout {

@@ -10,7 +10,10 @@
 //!   request's headers this soon after the previous answer;
 //! - `body_idle_timeout_ms` between two chunks of a request body;
 //! - `request_timeout_ms` from a request's headers to the last byte of its
-//!   answer (a WebSocket, once upgraded, is no longer a request);
+//!   answer (a WebSocket, once upgraded, is no longer a request) — except
+//!   that a handler past [`Uninterruptible::begin`] (an ingest write sent
+//!   to Redis) is let finish: a 408 would hide that the write may have
+//!   happened;
 //! - `max_header_bytes` per request head;
 //! - HTTP/1.1 and HTTP/2 (ALPN over TLS, prior knowledge without), TLS with
 //!   rustls when `[server.tls]` names a certificate and key.
@@ -22,7 +25,7 @@ mod conn;
 mod tls;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,6 +54,25 @@ pub enum ServerError {
     TlsPem { path: PathBuf, what: &'static str },
     #[error("server.tls: the certificate and key do not make a TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
+}
+
+/// A request extension: once a handler calls [`Uninterruptible::begin`],
+/// `server.request_timeout_ms` no longer cuts it and its own answer is sent,
+/// however late. For work whose outcome a timeout answer would hide (the
+/// ingest write: begun, it may land whatever the client is told); such work
+/// must be bounded by a timeout of its own (the Redis command timeout).
+#[derive(Clone, Debug, Default)]
+pub struct Uninterruptible(Arc<AtomicBool>);
+
+impl Uninterruptible {
+    /// From now on the request is not cut at its deadline.
+    pub fn begin(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    fn begun(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
 }
 
 /// The limits of `[server]`, as durations.

@@ -155,8 +155,9 @@ struct Runner {
     /// The last entry applied since the last commit (stream, id): the one
     /// to blame when a flush holding one entry is refused.
     last_applied: Option<(String, StreamId)>,
-    /// Entries dead-lettered since the last commit, so re-reading them
-    /// (while isolating) does not dead-letter them twice.
+    /// Entries in the dead-letter stream whose acknowledgement is not
+    /// committed yet: when re-read (after a refused or moved flush) they are
+    /// acked without being applied, so none is dead-lettered twice.
     lettered: HashSet<(String, StreamId)>,
 }
 
@@ -516,6 +517,15 @@ impl Runner {
             if e.id <= st.seen {
                 continue; // already in this flush's state (cannot happen with one reader)
             }
+            if self.lettered.contains(&(st.stream.clone(), e.id)) {
+                // Already in the dead-letter stream (re-read after a refused
+                // flush): acked with the next commit, never applied again —
+                // applied, the database would refuse it and it would be
+                // dead-lettered a second time.
+                st.seen = e.id;
+                st.acks.push(e.id);
+                continue;
+            }
             if limit.is_some_and(|n| self.pending_events >= n) {
                 // isolating: the rest waits for the next flush
                 self.carry = Some(Batch {
@@ -539,7 +549,6 @@ impl Runner {
                     self.pending_events += 1;
                     self.last_applied = Some((st.stream.clone(), e.id));
                 }
-                Err(_) if self.lettered.contains(&(st.stream.clone(), e.id)) => {}
                 Err(reason) => {
                     self.stats.invalid_total += 1;
                     metrics::EVENTS_INVALID.inc();
