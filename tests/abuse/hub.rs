@@ -566,7 +566,14 @@ async fn a_peer_id_flood_is_capped_expires_and_is_not_replayed() {
     let ingest = env.start("ingest").await;
     let hub = env.start("hub").await;
     let client = http_client();
-    let untracked0 = metric(&client, &hub, "flowmeter_hub_peers_untracked_total").await;
+    // the counters are process-wide (every server of the test runs in this
+    // process, so `ingest` shows the hub's too): compare deltas
+    let peers = |name: &'static str| {
+        let (client, ingest) = (&client, &ingest);
+        async move { metric(client, ingest, &format!("flowmeter_hub_peers_{name}_total")).await }
+    };
+    let (tracked0, expired0) = (peers("tracked").await, peers("expired").await);
+    let untracked0 = peers("untracked").await;
     let now = chrono::Utc::now().timestamp_millis();
     for r in 0..10 {
         let body: Vec<String> = (0..500)
@@ -589,19 +596,32 @@ async fn a_peer_id_flood_is_capped_expires_and_is_not_replayed() {
         "{s}"
     );
     assert_eq!(s["5m"]["samples"], 5_000, "every sample counts: {s}");
-    let untracked = metric(&client, &hub, "flowmeter_hub_peers_untracked_total").await;
-    assert!(untracked - untracked0 >= 4_500.0, "{untracked}");
-    // peers expire after active_secs
+    assert_eq!(
+        peers("tracked").await - tracked0,
+        500.0,
+        "max_peers tracked"
+    );
+    assert_eq!(peers("untracked").await - untracked0, 4_500.0);
+    // peers expire after active_secs: the hub lets go of every one
     tokio::time::sleep(Duration::from_secs(6)).await;
     let s = webrtc_summary(&hub).await;
     assert_eq!(s["active_peers"], 0, "{s}");
-    // a restarted hub does not replay old peers, but keeps every sample
+    assert_eq!(
+        peers("expired").await - expired0,
+        500.0,
+        "every peer forgotten"
+    );
+    // a restarted hub reads the samples back but tracks none of their peers
+    // (they are older than active_secs), nor counts them as untracked
     hub.stop().await;
+    let (tracked1, untracked1) = (peers("tracked").await, peers("untracked").await);
     let hub = env.start("hub").await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let s = webrtc_summary(&hub).await;
     assert_eq!(s["active_peers"], 0, "{s}");
     assert_eq!(s["5m"]["samples"], 5_000, "{s}");
+    assert_eq!(peers("tracked").await - tracked1, 0.0, "no peer replayed");
+    assert_eq!(peers("untracked").await - untracked1, 0.0, "{s}");
     hub.stop().await;
     ingest.stop().await;
     env.cleanup().await;
