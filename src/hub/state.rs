@@ -853,7 +853,7 @@ mod tests {
             Some(3)
         );
         let shared = Shared {
-            channels: std::sync::Mutex::new(super::super::channels::Channels::new(10, 300)),
+            channels: std::sync::Mutex::new(super::super::channels::Channels::new(10, 10, 300)),
             tick: tokio::sync::watch::channel(0).0,
             alerts: tokio::sync::broadcast::channel(4).0,
         };
