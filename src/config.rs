@@ -482,7 +482,9 @@ pub struct HubConfig {
     /// A meeting or peer counts as active when it sent a sample this recently.
     pub active_secs: u64,
     /// Subjects (services, endpoints, meetings) held; events of further
-    /// subjects count in the overviews only.
+    /// subjects count in the overviews only. A subject busy every second
+    /// holds ~40 KB (http) to ~70 KB (webrtc): ≈ 0.9–1.3 GB at the default
+    /// 20,000 (docs/websocket.md, memory bound).
     pub max_subjects: usize,
     /// New subjects admitted per hour (of the entries' arrival time), like
     /// the rollups' `max_new_keys_per_hour`; past it, events of unknown
@@ -542,7 +544,7 @@ impl Default for HubConfig {
             pong_timeout_ms: 45_000,
             top_endpoints: 10,
             active_secs: 30,
-            max_subjects: 50_000,
+            max_subjects: 20_000,
             max_new_subjects_per_hour: 10_000,
             max_channels: 1_000,
             max_channels_per_client: 250,
