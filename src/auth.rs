@@ -7,14 +7,52 @@
 //! `token_sha256`); a presented token is hashed and compared with every
 //! digest in constant time, so neither its content nor its length shows in
 //! the timing.
+//!
+//! Anonymous callers (auth off) are told apart by [`ClientKey`], the one
+//! key every per-client limit uses: the ingest rate limit and the hub's
+//! connection and channel caps.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use axum::http::HeaderMap;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::AuthConfig;
+
+/// A client address as per-client limits count it: IPv4 whole (an
+/// IPv4-mapped IPv6 address is its IPv4 address), IPv6 by its /64, so one
+/// host cannot take fresh quotas from the addresses of its own prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClientKey {
+    V4(u32),
+    /// The upper 64 bits.
+    V6(u64),
+}
+
+impl From<IpAddr> for ClientKey {
+    fn from(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => ClientKey::V4(v4.into()),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => ClientKey::V4(v4.into()),
+                None => ClientKey::V6((u128::from(v6) >> 64) as u64),
+            },
+        }
+    }
+}
+
+/// `192.0.2.1`, or `2001:db8:1:2::/64`.
+impl std::fmt::Display for ClientKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            ClientKey::V4(v4) => write!(f, "{}", std::net::Ipv4Addr::from(v4)),
+            ClientKey::V6(prefix) => {
+                write!(f, "{}/64", Ipv6Addr::from(u128::from(prefix) << 64))
+            }
+        }
+    }
+}
 
 /// What a token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -232,6 +270,16 @@ impl Auth {
 mod tests {
     use super::*;
     use crate::config::TokenConfig;
+
+    #[test]
+    fn client_keys_group_ipv6_by_64_and_read_back() {
+        let key = |s: &str| ClientKey::from(s.parse::<IpAddr>().expect("ip"));
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:10.0.0.1"), key("10.0.0.1"));
+        assert_eq!(key("10.0.0.1").to_string(), "10.0.0.1");
+        assert_eq!(key("2001:db8:1:2:ffff::9").to_string(), "2001:db8:1:2::/64");
+    }
 
     fn token(name: &str, token: &str, scopes: &[&str]) -> TokenConfig {
         TokenConfig {

@@ -471,7 +471,13 @@ pub struct HubConfig {
     pub max_message_bytes: usize,
     /// Channels one connection may watch.
     pub max_subscriptions: usize,
-    /// Open connections per token (or per anonymous client when auth is off).
+    /// Open WebSocket connections per token (with auth off, of all
+    /// anonymous clients together); past it the upgrade gets 429. Below
+    /// `server.max_connections` (which caps every socket, HTTP and
+    /// WebSocket, and past which connections wait rather than fail), so one
+    /// token's dashboards get a 429 while ingest and other tokens keep the
+    /// rest of the server's connections. A token is usually a whole fleet
+    /// of dashboards: 8,192 by default, half of `server.max_connections`.
     pub max_connections_per_token: usize,
     /// Outgoing messages queued per connection; past it the connection's
     /// updates are dropped and it gets a fresh snapshot once it catches up.
@@ -485,7 +491,9 @@ pub struct HubConfig {
     /// A meeting or peer counts as active when it sent a sample this recently.
     pub active_secs: u64,
     /// Subjects (services, endpoints, meetings) held; events of further
-    /// subjects count in the overviews only.
+    /// subjects count in the overviews only. A subject busy every second
+    /// holds ~40 KB (http) to ~70 KB (webrtc): ≈ 0.9–1.3 GB at the default
+    /// 20,000 (docs/websocket.md, memory bound).
     pub max_subjects: usize,
     /// New subjects admitted per hour (of the entries' arrival time), like
     /// the rollups' `max_new_keys_per_hour`; past it, events of unknown
@@ -496,7 +504,17 @@ pub struct HubConfig {
     /// kept warm for resuming clients); past it a subscription to a further
     /// channel gets an error frame. Warm channels nobody watches are given
     /// up first. Each costs at most `ring_secs` points plus one summary.
+    /// The three overviews (`http:overview`, `webrtc:overview`,
+    /// `webrtc:meetings`) always fit, beyond this.
     pub max_channels: usize,
+    /// Channels of the table one client may have brought in (a token, or a
+    /// client address when auth is off, IPv6 by /64): a channel counts
+    /// against the client whose subscription added it, for as long as it
+    /// stays in the table. Subscribing to a channel already there, or to an
+    /// overview, is always allowed and charged to nobody. Past it a
+    /// subscription to a further channel gets an error frame; the client's
+    /// own warm channels nobody watches are given up first.
+    pub max_channels_per_client: usize,
     /// WebRTC peers tracked at once (for `active_peers` / `active_meetings`);
     /// a peer is forgotten `active_secs` after its last sample, and samples
     /// of further peers still count in every window.
@@ -511,7 +529,8 @@ pub struct HubConfig {
     /// the next seconds (the subscription stands).
     pub max_snapshots_per_sec: u32,
     /// Open connections per client address when auth is off (anonymous
-    /// clients); `max_connections_per_token` still caps them all together.
+    /// clients; IPv6 by /64, as every per-client limit);
+    /// `max_connections_per_token` still caps them all together.
     pub max_connections_per_ip: usize,
 }
 
@@ -528,15 +547,16 @@ impl Default for HubConfig {
             min_interval_ms: 250,
             max_message_bytes: 64 * 1024,
             max_subscriptions: 64,
-            max_connections_per_token: 20_000,
+            max_connections_per_token: 8_192,
             send_queue: 64,
             ping_interval_ms: 15_000,
             pong_timeout_ms: 45_000,
             top_endpoints: 10,
             active_secs: 30,
-            max_subjects: 50_000,
+            max_subjects: 20_000,
             max_new_subjects_per_hour: 10_000,
             max_channels: 1_000,
+            max_channels_per_client: 250,
             max_peers: 50_000,
             max_meetings_listed: 1_000,
             max_messages_per_sec: 20,
@@ -659,11 +679,12 @@ impl Settings {
             return bad("hub.min_interval_ms, hub.send_queue and hub.ring_secs must be > 0");
         }
         if self.hub.max_channels == 0
+            || self.hub.max_channels_per_client == 0
             || self.hub.max_messages_per_sec == 0
             || self.hub.max_snapshots_per_sec == 0
             || self.hub.max_connections_per_ip == 0
         {
-            return bad("hub.max_channels, hub.max_messages_per_sec, hub.max_snapshots_per_sec and hub.max_connections_per_ip must be > 0");
+            return bad("hub.max_channels, hub.max_channels_per_client, hub.max_messages_per_sec, hub.max_snapshots_per_sec and hub.max_connections_per_ip must be > 0");
         }
         crate::auth::validate(&self.auth).map_err(ConfigError::Invalid)?;
         self.validate_server()?;

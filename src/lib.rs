@@ -21,7 +21,7 @@
 //! | [`status`] | the figures of `GET /v1/status` and `flowmeter status` |
 //! | [`hub`] | the realtime WebSocket hub: sliding windows fed from the streams, `GET /v1/ws` |
 //! | [`alert`] | alert rules (threshold, spike, anomaly), their state machine and the one evaluator |
-//! | [`auth`] | bearer tokens (kept hashed) and scopes; the fail-closed rule for open servers |
+//! | [`auth`] | bearer tokens (kept hashed) and scopes; the fail-closed rule for open servers; the client key of per-client limits |
 //! | [`api`] | the HTTP API: ingest, rollup queries, status; its server (connection cap, timeouts, TLS) and the ingest rate limit |
 //! | [`web`] | the dashboard and the browser SDK, embedded in the binary |
 //! | [`app`] | wiring: builds every component from the config and runs the roles |

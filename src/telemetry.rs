@@ -140,6 +140,14 @@ pub mod metrics {
         "flowmeter_hub_peers_untracked_total",
         "webrtc samples of a new peer not tracked because hub.max_peers was reached (the samples still count)",
     );
+    pub static HUB_PEERS_TRACKED: Counter = Counter::new(
+        "flowmeter_hub_peers_tracked_total",
+        "webrtc peers the hub started tracking (a recent sample of a peer it did not track); tracked now = this - flowmeter_hub_peers_expired_total",
+    );
+    pub static HUB_PEERS_EXPIRED: Counter = Counter::new(
+        "flowmeter_hub_peers_expired_total",
+        "tracked webrtc peers forgotten hub.active_secs after their last sample",
+    );
     pub static HUB_SUBSCRIPTIONS_REFUSED: Counter = Counter::new(
         "flowmeter_hub_subscriptions_refused_total",
         "subscriptions refused because hub.max_channels channels are watched",
@@ -250,6 +258,8 @@ pub mod metrics {
         &HUB_DROPPED,
         &HUB_EVENTS_FOLDED,
         &HUB_PEERS_UNTRACKED,
+        &HUB_PEERS_TRACKED,
+        &HUB_PEERS_EXPIRED,
         &HUB_SUBSCRIPTIONS_REFUSED,
         &HUB_CLIENT_MESSAGES_IGNORED,
         &ENTRIES_ACKED,

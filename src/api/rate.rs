@@ -24,6 +24,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::access::Caller;
 use super::{ApiError, AppState};
+use crate::auth::ClientKey;
 use crate::config::IngestRateLimitConfig;
 use crate::telemetry::metrics;
 
@@ -52,25 +53,6 @@ impl Bucket {
             Ok(())
         } else {
             Err(((1.0 - self.tokens) / rate).ceil().max(1.0) as u64)
-        }
-    }
-}
-
-/// A client address as rate-limited: IPv4 whole, IPv6 by its /64.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum ClientKey {
-    V4(u32),
-    V6(u64),
-}
-
-impl From<IpAddr> for ClientKey {
-    fn from(ip: IpAddr) -> Self {
-        match ip {
-            IpAddr::V4(v4) => ClientKey::V4(v4.into()),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => ClientKey::V4(v4.into()),
-                None => ClientKey::V6((u128::from(v6) >> 64) as u64),
-            },
         }
     }
 }

@@ -6,9 +6,12 @@
 //! Bounds: at most `hub.max_channels` entries (channels with a subscriber,
 //! plus warm ones kept `hub.ring_secs` after their last subscriber left so a
 //! reconnecting client can resume; those are given up first when the table
-//! is full). A ring holds at most `ring_secs` points, and only of seconds
-//! that had events. A channel whose subject has no data has no ring: it
-//! costs its entry while someone watches it and nothing after.
+//! is full), plus the three overviews, which always fit. Of those, at most
+//! `hub.max_channels_per_client` were brought in by one client (a token,
+//! or an address when auth is off): one client cannot lock the others out.
+//! A ring holds at most `ring_secs` points, and only of seconds that had
+//! events. A channel whose subject has no data has no ring: it costs its
+//! entry while someone watches it and nothing after.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -44,6 +47,9 @@ struct Ring {
 #[derive(Debug)]
 struct Watch {
     channel: Channel,
+    /// The client that brought it into the table, charged for it while it
+    /// is there (`None`: an overview, charged to nobody).
+    creator: Option<Arc<str>>,
     subscribers: usize,
     /// Last second it had a subscriber.
     last_seen: i64,
@@ -59,6 +65,9 @@ struct Watch {
 pub(super) struct Channels {
     map: HashMap<String, Watch>,
     max: usize,
+    max_per_client: usize,
+    /// Entries each client brought in (see [`Watch::creator`]).
+    created: HashMap<Arc<str>, usize>,
     ring_secs: i64,
 }
 
@@ -80,15 +89,23 @@ pub(crate) enum Since {
     },
 }
 
-/// The table is full of channels that have subscribers.
+/// Why a channel was not added to the table.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Full;
+pub(crate) enum Refused {
+    /// `hub.max_channels` channels with subscribers are there.
+    Full,
+    /// The client already brought `hub.max_channels_per_client` channels in
+    /// (none of them idle).
+    ClientQuota,
+}
 
 impl Channels {
-    pub fn new(max: usize, ring_secs: usize) -> Self {
+    pub fn new(max: usize, max_per_client: usize, ring_secs: usize) -> Self {
         Self {
             map: HashMap::new(),
             max: max.max(1),
+            max_per_client: max_per_client.max(1),
+            created: HashMap::new(),
             ring_secs: i64::try_from(ring_secs.max(1)).unwrap_or(i64::MAX),
         }
     }
@@ -98,16 +115,25 @@ impl Channels {
         self.map.len()
     }
 
-    /// Counts a subscriber of `name` at second `now`. `quiet_from`: the
-    /// channel had no events from that second on (a resuming client is owed
-    /// only empty seconds from there).
+    /// Channels in the table that `client` brought in.
+    #[cfg(test)]
+    pub fn created_by(&self, client: &str) -> usize {
+        self.created.get(client).copied().unwrap_or(0)
+    }
+
+    /// Counts a subscriber of `name` from `client` at second `now`: a
+    /// channel already in the table always; a new one within the table's
+    /// and the client's room. `quiet_from`: the channel had no events from
+    /// that second on (a resuming client is owed only empty seconds from
+    /// there).
     pub fn subscribe(
         &mut self,
         name: &str,
         channel: &Channel,
         now: i64,
         quiet_from: Option<i64>,
-    ) -> Result<(), Full> {
+        client: &Arc<str>,
+    ) -> Result<(), Refused> {
         let empty_since = quiet_from.map_or(now, |q| q.min(now));
         if let Some(w) = self.map.get_mut(name) {
             w.subscribers += 1;
@@ -117,25 +143,27 @@ impl Channels {
             }
             return Ok(());
         }
-        if self.map.len() >= self.max {
-            // give up the warm channel nobody has watched for longest
-            let idle = self
-                .map
-                .iter()
-                .filter(|(_, w)| w.subscribers == 0)
-                .min_by_key(|(_, w)| w.last_seen)
-                .map(|(k, _)| k.clone());
-            match idle {
-                Some(k) => {
-                    self.map.remove(&k);
-                }
-                None => return Err(Full),
+        // the overviews are three fixed names every dashboard shows: they
+        // always fit, and are nobody's doing
+        let creator = (!channel.is_overview()).then(|| client.clone());
+        if let Some(c) = &creator {
+            if self.created.get(c).copied().unwrap_or(0) >= self.max_per_client {
+                // the client's own warm channel nobody has watched for longest
+                let idle = self.idle(|w| w.creator.as_ref() == Some(c));
+                self.forget(&idle.ok_or(Refused::ClientQuota)?);
             }
+            if self.map.len() >= self.max {
+                // any warm channel nobody has watched for longest
+                let idle = self.idle(|_| true);
+                self.forget(&idle.ok_or(Refused::Full)?);
+            }
+            *self.created.entry(c.clone()).or_default() += 1;
         }
         self.map.insert(
             name.to_string(),
             Watch {
                 channel: channel.clone(),
+                creator,
                 subscribers: 1,
                 last_seen: now,
                 empty_since,
@@ -144,6 +172,23 @@ impl Channels {
             },
         );
         Ok(())
+    }
+
+    /// The channel without subscribers, among those `which` picks, that
+    /// nobody has watched for longest.
+    fn idle(&self, which: impl Fn(&Watch) -> bool) -> Option<String> {
+        self.map
+            .iter()
+            .filter(|(_, w)| w.subscribers == 0 && which(w))
+            .min_by_key(|(_, w)| w.last_seen)
+            .map(|(k, _)| k.clone())
+    }
+
+    /// Drops `name` from the table, giving its creator's charge back.
+    fn forget(&mut self, name: &str) {
+        if let Some(w) = self.map.remove(name) {
+            uncharge(&mut self.created, w.creator.as_ref());
+        }
     }
 
     /// Removes a subscriber; a channel without data is forgotten at once, one
@@ -155,7 +200,7 @@ impl Channels {
         w.subscribers = w.subscribers.saturating_sub(1);
         w.last_seen = now;
         if w.subscribers == 0 && w.ring.is_none() {
-            self.map.remove(name);
+            self.forget(name);
         }
     }
 
@@ -163,8 +208,14 @@ impl Channels {
     /// `ring_secs`, and returns the rest for the worker to compute.
     pub fn due(&mut self, sec: i64) -> Vec<(String, Channel)> {
         let warm_from = sec - self.ring_secs;
-        self.map
-            .retain(|_, w| w.subscribers > 0 || (w.ring.is_some() && w.last_seen >= warm_from));
+        let created = &mut self.created;
+        self.map.retain(|_, w| {
+            let keep = w.subscribers > 0 || (w.ring.is_some() && w.last_seen >= warm_from);
+            if !keep {
+                uncharge(created, w.creator.as_ref());
+            }
+            keep
+        });
         self.map
             .iter_mut()
             .map(|(k, w)| {
@@ -189,7 +240,7 @@ impl Channels {
             }
             w.checked_empty = Some(sec);
             if w.subscribers == 0 {
-                self.map.remove(name);
+                self.forget(name);
             }
             return;
         };
@@ -272,6 +323,17 @@ impl Channels {
     }
 }
 
+/// Gives back one channel of `creator`'s charge.
+fn uncharge(created: &mut HashMap<Arc<str>, usize>, creator: Option<&Arc<str>>) {
+    let Some(c) = creator else { return };
+    if let Some(n) = created.get_mut(c) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            created.remove(c);
+        }
+    }
+}
+
 /// The `update` message of `channel` with every point after `after` up to
 /// `seq` (`None` points: no events that second) and the summary as of `seq`
 /// (`None`: the channel has no data). Built from JSON pieces, so shared
@@ -315,6 +377,10 @@ mod tests {
         Channel::Http(name.into())
     }
 
+    fn me() -> Arc<str> {
+        Arc::from("address 192.0.2.1")
+    }
+
     fn closed(ch: &Channel, sec: i64, point: Option<&str>) -> Closed {
         let points = [(sec, point.map(Arc::from))];
         Closed {
@@ -326,9 +392,9 @@ mod tests {
 
     #[test]
     fn a_channel_without_data_costs_an_entry_and_leaves_nothing() {
-        let mut c = Channels::new(4, 300);
+        let mut c = Channels::new(4, 4, 300);
         let ch = http("http:service:nobody");
-        c.subscribe(ch.name(), &ch, 100, None).expect("room");
+        c.subscribe(ch.name(), &ch, 100, None, &me()).expect("room");
         assert_eq!(c.due(101).len(), 1);
         c.publish(ch.name(), 101, None);
         // zero points for the seconds since it is watched
@@ -351,10 +417,11 @@ mod tests {
 
     #[test]
     fn a_resumed_channel_known_quiet_owes_empty_seconds_not_a_snapshot() {
-        let mut c = Channels::new(4, 300);
+        let mut c = Channels::new(4, 4, 300);
         let ch = http("http:service:quiet");
         // left at 95, back at 100: the hub found no events since 96
-        c.subscribe(ch.name(), &ch, 100, Some(96)).expect("room");
+        c.subscribe(ch.name(), &ch, 100, Some(96), &me())
+            .expect("room");
         match c.since(ch.name(), 95, 100, false) {
             Since::Missed { seq, points, .. } => {
                 assert_eq!(seq, 100);
@@ -365,15 +432,16 @@ mod tests {
         }
         // without that knowledge, the same resume needs a snapshot
         let other = http("http:service:unknown");
-        c.subscribe(other.name(), &other, 100, None).expect("room");
+        c.subscribe(other.name(), &other, 100, None, &me())
+            .expect("room");
         assert!(matches!(c.since(other.name(), 95, 100, false), Since::Gap));
     }
 
     #[test]
     fn rings_keep_busy_seconds_and_fill_quiet_ones() {
-        let mut c = Channels::new(4, 5);
+        let mut c = Channels::new(4, 4, 5);
         let ch = http("http:overview");
-        c.subscribe(ch.name(), &ch, 10, None).expect("room");
+        c.subscribe(ch.name(), &ch, 10, None, &me()).expect("room");
         c.publish(ch.name(), 11, None); // watched, no data yet
         c.publish(ch.name(), 12, Some(closed(&ch, 12, Some("{\"n\":1}"))));
         c.publish(ch.name(), 13, Some(closed(&ch, 13, None)));
@@ -416,22 +484,96 @@ mod tests {
 
     #[test]
     fn the_table_is_bounded_and_gives_up_idle_warm_channels_first() {
-        let mut c = Channels::new(2, 300);
+        let mut c = Channels::new(2, 10, 300);
         let (a, b, x) = (http("http:a"), http("http:b"), http("http:x"));
-        c.subscribe(a.name(), &a, 1, None).expect("room");
-        c.subscribe(b.name(), &b, 1, None).expect("room");
-        assert_eq!(c.subscribe(x.name(), &x, 1, None), Err(Full));
+        c.subscribe(a.name(), &a, 1, None, &me()).expect("room");
+        c.subscribe(b.name(), &b, 1, None, &me()).expect("room");
+        assert_eq!(
+            c.subscribe(x.name(), &x, 1, None, &me()),
+            Err(Refused::Full)
+        );
         // b gets data, then its subscriber leaves: warm, but evictable
         c.publish(b.name(), 2, Some(closed(&b, 2, Some("{}"))));
         c.unsubscribe(b.name(), 2);
         assert_eq!(c.len(), 2);
-        c.subscribe(x.name(), &x, 3, None).expect("b given up");
+        c.subscribe(x.name(), &x, 3, None, &me())
+            .expect("b given up");
         assert!(matches!(c.since(b.name(), 1, 3, true), Since::Gap));
         // warm channels expire after ring_secs
         c.unsubscribe(x.name(), 3);
         c.unsubscribe(a.name(), 3);
         assert!(c.due(400).is_empty());
         assert_eq!(c.len(), 0);
+    }
+
+    #[test]
+    fn one_client_brings_in_at_most_its_quota_and_gets_it_back() {
+        let mut c = Channels::new(10, 3, 300);
+        let (a, b) = (me(), Arc::<str>::from("address 192.0.2.2"));
+        let names: Vec<Channel> = (0..6)
+            .map(|i| http(&format!("http:service:a{i}")))
+            .collect();
+        for ch in &names[..3] {
+            c.subscribe(ch.name(), ch, 1, None, &a)
+                .expect("within quota");
+        }
+        for ch in &names[3..] {
+            assert_eq!(
+                c.subscribe(ch.name(), ch, 1, None, &a),
+                Err(Refused::ClientQuota)
+            );
+        }
+        assert_eq!((c.created_by(&a), c.len()), (3, 3));
+        // another client still has room; a channel already there and the
+        // overviews are open to everyone and charged to nobody
+        let theirs = http("http:service:b0");
+        c.subscribe(theirs.name(), &theirs, 1, None, &b)
+            .expect("room");
+        c.subscribe(theirs.name(), &theirs, 1, None, &a)
+            .expect("already there");
+        let overview = http("http:overview");
+        c.subscribe(overview.name(), &overview, 1, None, &a)
+            .expect("overview");
+        assert_eq!((c.created_by(&a), c.created_by(&b)), (3, 1));
+        // its own warm channel gives way to its next one
+        let a0 = &names[0];
+        c.publish(a0.name(), 2, Some(closed(a0, 2, Some("{}"))));
+        c.unsubscribe(a0.name(), 2);
+        c.subscribe(names[3].name(), &names[3], 3, None, &a)
+            .expect("a0 given up");
+        assert!(matches!(c.since(a0.name(), 1, 3, true), Since::Gap));
+        assert_eq!(c.created_by(&a), 3);
+        // the charge comes back when its channels leave the table
+        for ch in &names[1..4] {
+            c.unsubscribe(ch.name(), 3);
+        }
+        assert_eq!(c.created_by(&a), 0);
+        c.unsubscribe(theirs.name(), 3);
+        c.unsubscribe(theirs.name(), 3);
+        assert_eq!(c.created_by(&b), 0);
+        assert!(c.created.is_empty(), "no client is remembered for nothing");
+    }
+
+    #[test]
+    fn the_overviews_fit_in_a_full_table() {
+        let mut c = Channels::new(2, 2, 300);
+        let (x, y, z) = (http("http:a"), http("http:b"), http("http:c"));
+        c.subscribe(x.name(), &x, 1, None, &me()).expect("room");
+        c.subscribe(y.name(), &y, 1, None, &me()).expect("room");
+        let other = Arc::<str>::from("token other");
+        assert_eq!(
+            c.subscribe(z.name(), &z, 1, None, &other),
+            Err(Refused::Full)
+        );
+        for ch in [
+            http("http:overview"),
+            Channel::Webrtc("webrtc:overview".into()),
+            Channel::Meetings,
+        ] {
+            c.subscribe(ch.name(), &ch, 1, None, &other)
+                .expect("always fits");
+        }
+        assert_eq!(c.len(), 5, "max_channels plus the three overviews");
     }
 
     #[test]

@@ -44,6 +44,7 @@ use crate::event::SchemaRegistry;
 use crate::processor::ProcessorRegistry;
 use crate::stream::{Keys, Redis, StreamError};
 use channels::Channels;
+pub(crate) use channels::Refused;
 pub(crate) use channels::Since;
 use state::{Command, Entry, Feed};
 
@@ -104,6 +105,17 @@ impl Channel {
                 _ => Err(bad()),
             },
             _ => Err(bad()),
+        }
+    }
+
+    /// `http:overview`, `webrtc:overview` or `webrtc:meetings`: fixed names
+    /// every dashboard shows, which always fit in the channel table.
+    pub fn is_overview(&self) -> bool {
+        match self {
+            Channel::Http(n) => n == "http:overview",
+            Channel::Webrtc(n) => n == "webrtc:overview",
+            Channel::Meetings => true,
+            Channel::Alerts => false,
         }
     }
 
@@ -185,7 +197,11 @@ impl Hub {
     pub fn new(cfg: HubConfig, processors: &ProcessorRegistry) -> Arc<Hub> {
         let (tick, _) = watch::channel(0);
         let shared = Arc::new(Shared {
-            channels: Mutex::new(Channels::new(cfg.max_channels, cfg.ring_secs)),
+            channels: Mutex::new(Channels::new(
+                cfg.max_channels,
+                cfg.max_channels_per_client,
+                cfg.ring_secs,
+            )),
             tick,
             alerts: tokio::sync::broadcast::channel(ALERT_BUFFER).0,
         });
@@ -274,23 +290,26 @@ impl Hub {
         self.shared.channels().since(channel, seq, now, single)
     }
 
-    /// Counts a subscriber of `channel` (the hub only computes updates for
-    /// channels someone watches). Fails when `hub.max_channels` channels
-    /// are watched. `quiet_from`: the channel is known to have had no events
-    /// from this second on (see [`Hub::quiet_since`]).
+    /// Counts a subscriber of `channel` from `client` (the hub only
+    /// computes updates for channels someone watches). A channel not yet
+    /// watched fails when `hub.max_channels` channels are watched, or when
+    /// `client` already brought `hub.max_channels_per_client` in.
+    /// `quiet_from`: the channel is known to have had no events from this
+    /// second on (see [`Hub::quiet_since`]).
     pub(crate) fn subscribe(
         &self,
         name: &str,
         channel: &Channel,
         quiet_from: Option<i64>,
-    ) -> Result<(), channels::Full> {
+        client: &Arc<str>,
+    ) -> Result<(), Refused> {
         if *channel == Channel::Alerts {
             return Ok(()); // pushed as they happen: no ring, no per-second work
         }
         let now = *self.shared.tick.borrow();
         self.shared
             .channels()
-            .subscribe(name, channel, now, quiet_from)
+            .subscribe(name, channel, now, quiet_from, client)
     }
 
     pub(crate) fn unsubscribe(&self, name: &str) {

@@ -317,7 +317,10 @@ impl State {
                     && (overview.peers.contains_key(&peer_key)
                         || overview.peers.len() < self.cfg.max_peers);
                 if track {
-                    let seen = overview.peers.entry(peer_key.clone()).or_insert(sec);
+                    let seen = overview.peers.entry(peer_key.clone()).or_insert_with(|| {
+                        metrics::HUB_PEERS_TRACKED.inc();
+                        sec
+                    });
                     *seen = (*seen).max(sec);
                 } else if sec > recent_from {
                     metrics::HUB_PEERS_UNTRACKED.inc();
@@ -356,9 +359,13 @@ impl State {
         for sub in self.http.values_mut() {
             sub.w.expire(sec);
         }
-        for sub in self.webrtc.values_mut() {
+        for (key, sub) in self.webrtc.iter_mut() {
             sub.w.expire(sec);
+            let tracked = sub.peers.len();
             sub.peers.retain(|_, s| *s > active_from);
+            if key == OVERVIEW_WEBRTC {
+                metrics::HUB_PEERS_EXPIRED.add(tracked.saturating_sub(sub.peers.len()) as u64);
+            }
         }
         self.http
             .retain(|_, s| s.scope == HttpScope::Overview || !s.w.is_idle(sec));
@@ -825,8 +832,14 @@ mod tests {
         let mut st = State::new(cfg, Vec::new());
         let t = 1_772_359_200_000u64;
         let sec = (t / 1000) as i64;
+        // the only lib test tracking peers: the process-wide counters move by its own
+        let (tracked0, expired0) = (
+            metrics::HUB_PEERS_TRACKED.get(),
+            metrics::HUB_PEERS_EXPIRED.get(),
+        );
         let samples = (0..10).map(|i| webrtc(t, "m1", &format!("p{i}"))).collect();
         fold(&mut st, samples, sec - 30);
+        assert_eq!(metrics::HUB_PEERS_TRACKED.get() - tracked0, 3);
         let ov = st.webrtc.get(OVERVIEW_WEBRTC).expect("overview");
         assert_eq!(ov.peers.len(), 3, "capped");
         assert_eq!(ov.w.total(sec, 60).samples, 10, "every sample counts");
@@ -840,11 +853,17 @@ mod tests {
             Some(3)
         );
         let shared = Shared {
-            channels: std::sync::Mutex::new(super::super::channels::Channels::new(10, 300)),
+            channels: std::sync::Mutex::new(super::super::channels::Channels::new(10, 10, 300)),
             tick: tokio::sync::watch::channel(0).0,
             alerts: tokio::sync::broadcast::channel(4).0,
         };
         st.close(sec + 31, &shared);
         assert!(st.webrtc.values().all(|s| s.peers.is_empty()), "expired");
+        assert_eq!(metrics::HUB_PEERS_EXPIRED.get() - expired0, 3);
+        assert_eq!(
+            metrics::HUB_PEERS_TRACKED.get() - tracked0,
+            3,
+            "none replayed"
+        );
     }
 }

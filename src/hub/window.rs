@@ -1,7 +1,7 @@
 //! Sliding windows of one subject: per-second points for the last
-//! [`SECONDS`], per-minute points for the last [`MINUTES`], and latency
-//! sketches per [`SLOT_SECS`]-second slot for the quantiles of the 1-minute
-//! and 5-minute windows. Buckets are keyed by the entry id's time (arrival
+//! [`SECONDS`], per-minute points for the last [`MINUTES`], and the
+//! latencies of each [`SLOT_SECS`]-second slot (a few as values, more as a
+//! sketch) for the quantiles of the 1-minute and 5-minute windows. Buckets are keyed by the entry id's time (arrival
 //! at Redis), so every hub instance reading the same streams fills the same
 //! buckets. Storage is sparse: a quiet subject holds only its busy seconds.
 
@@ -21,8 +21,61 @@ pub const SLOT_SECS: i64 = 10;
 /// p50, p95 and p99 of a minute's latencies (ms).
 pub type MinuteQuantiles = Option<[f64; 3]>;
 
-fn minute_quantiles(sk: &DdSketch) -> MinuteQuantiles {
+fn minute_quantiles(l: &Latencies) -> MinuteQuantiles {
+    let mut sk = DdSketch::new();
+    l.merge_into(&mut sk);
     Some([sk.quantile(0.5)?, sk.quantile(0.95)?, sk.quantile(0.99)?])
+}
+
+/// Latencies a slot keeps as values before it turns them into a sketch.
+const SLOT_VALUES: usize = 32;
+
+/// The latencies of one slot (or minute): the values themselves while
+/// there are at most [`SLOT_VALUES`], then a sketch. A sketch's dense bins
+/// span its lowest to its highest value (up to 32 KB), so a subject seen a
+/// few times a second with spread latencies held ~4 KB per slot; as values
+/// it holds 8 B per event. The quantiles are the same either way: the
+/// values go into the merged sketch as they would have into the slot's.
+#[derive(Debug, Clone)]
+enum Latencies {
+    Values(Vec<f64>),
+    Sketch(DdSketch),
+}
+
+impl Default for Latencies {
+    fn default() -> Self {
+        Latencies::Values(Vec::new())
+    }
+}
+
+impl Latencies {
+    fn add(&mut self, v: f64) {
+        match self {
+            Latencies::Values(vs) if vs.len() < SLOT_VALUES => vs.push(v),
+            Latencies::Values(vs) => {
+                let mut sk = DdSketch::new();
+                vs.iter().for_each(|x| sk.add(*x));
+                sk.add(v);
+                *self = Latencies::Sketch(sk);
+            }
+            Latencies::Sketch(sk) => sk.add(v),
+        }
+    }
+
+    #[cfg(test)]
+    fn heap_bytes(&self) -> usize {
+        match self {
+            Latencies::Values(vs) => vs.capacity() * std::mem::size_of::<f64>(),
+            Latencies::Sketch(sk) => sk.heap_bytes(),
+        }
+    }
+
+    fn merge_into(&self, sk: &mut DdSketch) {
+        match self {
+            Latencies::Values(vs) => vs.iter().for_each(|x| sk.add(*x)),
+            Latencies::Sketch(s) => sk.merge(s),
+        }
+    }
 }
 
 /// Additive figures of one bucket; `P` is the kind's point type.
@@ -37,10 +90,10 @@ pub struct Windows<P: Point> {
     seconds: VecDeque<(i64, P)>,
     /// (unix minute, point, quantiles of the minute's latencies once it closed).
     minutes: VecDeque<(i64, P, MinuteQuantiles)>,
-    /// (slot start second, sketch), ascending.
-    slots: VecDeque<(i64, DdSketch)>,
-    /// Sketch of the current minute (for its quantiles).
-    minute_sketch: (i64, DdSketch),
+    /// (slot start second, its latencies), ascending.
+    slots: VecDeque<(i64, Latencies)>,
+    /// Latencies of the current minute (for its quantiles).
+    minute_sketch: (i64, Latencies),
     /// Newest second with data.
     pub last_sec: i64,
 }
@@ -90,7 +143,7 @@ impl<P: Point> Windows<P> {
                     // a late event of a closed minute: its quantiles stay as computed
                 } else {
                     self.close_minute();
-                    self.minute_sketch = (min, DdSketch::new());
+                    self.minute_sketch = (min, Latencies::default());
                 }
             }
             if self.minute_sketch.0 == min {
@@ -205,9 +258,29 @@ impl<P: Point> Windows<P> {
             .iter()
             .filter(|(s, _)| *s + SLOT_SECS > now_sec - n && *s <= now_sec)
         {
-            sk.merge(s);
+            s.merge_into(&mut sk);
         }
         sk
+    }
+
+    /// Bytes held on the heap (the memory bound of docs/websocket.md).
+    #[cfg(test)]
+    pub fn heap_bytes(&self) -> usize {
+        use std::mem::size_of_val;
+        let deque = |n: usize, one: usize| n * one;
+        deque(self.seconds.capacity(), size_of::<(i64, P)>())
+            + deque(
+                self.minutes.capacity(),
+                size_of::<(i64, P, MinuteQuantiles)>(),
+            )
+            + deque(self.slots.capacity(), size_of::<(i64, Latencies)>())
+            + self
+                .slots
+                .iter()
+                .map(|(_, l)| l.heap_bytes())
+                .sum::<usize>()
+            + self.minute_sketch.1.heap_bytes()
+            + size_of_val(self)
     }
 
     pub fn is_idle(&self, now_sec: i64) -> bool {
@@ -218,6 +291,7 @@ impl<P: Point> Windows<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hub::view::HttpPoint;
 
     #[derive(Debug, Default, Clone, Serialize, PartialEq)]
     struct N(u64);
@@ -258,5 +332,65 @@ mod tests {
         w.expire(t0 + 3_700);
         assert!(w.minutes().is_empty());
         assert!(w.is_idle(t0 + 3_700));
+    }
+
+    /// A subject fed `per_sec` events a second (latencies from `lat`) for
+    /// an hour, as the hub holds it then.
+    fn busy_for_an_hour(per_sec: u32, lat: impl Fn(u32) -> f64) -> Windows<HttpPoint> {
+        let t0 = 1_772_359_200i64;
+        let mut w = Windows::default();
+        for s in 0..3_600 {
+            for k in 0..per_sec {
+                w.add(
+                    (t0 + s) * 1000,
+                    &HttpPoint::default(),
+                    Some(lat(k + s as u32)),
+                );
+            }
+            w.expire(t0 + s);
+        }
+        w
+    }
+
+    #[test]
+    fn a_busy_subject_costs_tens_of_kilobytes_whatever_its_latencies() {
+        // every second, latencies spread over two decades
+        let spread = busy_for_an_hour(1, |i| 5.0 * 10f64.powf(f64::from(i % 97) / 48.0));
+        // a latency a second alternating between the extremes of a sketch
+        let extremes = busy_for_an_hour(1, |i| if i % 2 == 0 { 1e-6 } else { 1e12 });
+        // with a dense sketch per slot they held 150 KB and 1 MB; now the
+        // extremes widen only the minute's sketch (32 KB)
+        for (what, w, max_kb) in [("spread", spread, 48.0), ("extremes", extremes, 80.0)] {
+            let kb = w.heap_bytes() as f64 / 1024.0;
+            assert!(kb < max_kb, "{what}: {kb:.1} KB");
+        }
+    }
+
+    #[test]
+    fn slots_keep_few_latencies_as_values_with_the_same_quantiles() {
+        let t0 = 1_772_359_200i64;
+        // 10 events a slot (sparse), then 500 (a sketch), spread over 6 decades
+        for per_slot in [10u32, 500] {
+            let mut w = Windows::<N>::default();
+            let mut all = DdSketch::new();
+            for i in 0..(per_slot * 6) {
+                let sec = t0 + i64::from(i / per_slot) * SLOT_SECS;
+                let v = 10f64.powf(f64::from(i % 61) / 10.0) * 0.01;
+                w.add(sec * 1000, &N(1), Some(v));
+                all.add(v);
+            }
+            let now = t0 + 6 * SLOT_SECS;
+            let got = w.latency(now, 300);
+            for q in [0.0, 0.5, 0.95, 0.99, 1.0] {
+                assert_eq!(got.quantile(q), all.quantile(q), "q{q} of {per_slot}/slot");
+            }
+            let sparse = w
+                .slots
+                .iter()
+                .all(|(_, l)| matches!(l, Latencies::Values(v) if v.len() <= SLOT_VALUES));
+            assert_eq!(sparse, per_slot as usize <= SLOT_VALUES, "{per_slot}/slot");
+            let q = w.minutes().first().and_then(|m| m.2).expect("quantiles");
+            assert!(q[0] > 0.0 && q[0] <= q[1] && q[1] <= q[2], "{q:?}");
+        }
     }
 }

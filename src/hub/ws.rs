@@ -4,8 +4,8 @@
 //! hub or other clients: the connection's updates are dropped and it gets a
 //! fresh snapshot once the queue has room again.
 
-use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,9 +20,10 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::channels::update_text;
-use super::{Channel, Hub, Since};
+use super::{Channel, Hub, Refused, Since};
 use crate::api::AppState;
-use crate::auth::{Auth, Scope};
+use crate::auth::{Auth, ClientKey, Scope};
+use crate::config::HubConfig;
 use crate::telemetry::metrics;
 
 #[derive(Debug, Deserialize)]
@@ -65,7 +66,8 @@ impl ClientMsg {
 /// Upgrades after checking the token (read scope) and the connection
 /// limits: per token, and per client address when auth is off. The slots
 /// are held by a [`Slots`] guard that the connection owns: a failed upgrade,
-/// a panic or a close gives them back.
+/// a panic or a close gives them back. The connection's channels are
+/// charged to its client (see [`client_of`]).
 pub async fn handler(
     State(st): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -84,19 +86,9 @@ pub async fn handler(
         Err(e) => return crate::api::ApiError::Auth(e).into_response(),
     };
     let cfg = hub.config();
-    let mut wants = vec![Want {
-        key: format!("token {name}"),
-        limit: cfg.max_connections_per_token,
-        field: "hub.max_connections_per_token",
-    }];
-    if !st.auth.enabled() {
-        wants.push(Want {
-            key: format!("address {}", peer.ip()),
-            limit: cfg.max_connections_per_ip,
-            field: "hub.max_connections_per_ip",
-        });
-    }
-    let slots = match Slots::take(&hub, wants) {
+    let anonymous = (!st.auth.enabled()).then(|| peer.ip());
+    let client = client_of(&name, anonymous);
+    let slots = match Slots::take(&hub, wants(cfg, &name, anonymous)) {
         Ok(s) => s,
         Err(e) => {
             return (StatusCode::TOO_MANY_REQUESTS, Json(json!({"error": e}))).into_response()
@@ -112,8 +104,36 @@ pub async fn handler(
         .max_write_buffer_size(max.max(64 * 1024))
         .on_upgrade(move |socket| async move {
             let _slots = slots; // given back when this future ends or is dropped
-            Connection::new(hub).run(socket).await;
+            Connection::new(hub, client).run(socket).await;
         })
+}
+
+/// Who a connection is for the per-client limits: its token or, when auth
+/// is off (`anonymous` holds the peer's address), its client address as
+/// [`ClientKey`] counts it (IPv6 by /64, as the ingest rate limit).
+fn client_of(token: &str, anonymous: Option<IpAddr>) -> Arc<str> {
+    match anonymous {
+        Some(ip) => format!("address {}", ClientKey::from(ip)).into(),
+        None => format!("token {token}").into(),
+    }
+}
+
+/// The connection slots a connection takes: one of its token's and, when
+/// auth is off, one of its client address's.
+fn wants(cfg: &HubConfig, token: &str, anonymous: Option<IpAddr>) -> Vec<Want> {
+    let mut wants = vec![Want {
+        key: client_of(token, None).to_string(),
+        limit: cfg.max_connections_per_token,
+        field: "hub.max_connections_per_token",
+    }];
+    if anonymous.is_some() {
+        wants.push(Want {
+            key: client_of(token, anonymous).to_string(),
+            limit: cfg.max_connections_per_ip,
+            field: "hub.max_connections_per_ip",
+        });
+    }
+    wants
 }
 
 /// A connection slot to take: `key` may hold at most `limit` connections.
@@ -190,6 +210,8 @@ struct Sub {
 
 struct Connection {
     hub: Arc<Hub>,
+    /// Its client, charged for the channels it brings into the table.
+    client: Arc<str>,
     subs: HashMap<String, Sub>,
     out: Option<mpsc::Sender<Message>>,
     /// Alert announcements, while subscribed to `alerts`.
@@ -198,8 +220,10 @@ struct Connection {
     window: (Instant, u32),
     /// Snapshots still allowed until the next closed second.
     snapshots_left: u32,
-    /// Subscriptions owed a snapshot, in the order they became owed.
-    owed: std::collections::VecDeque<String>,
+    /// Subscriptions owed a snapshot, in the order they became owed: a
+    /// subscription is here exactly while its `pending` is set, so once at
+    /// most, and no more entries than `subs` (`hub.max_subscriptions`).
+    owed: VecDeque<String>,
 }
 
 /// A connection's subscriptions are given back however it ends.
@@ -236,16 +260,17 @@ fn with_reason(body: &str, reason: &str) -> String {
 }
 
 impl Connection {
-    fn new(hub: Arc<Hub>) -> Self {
+    fn new(hub: Arc<Hub>, client: Arc<str>) -> Self {
         let snapshots_left = hub.config().max_snapshots_per_sec;
         Self {
             hub,
+            client,
             subs: HashMap::new(),
             out: None,
             alerts: None,
             window: (Instant::now(), 0),
             snapshots_left,
-            owed: std::collections::VecDeque::new(),
+            owed: VecDeque::new(),
         }
     }
 
@@ -403,6 +428,8 @@ impl Connection {
                 for c in channels {
                     if self.subs.remove(&c).is_some() {
                         self.hub.unsubscribe(&c);
+                        // a later subscription starts afresh, and is owed once
+                        self.owed.retain(|n| *n != c);
                     }
                     if c == "alerts" {
                         self.alerts = None;
@@ -418,7 +445,9 @@ impl Connection {
     }
 
     /// Subscribes to each channel named (once, however often it is named),
-    /// then sends the snapshots owed within the connection's budget.
+    /// then sends the snapshots owed within the connection's budget. A
+    /// `resume` is honoured for channels the connection does not watch yet;
+    /// naming one it watches again owes it a snapshot, within the budget.
     async fn subscribe(
         &mut self,
         channels: Vec<String>,
@@ -445,7 +474,8 @@ impl Connection {
                     continue;
                 }
             };
-            if !self.subs.contains_key(&name) {
+            let new = !self.subs.contains_key(&name);
+            if new {
                 if self.subs.len() >= cfg.max_subscriptions {
                     over += 1;
                     continue;
@@ -460,12 +490,21 @@ impl Connection {
                         .then_some(seq.saturating_add(1)),
                     _ => None,
                 };
-                if self.hub.subscribe(&name, &channel, quiet_from).is_err() {
+                if let Err(r) = self
+                    .hub
+                    .subscribe(&name, &channel, quiet_from, &self.client)
+                {
                     metrics::HUB_SUBSCRIPTIONS_REFUSED.inc();
-                    self.error(format!(
-                        "channel {name}: the hub already watches {} channels (hub.max_channels); try again later",
-                        cfg.max_channels
-                    ));
+                    self.error(match r {
+                        Refused::Full => format!(
+                            "channel {name}: the hub already watches {} channels (hub.max_channels); try again later",
+                            cfg.max_channels
+                        ),
+                        Refused::ClientQuota => format!(
+                            "channel {name}: this client already brought {} channels into the hub (hub.max_channels_per_client); unsubscribe some first",
+                            cfg.max_channels_per_client
+                        ),
+                    });
                     continue;
                 }
             }
@@ -489,7 +528,9 @@ impl Connection {
             });
             sub.interval = interval;
             match resume.get(&name) {
-                Some(seq) if !alerts && sub.pending.is_none() => {
+                // a resume of a channel already watched would compute an
+                // update per message outside the snapshot budget
+                Some(seq) if new && !alerts => {
                     sub.last_seq = *seq;
                     self.deliver(&name, true);
                 }
@@ -617,3 +658,6 @@ impl Connection {
         self.send_snapshots().await;
     }
 }
+
+#[cfg(test)]
+mod tests;

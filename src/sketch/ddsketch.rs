@@ -93,6 +93,11 @@ impl DdSketch {
         self.count == 0
     }
 
+    /// Bytes its buckets hold on the heap (at most `MAX_BUCKETS` × 8).
+    pub fn heap_bytes(&self) -> usize {
+        self.bins.capacity() * std::mem::size_of::<u64>()
+    }
+
     /// Adds one value. Zero, negative, non-finite (NaN, ±∞) and values below
     /// `1e-9` go to the zero bucket.
     pub fn add(&mut self, v: f64) {

@@ -446,6 +446,120 @@ async fn warm_channels_are_capped_and_idle_ones_given_up_first() {
     env.cleanup().await;
 }
 
+/// Subscribes `ws` to `names`; returns the channels granted and the error
+/// frames, once the `subscribed` answer came.
+async fn subscribe_all(ws: &mut Ws, names: Vec<String>) -> (Vec<String>, Vec<String>) {
+    send(ws, json!({"op": "subscribe", "channels": names})).await;
+    let mut errors = Vec::new();
+    loop {
+        let v = next_where(ws, Duration::from_secs(5), |v| {
+            v["type"] == "subscribed" || v["type"] == "error"
+        })
+        .await;
+        if v["type"] == "error" {
+            errors.push(v["error"].as_str().unwrap_or_default().to_string());
+            continue;
+        }
+        let granted = v["channels"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|c| c.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        return (granted, errors);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_lock_the_others_out_of_the_channel_table() {
+    let _one = SERIAL.lock().await;
+    let mut env = TestEnv::new("abuse_hub_quota");
+    env.settings.hub.max_channels = 20;
+    env.settings.hub.max_channels_per_client = 8;
+    env.settings.hub.max_messages_per_sec = 1_000;
+    env.settings.hub.max_snapshots_per_sec = 1_000;
+    env.migrate().await;
+    let server = env.start("ingest,hub").await;
+    let client = http_client();
+    post_canaries(&client, &server, "real", 30).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let random = |n: usize| -> Vec<String> {
+        (0..n)
+            .map(|_| format!("http:service:junk-{:x}", rand::random::<u64>()))
+            .collect()
+    };
+    // one address, three connections, 30 rounds of 20 random names each
+    let mut attacker = Vec::new();
+    for _ in 0..3 {
+        attacker.push(
+            try_connect_from("127.0.0.1", server.addr, "")
+                .await
+                .expect("connects"),
+        );
+    }
+    let (mut granted, mut quota_errors) = (0, 0);
+    for round in 0..30 {
+        let ws = &mut attacker[round % 3];
+        let (ok, errors) = subscribe_all(ws, random(20)).await;
+        granted += ok.len();
+        quota_errors += errors
+            .iter()
+            .filter(|e| e.contains("hub.max_channels_per_client"))
+            .count();
+    }
+    assert_eq!(granted, 8, "one client brings in at most its quota");
+    assert_eq!(quota_errors, 30 * 20 - 8);
+    // another client still gets a real channel, with its data
+    let mut other = try_connect_from("127.0.0.2", server.addr, "")
+        .await
+        .expect("connects");
+    let (ok, errors) = subscribe_all(&mut other, vec!["http:service:real".into()]).await;
+    assert_eq!((ok.len(), errors.len()), (1, 0), "{errors:?}");
+    let snap = next_where(&mut other, Duration::from_secs(5), |v| {
+        v["type"] == "snapshot"
+    })
+    .await;
+    assert_eq!(snap["summary"]["1m"]["requests"], 30, "{snap}");
+    // the attacker joining a channel already there costs no quota
+    let (ok, _) = subscribe_all(&mut attacker[0], vec!["http:service:real".into()]).await;
+    assert_eq!(ok.len(), 1);
+    // two more addresses fill the table; the overviews still fit
+    let mut third = try_connect_from("127.0.0.3", server.addr, "")
+        .await
+        .expect("connects");
+    let (ok, _) = subscribe_all(&mut third, random(20)).await;
+    assert_eq!(ok.len(), 8);
+    let mut fourth = try_connect_from("127.0.0.4", server.addr, "")
+        .await
+        .expect("connects");
+    let (ok, errors) = subscribe_all(&mut fourth, random(20)).await;
+    assert_eq!(ok.len(), 3, "20 = 8 + 1 + 8 + 3");
+    assert!(
+        errors
+            .iter()
+            .all(|e| e.contains("hub.max_channels") && !e.contains("max_channels_per_client")),
+        "{errors:?}"
+    );
+    let mut late = try_connect_from("127.0.0.5", server.addr, "")
+        .await
+        .expect("connects");
+    let (ok, errors) = subscribe_all(
+        &mut late,
+        vec!["http:overview".into(), "webrtc:overview".into()],
+    )
+    .await;
+    assert_eq!((ok.len(), errors.len()), (2, 0), "{errors:?}");
+    let snap = next_where(&mut late, Duration::from_secs(5), |v| {
+        v["type"] == "snapshot" && v["channel"] == "http:overview"
+    })
+    .await;
+    assert_eq!(snap["summary"]["1m"]["requests"], 30, "{snap}");
+    server.stop().await;
+    env.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multibyte_names_duplicates_and_floods_are_answered_not_obeyed() {
     let _one = SERIAL.lock().await;
@@ -566,7 +680,14 @@ async fn a_peer_id_flood_is_capped_expires_and_is_not_replayed() {
     let ingest = env.start("ingest").await;
     let hub = env.start("hub").await;
     let client = http_client();
-    let untracked0 = metric(&client, &hub, "flowmeter_hub_peers_untracked_total").await;
+    // the counters are process-wide (every server of the test runs in this
+    // process, so `ingest` shows the hub's too): compare deltas
+    let peers = |name: &'static str| {
+        let (client, ingest) = (&client, &ingest);
+        async move { metric(client, ingest, &format!("flowmeter_hub_peers_{name}_total")).await }
+    };
+    let (tracked0, expired0) = (peers("tracked").await, peers("expired").await);
+    let untracked0 = peers("untracked").await;
     let now = chrono::Utc::now().timestamp_millis();
     for r in 0..10 {
         let body: Vec<String> = (0..500)
@@ -589,19 +710,32 @@ async fn a_peer_id_flood_is_capped_expires_and_is_not_replayed() {
         "{s}"
     );
     assert_eq!(s["5m"]["samples"], 5_000, "every sample counts: {s}");
-    let untracked = metric(&client, &hub, "flowmeter_hub_peers_untracked_total").await;
-    assert!(untracked - untracked0 >= 4_500.0, "{untracked}");
-    // peers expire after active_secs
+    assert_eq!(
+        peers("tracked").await - tracked0,
+        500.0,
+        "max_peers tracked"
+    );
+    assert_eq!(peers("untracked").await - untracked0, 4_500.0);
+    // peers expire after active_secs: the hub lets go of every one
     tokio::time::sleep(Duration::from_secs(6)).await;
     let s = webrtc_summary(&hub).await;
     assert_eq!(s["active_peers"], 0, "{s}");
-    // a restarted hub does not replay old peers, but keeps every sample
+    assert_eq!(
+        peers("expired").await - expired0,
+        500.0,
+        "every peer forgotten"
+    );
+    // a restarted hub reads the samples back but tracks none of their peers
+    // (they are older than active_secs), nor counts them as untracked
     hub.stop().await;
+    let (tracked1, untracked1) = (peers("tracked").await, peers("untracked").await);
     let hub = env.start("hub").await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let s = webrtc_summary(&hub).await;
     assert_eq!(s["active_peers"], 0, "{s}");
     assert_eq!(s["5m"]["samples"], 5_000, "{s}");
+    assert_eq!(peers("tracked").await - tracked1, 0.0, "no peer replayed");
+    assert_eq!(peers("untracked").await - untracked1, 0.0, "{s}");
     hub.stop().await;
     ingest.stop().await;
     env.cleanup().await;
