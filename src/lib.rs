@@ -30,6 +30,7 @@
 //! | [`loadgen`] | seeded synthetic traffic for both kinds, and its exact totals |
 //! | [`bench`] | `flowmeter bench`: the end-to-end benchmark |
 //! | [`table`] | aligned plain-text tables for the CLI |
+//! | [`human`] | numbers and times for people (rates, stream positions as times), progress bars, when to colour |
 //! | [`pem`] | PEM files of the TLS settings, read and checked at start |
 
 pub mod alert;
@@ -44,6 +45,7 @@ pub mod event;
 pub mod expr;
 pub mod groups;
 pub mod hub;
+pub mod human;
 pub mod loadgen;
 pub mod pem;
 pub mod processor;

@@ -341,8 +341,19 @@ enum DlqAction {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+async fn main() -> std::process::ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // each cause once, without the backtrace RUST_BACKTRACE adds to
+            // anyhow's Debug form
+            eprintln!("{}", flowmeter::human::error_report(e.as_ref()));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut settings =
         Settings::load(cli.config.as_deref()).context("loading the configuration")?;
     match cli.command {
@@ -409,12 +420,9 @@ async fn main() -> anyhow::Result<()> {
             };
             let bar = (!quiet).then(|| {
                 let b = indicatif::ProgressBar::new_spinner();
-                b.set_style(
-                    indicatif::ProgressStyle::with_template(
-                        "{spinner} replay {msg}: {human_pos} entries scanned ({per_sec}) {elapsed}",
-                    )
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-                );
+                b.set_style(flowmeter::human::progress_style(
+                    "{spinner} replay {msg}: {human_pos} entries scanned ({rate}) {elapsed}",
+                ));
                 b.set_message(processor.clone());
                 b.enable_steady_tick(std::time::Duration::from_millis(200));
                 b
