@@ -317,8 +317,8 @@ pub async fn claim(
 
 /// The table printed after create/reset/delete.
 pub fn render(changes: &[ShardChange]) -> String {
-    let dash = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
-    let mut rows = vec![["stream", "before", "after", "pending"]
+    let dash = crate::human::position_or_dash;
+    let mut rows = vec![["stream", "position before", "position after", "pending"]
         .map(String::from)
         .to_vec()];
     for c in changes {

@@ -27,9 +27,10 @@
 //! | [`app`] | wiring: builds every component from the config and runs the roles |
 //! | [`telemetry`] | tracing setup and the names of every counter |
 //! | [`collector`] | the in-process tower layer that records `http` events, with its batching, spilling sender |
-//! | [`loadgen`] | seeded synthetic traffic for both kinds, and its exact totals |
+//! | [`loadgen`] | seeded synthetic traffic for both kinds, its exact totals, and `flowmeter verify` of them against the tables |
 //! | [`bench`] | `flowmeter bench`: the end-to-end benchmark |
 //! | [`table`] | aligned plain-text tables for the CLI |
+//! | [`human`] | numbers and times for people (rates, stream positions as times), progress bars, when to colour |
 //! | [`pem`] | PEM files of the TLS settings, read and checked at start |
 
 pub mod alert;
@@ -44,6 +45,7 @@ pub mod event;
 pub mod expr;
 pub mod groups;
 pub mod hub;
+pub mod human;
 pub mod loadgen;
 pub mod pem;
 pub mod processor;

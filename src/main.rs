@@ -176,6 +176,22 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Check a truth file written by `loadgen --truth` against the hourly
+    /// rollup tables: compare until they match or --wait runs out, print an
+    /// aligned table of every difference, exit 0 when they match, 1 when
+    /// they differ.
+    Verify {
+        /// The truth file (`flowmeter loadgen --truth FILE`).
+        #[arg(long, value_name = "FILE")]
+        truth: PathBuf,
+        /// Seconds to keep comparing while the tables differ (the rollup
+        /// workers may still be folding the last events in).
+        #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+        wait: f64,
+        /// Differing rows printed at most (all are counted).
+        #[arg(long, value_name = "N", default_value_t = 50)]
+        show: usize,
+    },
     /// End-to-end benchmark: spawn an ingest and a rollup process, post
     /// generated events in batches, wait until MySQL holds them all, check the
     /// totals, and report events/s, latency, RSS and commits/min next to
@@ -341,8 +357,19 @@ enum DlqAction {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+async fn main() -> std::process::ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // each cause once, without the backtrace RUST_BACKTRACE adds to
+            // anyhow's Debug form
+            eprintln!("{}", flowmeter::human::error_report(e.as_ref()));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut settings =
         Settings::load(cli.config.as_deref()).context("loading the configuration")?;
     match cli.command {
@@ -409,12 +436,9 @@ async fn main() -> anyhow::Result<()> {
             };
             let bar = (!quiet).then(|| {
                 let b = indicatif::ProgressBar::new_spinner();
-                b.set_style(
-                    indicatif::ProgressStyle::with_template(
-                        "{spinner} replay {msg}: {human_pos} entries scanned ({per_sec}) {elapsed}",
-                    )
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-                );
+                b.set_style(flowmeter::human::progress_style(
+                    "{spinner} replay {msg}: {human_pos} entries scanned ({rate}) {elapsed}",
+                ));
                 b.set_message(processor.clone());
                 b.enable_steady_tick(std::time::Duration::from_millis(200));
                 b
@@ -632,6 +656,23 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", report.render());
             if report.accepted == 0 && report.sent > 0 {
                 anyhow::bail!("nothing was accepted; see the first error above");
+            }
+        }
+        Command::Verify { truth, wait, show } => {
+            let opts = flowmeter::loadgen::verify::VerifyOptions {
+                truth,
+                wait: std::time::Duration::try_from_secs_f64(wait.max(0.0))
+                    .context("--wait: a number of seconds")?,
+            };
+            let stop = CancellationToken::new();
+            tokio::spawn(stop_on_signal(stop.clone()));
+            let report = flowmeter::loadgen::verify::run(&settings, &opts, stop).await?;
+            print!("{}", report.render(show));
+            if !report.matches() {
+                anyhow::bail!(
+                    "the tables differ from {} (see above)",
+                    opts.truth.display()
+                );
             }
         }
         Command::Bench {

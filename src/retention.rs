@@ -342,6 +342,7 @@ pub async fn pass(
 /// The table printed by `flowmeter trim`.
 pub fn render(results: &[(TrimPlan, Trimmed)], dry_run: bool) -> String {
     let dash = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
+    let time = crate::human::position_or_dash;
     let mut rows = vec![[
         "stream",
         "length",
@@ -358,7 +359,7 @@ pub fn render(results: &[(TrimPlan, Trimmed)], dry_run: bool) -> String {
         rows.push(vec![
             p.stream.clone(),
             p.length.to_string(),
-            dash(&p.trim_to),
+            time(&p.trim_to),
             t.entries.to_string(),
             dash(&p.held_by),
             format!("{:.0}", p.held_secs),

@@ -320,6 +320,7 @@ async fn summarize(
 /// and the group holding retention back (by how many seconds).
 pub fn render_retention(streams: &[StreamStatus]) -> String {
     let dash = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
+    let time = crate::human::position_or_dash;
     let mut rows = vec![[
         "stream",
         "keep from",
@@ -335,12 +336,12 @@ pub fn render_retention(streams: &[StreamStatus]) -> String {
         let Some(p) = &s.retention else { continue };
         rows.push(vec![
             s.stream.clone(),
-            dash(&p.wanted),
-            dash(&p.floor),
+            time(&p.wanted),
+            time(&p.floor),
             dash(&p.floor_group),
             dash(&p.held_by),
             format!("{:.0}", p.held_secs),
-            dash(&p.trim_to),
+            time(&p.trim_to),
         ]);
     }
     crate::table::table(&rows)
@@ -372,7 +373,7 @@ pub fn render_groups(groups: &[GroupSummary]) -> String {
                 g.processors.join(",")
             },
             g.shards.to_string(),
-            g.position.clone().unwrap_or_else(|| "-".into()),
+            crate::human::position_or_dash(&g.position),
             g.lag.map_or("-".into(), |l| l.to_string()),
             format!("{:.1}", g.lag_age_secs),
             g.pending.to_string(),
@@ -453,6 +454,7 @@ impl Status {
     pub fn render(&self) -> String {
         let row = |cells: Vec<String>| cells;
         let dash = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
+        let time = crate::human::position_or_dash;
         let window = |s: &StreamStatus| match (
             s.first_id
                 .as_deref()
@@ -464,9 +466,15 @@ impl Status {
             (Some(a), Some(b)) => format!("{:.0}", b.ms.saturating_sub(a.ms) as f64 / 1000.0),
             _ => "-".into(),
         };
-        let mut streams = vec![row(["stream", "length", "first id", "last id", "window s"]
-            .map(String::from)
-            .to_vec())];
+        let mut streams = vec![row([
+            "stream",
+            "length",
+            "first entry",
+            "last entry",
+            "window s",
+        ]
+        .map(String::from)
+        .to_vec())];
         let mut groups = vec![row([
             "stream",
             "group",
@@ -482,8 +490,8 @@ impl Status {
             streams.push(vec![
                 s.stream.clone(),
                 s.length.to_string(),
-                dash(&s.first_id),
-                dash(&s.last_id),
+                time(&s.first_id),
+                time(&s.last_id),
                 window(s),
             ]);
             for g in &s.groups {
@@ -494,7 +502,7 @@ impl Status {
                     format!("{:.1}", g.lag_age_secs),
                     g.pending.to_string(),
                     g.consumers.to_string(),
-                    dash(&g.oldest_unacked_id),
+                    time(&g.oldest_unacked_id),
                 ]);
             }
         }
@@ -512,15 +520,25 @@ impl Status {
         ]
         .map(String::from)
         .to_vec())];
-        for p in &self.processors {
+        // a disabled processor reads nothing: one line for all of them
+        // instead of a row per shard
+        let disabled: Vec<&str> = self
+            .processors
+            .iter()
+            .filter(|p| !p.enabled)
+            .map(|p| p.name.as_str())
+            .collect();
+        for p in self.processors.iter().filter(|p| p.enabled) {
             for sh in &p.shards {
                 shards.push(vec![
                     p.name.clone(),
                     sh.stream.clone(),
-                    dash(&sh.checkpoint),
+                    time(&sh.checkpoint),
                     dash(&sh.owner),
                 ]);
             }
+        }
+        for p in &self.processors {
             for w in &p.workers {
                 workers.push(vec![
                     p.name.clone(),
@@ -546,7 +564,15 @@ impl Status {
         out.push_str("\nGROUP TOTALS\n");
         out.push_str(&render_groups(&self.groups));
         out.push_str("\nSHARDS\n");
-        out.push_str(&crate::table::table(&shards));
+        if shards.len() > 1 {
+            out.push_str(&crate::table::table(&shards));
+        }
+        if !disabled.is_empty() {
+            out.push_str(&format!(
+                "{}: disabled (enabled = false in processors/)\n",
+                disabled.join(", ")
+            ));
+        }
         out.push_str("\nWORKERS\n");
         if workers.len() == 1 {
             out.push_str("(no rollup worker has published figures in the last minute)\n");

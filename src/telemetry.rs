@@ -5,15 +5,30 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Installs the tracing subscriber. `RUST_LOG` overrides the default level (`info`).
+/// Installs the tracing subscriber (log lines on stderr). `RUST_LOG`
+/// overrides the default level (`info`). Lines are coloured only when stderr
+/// is a terminal and `NO_COLOR` is unset, so files and pipes get plain text.
 pub fn init() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour(std::io::stderr().is_terminal()))
         .with_target(false)
         .try_init();
+}
+
+/// Whether to write colour codes to a stream: only to a terminal, and not
+/// when `NO_COLOR` is set to anything but the empty string
+/// (<https://no-color.org>).
+pub fn colour(is_terminal: bool) -> bool {
+    colour_with(is_terminal, std::env::var_os("NO_COLOR").as_deref())
+}
+
+fn colour_with(is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// A monotonically increasing counter.
@@ -312,5 +327,22 @@ pub mod metrics {
             ));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod colour_tests {
+    use super::colour_with;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour_with(true, None));
+        assert!(
+            colour_with(true, Some(OsStr::new(""))),
+            "empty NO_COLOR is unset"
+        );
+        assert!(!colour_with(true, Some(OsStr::new("1"))));
+        assert!(!colour_with(false, None));
     }
 }

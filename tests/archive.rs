@@ -225,6 +225,21 @@ async fn events_are_archived_once_and_searchable() {
     assert_eq!(bad.status(), 400);
     let body: Value = bad.json().await.expect("json");
     assert_eq!(body["param"], "status", "{body}");
+    // bad parameters are named together
+    let bad = client
+        .get(q("limit=0&order=sideways&min_duration_ms=fast"))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(bad.status(), 400);
+    let body: Value = bad.json().await.expect("json");
+    let named: Vec<&str> = body["errors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["param"].as_str())
+        .collect();
+    assert_eq!(named, ["limit", "order", "min_duration_ms"], "{body}");
     // a quote in a value is a value, not SQL
     let sneaky = get_json(&client, q("service=svc1'%20OR%20'1'='1")).await;
     assert_eq!(sneaky["total"].as_u64(), Some(0), "{sneaky}");

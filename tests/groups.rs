@@ -163,6 +163,29 @@ async fn groups_are_created_moved_listed_and_deleted() {
     assert_eq!(cells[2], "2", "{text}");
     assert_eq!(cells[6], "6", "pending: {text}");
     assert_eq!(cells[7], "1", "consumers: {text}");
+    assert_eq!(
+        cells[3], "2026-03-01T10:02:00Z",
+        "position as a time: {text}"
+    );
+
+    // `groups reset` prints positions as times, not raw stream ids
+    let text = cli_ok(
+        &config,
+        &[
+            "groups",
+            "reset",
+            "ext",
+            "--to",
+            "2026-03-01T10:01:00Z",
+            "--kind",
+            "http",
+        ],
+    );
+    assert!(
+        text.contains("2026-03-01T10:02:00Z") && text.contains("2026-03-01T10:01:00Z"),
+        "before (the last entry read) and after as times:\n{text}"
+    );
+    assert!(!text.contains("18446744073709551615"), "{text}");
 
     // a processor's group is protected
     let rollup_streams =

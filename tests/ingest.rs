@@ -158,6 +158,29 @@ async fn bad_input_is_named_and_loses_nothing_else() {
         "a rejected request must write nothing"
     );
 
+    // a bad ts says what it must be, not the schema's "oneOf"
+    let (status, v) = post(
+        &client,
+        &url,
+        "application/json",
+        json!([good, with("ts", json!("yesterday"))])
+            .to_string()
+            .into_bytes(),
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["errors"].as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(v["errors"][0]["index"], 1, "{v}");
+    assert_eq!(v["errors"][0]["field"], "ts", "{v}");
+    let reason = v["errors"][0]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("RFC 3339")
+            && reason.contains("epoch milliseconds")
+            && reason.contains("yesterday")
+            && !reason.contains("oneOf"),
+        "{v}"
+    );
+
     // Oversized body: 413, nothing written.
     let big = vec![b' '; env.settings.ingest.max_body_bytes + 1];
     let (status, _) = post(&client, &url, "application/json", big).await;

@@ -76,7 +76,6 @@ async fn cli_sends_into_redis_and_writes_the_truth_file() {
             "1",
             "--kind",
             "http",
-            "--quiet",
             "--truth",
         ])
         .arg(&truth)
@@ -87,6 +86,12 @@ async fn cli_sends_into_redis_and_writes_the_truth_file() {
         out.status.success(),
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    // not a terminal: no progress bar, no escape codes, nothing to redraw
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !format!("{stdout}{stderr}").contains(['\x1b', '\r']),
+        "{stdout:?}\n{stderr:?}"
     );
     let row = stdout.lines().nth(2).unwrap_or_default();
     let cells: Vec<&str> = row.split_whitespace().collect();

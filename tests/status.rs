@@ -110,6 +110,48 @@ async fn status_shows_checkpoints_owners_and_lag_age() {
     ] {
         assert!(table.contains(section), "no {section} in:\n{table}");
     }
+    // stream positions read as times, not ids
+    let raw_id = |w: &str| {
+        w.split_once('-').is_some_and(|(ms, seq)| {
+            ms.len() >= 13
+                && ms.chars().all(|c| c.is_ascii_digit())
+                && seq.chars().all(|c| c.is_ascii_digit())
+        })
+    };
+    let ids: Vec<&str> = table.split_whitespace().filter(|w| raw_id(w)).collect();
+    assert!(ids.is_empty(), "raw stream ids {ids:?} in:\n{table}");
+    assert!(table.contains("2026-"), "no times in:\n{table}");
+    // disabled processors take one line, not a row per shard
+    let shards = table
+        .split("\nSHARDS\n")
+        .nth(1)
+        .and_then(|s| s.split("\nWORKERS\n").next())
+        .unwrap_or_default();
+    assert!(
+        shards.contains("kafka_bridge, clickhouse_archive: disabled")
+            || shards.contains("clickhouse_archive, kafka_bridge: disabled"),
+        "{shards}"
+    );
+    assert!(
+        !shards.lines().any(|l| l.starts_with("kafka_bridge ")),
+        "{shards}"
+    );
+
+    // log lines into a pipe carry no colour codes (MySQL unreachable warns)
+    let warned = Command::new(env!("CARGO_BIN_EXE_flowmeter"))
+        .arg("--config")
+        .arg(&config)
+        .arg("status")
+        .env("FLOWMETER__MYSQL__URL", "mysql://root@127.0.0.1:1/nothing")
+        .env_remove("NO_COLOR")
+        .output()
+        .expect("flowmeter status");
+    let stderr = String::from_utf8_lossy(&warned.stderr);
+    assert!(stderr.contains("MySQL"), "{stderr}");
+    assert!(
+        !stderr.contains('\x1b'),
+        "colour codes into a pipe: {stderr:?}"
+    );
     let json: Value = serde_json::from_slice(&run(&["--json"]).stdout).expect("json");
     let ages: Vec<f64> = json["streams"]
         .as_array()
@@ -122,4 +164,37 @@ async fn status_shows_checkpoints_owners_and_lag_age() {
     assert_eq!(ages.len(), 2);
     assert!(ages.iter().any(|a| *a >= 1.5), "{ages:?}");
     env.cleanup().await;
+}
+
+#[test]
+fn an_unreachable_redis_is_named_once_with_its_url_and_what_to_do() {
+    let env = TestEnv::new("status_noredis");
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = env.write_config(dir.path());
+    let out = Command::new(env!("CARGO_BIN_EXE_flowmeter"))
+        .arg("--config")
+        .arg(&config)
+        .arg("status")
+        .env("FLOWMETER__REDIS__URL", "redis://:s3cret@127.0.0.1:1")
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("flowmeter status");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("redis://:***@127.0.0.1:1"),
+        "the URL tried, password masked: {stderr}"
+    );
+    assert!(!stderr.contains("s3cret"), "{stderr}");
+    assert!(stderr.contains("scripts/services start"), "{stderr}");
+    assert_eq!(
+        stderr.matches("refused").count(),
+        1,
+        "the cause once: {stderr}"
+    );
+    assert!(
+        !stderr.contains("TLS"),
+        "a refusal is no TLS matter: {stderr}"
+    );
+    assert!(!stderr.contains("backtrace"), "{stderr}");
 }

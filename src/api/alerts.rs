@@ -12,7 +12,7 @@ use chrono::Utc;
 use futures::TryStreamExt;
 use serde_json::Value;
 
-use super::error::{bad_param, limit_param, time_param};
+use super::error::{bad_param, limit_param, time_param, ParamErrors};
 use super::limits::{decode_cursor, encode_cursor, json_page, CappedBody};
 use super::{ApiError, AppState};
 
@@ -28,34 +28,50 @@ pub async fn list(
     let Some(store) = &st.store else {
         return Err(ApiError::NotFound("api role is not running".into()));
     };
-    for k in params.keys() {
+    // every bad parameter is noted, and answered together
+    let mut errs = ParamErrors::default();
+    let mut names: Vec<&String> = params.keys().collect();
+    names.sort();
+    for k in names {
         if !["state", "from", "to", "limit", "cursor", "token"].contains(&k.as_str()) {
-            return Err(bad_param(
-                k,
-                "unknown parameter; use state, from, to, limit, cursor",
-            ));
+            errs.add(k, "unknown parameter; use state, from, to, limit, cursor");
         }
     }
     let open = match params.get("state").map(String::as_str) {
         None | Some("all") => None,
         Some("open") => Some(true),
         Some("resolved") => Some(false),
-        Some(_) => return Err(bad_param("state", "must be open, resolved or all")),
+        Some(_) => {
+            errs.add("state", "must be open, resolved or all");
+            None
+        }
     };
-    let to =
-        time_param(&params, "to")?.unwrap_or_else(|| Utc::now() + chrono::Duration::minutes(1));
-    let from = time_param(&params, "from")?.unwrap_or(to - chrono::Duration::days(7));
+    let to = errs.take(time_param(&params, "to"));
+    let from = errs.take(time_param(&params, "from"));
+    let limit = errs
+        .take(limit_param(&params, DEFAULT_LIMIT, MAX_LIMIT))
+        .unwrap_or(DEFAULT_LIMIT);
+    let before = errs
+        .take(params.get("cursor").map(|c| before(c)).transpose())
+        .flatten();
+    let (Some(to), Some(from)) = (to, from) else {
+        return errs.finish().and(Err(ApiError::Internal(
+            "a parameter error went unnamed".into(),
+        )));
+    };
+    let to = to.unwrap_or_else(|| Utc::now() + chrono::Duration::minutes(1));
+    let from = from.unwrap_or(to - chrono::Duration::days(7));
     if from > to {
-        return Err(bad_param("from", "must not be after `to`"));
+        errs.add("from", "must not be after `to`");
+    } else {
+        errs.take(st.queries.check_range(
+            from,
+            to,
+            st.queries.cfg.max_daily_range_days,
+            "max_daily_range_days",
+        ));
     }
-    st.queries.check_range(
-        from,
-        to,
-        st.queries.cfg.max_daily_range_days,
-        "max_daily_range_days",
-    )?;
-    let limit = limit_param(&params, DEFAULT_LIMIT, MAX_LIMIT)?;
-    let before = params.get("cursor").map(|c| before(c)).transpose()?;
+    errs.finish()?;
     let slot = st.queries.admit()?;
 
     let mut body = CappedBody::new(st.queries.cfg.max_response_bytes, b"{\"alerts\":[");

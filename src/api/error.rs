@@ -45,6 +45,13 @@ pub enum ApiError {
     /// A bad query parameter.
     #[error("parameter {param}: {reason}")]
     BadParam { param: String, reason: String },
+    /// Several bad query parameters, each with its reason (built by
+    /// [`ParamErrors`]); `omitted` counts those past [`MAX_PARAM_ERRORS`].
+    #[error("{} bad parameters", .errors.len() + .omitted)]
+    BadParams {
+        errors: Vec<(String, String)>,
+        omitted: usize,
+    },
     #[error("request body is larger than {limit} bytes")]
     TooLarge { limit: usize },
     #[error("{0}")]
@@ -74,6 +81,10 @@ pub enum ApiError {
 /// Most characters of client-supplied text (a parameter name, an origin)
 /// an error answer repeats.
 pub const MAX_ECHOED_CHARS: usize = 200;
+
+/// Most bad parameters one 400 lists (the rest are counted in
+/// `errors_omitted`): a query string can hold thousands of unknown names.
+pub const MAX_PARAM_ERRORS: usize = 20;
 
 /// `text` cut to `max` characters (never inside one), marked when cut.
 pub fn capped(text: &str, max: usize) -> String {
@@ -112,12 +123,12 @@ impl IntoResponse for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 json!({"error": self.to_string(), "outcome": "not_written", "accepted": 0}),
             ),
-            ApiError::BadParam { param, reason } => {
-                let param = capped(param, MAX_ECHOED_CHARS);
-                (
-                    StatusCode::BAD_REQUEST,
-                    json!({"error": format!("parameter {param}: {reason}"), "param": param, "reason": reason}),
-                )
+            ApiError::BadParam { param, reason } => (
+                StatusCode::BAD_REQUEST,
+                params_body(std::slice::from_ref(&(param.clone(), reason.clone())), 0),
+            ),
+            ApiError::BadParams { errors, omitted } => {
+                (StatusCode::BAD_REQUEST, params_body(errors, *omitted))
             }
             ApiError::TooLarge { .. } | ApiError::TooManyEvents(_) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -165,6 +176,100 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The 400 body of bad parameters: `error` says each, `param` and `reason`
+/// are the first's (the shape of one bad parameter, kept), `errors` lists
+/// every one as `{"param", "reason"}`, `errors_omitted` those left out.
+fn params_body(errors: &[(String, String)], omitted: usize) -> serde_json::Value {
+    let errors: Vec<(String, &str)> = errors
+        .iter()
+        .map(|(p, r)| (capped(p, MAX_ECHOED_CHARS), r.as_str()))
+        .collect();
+    let mut text = errors
+        .iter()
+        .map(|(p, r)| format!("parameter {p}: {r}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    if omitted > 0 {
+        text.push_str(&format!("; and {omitted} more"));
+    }
+    let (param, reason) = errors.first().cloned().unwrap_or_default();
+    json!({
+        "error": text,
+        "param": param,
+        "reason": reason,
+        "errors": errors
+            .iter()
+            .map(|(p, r)| json!({"param": p, "reason": r}))
+            .collect::<Vec<_>>(),
+        "errors_omitted": omitted,
+    })
+}
+
+/// Collects every bad parameter of a request, so one 400 names them all
+/// instead of the first only.
+#[derive(Debug, Default)]
+pub struct ParamErrors {
+    errors: Vec<(String, String)>,
+    omitted: usize,
+    /// A failure that is not a parameter's (answered as it is).
+    other: Option<ApiError>,
+}
+
+impl ParamErrors {
+    /// Notes a bad parameter.
+    pub fn add(&mut self, param: &str, reason: impl Into<String>) {
+        if self.errors.len() < MAX_PARAM_ERRORS {
+            self.errors.push((param.to_string(), reason.into()));
+        } else {
+            self.omitted += 1;
+        }
+    }
+
+    /// The value of `r`, or `None` after noting its error.
+    pub fn take<T>(&mut self, r: Result<T, ApiError>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(ApiError::BadParam { param, reason }) => {
+                self.add(&param, reason);
+                None
+            }
+            Err(ApiError::BadParams { errors, omitted }) => {
+                for (p, r) in errors {
+                    self.add(&p, r);
+                }
+                self.omitted += omitted;
+                None
+            }
+            Err(e) => {
+                self.other.get_or_insert(e);
+                None
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.errors.is_empty() && self.other.is_none()
+    }
+
+    /// `Ok` when nothing was noted, else one error naming every parameter.
+    pub fn finish(mut self) -> Result<(), ApiError> {
+        if let Some(e) = self.other.take() {
+            return Err(e);
+        }
+        match (self.errors.len(), self.omitted) {
+            (0, _) => Ok(()),
+            (1, 0) => {
+                let (param, reason) = self.errors.remove(0);
+                Err(ApiError::BadParam { param, reason })
+            }
+            _ => Err(ApiError::BadParams {
+                errors: self.errors,
+                omitted: self.omitted,
+            }),
+        }
+    }
+}
+
 /// A `BadParam` for `param`.
 pub fn bad_param(param: &str, reason: impl Into<String>) -> ApiError {
     ApiError::BadParam {
@@ -173,25 +278,48 @@ pub fn bad_param(param: &str, reason: impl Into<String>) -> ApiError {
     }
 }
 
-/// Query parameter `name` as a time (RFC 3339), if given.
+/// Query parameter `name` as a time, if given: RFC 3339, or a date
+/// `YYYY-MM-DD` meaning its midnight UTC.
 pub fn time_param(
     params: &std::collections::HashMap<String, String>,
     name: &str,
 ) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
     params
         .get(name)
-        .map(|s| {
-            crate::event::parse_ts(s)
-                .ok()
-                .and_then(chrono::DateTime::from_timestamp_millis)
-                .ok_or_else(|| {
-                    bad_param(
-                        name,
-                        "must be an RFC 3339 time such as 2026-03-01T00:00:00Z",
-                    )
-                })
-        })
+        .map(|s| parse_time(s).map_err(|reason| bad_param(name, reason)))
         .transpose()
+}
+
+/// A query time: RFC 3339 (`2026-03-01T10:00:00Z`, any offset) or a date
+/// (`2026-03-01`, midnight UTC). An offset whose `+` a URL turned into a
+/// space (`…T10:00:00 01:00`) is refused with a hint to write `%2B`.
+pub fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    use crate::event::parse_ts;
+    let is_date = s.len() == 10
+        && s.char_indices().all(|(i, c)| {
+            if i == 4 || i == 7 {
+                c == '-'
+            } else {
+                c.is_ascii_digit()
+            }
+        });
+    let ms = if is_date {
+        parse_ts(&format!("{s}T00:00:00Z"))
+    } else {
+        parse_ts(s)
+    };
+    if let Some(t) = ms.ok().and_then(chrono::DateTime::from_timestamp_millis) {
+        return Ok(t);
+    }
+    let got = capped(s, MAX_ECHOED_CHARS);
+    if s.contains(' ') && parse_ts(&s.replacen(' ', "+", 1)).is_ok() {
+        return Err(format!(
+            "{got:?} has a space where its offset's + was: write + as %2B in a URL (e.g. 2026-03-01T10:00:00%2B01:00), or use Z"
+        ));
+    }
+    Err(format!(
+        "{got:?} is not a time: use RFC 3339 (e.g. 2026-03-01T10:00:00Z) or a date (2026-03-01, midnight UTC)"
+    ))
 }
 
 /// Query parameter `limit` (1..=max), else `default`.
@@ -215,6 +343,59 @@ mod tests {
     use super::*;
 
     #[test]
+    fn query_times_take_rfc3339_or_a_date_and_explain_a_lost_plus() {
+        let t = |s: &str| parse_time(s).map(|t| t.timestamp_millis());
+        assert_eq!(t("2026-03-01T00:00:00Z"), Ok(1_772_323_200_000));
+        assert_eq!(t("2026-03-01"), Ok(1_772_323_200_000));
+        assert_eq!(t("2026-03-01T01:00:00+01:00"), Ok(1_772_323_200_000));
+        let lost = parse_time("2026-03-01T01:00:00 01:00").expect_err("space");
+        assert!(lost.contains("%2B"), "{lost}");
+        for bad in ["2026-3-1", "2026-13-01", "yesterday", "9999-01-01", ""] {
+            let e = parse_time(bad).expect_err(bad);
+            assert!(e.contains("RFC 3339") && e.contains("date"), "{bad}: {e}");
+        }
+    }
+
+    async fn body(e: ApiError) -> serde_json::Value {
+        let bytes = axum::body::to_bytes(e.into_response().into_body(), 1 << 20)
+            .await
+            .expect("body");
+        serde_json::from_slice(&bytes).expect("json")
+    }
+
+    #[tokio::test]
+    async fn every_bad_parameter_is_named_in_one_answer() {
+        let mut errs = ParamErrors::default();
+        assert_eq!(errs.take(Ok::<_, ApiError>(1)), Some(1));
+        assert!(errs.is_empty());
+        errs.take::<()>(Err(bad_param("from", "bad from")));
+        errs.add("limit", "bad limit");
+        let v = body(errs.finish().expect_err("two")).await;
+        assert_eq!(v["param"], "from", "the first, as with one: {v}");
+        assert_eq!(v["reason"], "bad from");
+        assert_eq!(v["errors"][1]["param"], "limit", "{v}");
+        assert_eq!(
+            v["error"],
+            "parameter from: bad from; parameter limit: bad limit"
+        );
+
+        // one keeps the old shape, plus `errors`
+        let v = body(bad_param("to", "bad to")).await;
+        assert_eq!(v["error"], "parameter to: bad to");
+        assert_eq!(v["errors"][0]["param"], "to");
+
+        // past MAX_PARAM_ERRORS they are counted, not listed
+        let mut errs = ParamErrors::default();
+        for i in 0..MAX_PARAM_ERRORS + 7 {
+            errs.add(&format!("p{i}"), "unknown parameter");
+        }
+        let v = body(errs.finish().expect_err("many")).await;
+        assert_eq!(v["errors"].as_array().map(Vec::len), Some(MAX_PARAM_ERRORS));
+        assert_eq!(v["errors_omitted"], 7);
+        assert!(ParamErrors::default().finish().is_ok());
+    }
+
+    #[test]
     fn echoed_text_is_capped_on_a_char_boundary() {
         assert_eq!(capped("abc", 5), "abc");
         assert_eq!(capped("abcdef", 3), "abc…");
@@ -230,8 +411,9 @@ mod tests {
         let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
             .await
             .expect("body");
+        // the name stands in `error`, `param` and `errors[0].param`
         assert!(
-            body.len() < 2 * MAX_ECHOED_CHARS + 200,
+            body.len() < 3 * MAX_ECHOED_CHARS + 200,
             "{} bytes",
             body.len()
         );

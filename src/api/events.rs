@@ -28,7 +28,7 @@ use axum::response::Response;
 #[cfg(feature = "clickhouse")]
 use serde_json::json;
 
-use super::error::{bad_param, limit_param, time_param};
+use super::error::{bad_param, limit_param, time_param, ParamErrors};
 use super::{ApiError, AppState};
 
 /// What the search needs: the archive and its table per kind.
@@ -82,14 +82,22 @@ pub async fn search(
             "the ClickHouse archive is not enabled (processors/clickhouse_archive.toml, docs/archive.md)".into(),
         ));
     };
-    let from = time_param(&params, "from")?;
-    let to = time_param(&params, "to")?;
-    let limit = limit_param(&params, 100, 10_000)?;
+    // every bad parameter is noted, and answered together
+    let mut errs = ParamErrors::default();
+    let (from, to) = (time_param(&params, "from"), time_param(&params, "to"));
+    // the order of from and to is only checked when both parse
+    let times_parse = from.is_ok() && to.is_ok();
+    let from = errs.take(from).flatten();
+    let to = errs.take(to).flatten();
+    let limit = errs.take(limit_param(&params, 100, 10_000)).unwrap_or(100);
     let order_by = params.get("order_by").cloned();
     let ascending = match params.get("order").map(String::as_str) {
         None | Some("desc") => false,
         Some("asc") => true,
-        Some(_) => return Err(bad_param("order", "use asc or desc")),
+        Some(_) => {
+            errs.add("order", "use asc or desc");
+            false
+        }
     };
     let kind = params.get("kind").cloned();
     let mut filters = Vec::new();
@@ -99,26 +107,37 @@ pub async fn search(
             continue;
         }
         match k.strip_prefix("min_") {
-            Some(col) => {
-                let n: f64 = v
-                    .parse()
-                    .map_err(|_| bad_param(k, format!("{v:?} is not a number")))?;
-                min.push((col.to_string(), n));
-            }
+            Some(col) => match v.parse::<f64>() {
+                Ok(n) => min.push((col.to_string(), n)),
+                Err(_) => errs.add(
+                    k,
+                    format!(
+                        "{:?} is not a number",
+                        super::error::capped(v, super::error::MAX_ECHOED_CHARS)
+                    ),
+                ),
+            },
             None => filters.push((k.clone(), v.clone())),
         }
     }
     filters.sort();
     min.sort_by(|a, b| a.0.cmp(&b.0));
-    let kind = kind.ok_or_else(|| bad_param("kind", "is required"))?;
-    let table = es
-        .table(&kind)
-        .map_err(|reason| bad_param("kind", reason))?;
+    let table = match kind {
+        None => {
+            errs.add("kind", "is required");
+            None
+        }
+        Some(kind) => errs.take(es.table(&kind).map_err(|reason| bad_param("kind", reason))),
+    };
     let to = to.unwrap_or_else(chrono::Utc::now);
     let from = from.unwrap_or(to - chrono::Duration::hours(1));
-    if from >= to {
-        return Err(bad_param("from", "must be before to"));
+    if from >= to && times_parse {
+        errs.add("from", "must be before to");
     }
+    errs.finish()?;
+    let Some(table) = table else {
+        return Err(ApiError::Internal("a parameter error went unnamed".into()));
+    };
     #[cfg(feature = "clickhouse")]
     {
         use crate::processor::clickhouse_archive::client::{ArchiveError, Search};

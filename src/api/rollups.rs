@@ -1,12 +1,14 @@
 //! `GET /v1/rollups/hourly` and `/v1/rollups/daily`.
 //!
-//! Parameters: `kind` (required), `from`, `to` (RFC 3339; default: the last
+//! Parameters: `kind` (required), `from`, `to` (RFC 3339 or `YYYY-MM-DD`,
+//! midnight UTC; default: the last
 //! 24 hours for hourly, the last 30 days for daily; `from` inclusive, `to`
 //! exclusive), any dimension column of the table as an exact-match filter
 //! (`service`, `endpoint`, `method`, `meeting_id`, …), `table` (when several
 //! processors fill tables for one kind), `limit` (default 10,000, at most
 //! 100,000), `format=json|csv`, `cursor` (from a truncated answer). Rows
 //! carry every column but sketch state, in key order (time, dimensions).
+//! Every bad parameter is named in one 400 ([`ParamErrors`]).
 //!
 //! Bounded (`[query]`): `from`..`to` at most `max_hourly_range_days` /
 //! `max_daily_range_days`; one query slot of `max_concurrent_queries`; rows
@@ -108,7 +110,7 @@ pub async fn daily(
     query(st, q, Window::Day).await
 }
 
-use super::error::bad_param as bad;
+use super::error::{bad_param as bad, ParamErrors};
 
 async fn query(
     State(st): State<AppState>,
@@ -118,20 +120,32 @@ async fn query(
     let Some(store) = &st.store else {
         return Err(ApiError::NotFound("api role is not running".into()));
     };
-    let kind = params
-        .get("kind")
-        .ok_or_else(|| bad("kind", "is required (e.g. kind=http)"))?;
-    let table = st
-        .catalog
-        .find(kind, window, params.get("table").map(String::as_str))
-        .ok_or_else(|| {
-            bad(
-                "kind",
-                format!("no rollup table for kind {kind:?} at this window"),
-            )
-        })?;
+    // every bad parameter is noted, and answered together below
+    let mut errs = ParamErrors::default();
+    let table = match params.get("kind") {
+        None => {
+            errs.add("kind", "is required (e.g. kind=http)");
+            None
+        }
+        Some(kind) => {
+            let t = st
+                .catalog
+                .find(kind, window, params.get("table").map(String::as_str));
+            if t.is_none() {
+                errs.add(
+                    "kind",
+                    format!(
+                        "no rollup table for kind {:?} at this window",
+                        super::error::capped(kind, super::error::MAX_ECHOED_CHARS)
+                    ),
+                );
+            }
+            t
+        }
+    };
     let time = |name: &str| super::error::time_param(&params, name);
-    let to = time("to")?.unwrap_or_else(|| Utc::now() + chrono::Duration::hours(1));
+    let to = errs.take(time("to"));
+    let from = errs.take(time("from"));
     let (span, max_days, setting) = match window {
         Window::Hour => (
             chrono::Duration::hours(24),
@@ -144,36 +158,59 @@ async fn query(
             "max_daily_range_days",
         ),
     };
-    let from = time("from")?.unwrap_or(to - span);
-    if from > to {
-        return Err(bad("from", "must not be after `to`"));
-    }
-    st.queries.check_range(from, to, max_days, setting)?;
-    let limit = super::error::limit_param(&params, DEFAULT_LIMIT, MAX_LIMIT)?;
+    // only a range whose ends both parse can be checked
+    let (from, to) = match (from, to) {
+        (Some(from), Some(to)) => {
+            let to = to.unwrap_or_else(|| Utc::now() + chrono::Duration::hours(1));
+            let from = from.unwrap_or(to - span);
+            if from > to {
+                errs.add("from", "must not be after `to`");
+            } else {
+                errs.take(st.queries.check_range(from, to, max_days, setting));
+            }
+            (from, to)
+        }
+        _ => (Utc::now(), Utc::now()),
+    };
+    let limit = errs
+        .take(super::error::limit_param(&params, DEFAULT_LIMIT, MAX_LIMIT))
+        .unwrap_or(DEFAULT_LIMIT);
     let csv = match params.get("format").map(String::as_str) {
         None | Some("json") => false,
         Some("csv") => true,
-        Some(_) => return Err(bad("format", "must be json or csv")),
+        Some(_) => {
+            errs.add("format", "must be json or csv");
+            false
+        }
     };
     let mut filters = Vec::new();
-    for (k, v) in &params {
+    // sorted, so the answer lists unknown parameters in a stable order
+    let mut names: Vec<&String> = params.keys().collect();
+    names.sort();
+    for k in names {
         match k.as_str() {
             "kind" | "from" | "to" | "limit" | "format" | "table" | "cursor" | "token" => {}
-            other if table.dims.iter().any(|d| d == other) => {
-                filters.push((other.to_string(), v.clone()))
-            }
-            other => {
-                return Err(bad(
+            other => match table {
+                Some(t) if t.dims.iter().any(|d| d == other) => filters.push((
+                    other.to_string(),
+                    params.get(k).cloned().unwrap_or_default(),
+                )),
+                Some(t) => errs.add(
                     other,
                     format!(
                         "unknown parameter; filters for this table: {}",
-                        table.dims.join(", ")
+                        t.dims.join(", ")
                     ),
-                ))
-            }
+                ),
+                // without a table its filters are unknown: `kind` is named
+                None => {}
+            },
         }
     }
-    filters.sort();
+    let (Some(table), true) = (table, errs.is_empty()) else {
+        errs.finish()?;
+        return Err(ApiError::Internal("a parameter error went unnamed".into()));
+    };
     let key = KeyColumns::of(table)?;
     let after = params
         .get("cursor")

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
@@ -407,10 +407,9 @@ fn spinner(enabled: bool, len: u64, what: &str) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let pb = ProgressBar::new(len);
-    let style = ProgressStyle::with_template(&format!(
-        "  {what:<9} [{{bar:30}}] {{pos:>9}}/{{len}} {{per_sec:>12}} {{elapsed}}"
-    ))
-    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let style = crate::human::progress_style(&format!(
+        "  {what:<9} [{{bar:30}}] {{pos:>9}}/{{len}} {{rate:>10}} {{elapsed}}"
+    ));
     pb.set_style(style.progress_chars("=> "));
     pb
 }

@@ -9,7 +9,7 @@ pub mod subject;
 mod time;
 
 pub use schema::{truncate, KindInfo, SchemaRegistry};
-pub use time::{format_rfc3339_ms, parse_ts, parse_ts_value};
+pub use time::{format_rfc3339_ms, parse_ts, parse_ts_value, TS_RULE};
 
 use serde::Serialize;
 

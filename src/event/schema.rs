@@ -241,9 +241,9 @@ impl SchemaRegistry {
         let ts_ms = match obj.get("ts").map(parse_ts_value) {
             Some(Ok(ms)) => Some(ms),
             Some(Err(reason)) => {
-                if !errors.iter().any(|e| e.field.as_deref() == Some("ts")) {
-                    errors.push(FieldError::new(at, Some("ts"), reason));
-                }
+                // ours says why; the schema's oneOf error does not
+                errors.retain(|e| e.field.as_deref() != Some("ts"));
+                errors.push(FieldError::new(at, Some("ts"), reason));
                 None
             }
             None => None, // `required` already reported it
@@ -324,6 +324,10 @@ fn describe(e: &jsonschema::ValidationError<'_>) -> (Option<String>, String) {
         .next()
         .filter(|s| !s.is_empty())
         .map(|s| s.replace("~1", "/").replace("~0", "~"));
+    if top.as_deref() == Some("ts") {
+        // a ts the schema refuses though it parses (e.g. too long)
+        return (top, super::TS_RULE.to_string());
+    }
     match e.kind() {
         ValidationErrorKind::Required { property } => {
             let name = property
@@ -425,12 +429,25 @@ mod tests {
             Some("req_bytes")
         );
 
-        let mut e = http();
-        e["ts"] = json!("last tuesday");
-        assert_eq!(
-            r.validate(0, &e).expect_err("ts")[0].field.as_deref(),
-            Some("ts")
-        );
+        // one error for a bad ts, saying what it must be, not "oneOf"
+        for bad in [
+            json!("last tuesday"),
+            json!(true),
+            json!(1.5),
+            json!(format!("2026-03-01T10:00:00.{}Z", "0".repeat(40))),
+        ] {
+            let mut e = http();
+            e["ts"] = bad.clone();
+            let errs = r.validate(4, &e).expect_err("ts");
+            assert_eq!(errs.len(), 1, "{bad}: {errs:?}");
+            assert_eq!(errs[0].index, Some(4));
+            assert_eq!(errs[0].field.as_deref(), Some("ts"));
+            assert!(
+                errs[0].reason.starts_with(crate::event::TS_RULE)
+                    && !errs[0].reason.contains("oneOf"),
+                "{bad}: {errs:?}"
+            );
+        }
 
         let mut e = http();
         e["kind"] = json!("smtp");

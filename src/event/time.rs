@@ -15,16 +15,38 @@ pub fn parse_ts(s: &str) -> Result<i64, String> {
     check_range(ms)
 }
 
+/// What an event's `ts` must be: the start of every error about one (the
+/// JSON Schema's own words for it, "is not valid under any of the schemas
+/// listed in the 'oneOf' keyword", help nobody).
+pub const TS_RULE: &str =
+    "must be an RFC 3339 time (e.g. 2026-03-01T10:00:00Z) or integer epoch milliseconds";
+
 /// Parses a JSON `ts` value: an RFC 3339 string or integer epoch milliseconds.
 pub fn parse_ts_value(v: &Value) -> Result<i64, String> {
     match v {
-        Value::String(s) => parse_ts(s),
+        Value::String(s) => parse_ts(s).map_err(|_| {
+            let got = super::truncate(s, 64);
+            match DateTime::parse_from_rfc3339(s) {
+                // a time, but out of range: parse_ts said which range
+                Ok(_) => format!("{got:?} is outside 1970-01-01 .. 3000-01-01"),
+                Err(e) => format!("{TS_RULE}; {got:?} is not one ({e})"),
+            }
+        }),
         Value::Number(n) => match n.as_i64() {
             Some(ms) => check_range(ms),
-            None => Err("must be an integer number of epoch milliseconds".into()),
+            None => Err(format!("{TS_RULE}; {n} is not an integer in range")),
         },
         Value::Null => Err("is required".into()),
-        _ => Err("must be an RFC 3339 string or integer epoch milliseconds".into()),
+        _ => Err(format!("{TS_RULE}; got {}", kind_of(v))),
+    }
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Bool(_) => "a boolean",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+        _ => "another type",
     }
 }
 
@@ -61,6 +83,21 @@ mod tests {
             parse_ts_value(&json!(1_700_000_000_000i64)),
             Ok(1_700_000_000_000)
         );
+    }
+
+    #[test]
+    fn errors_say_what_a_ts_must_be() {
+        for bad in [
+            json!("yesterday"),
+            json!(1.5),
+            json!(true),
+            json!("2026-03-01 10:00"),
+        ] {
+            let e = parse_ts_value(&bad).expect_err("refused");
+            assert!(e.starts_with(TS_RULE), "{bad}: {e}");
+        }
+        let e = parse_ts_value(&json!("9999-01-01T00:00:00Z")).expect_err("refused");
+        assert!(e.contains("outside 1970-01-01 .. 3000-01-01"), "{e}");
     }
 
     #[test]

@@ -11,9 +11,10 @@
 
 mod run;
 mod truth;
+pub mod verify;
 
 pub use run::{run, LoadError, LoadOptions, LoadReport, Target};
-pub use truth::TruthTable;
+pub use truth::{Difference, TruthFileError, TruthTable};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

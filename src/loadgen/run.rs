@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -229,10 +229,9 @@ pub async fn run(
         (true, None) => ProgressBar::new_spinner(),
     };
     pb.set_style(
-        ProgressStyle::with_template(
-            "  loadgen [{bar:30}] {pos:>9}/{len} accepted  {per_sec:>12}  {elapsed}",
+        crate::human::progress_style(
+            "  loadgen [{bar:30}] {pos:>9}/{len} accepted  {rate:>10}  {elapsed}",
         )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> "),
     );
 

@@ -18,10 +18,31 @@ use crate::store::{datetime_ms, ms_datetime, Store};
 
 const HOUR_MS: i64 = 3_600_000;
 
+/// A truth file that cannot be read: not worth retrying until it is fixed.
+#[derive(Debug, thiserror::Error)]
+pub enum TruthFileError {
+    #[error("reading the truth file {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "truth file {path}, line {line}: {reason} (a file written by `flowmeter loadgen --truth`)"
+    )]
+    Line {
+        path: String,
+        line: usize,
+        reason: String,
+    },
+}
+
+/// A truth row's key: (kind, hour start ms, dimension values).
+type RowKey = (String, i64, Vec<String>);
+
 /// (kind, hour start ms, dimension values) → (count, sum a, sum b).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct TruthTable {
-    rows: BTreeMap<(String, i64, Vec<String>), [u64; 3]>,
+    rows: BTreeMap<RowKey, [u64; 3]>,
     /// A sum passed `u64::MAX` (the tables' BIGINT UNSIGNED): the truth is
     /// no longer exact, and [`TruthTable::compare`] says so.
     overflowed: bool,
@@ -34,6 +55,48 @@ fn add_exact(acc: &mut u64, v: u64, overflowed: &mut bool) {
         None => {
             *acc = u64::MAX;
             *overflowed = true;
+        }
+    }
+}
+
+/// One way the tables differ from a truth (see [`TruthTable::compare`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Difference {
+    /// A sent sum passed `u64::MAX`: the truth is not exact.
+    Inexact,
+    /// One (kind, hour, dimensions) row: its measures in the table and as
+    /// sent, `None` on the side that lacks the row.
+    Row {
+        kind: String,
+        hour_ms: i64,
+        /// (column, value) of each dimension of the hourly table.
+        dims: Vec<(&'static str, String)>,
+        /// The measure columns, in the order of `table` and `sent`.
+        measures: [&'static str; 3],
+        table: Option<[u64; 3]>,
+        sent: Option<[u64; 3]>,
+    },
+}
+
+impl std::fmt::Display for Difference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Difference::Row {
+            kind,
+            hour_ms,
+            dims,
+            table,
+            sent,
+            ..
+        } = self
+        else {
+            return write!(f, "a sent sum passed u64::MAX: the truth is not exact");
+        };
+        let values: Vec<&String> = dims.iter().map(|(_, v)| v).collect();
+        write!(f, "{kind} {} {values:?}: ", format_rfc3339_ms(*hour_ms))?;
+        match (table, sent) {
+            (Some(t), Some(v)) => write!(f, "table {t:?}, sent {v:?}"),
+            (None, Some(v)) => write!(f, "missing from the table (sent {v:?})"),
+            _ => write!(f, "in the table but never sent"),
         }
     }
 }
@@ -134,6 +197,59 @@ impl TruthTable {
         o
     }
 
+    /// Reads a truth file written by [`TruthTable::write`]; rows repeated
+    /// for one key are added up. Says which line is at fault otherwise.
+    pub fn read(path: &Path) -> Result<Self, TruthFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TruthFileError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let mut t = TruthTable::default();
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let (key, v) = Self::parse_row(line).map_err(|reason| TruthFileError::Line {
+                path: path.display().to_string(),
+                line: i + 1,
+                reason,
+            })?;
+            let row = t.rows.entry(key).or_default();
+            for (a, b) in row.iter_mut().zip(v) {
+                add_exact(a, b, &mut t.overflowed);
+            }
+        }
+        Ok(t)
+    }
+
+    /// One NDJSON row: its key and measures.
+    fn parse_row(line: &str) -> Result<(RowKey, [u64; 3]), String> {
+        let o: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+        let kind = o.get("kind").and_then(Value::as_str).ok_or("no \"kind\"")?;
+        let (dims, measures, _) =
+            layout(kind).ok_or_else(|| format!("unknown kind {kind:?}: http or webrtc"))?;
+        let hour = o
+            .get("hour")
+            .ok_or("no \"hour\"".to_string())
+            .and_then(|h| parse_ts_value(h).map_err(|e| format!("hour {e}")))?;
+        let mut key = Vec::new();
+        for d in dims {
+            let v = o.get(*d).and_then(Value::as_str);
+            key.push(v.ok_or_else(|| format!("no string {d:?}"))?.to_string());
+        }
+        let mut v = [0u64; 3];
+        for (x, m) in v.iter_mut().zip(measures) {
+            *x = o
+                .get(m)
+                .and_then(Value::as_u64)
+                .ok_or_else(|| format!("{m:?} is not a count"))?;
+        }
+        Ok((
+            (kind.to_string(), hour.div_euclid(HOUR_MS) * HOUR_MS, key),
+            v,
+        ))
+    }
+
     /// Writes the NDJSON truth file.
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
         let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
@@ -146,10 +262,10 @@ impl TruthTable {
     /// Compares with the hourly tables of `store`: every truth row must be
     /// there with equal measures, and the tables must hold nothing else in
     /// the truth's hours. Returns the differences (empty when equal).
-    pub async fn compare(&self, store: &Store) -> Result<Vec<String>, sqlx::Error> {
+    pub async fn compare(&self, store: &Store) -> Result<Vec<Difference>, sqlx::Error> {
         let mut diffs = Vec::new();
         if self.overflowed {
-            diffs.push("a sent sum passed u64::MAX: the truth is not exact".to_string());
+            diffs.push(Difference::Inexact);
         }
         for kind in ["http", "webrtc"] {
             let Some((dims, measures, _)) = layout(kind) else {
@@ -201,27 +317,24 @@ impl TruthTable {
                 }
                 theirs.insert((hour, d), v);
             }
+            let row = |k: &(i64, Vec<String>), table: Option<[u64; 3]>, sent: Option<[u64; 3]>| {
+                Difference::Row {
+                    kind: kind.to_string(),
+                    hour_ms: k.0,
+                    dims: dims.iter().copied().zip(k.1.iter().cloned()).collect(),
+                    measures,
+                    table,
+                    sent,
+                }
+            };
             for (k, v) in &mine {
                 match theirs.get(k) {
                     Some(t) if t == v => {}
-                    Some(t) => diffs.push(format!(
-                        "{kind} {} {:?}: table {t:?}, sent {v:?}",
-                        format_rfc3339_ms(k.0),
-                        k.1
-                    )),
-                    None => diffs.push(format!(
-                        "{kind} {} {:?}: missing from the table (sent {v:?})",
-                        format_rfc3339_ms(k.0),
-                        k.1
-                    )),
+                    t => diffs.push(row(k, t.copied(), Some(*v))),
                 }
             }
-            for k in theirs.keys().filter(|k| !mine.contains_key(*k)) {
-                diffs.push(format!(
-                    "{kind} {} {:?}: in the table but never sent",
-                    format_rfc3339_ms(k.0),
-                    k.1
-                ));
+            for (k, t) in theirs.iter().filter(|(k, _)| !mine.contains_key(*k)) {
+                diffs.push(row(k, Some(*t), None));
             }
         }
         Ok(diffs)
@@ -273,5 +386,35 @@ mod tests {
             json!({"kind": "http", "hour": "2026-03-01T10:00:00Z", "service": "s", "endpoint": "/a",
                    "method": "GET", "requests": 2, "bytes_in": 2, "bytes_out": 15})
         );
+        assert_eq!(TruthTable::read(&p).expect("read back"), t);
+    }
+
+    #[test]
+    fn a_bad_truth_file_names_its_line() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("truth.ndjson");
+        let good = r#"{"kind":"webrtc","hour":"2026-03-01T10:00:00Z","meeting_id":"m","samples":1,"bytes_sent":2,"bytes_received":3}"#;
+        for (bad, says) in [
+            ("{", "not JSON"),
+            (
+                r#"{"kind":"dns","hour":"2026-03-01T10:00:00Z"}"#,
+                "unknown kind",
+            ),
+            (
+                r#"{"kind":"webrtc","hour":"noon","meeting_id":"m"}"#,
+                "hour",
+            ),
+            (
+                r#"{"kind":"webrtc","hour":0,"meeting_id":"m","samples":-1}"#,
+                "samples",
+            ),
+            (r#"{"kind":"http","hour":0,"service":"s"}"#, "endpoint"),
+        ] {
+            std::fs::write(&p, format!("{good}\n\n{bad}\n")).expect("write");
+            let e = TruthTable::read(&p).expect_err(bad).to_string();
+            assert!(e.contains("line 3") && e.contains(says), "{bad}: {e}");
+        }
+        let missing = TruthTable::read(&dir.path().join("none")).expect_err("missing");
+        assert!(matches!(missing, TruthFileError::Io { .. }));
     }
 }

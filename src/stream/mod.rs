@@ -36,6 +36,10 @@ pub enum StreamError {
     Timeout(Duration),
     #[error("unexpected reply from redis: {0}")]
     Protocol(String),
+    /// The first connection failed (refused, unreachable, no answer, a
+    /// password Redis refused): names the URL tried, password masked.
+    #[error("cannot connect to {url}: {reason}")]
+    Connect { url: String, reason: String },
     /// The TLS settings cannot work as they are (a file missing or not
     /// PEM, TLS files with a plain URL): fix `[redis]`.
     #[error("TLS to Redis: {0}")]
@@ -60,7 +64,7 @@ impl StreamError {
                         redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
                     )
             }
-            StreamError::Timeout(_) => true,
+            StreamError::Timeout(_) | StreamError::Connect { .. } => true,
             StreamError::Protocol(_)
             | StreamError::TlsConfig(_)
             | StreamError::TlsHandshake { .. } => false,
@@ -110,8 +114,19 @@ impl Redis {
             redis::aio::ConnectionManager::new_with_config(client, cfg),
         )
         .await
-        .map_err(|_| StreamError::Timeout(timeout))?
-        .map_err(|e| tls::explain_connect_error(url, tls, e))?;
+        .map_err(|_| StreamError::Timeout(timeout))
+        .and_then(|r| r.map_err(|e| tls::explain_connect_error(url, tls, e)))
+        .map_err(|e| match e {
+            StreamError::Redis(e) => StreamError::Connect {
+                url: crate::config::mask_url(url),
+                reason: e.to_string(),
+            },
+            StreamError::Timeout(t) => StreamError::Connect {
+                url: crate::config::mask_url(url),
+                reason: format!("no answer within {t:?}"),
+            },
+            other => other,
+        })?;
         Ok(Self { conn, timeout })
     }
 

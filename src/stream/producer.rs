@@ -333,7 +333,9 @@ fn classify(e: StreamError) -> SubmitError {
                 )
         }
         // TLS fails while connecting, before any command is sent
-        StreamError::TlsConfig(_) | StreamError::TlsHandshake { .. } => true,
+        StreamError::TlsConfig(_)
+        | StreamError::TlsHandshake { .. }
+        | StreamError::Connect { .. } => true,
         StreamError::Timeout(_) | StreamError::Protocol(_) => false,
     };
     if refused {

@@ -123,6 +123,11 @@ pub(super) fn explain_connect_error(
         };
         return StreamError::TlsHandshake { reason };
     }
+    if err.is_connection_refusal() {
+        // nothing listens there: not a TLS question (is_connection_dropped
+        // counts a refusal too)
+        return StreamError::Redis(err);
+    }
     let dropped = err.is_connection_dropped()
         || text.contains("broken pipe")
         || text.contains("reset by peer")

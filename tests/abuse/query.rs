@@ -323,6 +323,95 @@ async fn ranges_past_the_cap_are_refused_naming_from_and_the_cap() {
     env.cleanup().await;
 }
 
+/// Bad query parameters are named together, each with what to write
+/// instead; dates are times; a `+` lost to URL decoding gets a hint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_parameters_are_named_together_and_dates_are_accepted() {
+    let env = TestEnv::new("abuse_params");
+    env.migrate().await;
+    let store = env.store().await;
+    // the last hour of March 1st and the first of March 2nd
+    for hour in ["2026-03-01 23:00:00", "2026-03-02 00:00:00"] {
+        sqlx::query(
+            "INSERT INTO http_hourly (service, endpoint, method, hour, requests, bytes_out, \
+             duration_sum_ms, p50_ms, p95_ms, p99_ms, unique_users, duration_sketch, users_hll) \
+             VALUES ('svc', '/a', 'GET', ?, 1, 1, 1, 1, 1, 1, 1, '', '')",
+        )
+        .bind(hour)
+        .execute(store.pool())
+        .await
+        .expect("insert");
+    }
+    let server = env.start("api").await;
+    let client = http_client();
+    let get = |path: String| {
+        let c = client.clone();
+        let url = server.url(&path);
+        async move {
+            let r = c.get(url).send().await.expect("answers");
+            let code = r.status().as_u16();
+            (code, r.json::<serde_json::Value>().await.expect("json"))
+        }
+    };
+
+    // a date is its midnight UTC, on both windows; `to` is exclusive
+    let (code, v) = get("/v1/rollups/hourly?kind=http&from=2026-03-01&to=2026-03-02".into()).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["count"], 1, "only March 1st's hour: {v}");
+    assert_eq!(v["rows"][0]["hour"], "2026-03-01T23:00:00Z", "{v}");
+    let (code, v) = get("/v1/rollups/daily?kind=http&from=2026-03-01&to=2026-03-03".into()).await;
+    assert_eq!(code, 200, "{v}");
+
+    // a raw + arrives as a space: the answer says to write %2B
+    let (code, v) = get("/v1/rollups/hourly?kind=http&from=2026-03-01T10:00:00+01:00".into()).await;
+    assert_eq!(code, 400, "{v}");
+    assert_eq!(v["param"], "from", "{v}");
+    assert!(
+        v["reason"].as_str().is_some_and(|r| r.contains("%2B")),
+        "{v}"
+    );
+    let (code, v) =
+        get("/v1/rollups/hourly?kind=http&from=2026-03-01T10:00:00%2B01:00&to=2026-03-02".into())
+            .await;
+    assert_eq!(code, 200, "{v}");
+
+    // every bad parameter in one answer
+    let (code, v) = get(
+        "/v1/rollups/hourly?kind=http&from=yesterday&to=2026-03-02&limit=0&format=xml&colour=red"
+            .into(),
+    )
+    .await;
+    assert_eq!(code, 400, "{v}");
+    let named: Vec<&str> = v["errors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["param"].as_str())
+        .collect();
+    for p in ["from", "limit", "format", "colour"] {
+        assert!(named.contains(&p), "{p} not named: {v}");
+    }
+    assert_eq!(named.len(), 4, "{v}");
+    assert_eq!(v["param"], "from", "the first, as before: {v}");
+    let error = v["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("parameter limit:") && error.contains("parameter colour:"),
+        "{v}"
+    );
+    let (code, v) = get("/v1/alerts?state=maybe&to=nope&from=2026-03-01".into()).await;
+    assert_eq!(code, 400, "{v}");
+    assert_eq!(v["errors"].as_array().map(Vec::len), Some(2), "{v}");
+
+    // and past MAX_PARAM_ERRORS they are counted, not listed
+    let many: Vec<String> = (0..60).map(|i| format!("x{i}=1")).collect();
+    let (code, v) = get(format!("/v1/rollups/hourly?kind=http&{}", many.join("&"))).await;
+    assert_eq!(code, 400, "{v}");
+    assert_eq!(v["errors"].as_array().map(Vec::len), Some(20), "{v}");
+    assert_eq!(v["errors_omitted"], 40, "{v}");
+    server.stop().await;
+    env.cleanup().await;
+}
+
 /// Walks `first` page by page following `cursor` (JSON) or
 /// `x-flowmeter-cursor` (CSV); returns every row's key and the pages.
 async fn walk(client: &reqwest::Client, first: &str, csv: bool) -> (Vec<String>, usize) {
