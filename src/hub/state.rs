@@ -747,6 +747,10 @@ fn series<P: window::Point>(w: &Windows<P>, now: i64) -> (Value, Value) {
 
 #[cfg(test)]
 #[allow(clippy::indexing_slicing)]
+mod demo_rules;
+
+#[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use crate::config::HubConfig;
