@@ -281,6 +281,11 @@ async function history({ server, browser }) {
   await waitFor('hourly rows again', async () => /^\d+ rows of http_hourly/.test(await text(page, '#h-info')), 10000);
   await readable(page, 'hourly, 390×844');
   await page.screenshot({ path: join(OUT, 'history-phone.png'), fullPage: true });
+  await page.goto(page.url().replace(/#.*$/, '#/overview'));
+  await page.waitForSelector('#page-overview:not([hidden])');
+  await page.waitForTimeout(300);
+  const wider = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(wider <= 0, `overview at 390×844: the page is ${wider} px wider than the window`);
   assert.deepEqual(errors, []);
   results({ csv_bytes: csv.length, rows: shown.rows.length });
 }
