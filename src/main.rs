@@ -175,6 +175,12 @@ enum Command {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+        /// Trip an alert on purpose: for the first SECS seconds, service
+        /// svc-0 fails (every request to it answers 503), which the shipped
+        /// `http_error_rate` rule reports after 30 s. Run it beside the
+        /// demo, e.g. `--rate 50 --kind http --duration 120 --incident 90`.
+        #[arg(long, value_name = "SECS")]
+        incident: Option<f64>,
     },
     /// Check a truth file written by `loadgen --truth` against the hourly
     /// rollup tables: compare until they match or --wait runs out, print an
@@ -632,6 +638,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             redis,
             truth,
             quiet,
+            incident,
         } => {
             use flowmeter::loadgen::{LoadOptions, Target};
             let target = if redis {
@@ -649,6 +656,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 target,
                 truth,
                 progress: !quiet,
+                incident: match incident {
+                    Some(s) if s.is_finite() && s > 0.0 => {
+                        Some(std::time::Duration::from_secs_f64(s.min(86_400.0)))
+                    }
+                    Some(s) => anyhow::bail!(
+                        "--incident {s}: give the outage's length in seconds, more than 0"
+                    ),
+                    None => None,
+                },
             };
             let stop = CancellationToken::new();
             tokio::spawn(stop_on_signal(stop.clone()));

@@ -151,6 +151,10 @@ pub mod metrics {
         "flowmeter_hub_events_folded_total",
         "hub events of a new subject counted in the overviews only (hub.max_subjects or hub.max_new_subjects_per_hour reached)",
     );
+    pub static HUB_EVENTS_BACKDATED: Counter = Counter::new(
+        "flowmeter_hub_events_backdated_total",
+        "hub events skipped by the live windows because their ts was older than the 5-minute window when they arrived (the rollups still count them)",
+    );
     pub static HUB_PEERS_UNTRACKED: Counter = Counter::new(
         "flowmeter_hub_peers_untracked_total",
         "webrtc samples of a new peer not tracked because hub.max_peers was reached (the samples still count)",
@@ -272,6 +276,7 @@ pub mod metrics {
         &HUB_DISCONNECTIONS,
         &HUB_DROPPED,
         &HUB_EVENTS_FOLDED,
+        &HUB_EVENTS_BACKDATED,
         &HUB_PEERS_UNTRACKED,
         &HUB_PEERS_TRACKED,
         &HUB_PEERS_EXPIRED,

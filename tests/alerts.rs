@@ -1,7 +1,9 @@
 //! Alerts: events drive a service across an error-rate threshold; with two
 //! hub instances the alert fires once, within 2 s of the condition having
 //! held for `for`, is pushed on the `alerts` channel of both, is stored in
-//! MySQL, resolves after `clear_for`, and shows in `GET /v1/alerts`.
+//! MySQL, resolves after `clear_for`, and shows in `GET /v1/alerts`. With
+//! the shipped rules, `flowmeter loadgen --incident` fires the error-rate
+//! alert of its service, with a message written with units.
 
 mod common;
 
@@ -171,5 +173,68 @@ min_events = 5
     hub_a.stop().await;
     hub_b.stop().await;
     api.stop().await;
+    env.cleanup().await;
+}
+
+/// The shipped rules (processors/alerts.toml) and `flowmeter loadgen
+/// --incident`: the outage of svc-0 fires `http_error_rate` on it, pushed
+/// with a message written with units, and nothing else fires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_incident_trips_the_shipped_error_rate_rule() {
+    use flowmeter::loadgen::{KindMix, LoadOptions, Target, INCIDENT_SERVICE};
+    use tokio_util::sync::CancellationToken;
+
+    let mut env = TestEnv::new("alerts_incident");
+    env.settings.hub.tick_grace_ms = 200;
+    env.migrate().await;
+    let server = env.start("ingest,api,hub").await;
+    let mut ws = alerts_socket(&server).await;
+    let opts = LoadOptions {
+        rate: 200.0,
+        duration: None,
+        kind: KindMix::Http,
+        batch: 20,
+        concurrency: 2,
+        seed: 14,
+        target: Target::Api(server.url("")),
+        truth: None,
+        progress: false,
+        incident: Some(Duration::from_secs(600)),
+    };
+    let stop = CancellationToken::new();
+    let settings = env.settings.clone();
+    let load = {
+        let stop = stop.clone();
+        tokio::spawn(async move { flowmeter::loadgen::run(&settings, &opts, stop).await })
+    };
+    // `for` is 30 s: the alert comes after that, well within 90 s
+    let fired = next_alert(&mut ws, Duration::from_secs(90))
+        .await
+        .expect("the incident fired an alert");
+    stop.cancel();
+    let report = load.await.expect("joined").expect("loadgen");
+    assert!(report.accepted > 0, "{}", report.render());
+    assert_eq!(fired["state"], "fired", "{fired}");
+    let a = &fired["alert"];
+    assert_eq!(a["rule"], "http_error_rate", "{fired}");
+    assert_eq!(a["subject"], format!("http:service:{INCIDENT_SERVICE}"));
+    assert_eq!(
+        a["metric"], "error_rate",
+        "the machine fields stay as they were"
+    );
+    let message = a["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with(&format!(
+            "Error rate (4xx + 5xx) on service {INCIDENT_SERVICE} is "
+        )) && message.contains(" %, above 10 % for "),
+        "{message}"
+    );
+    let store = env.store().await;
+    assert_eq!(
+        scalar(&store, "SELECT COUNT(*) FROM alerts").await,
+        1,
+        "only the incident's alert"
+    );
+    server.stop().await;
     env.cleanup().await;
 }

@@ -1,7 +1,9 @@
 //! The dashboard in headless Chromium against a real `flowmeter serve`
 //! (tests/browser/dashboard.mjs): first load, live numbers, resume after a
 //! dropped socket and after a server restart, 500+ meetings rendered and
-//! scrolled without long tasks, CSV/JSON export equal to the API's answer.
+//! scrolled without long tasks, CSV/JSON export equal to the API's answer;
+//! History readable at 1400×900 and 390×844 and opening on data; alert
+//! messages with units.
 
 mod common;
 
@@ -16,8 +18,19 @@ const INGEST: &str = "ingest-token-0123456789";
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn scenario(name: &str) -> serde_json::Value {
+    scenario_with(name, |_, _| {}).await
+}
+
+/// A scenario whose env `setup` may change (with a directory for copied
+/// definitions that lives as long as the run).
+async fn scenario_with(
+    name: &str,
+    setup: impl FnOnce(&mut TestEnv, &std::path::Path),
+) -> serde_json::Value {
     let _turn = ONE_AT_A_TIME.lock().await;
+    let defs = tempfile::tempdir().expect("tempdir");
     let mut env = TestEnv::new(&format!("dash_{name}"));
+    setup(&mut env, defs.path());
     env.settings.auth.tokens = common::read_and_ingest_tokens(READ, INGEST);
     env.settings.hub.tick_grace_ms = 200;
     env.migrate().await;
@@ -66,4 +79,33 @@ async fn dashboard_history_exports_exactly_what_the_api_answers() {
     let r = scenario("history").await;
     eprintln!("measured: {r}");
     assert!(r["rows"].as_u64().is_some_and(|n| n > 0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dashboard_shows_alert_messages_with_units() {
+    let r = scenario_with("alerts", |env, dir| {
+        common::use_copied_definitions(env, dir);
+        std::fs::write(
+            dir.join("processors/alerts.toml"),
+            r#"
+type = "alerts"
+[[rule]]
+name = "errors"
+type = "threshold"
+protocol = "http"
+metric = "error_rate"
+scope = "service"
+window_secs = 3
+value = 0.5
+severity = "critical"
+for = 1
+clear_for = 60
+min_events = 5
+"#,
+        )
+        .expect("rules");
+    })
+    .await;
+    eprintln!("measured: {r}");
+    assert!(r["message"].as_str().is_some_and(|m| m.contains(" %")));
 }

@@ -26,6 +26,7 @@ async fn truth_equals_the_rollup_tables() {
         target: Target::Api(server.url("")),
         truth: None,
         progress: false,
+        incident: None,
     };
     let report = flowmeter::loadgen::run(&env.settings, &opts, CancellationToken::new())
         .await

@@ -3,14 +3,18 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use super::describe::{self, Judgement};
 use super::rules::{Rule, RuleKind};
 
-/// Samples an anomaly baseline needs before it judges.
+/// Samples a spike or anomaly baseline needs before it judges.
 const MIN_BASELINE: usize = 30;
 
 #[derive(Debug, Default)]
 struct State {
     ewma: Option<f64>,
+    /// Values the EWMA has learned (its first ones are averaged evenly, so
+    /// a window still filling at start does not become a low baseline).
+    learned: usize,
     history: VecDeque<f64>,
     holding_since: Option<i64>,
     clear_since: Option<i64>,
@@ -67,15 +71,15 @@ impl Evaluator {
                 .entry((rule.name.clone(), subject.clone()))
                 .or_default();
             let judged = *events >= rule.min_events && v.is_finite();
-            let (holds, threshold) = if judged {
+            let j = if judged {
                 condition(rule, st, *v)
             } else {
-                (false, 0.0)
+                Judgement::default()
             };
-            if judged && !holds {
+            if judged && !j.holds {
                 learn(rule, st, *v);
             }
-            out.extend(advance(rule, st, now, holds, *v, threshold, subject));
+            out.extend(advance(rule, st, now, *v, &j, subject));
         }
         let stale: Vec<String> = self
             .states
@@ -85,7 +89,7 @@ impl Evaluator {
             .collect();
         for subject in stale {
             if let Some(st) = self.states.get_mut(&(rule.name.clone(), subject.clone())) {
-                out.extend(advance(rule, st, now, false, 0.0, 0.0, &subject));
+                out.extend(advance(rule, st, now, 0.0, &Judgement::default(), &subject));
             }
         }
         // forget quiet, closed states (memory stays bounded by active subjects)
@@ -96,8 +100,13 @@ impl Evaluator {
     }
 }
 
-/// Whether the condition holds for `v`, and the threshold it was judged against.
-fn condition(rule: &Rule, st: &State, v: f64) -> (bool, f64) {
+/// Whether the condition holds for `v`, and what it was judged against.
+fn condition(rule: &Rule, st: &State, v: f64) -> Judgement {
+    let judged = |holds: bool, threshold: f64, baseline: f64| Judgement {
+        holds,
+        threshold,
+        baseline,
+    };
     match rule.kind {
         RuleKind::Threshold => {
             let holds = if rule.op == "<" {
@@ -105,21 +114,23 @@ fn condition(rule: &Rule, st: &State, v: f64) -> (bool, f64) {
             } else {
                 v > rule.value
             };
-            (holds, rule.value)
+            judged(holds, rule.value, rule.value)
         }
         RuleKind::Spike => match st.ewma {
-            Some(b) if b > 0.0 => (v > rule.k * b, rule.k * b),
-            _ => (false, 0.0),
+            Some(b) if b > 0.0 && st.learned >= MIN_BASELINE => {
+                judged(v > rule.k * b, rule.k * b, b)
+            }
+            _ => Judgement::default(),
         },
         RuleKind::Anomaly => {
             if st.history.len() < MIN_BASELINE {
-                return (false, 0.0);
+                return Judgement::default();
             }
             let n = st.history.len() as f64;
             let mean = st.history.iter().sum::<f64>() / n;
             let var = st.history.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
             let sd = var.sqrt().max(mean.abs() * 1e-3).max(1e-9);
-            ((v - mean) / sd > rule.z, mean + rule.z * sd)
+            judged((v - mean) / sd > rule.z, mean + rule.z * sd, mean)
         }
     }
 }
@@ -130,7 +141,11 @@ fn learn(rule: &Rule, st: &mut State, v: f64) {
     match rule.kind {
         RuleKind::Threshold => {}
         RuleKind::Spike => {
-            let alpha = 1.0 - 0.5f64.powf(1.0 / rule.baseline_secs.max(1) as f64);
+            // the half-life's weight, or an even average while fewer values
+            // than that weight implies have been learned
+            st.learned = st.learned.saturating_add(1);
+            let alpha = (1.0 - 0.5f64.powf(1.0 / rule.baseline_secs.max(1) as f64))
+                .max(1.0 / st.learned as f64);
             st.ewma = Some(st.ewma.map_or(v, |b| b + alpha * (v - b)));
         }
         RuleKind::Anomaly => {
@@ -146,12 +161,11 @@ fn advance(
     rule: &Rule,
     st: &mut State,
     now: i64,
-    holds: bool,
     v: f64,
-    threshold: f64,
+    j: &Judgement,
     subject: &str,
 ) -> Option<Transition> {
-    if holds {
+    if j.holds {
         st.clear_since = None;
         let since = *st.holding_since.get_or_insert(now);
         if !st.open && now - since >= rule.for_secs as i64 {
@@ -160,19 +174,8 @@ fn advance(
                 rule: rule.name.clone(),
                 subject: subject.to_string(),
                 value: v,
-                threshold,
-                message: format!(
-                    "{}: {:?} of {subject} is {v:.3}, {} {threshold:.3} for {} s ({:?})",
-                    rule.name,
-                    rule.metric,
-                    if rule.op == "<" && rule.kind == RuleKind::Threshold {
-                        "below"
-                    } else {
-                        "above"
-                    },
-                    now - since,
-                    rule.kind,
-                ),
+                threshold: j.threshold,
+                message: describe::fired(rule, subject, v, j, now - since),
             });
         }
         None

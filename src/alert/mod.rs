@@ -3,7 +3,8 @@
 //!
 //! - `rules.rs`: the rule file (threshold, spike, anomaly; metric, scope,
 //!   severity, `for`, `clear_for`);
-//! - `eval.rs`: the per (rule, subject) state machine.
+//! - `eval.rs`: the per (rule, subject) state machine;
+//! - `describe.rs`: alert messages for people (metric names and units).
 //!
 //! Among hub instances one evaluates at a time, holding the Redis lease
 //! `{prefix}:lease:alerts`. A firing alert is written to the `alerts` table
@@ -13,6 +14,7 @@
 //! pushes at once to its `alerts` subscribers. A new evaluator starts from
 //! the open alerts in the table.
 
+mod describe;
 mod eval;
 mod rules;
 
@@ -21,6 +23,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
+pub use describe::Judgement;
 pub use eval::{Evaluator, Transition};
 pub use rules::{AlertRules, Metric, Rule, RuleKind, Scope, Severity};
 

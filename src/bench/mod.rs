@@ -600,6 +600,7 @@ async fn latency_phase(
         target: crate::loadgen::Target::Api(stack.url.clone()),
         truth: None,
         progress: opts.progress,
+        incident: None,
     };
     let commits_before = commits(store).await?;
     let start = Instant::now();

@@ -133,6 +133,7 @@ pub async fn run(base: &Settings, opts: &WsBenchOptions) -> Result<WsBenchReport
             target: Target::Redis,
             truth: None,
             progress: false,
+            incident: None,
         };
         tokio::spawn(async move { crate::loadgen::run(&settings, &opts, stop).await })
     };

@@ -280,12 +280,20 @@ impl State {
         false
     }
 
-    /// Folds one stream entry in, at its id's time.
+    /// Folds one stream entry in, at its id's time. An event whose own `ts`
+    /// was already older than the live windows ([`SECONDS`]) when it
+    /// arrived is not live traffic (a back-fill, a replayed sample): counted
+    /// at arrival it would draw a spike of old data, so the live windows
+    /// skip it; the rollups still place it by its `ts`.
     fn apply(&mut self, feed: Feed, id: StreamId, data: Option<&str>, recent_from: i64) {
-        let Ok((ev, _ts)) = decode(data) else {
+        let Ok((ev, ts)) = decode(data) else {
             return; // the rollup dead-letters it; a view just skips it
         };
         let ms = i64::try_from(id.ms).unwrap_or(i64::MAX);
+        if is_backdated(ts, ms) {
+            metrics::HUB_EVENTS_BACKDATED.inc();
+            return;
+        }
         match feed {
             Feed::Http => {
                 let (p, lat) = view::http_point(&ev);
@@ -642,6 +650,12 @@ impl State {
 /// One endpoint's rate: (bytes per second, service, method, endpoint).
 type Rate<'a> = (f64, &'a str, &'a str, &'a str);
 
+/// Whether an event stamped `ts_ms` that arrived at `arrival_ms` is older
+/// than the live windows, and so not live traffic.
+fn is_backdated(ts_ms: i64, arrival_ms: i64) -> bool {
+    ts_ms < arrival_ms.saturating_sub(SECONDS * 1000)
+}
+
 /// The busiest endpoints over the last minute, overall and per service,
 /// computed in one pass over the endpoints.
 pub(super) struct Tops<'a> {
@@ -740,6 +754,10 @@ fn series<P: window::Point>(w: &Windows<P>, now: i64) -> (Value, Value) {
 
 #[cfg(test)]
 #[allow(clippy::indexing_slicing)]
+mod demo_rules;
+
+#[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use crate::config::HubConfig;
@@ -820,6 +838,54 @@ mod tests {
         assert_eq!(a[0]["method"], "GET");
         assert_eq!(a[0]["endpoint"], "/a/:id");
         assert_eq!(tops.of(Some("a")), json!([]));
+    }
+
+    #[test]
+    fn backdated_events_move_no_live_counter_and_current_ones_do() {
+        let mut st = State::new(HubConfig::default(), Vec::new());
+        let t = 1_796_075_999_000u64;
+        let now = (t / 1000) as i64;
+        let stamped = |ts: u64, arrival: u64, feed: Feed| {
+            let mut e = if feed == Feed::Http {
+                http(arrival, "svc")
+            } else {
+                webrtc(arrival, "m", "p")
+            };
+            let mut v: Value =
+                serde_json::from_str(e.data.as_deref().unwrap_or("{}")).expect("json");
+            v["ts"] = json!(ts);
+            e.data = Some(v.to_string());
+            e
+        };
+        let before = metrics::HUB_EVENTS_BACKDATED.get();
+        // months old, and just past the 5-minute window: skipped
+        let old = vec![
+            stamped(t - 250 * 86_400_000, t, Feed::Http),
+            stamped(t - 301_000, t, Feed::Http),
+            stamped(t - 250 * 86_400_000, t, Feed::Webrtc),
+        ];
+        fold(&mut st, old, now - 30);
+        assert!(st.http.is_empty(), "no live subject from back-dated events");
+        assert!(st.webrtc.is_empty());
+        assert_eq!(metrics::HUB_EVENTS_BACKDATED.get() - before, 3);
+        // current, a little late, or from a fast clock: counted at arrival
+        let live = vec![
+            stamped(t, t, Feed::Http),
+            stamped(t - 299_000, t, Feed::Http),
+            stamped(t + 60_000, t, Feed::Http),
+            stamped(t - 1_000, t, Feed::Webrtc),
+        ];
+        fold(&mut st, live, now - 30);
+        let total = st
+            .http
+            .get("http:overview")
+            .map(|s| s.w.total(now, 60).requests);
+        assert_eq!(total, Some(3));
+        let samples = st
+            .webrtc
+            .get(OVERVIEW_WEBRTC)
+            .map(|s| s.w.total(now, 60).samples);
+        assert_eq!(samples, Some(1));
     }
 
     #[test]

@@ -42,7 +42,22 @@ pub struct GenConfig {
     pub peers_per_meeting: usize,
     /// Share of webrtc peers whose media goes through TURN.
     pub relay_share: f64,
+    /// An outage to trip an alert on purpose (`flowmeter loadgen
+    /// --incident`): events stamped in `[from, until)` ms are made by it.
+    pub incident: Option<Incident>,
 }
+
+/// An outage of [`INCIDENT_SERVICE`] between two event times (unix ms):
+/// every request to it answers 503, which the shipped `http_error_rate`
+/// rule reports once it has held for its `for`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Incident {
+    pub from_ms: i64,
+    pub until_ms: i64,
+}
+
+/// The service that fails during an [`Incident`].
+pub const INCIDENT_SERVICE: &str = "svc-0";
 
 impl Default for GenConfig {
     fn default() -> Self {
@@ -55,6 +70,7 @@ impl Default for GenConfig {
             meetings: 40,
             peers_per_meeting: 6,
             relay_share: 0.2,
+            incident: None,
         }
     }
 }
@@ -151,7 +167,14 @@ impl Generator {
         if self.burst == 0 && self.rng.random_ratio(1, 20_000) {
             self.burst = self.rng.random_range(50..500);
         }
-        let status = if self.burst > 0 {
+        let outage = service == 0
+            && self
+                .cfg
+                .incident
+                .is_some_and(|i| (i.from_ms..i.until_ms).contains(&ts_ms));
+        let status = if outage {
+            503
+        } else if self.burst > 0 {
             self.burst -= 1;
             if self.rng.random_bool(0.7) {
                 503
@@ -181,7 +204,7 @@ impl Generator {
         self.truth.http_bytes_out += resp_bytes;
         json!({
             "kind": "http", "ts": ts_ms,
-            "service": format!("svc-{service}"),
+            "service": format!("svc-{service}"), // svc-0 is INCIDENT_SERVICE
             "endpoint": format!("/api/r{ep}/:id"),
             "method": method, "status": status,
             "req_bytes": req_bytes, "resp_bytes": resp_bytes,
@@ -192,8 +215,13 @@ impl Generator {
     fn webrtc(&mut self, ts_ms: i64) -> Value {
         let meeting = self.rng.random_range(0..self.cfg.meetings.max(1));
         let peer = self.rng.random_range(0..self.cfg.peers_per_meeting.max(1));
-        // A peer's path is a property of the peer, not of the sample.
-        let relayed = ((meeting * 131 + peer * 31) % 1000) as f64 / 1000.0 < self.cfg.relay_share;
+        // A peer's path is a property of the peer, not of the sample; the
+        // relayed peers are spread evenly over the meetings (every
+        // 1/relay_share-th peer in meeting order), so no meeting is mostly
+        // relayed by chance and the shipped relayed-share rule stays quiet.
+        let idx = (meeting * self.cfg.peers_per_meeting.max(1) + peer) as f64;
+        let relayed =
+            ((idx + 1.0) * self.cfg.relay_share).floor() > (idx * self.cfg.relay_share).floor();
         if self.degraded == 0 && self.rng.random_ratio(1, 2_000) {
             self.degraded = self.rng.random_range(20..200);
         }

@@ -16,7 +16,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{GenConfig, Generator, KindMix, TruthTable};
+use super::{GenConfig, Generator, Incident, KindMix, TruthTable};
 use crate::config::Settings;
 use crate::event::SchemaRegistry;
 use crate::sketch::DdSketch;
@@ -44,6 +44,10 @@ pub struct LoadOptions {
     pub target: Target,
     pub truth: Option<PathBuf>,
     pub progress: bool,
+    /// An outage of `svc-0` (every request to it answers 503) over the
+    /// first this-long of the run: trips the shipped `http_error_rate`
+    /// alert on purpose (see docs/alerts.md).
+    pub incident: Option<Duration>,
 }
 
 /// What a run did.
@@ -267,9 +271,14 @@ pub async fn run(
     }
 
     let start = Instant::now();
+    let from_ms = chrono::Utc::now().timestamp_millis();
     let mut g = Generator::new(GenConfig {
         seed: opts.seed,
         kind: opts.kind,
+        incident: opts.incident.map(|d| Incident {
+            from_ms,
+            until_ms: from_ms.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        }),
         ..GenConfig::default()
     });
     let period = Duration::from_secs_f64(opts.batch as f64 / opts.rate);

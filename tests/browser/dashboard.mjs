@@ -1,5 +1,5 @@
 // Dashboard scenarios in headless Chromium (run by tests/dashboard.rs).
-// FM_SCENARIO: live | meetings | history. FM_READ / FM_INGEST: tokens.
+// FM_SCENARIO: live | meetings | history | alerts. FM_READ / FM_INGEST: tokens.
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import assert from 'node:assert/strict';
@@ -166,8 +166,58 @@ async function meetings({ server, browser }) {
   results({ rendered_rows: dom, frame_p95_ms: perf.p95, long_tasks_per_attempt: attempts });
 }
 
+/** Header cells whose text is cut (wider than their cell). */
+const cutHeaders = (page, sel) => page.$$eval(`${sel} .vhead span`, (hs) => hs.filter((h) => h.scrollWidth > h.clientWidth + 1).map((h) => h.textContent));
+/** Visible cells whose text is cut. */
+const cutCells = (page, sel) => page.$$eval(`${sel} .vrow:not([hidden]) span`, (cs) => cs.filter((c) => c.scrollWidth > c.clientWidth + 1).map((c) => c.textContent));
+/** The History chart's x labels that overlap the next one; and how many there are. */
+async function xLabels(page) {
+  const labels = await page.evaluate(() => window.flowmeter.hist.chart.xLabels());
+  labels.sort((a, b) => a.left - b.left);
+  const overlaps = labels.slice(1).filter((l, i) => l.left < labels[i].right + 2).map((l, i) => `${labels[i].text} / ${l.text}`);
+  return { labels, overlaps };
+}
+/** The History page is readable: no cut header or cell, x labels apart. */
+async function readable(page, what) {
+  assert.deepEqual(await cutHeaders(page, '#history'), [], `${what}: no header is cut off`);
+  assert.deepEqual(await cutCells(page, '#history'), [], `${what}: no cell is cut off`);
+  const misaligned = await page.evaluate(() => {
+    const hs = [...document.querySelectorAll('#history .vhead span')];
+    const row = document.querySelector('#history-body .vrow:not([hidden])');
+    const bad = hs.filter((h, i) => Math.abs(h.getBoundingClientRect().right - row.children[i].getBoundingClientRect().right) > 1).map((h) => h.textContent);
+    if (bad.length) bad.push(JSON.stringify({ head: document.querySelector('#history .vhead').getBoundingClientRect(), row: row.getBoundingClientRect(), body: document.querySelector('#history-body').clientWidth, hc: getComputedStyle(document.querySelector('#history .vhead')).gridTemplateColumns, rc: getComputedStyle(row).gridTemplateColumns }));
+    return bad;
+  });
+  assert.deepEqual(misaligned, [], `${what}: every header lines up with its column`);
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 0, `${what}: the page is ${overflow} px wider than the window`);
+  const { labels, overlaps } = await xLabels(page);
+  assert.ok(labels.length >= 2, `${what}: the x axis has labels: ${JSON.stringify(labels)}`);
+  assert.deepEqual(overlaps, [], `${what}: x labels do not overlap: ${labels.map((l) => l.text)}`);
+  log(`${what}: ${labels.length} x labels (${labels.map((l) => l.text).join(', ')}), headers and cells whole`);
+}
+
 async function history({ server, browser }) {
   await server();
+  const b = await browser();
+  // only data months old: History opens on the latest day that has some
+  {
+    const old = Math.floor(Date.now() / 86400000) * 86400000 - 200 * 86400000 + 10 * 3600000;
+    await postEvents(Array.from({ length: 60 }, (_, i) => httpEvent(i, old + i * 1000)), INGEST);
+    const day = new Date(old).toISOString().slice(0, 10);
+    await waitFor('the old day\'s daily rollup', async () => {
+      const j = await getJson(`/v1/rollups/daily?kind=http&from=${day}T00:00:00Z&to=${day}T23:00:00Z`, READ);
+      return j.rows.reduce((s, r) => s + r.requests, 0) === 60;
+    }, 20000, 200);
+    const { page, errors } = await openPage(b, 'history');
+    await waitFor('History to open on the old day', async () => (await text(page, '#h-info')).includes('latest day with data'), 10000);
+    const info = await text(page, '#h-info');
+    assert.ok(info.includes(day), info);
+    assert.ok(await page.evaluate(() => window.flowmeter.hist.table.view.length) > 0, 'it opens with rows');
+    log(`opened on old data: ${info}`);
+    assert.deepEqual(errors, []);
+    await page.close();
+  }
   // three hours ago, so nothing else lands in the range while we compare
   const hour = Math.floor(Date.now() / 3600000) * 3600000 - 3 * 3600000;
   const events = Array.from({ length: 900 }, (_, i) => httpEvent(i, hour + (i % 3600) * 1000));
@@ -179,7 +229,6 @@ async function history({ server, browser }) {
     const j = await getJson(q, READ);
     return j.rows.reduce((s, r) => s + r.requests, 0) === 900;
   }, 20000, 200);
-  const b = await browser();
   const { page, errors } = await openPage(b, 'history');
   await page.waitForSelector('#h-from');
   // datetime-local inputs are local time: the page runs in UTC (timezoneId)
@@ -203,12 +252,64 @@ async function history({ server, browser }) {
   const firstRow = await page.$$eval('#history-body .vrow:not([hidden])', (r) => [...r].sort((a, b) => a.style.transform.localeCompare(b.style.transform))[0].textContent);
   const a0 = apiJson.rows[0];
   for (const k of ['service', 'endpoint', 'method']) assert.ok(firstRow.includes(a0[k]), `first row shows ${k} ${a0[k]}: ${firstRow}`);
+  // times compact; one hour of data spans its hour, labels apart
+  const timeCell = await page.evaluate(() => {
+    const h = window.flowmeter.hist;
+    const i = h.table.columns.findIndex((c) => c.key === h.timeCol);
+    return document.querySelector('#history-body .vrow:not([hidden])').children[i].textContent;
+  });
+  assert.match(timeCell, /^\d\d-\d\d \d\d:00$/, `hour buckets shown as MM-DD HH:00: ${JSON.stringify(timeCell)}`);
+  const chartData = await page.evaluate(() => window.flowmeter.hist.chart.data[0]);
+  assert.equal(chartData.length, 2, 'one hour bucket drawn from its start to its end');
+  await readable(page, 'hourly, 1400×900');
   await page.screenshot({ path: join(OUT, 'history.png') });
+  await page.selectOption('#h-grain', 'daily');
+  const dayFrom = new Date(hour - 10 * 86400000).toISOString().slice(0, 10);
+  const dayTo = new Date(hour + 86400000).toISOString().slice(0, 10);
+  await page.fill('#h-from', `${dayFrom}T00:00`);
+  await page.fill('#h-to', `${dayTo}T00:00`);
+  await page.click('#h-form button[type=submit]');
+  await waitFor('daily rows', async () => /^\d+ rows of http_daily/.test(await text(page, '#h-info')), 10000);
+  await readable(page, 'daily, 1400×900');
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.waitForTimeout(300); // the ResizeObserver redraws the chart
+  await readable(page, 'daily, 390×844');
+  await page.selectOption('#h-grain', 'hourly');
+  await page.fill('#h-from', local(from));
+  await page.fill('#h-to', local(to));
+  await page.click('#h-form button[type=submit]');
+  await waitFor('hourly rows again', async () => /^\d+ rows of http_hourly/.test(await text(page, '#h-info')), 10000);
+  await readable(page, 'hourly, 390×844');
+  await page.screenshot({ path: join(OUT, 'history-phone.png'), fullPage: true });
+  await page.goto(page.url().replace(/#.*$/, '#/overview'));
+  await page.waitForSelector('#page-overview:not([hidden])');
+  await page.waitForTimeout(300);
+  const wider = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(wider <= 0, `overview at 390×844: the page is ${wider} px wider than the window`);
   assert.deepEqual(errors, []);
   results({ csv_bytes: csv.length, rows: shown.rows.length });
 }
 
-const scenarios = { live, meetings, history };
+/** An alert (the test's rule: error rate over 3 s, for 1 s) shows with a
+ * message written with units. */
+async function alerts({ server, browser }) {
+  await server();
+  const b = await browser();
+  const { page, errors } = await openPage(b, 'alerts');
+  let message = '';
+  await waitFor('an open alert', async () => {
+    await postEvents(Array.from({ length: 20 }, (_, i) => ({ ...httpEvent(i, Date.now()), service: 'pay', status: 503 })), INGEST);
+    message = await page.$eval('#open-alerts tbody', (t) => t.textContent);
+    return message.includes('Error rate');
+  }, 20000, 500);
+  log(`open alert: ${message}`);
+  assert.match(message, /Error rate \(4xx \+ 5xx\) on service pay is \d+ %, above 50 % for \d+ s/, 'the message names the metric and subject and has units');
+  await page.screenshot({ path: join(OUT, 'alerts.png') });
+  assert.deepEqual(errors, []);
+  results({ message });
+}
+
+const scenarios = { live, meetings, history, alerts };
 const name = process.env.FM_SCENARIO;
 await run(async (ctx) => {
   assert.ok(scenarios[name], `FM_SCENARIO must be one of ${Object.keys(scenarios)}`);

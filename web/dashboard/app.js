@@ -119,6 +119,8 @@
     }
     return out;
   }
+  /** The font of the History chart's x labels (also used to measure them). */
+  const AXIS_FONT = '11px system-ui, -apple-system, "Segoe UI", Roboto, sans-serif';
   class Chart {
     constructor(host, series, fmtY, height = 200) {
       this.host = host;
@@ -127,6 +129,8 @@
       this.fmtY = fmtY;
       this.u = null;
       this.data = null;
+      this.xAxis = null; // uPlot options of the x axis (History: fitted to its grain)
+      this.xRange = null; // [min, max] of the x scale, seconds
       if (!hasCharts) {
         host.appendChild(el('div', 'nochart',
           'Charts are not in this build: npm was not available when flowmeter was built. Install Node.js and npm, rebuild (cargo build), or see docs/dashboard.md.'));
@@ -140,8 +144,8 @@
         height: this.height,
         legend: { live: false },
         cursor: { drag: { x: false, y: false } },
-        series: [{}, ...this.series.map((s, i) => ({ label: s, stroke: palette[i % palette.length], width: 1.5, points: { show: (u) => u.data[0].length < 50 } }))],
-        axes: [{}, { values: (u, vals) => vals.map((v) => this.fmtY(v)), size: 70 }],
+        series: [{}, ...this.series.map((s, i) => ({ label: s, stroke: palette[i % palette.length], width: this.xAxis ? 2 : 1.5, points: { show: (u) => !this.xAxis && u.data[0].length < 50 } }))],
+        axes: [this.xAxis || {}, { values: (u, vals) => vals.map((v) => this.fmtY(v)), size: 70 }],
         scales: { x: { time: true } },
       }, [[], ...this.series.map(() => [])], this.host);
       new ResizeObserver(() => {
@@ -156,8 +160,23 @@
       if (!this.u) return;
       const d = downsample(this.data, this.u.bbox.width / devicePixelRatio || this.host.clientWidth);
       this.u.setData(d);
+      if (this.xRange) this.u.setScale('x', { min: this.xRange[0], max: this.xRange[1] });
       // one bucket: give it an hour of room either side
-      if (d[0].length === 1) this.u.setScale('x', { min: d[0][0] - 3600, max: d[0][0] + 3600 });
+      else if (d[0].length === 1) this.u.setScale('x', { min: d[0][0] - 3600, max: d[0][0] + 3600 });
+    }
+    /** The x axis labels as drawn: text and left/right edges in CSS px
+     * (labels are centred on their ticks), for tests and debugging. */
+    xLabels() {
+      if (!this.u) return [];
+      const a = this.u.axes[0];
+      const ctx = document.createElement('canvas').getContext('2d');
+      ctx.font = AXIS_FONT;
+      return (a._splits || []).map((v, i) => {
+        const text = String((a._values || [])[i] ?? '');
+        const x = this.u.valToPos(v, 'x');
+        const w = ctx.measureText(text).width;
+        return { text, left: x - w / 2, right: x + w / 2 };
+      }).filter((l) => l.text && l.left >= -1 && l.right <= this.u.bbox.width / devicePixelRatio + 1);
     }
   }
   document.addEventListener('visibilitychange', () => { if (!document.hidden) for (const c of charts()) c.draw(); });
@@ -368,9 +387,11 @@
       this.sort = this.sort && columns.some((c) => c.key === this.sort.key) ? this.sort : null;
       this.head.style.setProperty('--cols', columns.map((c) => c.width || '1fr').join(' '));
       this.body.style.setProperty('--cols', columns.map((c) => c.width || '1fr').join(' '));
+      this.head.style.minWidth = this.body.style.minWidth = columns.minWidth || '';
       this.head.replaceChildren(...columns.map((c) => {
         const s = el('span', c.num ? 'num' : '', c.label || c.key);
         s.dataset.key = c.key;
+        if (c.title) s.title = c.title;
         s.addEventListener('click', () => {
           this.sort = this.sort && this.sort.key === c.key ? { key: c.key, asc: !this.sort.asc } : { key: c.key, asc: !c.num };
           this.refresh();
@@ -516,19 +537,44 @@
   const hist = { table: null, chart: null, json: null, url: null, rows: [], meta: null };
   const pad = (n) => String(n).padStart(2, '0');
   const localInput = (d) => `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:00`;
-  function initHistory() {
-    const now = new Date();
-    const to = new Date(now); to.setMinutes(0, 0, 0); to.setHours(to.getHours() + 1);
-    const from = new Date(to.getTime() - 24 * 3600 * 1000);
-    $('#h-from').value = localInput(from);
+  /** Sets the range inputs to the 24 hours before `to` (a Date). */
+  function setRange(to, hours = 24) {
+    $('#h-from').value = localInput(new Date(to.getTime() - hours * 3600 * 1000));
     $('#h-to').value = localInput(to);
+  }
+  function initHistory() {
+    const to = new Date(); to.setMinutes(0, 0, 0); to.setHours(to.getHours() + 1);
+    setRange(to);
     hist.table = new VirtualTable($('#history'), [{ key: '-' }]);
     hist.chart = new Chart($('#ch-history'), ['–'], (v) => si(v, ''), 240);
     $('#h-form').addEventListener('submit', (e) => { e.preventDefault(); loadHistory(); });
     $('#h-metric').addEventListener('change', drawHistory);
     $('#h-csv').addEventListener('click', () => exportHistory('csv'));
     $('#h-json').addEventListener('click', () => exportHistory('json'));
-    loadHistory();
+    openOnData();
+  }
+  /** The first view: the last 24 hours, or, when they hold no rows, the
+   * latest day that does (found with the daily table, widening back to a
+   * year and then to the daily table's longest range), said in the info line. */
+  async function openOnData() {
+    await loadHistory();
+    if (hist.rows.length) return;
+    const kind = $('#h-kind').value;
+    const now = Date.now();
+    for (const days of [30, 366, 1830]) {
+      const from = new Date(now - days * 86400 * 1000).toISOString().slice(0, 10);
+      const to = new Date(now + 86400 * 1000).toISOString().slice(0, 10);
+      let j;
+      try {
+        j = await (await api(`/v1/rollups/daily?kind=${encodeURIComponent(kind)}&from=${from}T00:00:00Z&to=${to}T00:00:00Z&limit=100000`)).json();
+      } catch { return; }
+      if (!j.rows.length) continue;
+      const day = String(j.rows.map((r) => r[j.time_column]).sort().pop()).slice(0, 10);
+      setRange(new Date(Date.parse(`${day}T00:00:00Z`) + 86400 * 1000));
+      await loadHistory();
+      $('#h-info').textContent = `No ${kind} rows in the last 24 hours: showing ${day}, the latest day with data. ${$('#h-info').textContent}`;
+      return;
+    }
   }
   function historyUrl(format) {
     const p = new URLSearchParams();
@@ -556,7 +602,13 @@
       const dims = j.dimensions;
       const metrics = cols.filter((c) => c !== timeCol && !dims.includes(c));
       hist.timeCol = timeCol; hist.dims = dims;
-      hist.table.setColumns(cols.map((c) => ({ key: c, num: metrics.includes(c), width: c === timeCol ? '1.7fr' : dims.includes(c) ? '1.4fr' : '1fr', fmt: metrics.includes(c) ? fmt.num : null })));
+      const when = timeFormat(j.rows.map((r) => r[timeCol]));
+      // the time first, then the dimensions, then the figures (exports keep the API's order)
+      const shown = [timeCol, ...dims, ...metrics];
+      hist.table.setColumns(fitColumns(shown.map((c) => ({
+        key: c, num: metrics.includes(c),
+        fmt: c === timeCol ? when : metrics.includes(c) ? fmt.num : null,
+      })), j.rows));
       hist.table.setRows(j.rows);
       const sel = $('#h-metric');
       const prev = sel.value;
@@ -568,6 +620,53 @@
     } catch (e) {
       $('#h-info').textContent = e.message;
     }
+  }
+  /** Bucket times shown compactly, in local time like the range inputs:
+   * `11-30 21:00` (hourly), `11-30` (daily); with the year when the rows
+   * are not all from this year. */
+  function timeFormat(values) {
+    const year = String(new Date().getFullYear());
+    const thisYear = values.every((t) => String(t).startsWith(year));
+    return (t) => {
+      if (!t) return '';
+      if (String(t).length === 10) return thisYear ? String(t).slice(5) : String(t); // a day: already its own date
+      const d = new Date(t);
+      const date = `${thisYear ? '' : `${d.getFullYear()}-`}${pad(d.getMonth() + 1)}-${pad(d.getDate())}`;
+      return `${date} ${pad(d.getHours())}:${pad(d.getMinutes())}`;
+    };
+  }
+  /** Column widths fitted to their content: the widest shown value of the
+   * first rows, or the header's longest part (headers wrap after `_`). */
+  function fitColumns(columns, rows) {
+    const sample = rows.slice(0, 500);
+    let total = 0;
+    for (const c of columns) {
+      const parts = c.key.split('_').map((p, i, a) => p.length + (i < a.length - 1 ? 1 : 0));
+      let w = Math.max(...parts);
+      for (const r of sample) w = Math.max(w, String(c.fmt ? c.fmt(r[c.key], r) : (r[c.key] ?? '')).length);
+      const ch = Math.ceil(w * 1.05) + 1;
+      c.width = `minmax(${ch}ch, ${c.num ? 1 : 2}fr)`;
+      c.label = c.key.replace(/_/g, '_\u200b');
+      c.title = c.key;
+      total += ch;
+    }
+    columns.minWidth = `calc(${total}ch + ${columns.length - 1} * .5rem + 1.2rem)`;
+    return columns;
+  }
+  /** The x axis of the History chart for buckets of `step` seconds:
+   * ticks on whole buckets, labels that fit between them. */
+  function historyAxis(step) {
+    const hourly = step < 86400;
+    const d = (v) => new Date(v * 1000);
+    return {
+      font: AXIS_FONT,
+      space: hourly ? 100 : 80,
+      incrs: hourly ? [3600, 7200, 10800, 21600, 43200, 86400, 172800, 604800, 1209600, 2419200]
+        : [86400, 172800, 604800, 1209600, 2419200, 7776000, 15552000, 31536000],
+      values: (u, splits) => splits.map((v) => (hourly
+        ? `${pad(d(v).getMonth() + 1)}-${pad(d(v).getDate())} ${pad(d(v).getHours())}:00`
+        : `${d(v).getFullYear()}-${pad(d(v).getMonth() + 1)}-${pad(d(v).getDate())}`)),
+    };
   }
   function drawHistory() {
     const metric = $('#h-metric').value;
@@ -584,11 +683,20 @@
       const s = top.indexOf(key(r));
       if (s >= 0) ys[s][xi.get(r[hist.timeCol])] = r[metric];
     }
-    const xs = times.map((t) => Date.parse(t.length === 10 ? `${t}T00:00:00Z` : t) / 1000);
+    const starts = times.map((t) => Date.parse(t.length === 10 ? `${t}T00:00:00Z` : t) / 1000);
+    const step = $('#h-grain').value === 'daily' ? 86400 : 3600;
+    // each bucket is drawn across its width (start to end), as a step: one
+    // hour of data is a flat line per subject, not a column of dots
+    const xs = starts.flatMap((t) => [t, t + step - 1]);
+    const steps = ys.map((y) => y.flatMap((v) => [v, v]));
+    const first = starts[0], last = starts[starts.length - 1] + step;
+    const padX = Math.max(step / 2, (last - first) * 0.02);
     $('#h-caption').textContent = `${metric} per ${hist.timeCol}${totals.size > 8 ? ` (top 8 of ${totals.size} by total)` : ''}`;
     if (hist.chart.u) { hist.chart.u.destroy(); hist.chart.u = null; }
     hist.chart.series = top;
-    hist.chart.set([xs, ...ys]);
+    hist.chart.xAxis = historyAxis(step);
+    hist.chart.xRange = [first - padX, last + padX];
+    hist.chart.set([xs, ...steps]);
   }
   async function exportHistory(format) {
     if (!hist.url) return;
@@ -636,5 +744,5 @@
   live.subscribe('alerts', alertsHandler);
   route(false);
   live.connect();
-  window.flowmeter = { live, overview, hist, get meetings() { return meetingsTable; }, hasCharts, downsample };
+  window.flowmeter = { live, overview, hist, get meetings() { return meetingsTable; }, hasCharts, downsample, openOnData };
 })();
