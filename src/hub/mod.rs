@@ -163,6 +163,17 @@ impl Shared {
     fn channels(&self) -> std::sync::MutexGuard<'_, Channels> {
         self.channels.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// The shared part of a hub for unit tests: a table of 10 channels
+    /// (10 per client) with 300 s rings, no subscribers.
+    #[cfg(test)]
+    fn for_tests() -> Self {
+        Self {
+            channels: Mutex::new(Channels::new(10, 10, 300)),
+            tick: watch::channel(0).0,
+            alerts: tokio::sync::broadcast::channel(4).0,
+        }
+    }
 }
 
 /// The shared hub.

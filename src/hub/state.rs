@@ -918,11 +918,7 @@ mod tests {
             st.webrtc.get(OVERVIEW_WEBRTC).map(|o| o.peers.len()),
             Some(3)
         );
-        let shared = Shared {
-            channels: std::sync::Mutex::new(super::super::channels::Channels::new(10, 10, 300)),
-            tick: tokio::sync::watch::channel(0).0,
-            alerts: tokio::sync::broadcast::channel(4).0,
-        };
+        let shared = Shared::for_tests();
         st.close(sec + 31, &shared);
         assert!(st.webrtc.values().all(|s| s.peers.is_empty()), "expired");
         assert_eq!(metrics::HUB_PEERS_EXPIRED.get() - expired0, 3);

@@ -21,14 +21,6 @@ fn shipped_rules() -> AlertRules {
     rules
 }
 
-fn shared() -> Shared {
-    Shared {
-        channels: std::sync::Mutex::new(super::super::channels::Channels::new(10, 300)),
-        tick: tokio::sync::watch::channel(0).0,
-        alerts: tokio::sync::broadcast::channel(4).0,
-    }
-}
-
 /// The demo's sample file, as entries arriving at `arrival_ms`.
 fn sample(arrival_ms: u64) -> Vec<Entry> {
     let path =
@@ -56,7 +48,7 @@ fn sample(arrival_ms: u64) -> Vec<Entry> {
 fn simulate(t0_ms: i64, secs: i64, incident: Option<Incident>) -> Vec<(i64, Transition)> {
     let rules = shipped_rules();
     let mut st = State::new(HubConfig::default(), Vec::new());
-    let shared = shared();
+    let shared = Shared::for_tests();
     let mut ev = Evaluator::default();
     let mut g = Generator::new(GenConfig {
         kind: KindMix::Mixed,
