@@ -23,7 +23,7 @@ pub enum AppError {
     Schemas(#[from] EventError),
     #[error(transparent)]
     Processor(#[from] ProcessorError),
-    #[error("MySQL: {0} (is MariaDB/MySQL running and mysql.url right? `scripts/services start` starts a local one)")]
+    #[error("MySQL: {0}{hint}", hint = store_hint(.0))]
     Store(#[from] StoreError),
     #[error("Redis: {0} (is Redis running and redis.url right? `scripts/services start` starts a local one)")]
     Stream(#[from] StreamError),
@@ -48,6 +48,16 @@ pub enum AppError {
     #[cfg(feature = "clickhouse")]
     #[error(transparent)]
     Archive(#[from] crate::processor::clickhouse_archive::client::ArchiveError),
+}
+
+/// The advice after a MySQL error: where to look when the server cannot be
+/// reached; nothing when the error already says what to do.
+fn store_hint(e: &StoreError) -> &'static str {
+    if e.is_connection() {
+        " (is MariaDB/MySQL running and mysql.url right? `scripts/services start` starts a local one)"
+    } else {
+        ""
+    }
 }
 
 /// A part of `flowmeter serve`.
@@ -123,7 +133,7 @@ pub async fn status(settings: &Settings) -> Result<crate::status::Status, AppErr
     let store = match Store::from_config(&settings.mysql, 2).await {
         Ok(s) => Some(s),
         Err(e) => {
-            tracing::warn!(error = %e, "MySQL unreachable: checkpoints are not shown");
+            tracing::warn!(error = %e, "MySQL: checkpoints are not shown");
             None
         }
     };
@@ -172,12 +182,13 @@ pub async fn replay(
     Ok(processor.replay(opts, progress).await?)
 }
 
-/// Opens the database named in the config (creating it) and applies migrations.
+/// Opens the database named in the config (creating it: the only command
+/// that does) and applies migrations.
 ///
 /// With the ClickHouse archive enabled in `processors/`, also applies
 /// `paths.clickhouse_migrations` to `[clickhouse]` and returns the files applied.
 pub async fn migrate(settings: &Settings) -> Result<Vec<String>, AppError> {
-    let store = Store::from_config(&settings.mysql, settings.mysql.max_connections).await?;
+    let store = Store::create_from_config(&settings.mysql, settings.mysql.max_connections).await?;
     store.migrate(&settings.paths.migrations).await?;
     let schemas = SchemaRegistry::load(&settings.paths.schemas)?;
     let processors = ProcessorRegistry::load(&settings.paths.processors, &schemas)?;

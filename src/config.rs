@@ -185,7 +185,8 @@ impl Default for RedisConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MysqlConfig {
-    /// Connection URL; the database is created if it does not exist.
+    /// Connection URL. Only `flowmeter migrate` creates the database when it
+    /// does not exist; every other command says to run it.
     pub url: String,
     /// Upper bound of the connection pool of the processors (flushes,
     /// checkpoints, alerts). The query API has its own: `query.max_connections`.

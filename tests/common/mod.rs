@@ -592,3 +592,41 @@ pub fn read_and_ingest_tokens(read: &str, ingest: &str) -> Vec<flowmeter::config
         token("ingester", ingest, "ingest"),
     ]
 }
+
+/// Whether database `name` exists on the shared server (asked without
+/// opening it, so asking creates nothing).
+pub async fn database_exists(name: &str) -> bool {
+    use sqlx::Connection;
+    let mut conn = sqlx::MySqlConnection::connect(MYSQL_SERVER)
+        .await
+        .expect("mysql server");
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?",
+    )
+    .bind(name)
+    .fetch_one(&mut conn)
+    .await
+    .expect("schemata");
+    n > 0
+}
+
+/// Creates database `name` with no tables (an unmigrated one).
+pub async fn create_empty_database(name: &str) {
+    use sqlx::{Connection, Executor};
+    let mut conn = sqlx::MySqlConnection::connect(MYSQL_SERVER)
+        .await
+        .expect("mysql server");
+    conn.execute(format!("CREATE DATABASE `{name}`").as_str())
+        .await
+        .expect("create database");
+}
+
+/// The Redis keys under `prefix` (`{prefix}:*`).
+pub async fn keys_under(env: &TestEnv, prefix: &str) -> Vec<String> {
+    let mut r = env.redis().await;
+    redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut r)
+        .await
+        .expect("keys")
+}
