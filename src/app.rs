@@ -101,6 +101,23 @@ impl Roles {
     pub fn has(&self, r: Role) -> bool {
         self.0.contains(&r)
     }
+
+    /// Whether these roles answer clients (ingest, api or hub), on
+    /// `server.listen`. Without them a process (a rollup worker) serves only
+    /// `/healthz` and `/metrics`, on `server.worker_listen`.
+    pub fn serves_data(&self) -> bool {
+        self.has(Role::Ingest) || self.has(Role::Api) || self.has(Role::Hub)
+    }
+
+    /// The address these roles bind: `server.listen`, or
+    /// `server.worker_listen` for a worker (see [`Roles::serves_data`]).
+    pub fn listen_addr<'a>(&self, server: &'a crate::config::ServerConfig) -> &'a str {
+        if self.serves_data() {
+            &server.listen
+        } else {
+            &server.worker_listen
+        }
+    }
 }
 
 impl FromStr for Roles {
@@ -246,8 +263,7 @@ pub async fn serve(
     listener: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> Result<(), AppError> {
-    let serves_data = roles.has(Role::Ingest) || roles.has(Role::Api) || roles.has(Role::Hub);
-    if serves_data {
+    if roles.serves_data() {
         let addrs = listen_addrs(&settings, listener.as_ref()).await?;
         crate::auth::check_exposure(&settings.auth, &addrs)?;
     }
@@ -326,7 +342,9 @@ pub async fn serve(
     });
     // Every role serves HTTP: `/healthz` and `/metrics` always (liveness
     // probes and Prometheus scrape rollup-only workers too), the ingest and
-    // query endpoints only with their roles.
+    // query endpoints only with their roles. Workers bind
+    // `server.worker_listen` (a free port by default), so several run side
+    // by side on one machine.
     {
         let api_store = match roles.has(Role::Api) {
             true => {
@@ -378,16 +396,24 @@ pub async fn serve(
         };
         let listener = match listener {
             Some(l) => l,
-            None => TcpListener::bind(&settings.server.listen)
-                .await
-                .map_err(|source| AppError::Listen {
-                    addr: settings.server.listen.clone(),
-                    source,
-                })?,
+            None => {
+                let addr = roles.listen_addr(&settings.server);
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| AppError::Listen {
+                        addr: addr.to_string(),
+                        source,
+                    })?
+            }
         };
         if let Ok(addr) = listener.local_addr() {
             let scheme = if http.tls() { "https" } else { "http" };
-            tracing::info!(%addr, scheme, roles = ?roles.0, "listening");
+            let serves = if roles.serves_data() {
+                "the API"
+            } else {
+                "/healthz and /metrics only (server.worker_listen)"
+            };
+            tracing::info!(%addr, scheme, roles = ?roles.0, serves, "listening");
         }
         tracker.spawn(http.run(listener, api::router(state), shutdown.clone()));
     }

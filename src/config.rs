@@ -47,6 +47,13 @@ pub struct ServerConfig {
     /// Address the API listens on. Anything but a loopback address needs
     /// `[auth]` tokens, or `auth.allow_anonymous = true`.
     pub listen: String,
+    /// Address of `/healthz` and `/metrics` of a process with none of the
+    /// ingest, api and hub roles (`serve --roles rollup`), which serves
+    /// nothing else. Default `127.0.0.1:0`: a free port, logged at start, so
+    /// several workers on one machine do not collide on `listen`. Set a fixed
+    /// one where probes or Prometheus must find it (k8s/flowmeter.yaml sets
+    /// `0.0.0.0:8080`); `serve --listen` overrides it for such a process.
+    pub worker_listen: String,
     /// Graceful shutdown: how long in-flight requests and the final flush may take.
     pub shutdown_timeout_ms: u64,
     /// Most open client connections, HTTP and WebSocket together (default
@@ -80,6 +87,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".into(),
+            worker_listen: "127.0.0.1:0".into(),
             shutdown_timeout_ms: 15_000,
             max_connections: 16_384,
             header_read_timeout_ms: 10_000,

@@ -41,7 +41,8 @@ enum Command {
         /// Roles to run, comma separated: ingest, api, rollup, hub.
         #[arg(long, default_value = "ingest,api,rollup,hub")]
         roles: String,
-        /// Listen address (overrides server.listen).
+        /// Listen address: overrides server.listen, or server.worker_listen
+        /// for a process without the ingest, api and hub roles (a rollup worker).
         #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
     },
@@ -693,10 +694,14 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Serve { roles, listen } => {
             flowmeter::telemetry::init();
-            if let Some(l) = listen {
-                settings.server.listen = l;
-            }
             let roles: Roles = roles.parse()?;
+            if let Some(l) = listen {
+                if roles.serves_data() {
+                    settings.server.listen = l;
+                } else {
+                    settings.server.worker_listen = l;
+                }
+            }
             let shutdown = CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));
             app::serve(settings, roles, None, shutdown).await?;

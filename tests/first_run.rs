@@ -1,11 +1,13 @@
 //! The first-run path: read-only commands leave nothing behind on a database
-//! nobody migrated and say to run `flowmeter migrate`; `serve` says the same.
+//! nobody migrated and say to run `flowmeter migrate`; `serve` says the same;
+//! and several `serve --roles rollup` workers on one config run side by side.
 
 mod common;
 
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{cli, database_exists, keys_under, TestEnv};
+use common::{cli, database_exists, keys_under, wait_until, ChildGuard, TestEnv};
 use flowmeter::app::{self, Roles};
 use tokio_util::sync::CancellationToken;
 
@@ -125,5 +127,51 @@ async fn serve_on_an_unmigrated_database_says_run_migrate() {
         );
         assert!(!err.contains("add a migration that creates it"), "{err}");
     }
+    env.cleanup().await;
+}
+
+/// Two `serve --roles rollup` processes with the same config (whose
+/// `server.listen` is taken) both run and share the shards: workers bind
+/// `server.worker_listen`, a free port by default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_rollup_workers_on_one_config_both_run() {
+    let mut env = TestEnv::new("workers");
+    env.migrate().await;
+    // server.listen is busy: a worker must not need it
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    env.settings.server.listen = taken.local_addr().expect("addr").to_string();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = env.write_config(dir.path());
+    let spawn = || {
+        ChildGuard(
+            Command::new(env!("CARGO_BIN_EXE_flowmeter"))
+                .arg("--config")
+                .arg(&config)
+                .args(["serve", "--roles", "rollup"])
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("spawn flowmeter"),
+        )
+    };
+    let mut a = spawn();
+    let mut b = spawn();
+    // both take part: the status lists two workers of the http rollup
+    let settings = env.settings.clone();
+    wait_until(Duration::from_secs(60), || {
+        let settings = settings.clone();
+        async move {
+            let status = app::status(&settings).await.expect("status");
+            status
+                .processors
+                .iter()
+                .any(|p| p.name == "http_rollup" && p.workers.len() == 2)
+        }
+    })
+    .await;
+    assert!(a.running() && b.running(), "a worker exited");
+    assert!(a.terminate().success());
+    assert!(b.terminate().success());
     env.cleanup().await;
 }

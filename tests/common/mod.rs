@@ -630,3 +630,32 @@ pub async fn keys_under(env: &TestEnv, prefix: &str) -> Vec<String> {
         .await
         .expect("keys")
 }
+
+/// A child process that is killed (SIGKILL) and reaped when dropped, so a
+/// failing test leaves none behind.
+pub struct ChildGuard(pub std::process::Child);
+
+impl ChildGuard {
+    /// Still running?
+    pub fn running(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(None))
+    }
+
+    /// Asks the child to stop with SIGTERM, as `kill` or Kubernetes would,
+    /// and returns how it exited.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {}", self.0.id());
+        self.0.wait().expect("wait for the child")
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
