@@ -29,6 +29,13 @@ struct Cli {
     #[arg(long, global = true, value_name = "PATH")]
     config: Option<PathBuf>,
 
+    /// A named setup above the config file: `demo` acts on the data of
+    /// `make demo` (prefix and database `fmdemo`). Without it,
+    /// FLOWMETER_PROFILE names one. FLOWMETER__SECTION__KEY variables still
+    /// override it.
+    #[arg(long, global = true, value_name = "NAME")]
+    profile: Option<String>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -344,8 +351,8 @@ enum DlqAction {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let mut settings =
-        Settings::load(cli.config.as_deref()).context("loading the configuration")?;
+    let mut settings = Settings::load(cli.config.as_deref(), cli.profile.as_deref())
+        .context("loading the configuration")?;
     match cli.command {
         Command::Config => {
             print!("{}", settings.to_masked_toml());
