@@ -1,9 +1,11 @@
 # flowmeter: the two commands of the README, and the checks CI runs.
 #   make demo   start Redis + MariaDB (installing them if missing), migrate,
 #               serve (with the dashboard at /), feed sample events, print
-#               where to look
-#   make test   every test, against the real servers (installing ClickHouse,
-#               tansu, Chromium, coturn and the npm packages when missing)
+#               where to look; it installs nothing else
+#   make test   every test, against the real servers (also installing the
+#               test-only ones when missing: ClickHouse and tansu by
+#               `scripts/services test-deps`, Chromium, coturn and the npm
+#               packages by `scripts/browser-deps`)
 # Every build needs Node.js/npm to embed the dashboard's charts (build.rs).
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -23,6 +25,7 @@ demo: services build
 	@scripts/demo
 
 test: services
+	@scripts/services test-deps
 	@scripts/browser-deps
 	$(CARGO) test --all-targets --no-fail-fast
 

@@ -23,7 +23,7 @@ pub enum AppError {
     Schemas(#[from] EventError),
     #[error(transparent)]
     Processor(#[from] ProcessorError),
-    #[error("MySQL: {0} (is MariaDB/MySQL running and mysql.url right? `scripts/services start` starts a local one)")]
+    #[error("MySQL: {0}{hint}", hint = store_hint(.0))]
     Store(#[from] StoreError),
     #[error("Redis: {0} (is Redis running and redis.url right? `scripts/services start` starts a local one)")]
     Stream(#[from] StreamError),
@@ -48,6 +48,16 @@ pub enum AppError {
     #[cfg(feature = "clickhouse")]
     #[error(transparent)]
     Archive(#[from] crate::processor::clickhouse_archive::client::ArchiveError),
+}
+
+/// The advice after a MySQL error: where to look when the server cannot be
+/// reached; nothing when the error already says what to do.
+fn store_hint(e: &StoreError) -> &'static str {
+    if e.is_connection() {
+        " (is MariaDB/MySQL running and mysql.url right? `scripts/services start` starts a local one)"
+    } else {
+        ""
+    }
 }
 
 /// A part of `flowmeter serve`.
@@ -91,6 +101,23 @@ impl Roles {
     pub fn has(&self, r: Role) -> bool {
         self.0.contains(&r)
     }
+
+    /// Whether these roles answer clients (ingest, api or hub), on
+    /// `server.listen`. Without them a process (a rollup worker) serves only
+    /// `/healthz` and `/metrics`, on `server.worker_listen`.
+    pub fn serves_data(&self) -> bool {
+        self.has(Role::Ingest) || self.has(Role::Api) || self.has(Role::Hub)
+    }
+
+    /// The address these roles bind: `server.listen`, or
+    /// `server.worker_listen` for a worker (see [`Roles::serves_data`]).
+    pub fn listen_addr<'a>(&self, server: &'a crate::config::ServerConfig) -> &'a str {
+        if self.serves_data() {
+            &server.listen
+        } else {
+            &server.worker_listen
+        }
+    }
 }
 
 impl FromStr for Roles {
@@ -123,7 +150,7 @@ pub async fn status(settings: &Settings) -> Result<crate::status::Status, AppErr
     let store = match Store::from_config(&settings.mysql, 2).await {
         Ok(s) => Some(s),
         Err(e) => {
-            tracing::warn!(error = %e, "MySQL unreachable: checkpoints are not shown");
+            tracing::warn!(error = %e, "MySQL: checkpoints are not shown");
             None
         }
     };
@@ -172,12 +199,13 @@ pub async fn replay(
     Ok(processor.replay(opts, progress).await?)
 }
 
-/// Opens the database named in the config (creating it) and applies migrations.
+/// Opens the database named in the config (creating it: the only command
+/// that does) and applies migrations.
 ///
 /// With the ClickHouse archive enabled in `processors/`, also applies
 /// `paths.clickhouse_migrations` to `[clickhouse]` and returns the files applied.
 pub async fn migrate(settings: &Settings) -> Result<Vec<String>, AppError> {
-    let store = Store::from_config(&settings.mysql, settings.mysql.max_connections).await?;
+    let store = Store::create_from_config(&settings.mysql, settings.mysql.max_connections).await?;
     store.migrate(&settings.paths.migrations).await?;
     let schemas = SchemaRegistry::load(&settings.paths.schemas)?;
     let processors = ProcessorRegistry::load(&settings.paths.processors, &schemas)?;
@@ -235,8 +263,7 @@ pub async fn serve(
     listener: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> Result<(), AppError> {
-    let serves_data = roles.has(Role::Ingest) || roles.has(Role::Api) || roles.has(Role::Hub);
-    if serves_data {
+    if roles.serves_data() {
         let addrs = listen_addrs(&settings, listener.as_ref()).await?;
         crate::auth::check_exposure(&settings.auth, &addrs)?;
     }
@@ -315,7 +342,9 @@ pub async fn serve(
     });
     // Every role serves HTTP: `/healthz` and `/metrics` always (liveness
     // probes and Prometheus scrape rollup-only workers too), the ingest and
-    // query endpoints only with their roles.
+    // query endpoints only with their roles. Workers bind
+    // `server.worker_listen` (a free port by default), so several run side
+    // by side on one machine.
     {
         let api_store = match roles.has(Role::Api) {
             true => {
@@ -368,16 +397,24 @@ pub async fn serve(
         };
         let listener = match listener {
             Some(l) => l,
-            None => TcpListener::bind(&settings.server.listen)
-                .await
-                .map_err(|source| AppError::Listen {
-                    addr: settings.server.listen.clone(),
-                    source,
-                })?,
+            None => {
+                let addr = roles.listen_addr(&settings.server);
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| AppError::Listen {
+                        addr: addr.to_string(),
+                        source,
+                    })?
+            }
         };
         if let Ok(addr) = listener.local_addr() {
             let scheme = if http.tls() { "https" } else { "http" };
-            tracing::info!(%addr, scheme, roles = ?roles.0, "listening");
+            let serves = if roles.serves_data() {
+                "the API"
+            } else {
+                "/healthz and /metrics only (server.worker_listen)"
+            };
+            tracing::info!(%addr, scheme, roles = ?roles.0, serves, "listening");
         }
         tracker.spawn(http.run(listener, api::router(state), shutdown.clone()));
     }

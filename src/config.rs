@@ -2,7 +2,8 @@
 //!
 //! Precedence, lowest first: the defaults in this file < the TOML file
 //! (`flowmeter.toml` in the working directory when present, or `--config PATH`,
-//! which must exist) < environment variables `FLOWMETER__SECTION__KEY`
+//! which must exist) < the profile (`--profile NAME` or `FLOWMETER_PROFILE=NAME`,
+//! see [`Profile`]) < environment variables `FLOWMETER__SECTION__KEY`
 //! (e.g. `FLOWMETER__REDIS__URL`). Unknown keys are an error that names the key.
 //! Every field is documented here; `flowmeter.example.toml` repeats these docs.
 
@@ -47,6 +48,13 @@ pub struct ServerConfig {
     /// Address the API listens on. Anything but a loopback address needs
     /// `[auth]` tokens, or `auth.allow_anonymous = true`.
     pub listen: String,
+    /// Address of `/healthz` and `/metrics` of a process with none of the
+    /// ingest, api and hub roles (`serve --roles rollup`), which serves
+    /// nothing else. Default `127.0.0.1:0`: a free port, logged at start, so
+    /// several workers on one machine do not collide on `listen`. Set a fixed
+    /// one where probes or Prometheus must find it (k8s/flowmeter.yaml sets
+    /// `0.0.0.0:8080`); `serve --listen` overrides it for such a process.
+    pub worker_listen: String,
     /// Graceful shutdown: how long in-flight requests and the final flush may take.
     pub shutdown_timeout_ms: u64,
     /// Most open client connections, HTTP and WebSocket together (default
@@ -82,6 +90,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".into(),
+            worker_listen: "127.0.0.1:0".into(),
             shutdown_timeout_ms: 15_000,
             max_connections: 16_384,
             header_read_timeout_ms: 10_000,
@@ -187,7 +196,8 @@ impl Default for RedisConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MysqlConfig {
-    /// Connection URL; the database is created if it does not exist.
+    /// Connection URL. Only `flowmeter migrate` creates the database when it
+    /// does not exist; every other command says to run it.
     pub url: String,
     /// Upper bound of the connection pool of the processors (flushes,
     /// checkpoints, alerts). The query API has its own: `query.max_connections`.
@@ -605,19 +615,88 @@ pub struct TokenConfig {
     pub scopes: Vec<String>,
 }
 
-impl Settings {
-    /// Loads defaults < file < environment. `path` is `--config`; without it
-    /// `flowmeter.toml` is read when it exists.
-    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
-        let env: Vec<(String, String)> = std::env::vars().collect();
-        Self::load_from(path, env)
+/// A named set of settings chosen on the command line (`--profile NAME`)
+/// or with `FLOWMETER_PROFILE=NAME`. It sits above the file and below the
+/// `FLOWMETER__SECTION__KEY` variables, so it moves a whole setup to another
+/// place while single variables can still adjust it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// The data of `make demo` (scripts/demo): Redis key prefix `fmdemo` and
+    /// MySQL database `fmdemo` on the server of `mysql.url`.
+    Demo,
+}
+
+impl Profile {
+    /// The variable that names a profile when `--profile` is not given.
+    pub const ENV: &'static str = "FLOWMETER_PROFILE";
+    /// The Redis key prefix and MySQL database of [`Profile::Demo`].
+    pub const DEMO_NAME: &'static str = "fmdemo";
+
+    /// The profile called `name`; an unknown name is an error that lists the known ones.
+    pub fn parse(name: &str) -> Result<Self, ConfigError> {
+        match name.trim() {
+            "demo" => Ok(Profile::Demo),
+            other => Err(ConfigError::Invalid(format!(
+                "unknown profile {other:?}; the profiles are: demo"
+            ))),
+        }
     }
 
-    /// Like [`Settings::load`] with an explicit environment (used by tests).
+    /// The keys this profile sets, given the settings below it (defaults and
+    /// file): the demo keeps the MySQL server of `mysql.url` and swaps its
+    /// database.
+    fn overrides(self, below: &config::Config) -> Result<Vec<(&'static str, String)>, ConfigError> {
+        match self {
+            Profile::Demo => {
+                let raw = below
+                    .get_string("mysql.url")
+                    .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+                let mut url = url::Url::parse(&raw).map_err(|e| {
+                    ConfigError::Invalid(format!("mysql.url {}: {e}", mask_url(&raw)))
+                })?;
+                url.set_path(&format!("/{}", Self::DEMO_NAME));
+                Ok(vec![
+                    ("redis.prefix", Self::DEMO_NAME.to_string()),
+                    ("mysql.url", url.to_string()),
+                ])
+            }
+        }
+    }
+}
+
+impl Settings {
+    /// Loads defaults < file < profile < environment. `path` is `--config`;
+    /// without it `flowmeter.toml` is read when it exists. `profile` is
+    /// `--profile`; without it `FLOWMETER_PROFILE` names one, if set.
+    pub fn load(path: Option<&Path>, profile: Option<&str>) -> Result<Self, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_with(path, profile, env)
+    }
+
+    /// Like [`Settings::load`] with an explicit environment and no
+    /// `--profile` (used by tests).
     pub fn load_from(
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
+        Self::load_with(path, None, env)
+    }
+
+    /// Like [`Settings::load`] with an explicit environment.
+    pub fn load_with(
+        path: Option<&Path>,
+        profile: Option<&str>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let profile = match profile {
+            Some(p) => Some(p.to_string()),
+            None => env
+                .iter()
+                .find(|(k, v)| k == Profile::ENV && !v.is_empty())
+                .map(|(_, v)| v.clone()),
+        };
+        let profile = profile.as_deref().map(Profile::parse).transpose()?;
         let defaults = config::Config::try_from(&Settings::default())
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         let mut builder = config::Config::builder().add_source(defaults);
@@ -636,6 +715,21 @@ impl Settings {
                         builder.add_source(config::File::from(p).format(config::FileFormat::Toml));
                 }
             }
+        }
+        if let Some(profile) = profile {
+            let below = builder
+                .build_cloned()
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            let mut layer = config::Config::builder();
+            for (key, value) in profile.overrides(&below)? {
+                layer = layer
+                    .set_override(key, value)
+                    .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            }
+            let layer = layer
+                .build()
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            builder = builder.add_source(layer);
         }
         let env: config::Map<String, String> = env
             .into_iter()
@@ -896,6 +990,54 @@ mod tests {
         .expect("loads");
         assert_eq!(s.redis.prefix, "tenant1");
         assert_eq!(s.redis.shards, 8);
+    }
+
+    #[test]
+    fn the_demo_profile_moves_prefix_and_database_and_env_still_wins() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("fm.toml");
+        std::fs::write(
+            &p,
+            "[redis]\nprefix = \"mine\"\n[mysql]\nurl = \"mysql://u:pw@db.example:3307/mine?ssl-mode=DISABLED\"\n",
+        )
+        .expect("write");
+        // --profile beats the file, keeping the file's server and parameters
+        let s = Settings::load_with(Some(&p), Some("demo"), env(&[])).expect("loads");
+        assert_eq!(s.redis.prefix, "fmdemo");
+        assert_eq!(
+            s.mysql.url,
+            "mysql://u:pw@db.example:3307/fmdemo?ssl-mode=DISABLED"
+        );
+        // FLOWMETER_PROFILE does the same without the flag
+        let s = Settings::load_from(None, env(&[("FLOWMETER_PROFILE", "demo")])).expect("loads");
+        assert_eq!(s.redis.prefix, "fmdemo");
+        assert_eq!(s.mysql.url, "mysql://root@127.0.0.1:3306/fmdemo");
+        // a single variable still overrides the profile
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("FLOWMETER_PROFILE", "demo"),
+                ("FLOWMETER__REDIS__PREFIX", "other"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(s.redis.prefix, "other");
+        assert_eq!(s.mysql.url, "mysql://root@127.0.0.1:3306/fmdemo");
+        // no profile: the defaults
+        let s = Settings::load_from(None, env(&[])).expect("loads");
+        assert_eq!(s.redis.prefix, "fm");
+    }
+
+    #[test]
+    fn an_unknown_profile_names_the_known_ones() {
+        let err = Settings::load_with(None, Some("prod"), env(&[])).expect_err("must fail");
+        assert!(
+            err.to_string().contains("\"prod\"") && err.to_string().contains("demo"),
+            "{err}"
+        );
+        let err =
+            Settings::load_from(None, env(&[("FLOWMETER_PROFILE", "dmo")])).expect_err("must fail");
+        assert!(err.to_string().contains("dmo"), "{err}");
     }
 
     #[test]

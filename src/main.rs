@@ -29,6 +29,13 @@ struct Cli {
     #[arg(long, global = true, value_name = "PATH")]
     config: Option<PathBuf>,
 
+    /// A named setup above the config file: `demo` acts on the data of
+    /// `make demo` (prefix and database `fmdemo`). Without it,
+    /// FLOWMETER_PROFILE names one. FLOWMETER__SECTION__KEY variables still
+    /// override it.
+    #[arg(long, global = true, value_name = "NAME")]
+    profile: Option<String>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -41,7 +48,8 @@ enum Command {
         /// Roles to run, comma separated: ingest, api, rollup, hub.
         #[arg(long, default_value = "ingest,api,rollup,hub")]
         roles: String,
-        /// Listen address (overrides server.listen).
+        /// Listen address: overrides server.listen, or server.worker_listen
+        /// for a process without the ingest, api and hub roles (a rollup worker).
         #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
     },
@@ -376,8 +384,8 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let mut settings =
-        Settings::load(cli.config.as_deref()).context("loading the configuration")?;
+    let mut settings = Settings::load(cli.config.as_deref(), cli.profile.as_deref())
+        .context("loading the configuration")?;
     match cli.command {
         Command::Config => {
             print!("{}", settings.to_masked_toml());
@@ -750,10 +758,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Serve { roles, listen } => {
             flowmeter::telemetry::init();
-            if let Some(l) = listen {
-                settings.server.listen = l;
-            }
             let roles: Roles = roles.parse()?;
+            if let Some(l) = listen {
+                if roles.serves_data() {
+                    settings.server.listen = l;
+                } else {
+                    settings.server.worker_listen = l;
+                }
+            }
             let shutdown = CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));
             app::serve(settings, roles, None, shutdown).await?;

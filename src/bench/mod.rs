@@ -237,7 +237,7 @@ async fn reset(settings: &Settings) -> Result<(), BenchError> {
             .await
             .map_err(|e| BenchError::Setup(format!("DEL: {e}")))?;
     }
-    let store = Store::from_config(&settings.mysql, 2).await?;
+    let store = Store::create_from_config(&settings.mysql, 2).await?;
     store.drop_database().await?;
     crate::app::migrate(settings).await?;
     Ok(())

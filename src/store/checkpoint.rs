@@ -52,7 +52,8 @@ impl Store {
         .bind(group)
         .bind(group)
         .fetch_all(self.pool())
-        .await?;
+        .await
+        .map_err(super::on_table("fm_checkpoints"))?;
         rows.iter()
             .map(|r| {
                 Ok(Checkpoint {

@@ -211,9 +211,9 @@ impl Store {
         if rows.is_empty() {
             return Err(StoreError::Schema {
                 table: table.to_string(),
-                reason:
-                    "does not exist; add a migration that creates it and run `flowmeter migrate`"
-                        .into(),
+                reason: "does not exist: run `flowmeter migrate` (if it still does not, no file \
+                         in paths.migrations creates it: add one)"
+                    .into(),
             });
         }
         rows.iter()

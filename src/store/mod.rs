@@ -25,6 +25,32 @@ pub use columns::{date_ms, datetime_ms, ms_datetime, ColumnInfo, ColumnKind};
 /// MySQL error numbers worth retrying the whole transaction for.
 const ER_LOCK_DEADLOCK: u16 = 1213;
 const ER_LOCK_WAIT_TIMEOUT: u16 = 1205;
+/// "Unknown database": the URL names a database nobody created.
+const ER_BAD_DB_ERROR: u16 = 1049;
+/// "Table doesn't exist".
+const ER_NO_SUCH_TABLE: u16 = 1146;
+
+/// The MySQL error number of `e`, if the server sent one.
+fn db_number(e: &sqlx::Error) -> Option<u16> {
+    match e {
+        sqlx::Error::Database(d) => d
+            .try_downcast_ref::<MySqlDatabaseError>()
+            .map(|m| m.number()),
+        _ => None,
+    }
+}
+
+/// Maps an error of a query on `table`: a missing table (an unmigrated
+/// database) says to run `flowmeter migrate`.
+fn on_table(table: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
+    move |e| match db_number(&e) {
+        Some(ER_NO_SUCH_TABLE) => StoreError::Schema {
+            table: table.into(),
+            reason: "does not exist: run `flowmeter migrate`".into(),
+        },
+        _ => StoreError::Db(e),
+    }
+}
 
 /// Storage errors. `retryable()` separates outages and lock conflicts (retry
 /// with backoff) from mistakes that waiting cannot fix.
@@ -40,6 +66,10 @@ pub enum StoreError {
     CheckpointMoved { group: String, stream: String },
     #[error("table {table}: {reason}")]
     Schema { table: String, reason: String },
+    /// The database of `mysql.url` does not exist. Only `flowmeter migrate`
+    /// creates it; every other command opens it as it is.
+    #[error("database `{0}` does not exist: run `flowmeter migrate`")]
+    NoDatabase(String),
     #[error("mysql did not finish within {0:?} (unreachable or overloaded?)")]
     Timeout(std::time::Duration),
     /// TLS to the server failed or cannot work as configured: the reason
@@ -60,6 +90,16 @@ const DATA_ERRORS: &[u16] = &[
 ];
 
 impl StoreError {
+    /// Whether the server could not be reached or talked to at all (as
+    /// opposed to a database or table that is missing, or data it refused).
+    pub fn is_connection(&self) -> bool {
+        match self {
+            StoreError::Db(e) => !matches!(e, sqlx::Error::Database(_)) && is_retryable_db(e),
+            StoreError::Timeout(_) | StoreError::Tls(_) => true,
+            _ => false,
+        }
+    }
+
     pub fn retryable(&self) -> bool {
         match self {
             StoreError::Db(e) => is_retryable_db(e),
@@ -89,9 +129,9 @@ impl StoreError {
     /// Deadlock or lock-wait timeout: retry the same transaction at once.
     pub fn is_lock_conflict(&self) -> bool {
         match self {
-            StoreError::Db(sqlx::Error::Database(d)) => d
-                .try_downcast_ref::<MySqlDatabaseError>()
-                .is_some_and(|m| matches!(m.number(), ER_LOCK_DEADLOCK | ER_LOCK_WAIT_TIMEOUT)),
+            StoreError::Db(e) => {
+                matches!(db_number(e), Some(ER_LOCK_DEADLOCK | ER_LOCK_WAIT_TIMEOUT))
+            }
             _ => false,
         }
     }
@@ -104,14 +144,14 @@ fn is_retryable_db(e: &sqlx::Error) -> bool {
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed
         | sqlx::Error::Protocol(_) => true,
-        sqlx::Error::Database(d) => d.try_downcast_ref::<MySqlDatabaseError>().is_some_and(|m| {
-            matches!(
-                m.number(),
+        sqlx::Error::Database(_) => matches!(
+            db_number(e),
+            Some(
                 ER_LOCK_DEADLOCK | ER_LOCK_WAIT_TIMEOUT | 1040 /* too many connections */
                     | 1053 /* server shutdown */ | 2006 | 2013 /* gone away, lost */
                     | 1927 /* connection killed */
             )
-        }),
+        ),
         _ => false,
     }
 }
@@ -122,24 +162,45 @@ pub struct Store {
     pool: MySqlPool,
 }
 
+/// Whether [`Store`]'s constructors may create the database of the URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Missing {
+    /// `flowmeter migrate` (and tests): create it.
+    Create,
+    /// Everything else: a missing database is [`StoreError::NoDatabase`],
+    /// so read-only commands leave nothing behind.
+    Refuse,
+}
+
 impl Store {
     /// Connects to `[mysql]`: its URL and TLS settings (which override the
     /// URL's `ssl-mode`, `ssl-ca`, `ssl-cert`, `ssl-key`), with a pool of
-    /// at most `max_connections`.
+    /// at most `max_connections`. The database must exist
+    /// ([`StoreError::NoDatabase`] otherwise).
     pub async fn from_config(cfg: &MysqlConfig, max_connections: u32) -> Result<Self, StoreError> {
-        Self::open(&cfg.url, Some(cfg), max_connections).await
+        Self::open(&cfg.url, Some(cfg), max_connections, Missing::Refuse).await
+    }
+
+    /// Like [`Store::from_config`], creating the database first when it does
+    /// not exist: for `flowmeter migrate` alone.
+    pub async fn create_from_config(
+        cfg: &MysqlConfig,
+        max_connections: u32,
+    ) -> Result<Self, StoreError> {
+        Self::open(&cfg.url, Some(cfg), max_connections, Missing::Create).await
     }
 
     /// Connects to `url` alone (TLS as its parameters say), creating the
-    /// database named in the URL when it does not exist.
+    /// database named in the URL when it does not exist (tests).
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
-        Self::open(url, None, max_connections).await
+        Self::open(url, None, max_connections, Missing::Create).await
     }
 
     async fn open(
         url: &str,
         cfg: Option<&MysqlConfig>,
         max_connections: u32,
+        missing: Missing,
     ) -> Result<Self, StoreError> {
         let opts: MySqlConnectOptions = url
             .parse()
@@ -160,7 +221,7 @@ impl Store {
                 "database name {db:?}: use letters, digits and '_'"
             )));
         }
-        {
+        if missing == Missing::Create {
             let server = opts.clone().database("");
             let mut conn = tokio::time::timeout(Duration::from_secs(10), server.connect())
                 .await
@@ -182,7 +243,10 @@ impl Store {
             })
             .connect_with(opts)
             .await
-            .map_err(|e| tls.explain(e))?;
+            .map_err(|e| match db_number(&e) {
+                Some(ER_BAD_DB_ERROR) => StoreError::NoDatabase(db.clone()),
+                _ => tls.explain(e),
+            })?;
         Ok(Self { pool })
     }
 

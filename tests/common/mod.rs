@@ -628,3 +628,70 @@ pub fn run_alone(name: &str) {
     assert!(out.status.success(), "the probe failed:\n{text}");
     assert!(text.contains("1 passed"), "the probe did not run:\n{text}");
 }
+
+/// Whether database `name` exists on the shared server (asked without
+/// opening it, so asking creates nothing).
+pub async fn database_exists(name: &str) -> bool {
+    use sqlx::Connection;
+    let mut conn = sqlx::MySqlConnection::connect(MYSQL_SERVER)
+        .await
+        .expect("mysql server");
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?",
+    )
+    .bind(name)
+    .fetch_one(&mut conn)
+    .await
+    .expect("schemata");
+    n > 0
+}
+
+/// Creates database `name` with no tables (an unmigrated one).
+pub async fn create_empty_database(name: &str) {
+    use sqlx::{Connection, Executor};
+    let mut conn = sqlx::MySqlConnection::connect(MYSQL_SERVER)
+        .await
+        .expect("mysql server");
+    conn.execute(format!("CREATE DATABASE `{name}`").as_str())
+        .await
+        .expect("create database");
+}
+
+/// The Redis keys under `prefix` (`{prefix}:*`).
+pub async fn keys_under(env: &TestEnv, prefix: &str) -> Vec<String> {
+    let mut r = env.redis().await;
+    redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut r)
+        .await
+        .expect("keys")
+}
+
+/// A child process that is killed (SIGKILL) and reaped when dropped, so a
+/// failing test leaves none behind.
+pub struct ChildGuard(pub std::process::Child);
+
+impl ChildGuard {
+    /// Still running?
+    pub fn running(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(None))
+    }
+
+    /// Asks the child to stop with SIGTERM, as `kill` or Kubernetes would,
+    /// and returns how it exited.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {}", self.0.id());
+        self.0.wait().expect("wait for the child")
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -302,7 +302,9 @@ fn find_bin(name: &str, fallbacks: &[PathBuf]) -> PathBuf {
     on_path
         .chain(fallbacks.iter().cloned())
         .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("{name} not found: run scripts/services start"))
+        .unwrap_or_else(|| {
+            panic!("{name} not found: run scripts/services test-deps (make test does)")
+        })
 }
 
 /// Kills a private server hard (SIGKILL) and waits until its port is closed.
