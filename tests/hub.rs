@@ -7,46 +7,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::ws::*;
 use common::*;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn connect(server: &Server, query: &str) -> Ws {
-    let url = format!("ws://{}/v1/ws{query}", server.addr);
-    tokio_tungstenite::connect_async(url)
-        .await
-        .expect("websocket connects")
-        .0
-}
-
-async fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::Text(v.to_string().into()))
-        .await
-        .expect("send");
-}
-
-/// The next JSON message matching `pred`, within `limit`.
-async fn next_where(ws: &mut Ws, limit: Duration, pred: impl Fn(&Value) -> bool) -> Value {
-    let end = Instant::now() + limit;
-    loop {
-        let left = end.saturating_duration_since(Instant::now());
-        let msg = tokio::time::timeout(left, ws.next())
-            .await
-            .unwrap_or_else(|_| panic!("no matching message within {limit:?}"))
-            .expect("stream open")
-            .expect("frame");
-        if let Message::Text(t) = msg {
-            let v: Value = serde_json::from_str(t.as_str()).expect("json");
-            if pred(&v) {
-                return v;
-            }
-        }
-    }
-}
 
 fn is(kind: &'static str, channel: &'static str) -> impl Fn(&Value) -> bool {
     move |v| v["type"] == kind && (channel.is_empty() || v["channel"] == channel)

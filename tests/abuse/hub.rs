@@ -9,12 +9,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::common::ws::{next_where, send};
 use crate::common::*;
 
 type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
@@ -24,15 +25,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Resident memory of this process (the server runs in it), MB.
 fn rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
+    status_kib("VmRSS") as f64 / 1024.0
 }
 
 /// A WebSocket to `server` from local address `from` (any 127.x.y.z).
@@ -62,31 +55,6 @@ fn status_of(r: &Result<Ws, tokio_tungstenite::tungstenite::Error>) -> u16 {
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => 101,
-    }
-}
-
-async fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::Text(v.to_string().into()))
-        .await
-        .expect("send");
-}
-
-/// The next JSON message matching `pred`, within `limit`.
-async fn next_where(ws: &mut Ws, limit: Duration, pred: impl Fn(&Value) -> bool) -> Value {
-    let end = Instant::now() + limit;
-    loop {
-        let left = end.saturating_duration_since(Instant::now());
-        let msg = tokio::time::timeout(left, ws.next())
-            .await
-            .unwrap_or_else(|_| panic!("no matching message within {limit:?}"))
-            .expect("stream open")
-            .expect("frame");
-        if let Message::Text(t) = msg {
-            let v: Value = serde_json::from_str(t.as_str()).expect("json");
-            if pred(&v) {
-                return v;
-            }
-        }
     }
 }
 

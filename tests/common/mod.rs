@@ -6,6 +6,7 @@
 pub mod browser;
 pub mod servers;
 pub mod tls;
+pub mod ws;
 
 use std::future::Future;
 use std::net::SocketAddr;
