@@ -37,6 +37,10 @@ pub struct Settings {
     pub kafka: KafkaConfig,
     pub clickhouse: ClickhouseConfig,
     pub query: QueryConfig,
+    /// The profile these settings were loaded with (`--profile`,
+    /// `FLOWMETER_PROFILE`), if any; not a key of the file.
+    #[serde(skip)]
+    pub profile: Option<Profile>,
 }
 
 /// The HTTP listener (ingest, query and status API, the hub's WebSockets)
@@ -741,11 +745,12 @@ impl Settings {
                 .try_parsing(true)
                 .source(Some(env)),
         );
-        let settings: Settings = builder
+        let mut settings: Settings = builder
             .build()
             .and_then(|c| c.try_deserialize())
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         settings.validate()?;
+        settings.profile = profile;
         Ok(settings)
     }
 
@@ -872,7 +877,18 @@ impl Settings {
                 *v = "***".into();
             }
         }
-        toml::to_string_pretty(&s).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+        let head = match self.profile {
+            Some(Profile::Demo) => format!(
+                "# profile demo (--profile / {}): redis.prefix and the database of mysql.url are {}\n",
+                Profile::ENV,
+                Profile::DEMO_NAME
+            ),
+            None => String::new(),
+        };
+        match toml::to_string_pretty(&s) {
+            Ok(body) => head + &body,
+            Err(e) => format!("# cannot render config: {e}\n"),
+        }
     }
 }
 
@@ -1012,6 +1028,10 @@ mod tests {
         let s = Settings::load_from(None, env(&[("FLOWMETER_PROFILE", "demo")])).expect("loads");
         assert_eq!(s.redis.prefix, "fmdemo");
         assert_eq!(s.mysql.url, "mysql://root@127.0.0.1:3306/fmdemo");
+        // `flowmeter config` says which profile is on, and stays TOML
+        let shown = s.to_masked_toml();
+        assert!(shown.starts_with("# profile demo"), "{shown}");
+        assert!(toml::from_str::<Settings>(&shown).is_ok(), "{shown}");
         // a single variable still overrides the profile
         let s = Settings::load_from(
             None,
@@ -1026,6 +1046,7 @@ mod tests {
         // no profile: the defaults
         let s = Settings::load_from(None, env(&[])).expect("loads");
         assert_eq!(s.redis.prefix, "fm");
+        assert!(!s.to_masked_toml().contains("# profile"));
     }
 
     #[test]

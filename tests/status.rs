@@ -167,34 +167,51 @@ async fn status_shows_checkpoints_owners_and_lag_age() {
 }
 
 #[test]
-fn an_unreachable_redis_is_named_once_with_its_url_and_what_to_do() {
+fn an_unreachable_redis_or_mysql_is_named_once_with_its_url_and_what_to_do() {
     let env = TestEnv::new("status_noredis");
     let dir = tempfile::tempdir().expect("tmp");
     let config = env.write_config(dir.path());
-    let out = Command::new(env!("CARGO_BIN_EXE_flowmeter"))
-        .arg("--config")
-        .arg(&config)
-        .arg("status")
-        .env("FLOWMETER__REDIS__URL", "redis://:s3cret@127.0.0.1:1")
-        .env("RUST_BACKTRACE", "1")
-        .output()
-        .expect("flowmeter status");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("redis://:***@127.0.0.1:1"),
-        "the URL tried, password masked: {stderr}"
-    );
-    assert!(!stderr.contains("s3cret"), "{stderr}");
-    assert!(stderr.contains("scripts/services start"), "{stderr}");
-    assert_eq!(
-        stderr.matches("refused").count(),
-        1,
-        "the cause once: {stderr}"
-    );
-    assert!(
-        !stderr.contains("TLS"),
-        "a refusal is no TLS matter: {stderr}"
-    );
-    assert!(!stderr.contains("backtrace"), "{stderr}");
+    // (command, variable, unreachable URL with a password, the URL as shown)
+    let cases = [
+        (
+            "status",
+            "FLOWMETER__REDIS__URL",
+            "redis://:s3cret@127.0.0.1:1",
+            "redis://:***@127.0.0.1:1",
+        ),
+        (
+            "migrate",
+            "FLOWMETER__MYSQL__URL",
+            "mysql://root:s3cret@127.0.0.1:1/status_nomysql",
+            "mysql://root:***@127.0.0.1:1/status_nomysql",
+        ),
+    ];
+    for (command, var, url, shown) in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_flowmeter"))
+            .arg("--config")
+            .arg(&config)
+            .arg(command)
+            .env(var, url)
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .expect("run flowmeter");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{command}: {stderr}");
+        assert!(
+            stderr.contains(shown),
+            "{command}: the URL tried, password masked: {stderr}"
+        );
+        assert!(!stderr.contains("s3cret"), "{stderr}");
+        assert!(stderr.contains("scripts/services start"), "{stderr}");
+        assert_eq!(
+            stderr.matches("refused").count(),
+            1,
+            "{command}: the cause once: {stderr}"
+        );
+        assert!(
+            !stderr.contains("TLS"),
+            "a refusal is no TLS matter: {stderr}"
+        );
+        assert!(!stderr.contains("backtrace"), "{stderr}");
+    }
 }

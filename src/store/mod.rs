@@ -72,6 +72,10 @@ pub enum StoreError {
     NoDatabase(String),
     #[error("mysql did not finish within {0:?} (unreachable or overloaded?)")]
     Timeout(std::time::Duration),
+    /// The server of `mysql.url` could not be reached or talked to:
+    /// names the URL tried, password masked.
+    #[error("cannot connect to {url}: {reason}")]
+    Connect { url: String, reason: String },
     /// TLS to the server failed or cannot work as configured: the reason
     /// names the setting to fix.
     #[error("TLS to MySQL: {0}")]
@@ -94,8 +98,8 @@ impl StoreError {
     /// opposed to a database or table that is missing, or data it refused).
     pub fn is_connection(&self) -> bool {
         match self {
-            StoreError::Db(e) => !matches!(e, sqlx::Error::Database(_)) && is_retryable_db(e),
-            StoreError::Timeout(_) | StoreError::Tls(_) => true,
+            StoreError::Db(e) => is_unreachable(e),
+            StoreError::Timeout(_) | StoreError::Tls(_) | StoreError::Connect { .. } => true,
             _ => false,
         }
     }
@@ -103,7 +107,7 @@ impl StoreError {
     pub fn retryable(&self) -> bool {
         match self {
             StoreError::Db(e) => is_retryable_db(e),
-            StoreError::Timeout(_) => true,
+            StoreError::Timeout(_) | StoreError::Connect { .. } => true,
             _ => false,
         }
     }
@@ -172,6 +176,22 @@ enum Missing {
     Refuse,
 }
 
+/// A first connection's error `e`: when the server itself could not be
+/// reached, [`StoreError::Connect`] naming `url` (password masked).
+fn unreachable(url: &str, e: StoreError) -> StoreError {
+    match e {
+        StoreError::Db(db) if is_unreachable(&db) => StoreError::Connect {
+            url: crate::config::mask_url(url),
+            reason: db.to_string(),
+        },
+        other => other,
+    }
+}
+
+fn is_unreachable(e: &sqlx::Error) -> bool {
+    !matches!(e, sqlx::Error::Database(_)) && is_retryable_db(e)
+}
+
 impl Store {
     /// Connects to `[mysql]`: its URL and TLS settings (which override the
     /// URL's `ssl-mode`, `ssl-ca`, `ssl-cert`, `ssl-key`), with a pool of
@@ -226,7 +246,7 @@ impl Store {
             let mut conn = tokio::time::timeout(Duration::from_secs(10), server.connect())
                 .await
                 .map_err(|_| sqlx::Error::PoolTimedOut)?
-                .map_err(|e| tls.explain(e))?;
+                .map_err(|e| unreachable(url, tls.explain(e)))?;
             conn.execute(format!("CREATE DATABASE IF NOT EXISTS `{db}`").as_str())
                 .await?;
         }
@@ -245,7 +265,7 @@ impl Store {
             .await
             .map_err(|e| match db_number(&e) {
                 Some(ER_BAD_DB_ERROR) => StoreError::NoDatabase(db.clone()),
-                _ => tls.explain(e),
+                _ => unreachable(url, tls.explain(e)),
             })?;
         Ok(Self { pool })
     }
