@@ -23,7 +23,7 @@ pub enum AppError {
     Schemas(#[from] EventError),
     #[error(transparent)]
     Processor(#[from] ProcessorError),
-    #[error("MySQL: {0}{hint}", hint = store_hint(.0))]
+    #[error("MySQL: {0}{hint}", hint = .0.hint())]
     Store(#[from] StoreError),
     #[error("Redis: {0} (is Redis running and redis.url right? `scripts/services start` starts a local one)")]
     Stream(#[from] StreamError),
@@ -48,16 +48,6 @@ pub enum AppError {
     #[cfg(feature = "clickhouse")]
     #[error(transparent)]
     Archive(#[from] crate::processor::clickhouse_archive::client::ArchiveError),
-}
-
-/// The advice after a MySQL error: where to look when the server cannot be
-/// reached; nothing when the error already says what to do.
-fn store_hint(e: &StoreError) -> &'static str {
-    if e.is_connection() {
-        " (is MariaDB/MySQL running and mysql.url right? `scripts/services start` starts a local one)"
-    } else {
-        ""
-    }
 }
 
 /// A part of `flowmeter serve`.

@@ -43,8 +43,8 @@ pub struct VerifyReport {
 pub enum VerifyError {
     #[error(transparent)]
     File(#[from] TruthFileError),
-    #[error("MySQL at {url}: {source} (is MariaDB/MySQL running and mysql.url right?)")]
-    Store { url: String, source: StoreError },
+    #[error("MySQL: {0}{hint}", hint = .0.hint())]
+    Store(#[from] StoreError),
     /// Worth retrying: the database went away while comparing.
     #[error("comparing with the tables: {0} (run `flowmeter migrate` if a table is missing)")]
     Query(#[from] sqlx::Error),
@@ -58,12 +58,7 @@ pub async fn run(
     stop: CancellationToken,
 ) -> Result<VerifyReport, VerifyError> {
     let truth = TruthTable::read(&opts.truth)?;
-    let store = Store::from_config(&settings.mysql, 2)
-        .await
-        .map_err(|source| VerifyError::Store {
-            url: crate::config::mask_url(&settings.mysql.url),
-            source,
-        })?;
+    let store = Store::from_config(&settings.mysql, 2).await?;
     let start = Instant::now();
     loop {
         let diffs = truth.compare(&store).await?;

@@ -16,7 +16,7 @@ use std::time::Duration;
 use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlPoolOptions};
 
 use crate::config::MysqlConfig;
-use sqlx::{ConnectOptions, Executor, MySqlPool};
+use sqlx::{ConnectOptions, Connection, Executor, MySqlPool};
 
 pub use alerts::{AlertRow, NewAlert};
 pub use checkpoint::{advance as advance_checkpoint, Checkpoint};
@@ -101,6 +101,16 @@ impl StoreError {
             StoreError::Db(e) => is_unreachable(e),
             StoreError::Timeout(_) | StoreError::Tls(_) | StoreError::Connect { .. } => true,
             _ => false,
+        }
+    }
+
+    /// The advice to print after this error: where to look when the server
+    /// cannot be reached; nothing when the error already says what to do.
+    pub fn hint(&self) -> &'static str {
+        if self.is_connection() {
+            " (is MariaDB/MySQL running and mysql.url right? `scripts/services start` starts a local one)"
+        } else {
+            ""
         }
     }
 
@@ -241,15 +251,25 @@ impl Store {
                 "database name {db:?}: use letters, digits and '_'"
             )));
         }
+        // One connection first, so a server that refuses, a database that
+        // is missing or TLS that fails is said at once, with its cause (the
+        // pool would retry until its acquire timeout and say only that).
+        let first = match missing {
+            Missing::Create => opts.clone().database(""),
+            Missing::Refuse => opts.clone(),
+        };
+        let mut conn = tokio::time::timeout(Duration::from_secs(10), first.connect())
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)?
+            .map_err(|e| match db_number(&e) {
+                Some(ER_BAD_DB_ERROR) => StoreError::NoDatabase(db.clone()),
+                _ => unreachable(url, tls.explain(e)),
+            })?;
         if missing == Missing::Create {
-            let server = opts.clone().database("");
-            let mut conn = tokio::time::timeout(Duration::from_secs(10), server.connect())
-                .await
-                .map_err(|_| sqlx::Error::PoolTimedOut)?
-                .map_err(|e| unreachable(url, tls.explain(e)))?;
             conn.execute(format!("CREATE DATABASE IF NOT EXISTS `{db}`").as_str())
                 .await?;
         }
+        let _ = conn.close().await;
         let pool = MySqlPoolOptions::new()
             .max_connections(max_connections.max(2))
             .acquire_timeout(Duration::from_secs(10))
