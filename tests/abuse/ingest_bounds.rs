@@ -144,6 +144,17 @@ async fn inflight_bodies_probe() {
         async move { in_flight(&client, server).await == 0 }
     })
     .await;
+    // A bystander's batch once the budget is free again: accepted, and
+    // every canary is in the streams (the refused bodies wrote nothing).
+    let canaries = 50u64;
+    let t0 = chrono::Utc::now().timestamp_millis();
+    let body: Vec<String> = (0..canaries)
+        .map(|i| http_event(i, t0).to_string())
+        .collect();
+    let (code, reply) = post_ndjson(&client, &server.url("/v1/events"), body.join("\n")).await;
+    assert_eq!(code, 202, "{reply}");
+    let mut redis = env.redis().await;
+    assert_eq!(stream_total_on(&mut redis, &env).await, canaries as i64);
     // A chunked body is held chunk by chunk as it arrives.
     let (mut wr, a) = open_post(&server, None).await;
     for _ in 0..3 {
