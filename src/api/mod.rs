@@ -17,6 +17,7 @@ mod error;
 mod events;
 mod ingest;
 mod limits;
+pub mod params;
 mod rate;
 mod rollups;
 pub mod server;
