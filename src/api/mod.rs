@@ -7,9 +7,11 @@
 //! - `GET /healthz`, `GET /metrics`: always (`/metrics` with a token when
 //!   `auth.metrics_requires_token`).
 //!
-//! [`router`] builds the whole thing from an [`AppState`], so tests drive it
-//! with `tower::ServiceExt::oneshot` and no socket; [`server`] serves it
-//! with the connection limits, timeouts and TLS of `[server]`.
+//! [`router`] builds the whole thing from an [`AppState`] (built by
+//! `app::http_state`), so tests drive it with `tower::ServiceExt::oneshot`
+//! and no socket (tests/router.rs); [`server`] serves it with the
+//! connection limits, timeouts and TLS of `[server]`. Query parameters are
+//! typed ([`params`]).
 
 mod access;
 mod alerts;
