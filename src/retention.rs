@@ -323,20 +323,7 @@ pub async fn pass(
     streams: &[String],
     cfg: &RetentionConfig,
 ) -> Result<Vec<(TrimPlan, Trimmed)>, StreamError> {
-    let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
-    let mut out = Vec::new();
-    for s in streams {
-        let p = plan(redis, s, cfg, now_ms).await?;
-        if let Some(group) = &p.held_by {
-            tracing::warn!(
-                stream = %s, %group, held_secs = p.held_secs,
-                "retention held back by a group that has not read or acknowledged older entries"
-            );
-        }
-        let t = apply(redis, keys, &p).await?;
-        out.push((p, t));
-    }
-    Ok(out)
+    each_stream(redis, Some(keys), streams, cfg).await
 }
 
 /// What [`pass`] would do now, changing nothing: the plans, and per stream
@@ -346,11 +333,33 @@ pub async fn dry_run(
     streams: &[String],
     cfg: &RetentionConfig,
 ) -> Result<Vec<(TrimPlan, Trimmed)>, StreamError> {
+    each_stream(redis, None, streams, cfg).await
+}
+
+/// Plans each stream and applies the plan (with `keys`) or counts what it
+/// would trim (without).
+async fn each_stream(
+    redis: &Redis,
+    apply_with: Option<&Keys>,
+    streams: &[String],
+    cfg: &RetentionConfig,
+) -> Result<Vec<(TrimPlan, Trimmed)>, StreamError> {
     let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
     let mut out = Vec::new();
     for s in streams {
         let p = plan(redis, s, cfg, now_ms).await?;
-        let t = would_trim(redis, &p, 1_000_000).await?;
+        let t = match apply_with {
+            Some(keys) => {
+                if let Some(group) = &p.held_by {
+                    tracing::warn!(
+                        stream = %s, %group, held_secs = p.held_secs,
+                        "retention held back by a group that has not read or acknowledged older entries"
+                    );
+                }
+                apply(redis, keys, &p).await?
+            }
+            None => would_trim(redis, &p, 1_000_000).await?,
+        };
         out.push((p, t));
     }
     Ok(out)
