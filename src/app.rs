@@ -265,7 +265,9 @@ pub async fn serve(
     )?);
     let redis = Redis::from_config(&settings.redis).await?;
     let keys = Keys::new(settings.redis.prefix.clone(), settings.redis.shards);
-    let alerting = roles.has(Role::Hub) && !processors.alerts.rules.is_empty();
+    // read (and checked) by every role, as the processors are
+    let alerts = crate::alert::AlertRules::load(&settings.paths.processors)?;
+    let alerting = roles.has(Role::Hub) && !alerts.rules.is_empty();
     let store = if roles.has(Role::Rollup) || alerting {
         Some(Store::from_config(&settings.mysql, settings.mysql.max_connections).await?)
     } else {
@@ -320,7 +322,7 @@ pub async fn serve(
         if let (true, Some(store)) = (alerting, store.clone()) {
             tracker.spawn(crate::alert::run(
                 hub.clone(),
-                processors.alerts.clone(),
+                alerts,
                 redis.clone(),
                 keys.clone(),
                 store,

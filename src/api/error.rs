@@ -139,13 +139,7 @@ impl IntoResponse for ApiError {
                 json!({"error": self.to_string(), "accepted": 0}),
             ),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, json!({"error": m})),
-            ApiError::Auth(e) => (
-                match e {
-                    crate::auth::AuthError::Scope { .. } => StatusCode::FORBIDDEN,
-                    _ => StatusCode::UNAUTHORIZED,
-                },
-                json!({"error": self.to_string()}),
-            ),
+            ApiError::Auth(e) => (e.status(), json!({"error": self.to_string()})),
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, json!({"error": m})),
             ApiError::RateLimited { retry_after, .. } => (
                 StatusCode::TOO_MANY_REQUESTS,

@@ -73,6 +73,17 @@ pub struct AppState {
     pub ingest_limit: Arc<RateLimiter>,
 }
 
+/// The WebSocket handler's part of the state (the hub takes only what it
+/// needs, and does not import the API).
+impl axum::extract::FromRef<AppState> for crate::hub::ws::WsState {
+    fn from_ref(st: &AppState) -> Self {
+        Self {
+            hub: st.hub.clone(),
+            auth: st.auth.clone(),
+        }
+    }
+}
+
 /// Builds the router for the roles present in `state`.
 pub fn router(state: AppState) -> Router {
     let mut r = Router::new()
