@@ -21,7 +21,46 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::AuthConfig;
+use serde::{Deserialize, Serialize};
+
+/// Bearer tokens. With none configured the API is open, which `serve`
+/// allows only on a loopback address unless `allow_anonymous` is set.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub tokens: Vec<TokenConfig>,
+    /// Serve without tokens on an address that is not loopback (everything
+    /// open to whoever reaches it; a warning says so). Default false: such a
+    /// server refuses to start.
+    pub allow_anonymous: bool,
+    /// `GET /metrics` asks for a token with the `metrics` scope (default
+    /// false: open, like `/healthz`).
+    pub metrics_requires_token: bool,
+}
+
+impl AuthConfig {
+    pub fn enabled(&self) -> bool {
+        !self.tokens.is_empty()
+    }
+}
+
+/// One token and what it may do. Give either `token` or `token_sha256`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// A name for logs and limits (never the token itself).
+    pub name: String,
+    /// The token itself, at least 16 characters.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub token: String,
+    /// Instead of `token`: its SHA-256 as 64 hex digits
+    /// (`printf %s "$TOKEN" | sha256sum`), so the file holds no secret.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub token_sha256: String,
+    /// `read` (WebSocket hub, queries), `ingest` (POST /v1/events),
+    /// `metrics` (GET /metrics with `auth.metrics_requires_token`).
+    pub scopes: Vec<String>,
+}
 
 /// A client address as per-client limits count it: IPv4 whole (an
 /// IPv4-mapped IPv6 address is its IPv4 address), IPv6 by its /64, so one

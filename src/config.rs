@@ -7,6 +7,9 @@
 //! (e.g. `FLOWMETER__REDIS__URL`). Unknown keys are an error that names the key.
 //! Every field is documented here; `flowmeter.example.toml` repeats these docs.
 
+// `[auth]` is defined beside the code it configures; named here with the
+// other sections.
+pub use crate::auth::{AuthConfig, TokenConfig};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -578,45 +581,6 @@ impl Default for HubConfig {
             max_connections_per_ip: 256,
         }
     }
-}
-
-/// Bearer tokens. With none configured the API is open, which `serve`
-/// allows only on a loopback address unless `allow_anonymous` is set.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuthConfig {
-    pub tokens: Vec<TokenConfig>,
-    /// Serve without tokens on an address that is not loopback (everything
-    /// open to whoever reaches it; a warning says so). Default false: such a
-    /// server refuses to start.
-    pub allow_anonymous: bool,
-    /// `GET /metrics` asks for a token with the `metrics` scope (default
-    /// false: open, like `/healthz`).
-    pub metrics_requires_token: bool,
-}
-
-impl AuthConfig {
-    pub fn enabled(&self) -> bool {
-        !self.tokens.is_empty()
-    }
-}
-
-/// One token and what it may do. Give either `token` or `token_sha256`.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct TokenConfig {
-    /// A name for logs and limits (never the token itself).
-    pub name: String,
-    /// The token itself, at least 16 characters.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub token: String,
-    /// Instead of `token`: its SHA-256 as 64 hex digits
-    /// (`printf %s "$TOKEN" | sha256sum`), so the file holds no secret.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub token_sha256: String,
-    /// `read` (WebSocket hub, queries), `ingest` (POST /v1/events),
-    /// `metrics` (GET /metrics with `auth.metrics_requires_token`).
-    pub scopes: Vec<String>,
 }
 
 /// A named set of settings chosen on the command line (`--profile NAME`)

@@ -55,3 +55,6 @@ pub mod store;
 pub mod stream;
 pub mod telemetry;
 pub mod web;
+
+#[cfg(test)]
+mod layering;

@@ -184,8 +184,6 @@ async fn cancel_on_signal(token: CancellationToken) {
 
 #[cfg(test)]
 mod tests {
-    use std::path::{Path, PathBuf};
-
     use clap::CommandFactory;
 
     use super::*;
@@ -193,75 +191,5 @@ mod tests {
     #[test]
     fn the_parser_is_consistent() {
         Cli::command().debug_assert();
-    }
-
-    /// Every `.rs` file under `dir`, with its text.
-    fn sources(dir: &Path) -> Vec<(PathBuf, String)> {
-        let mut out = Vec::new();
-        for entry in std::fs::read_dir(dir).expect("src/ is readable") {
-            let path = entry.expect("a directory entry").path();
-            if path.is_dir() {
-                out.extend(sources(&path));
-            } else if path.extension().is_some_and(|x| x == "rs") {
-                let text = std::fs::read_to_string(&path).expect("a source file");
-                out.push((path, text));
-            }
-        }
-        out
-    }
-
-    /// The code lines (not comments) of the files under `src/{under}` that
-    /// name one of `needles`, as `path:line: text`.
-    fn offenders(under: &str, skip: &[&str], needles: &[&str]) -> Vec<String> {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-        let mut found = Vec::new();
-        for (path, text) in sources(&src.join(under)) {
-            let rel = path.strip_prefix(&src).unwrap_or(&path);
-            if skip.iter().any(|s| rel.starts_with(s)) {
-                continue;
-            }
-            for (n, line) in text.lines().enumerate() {
-                let code = line.trim_start();
-                if code.starts_with("//") {
-                    continue;
-                }
-                if needles.iter().any(|w| code.contains(w)) {
-                    found.push(format!("src/{}:{}: {code}", rel.display(), n + 1));
-                }
-            }
-        }
-        found
-    }
-
-    /// Dependencies point one way: the library returns data and the CLI
-    /// renders it, so no module outside `cli/` may use the CLI, its tables
-    /// or its human formatting.
-    #[test]
-    fn no_library_module_imports_the_cli() {
-        let found = offenders(
-            "",
-            &["cli", "main.rs"],
-            &[
-                "crate::cli",
-                "crate::table",
-                "crate::human",
-                "flowmeter::cli",
-            ],
-        );
-        assert!(
-            found.is_empty(),
-            "library code importing the CLI (return typed data and render it in src/cli/ instead):\n{}",
-            found.join("\n")
-        );
-    }
-
-    /// The two cycles issue 15 broke stay broken: the hub's WebSocket
-    /// handler has its own state and errors (not the API's), and alert rules
-    /// are loaded by `alert`, not by the processor registry.
-    #[test]
-    fn the_hub_does_not_import_the_api_nor_the_processors_the_alerts() {
-        let mut found = offenders("hub", &[], &["crate::api"]);
-        found.extend(offenders("processor", &[], &["crate::alert"]));
-        assert!(found.is_empty(), "{}", found.join("\n"));
     }
 }
