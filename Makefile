@@ -29,9 +29,14 @@ test: services
 	@scripts/browser-deps
 	$(CARGO) test --workspace --all-targets --no-fail-fast
 
+# The workspace, then the embeddable crates alone as a service builds them
+# (no features unified from the server's), the collector with and without
+# its default features.
 lint: node
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p flowmeter-core -- -D warnings
+	$(CARGO) clippy -p flowmeter-collector -- -D warnings
 	$(CARGO) clippy -p flowmeter-collector --no-default-features -- -D warnings
 
 # The fuzz targets (crates/fuzz, run with scripts/fuzz on nightly) still

@@ -20,14 +20,13 @@
 //! # Ok(()) }
 //! ```
 //!
-//! What is recorded (see `layer`): the matched route template (axum
+//! What is recorded (see `layer`): the matched route template (axum's
 //! `MatchedPath`, with the default feature `axum`; else `unmatched_endpoint`:
-//! never the raw path), method,
-//! status, request and response body bytes counted from the frames actually
-//! read and sent (streamed, chunked and SSE bodies; an aborted response counts
-//! what was handed to the connection), header (and chunk framing) bytes as
-//! HTTP/1.1 puts them on the wire, and the time until the last body byte was
-//! handed to the connection.
+//! never the raw path), method, status, request and response body bytes
+//! counted from the frames actually read and sent (streamed, chunked and SSE
+//! bodies; an aborted response counts what was handed to the connection),
+//! header (and chunk framing) bytes as HTTP/1.1 puts them on the wire, and
+//! the time until the last body byte was handed to the connection.
 //!
 //! The request path never blocks and never fails: the event goes into a
 //! bounded queue (`queue_capacity`; when it is full the event is dropped and
