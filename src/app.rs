@@ -265,7 +265,9 @@ pub async fn serve(
     )?);
     let redis = crate::stream::connect(&settings.redis).await?;
     let keys = Keys::new(settings.redis.prefix.clone(), settings.redis.shards);
-    let alerting = roles.has(Role::Hub) && !processors.alerts.rules.is_empty();
+    // read (and checked) by every role, as the processors are
+    let alerts = crate::alert::AlertRules::load(&settings.paths.processors)?;
+    let alerting = roles.has(Role::Hub) && !alerts.rules.is_empty();
     let store = if roles.has(Role::Rollup) || alerting {
         Some(Store::from_config(&settings.mysql, settings.mysql.max_connections).await?)
     } else {
@@ -320,7 +322,7 @@ pub async fn serve(
         if let (true, Some(store)) = (alerting, store.clone()) {
             tracker.spawn(crate::alert::run(
                 hub.clone(),
-                processors.alerts.clone(),
+                alerts,
                 redis.clone(),
                 keys.clone(),
                 store,
@@ -336,55 +338,20 @@ pub async fn serve(
     // `server.worker_listen` (a free port by default), so several run side
     // by side on one machine.
     {
-        let api_store = match roles.has(Role::Api) {
-            true => {
-                Some(Store::from_config(&settings.mysql, settings.query.max_connections).await?)
-            }
-            false => None,
-        };
-        let catalog = match &api_store {
-            Some(s) => QueryCatalog::build(&processors, s).await?,
-            None => QueryCatalog::default(),
-        };
-        let producer = roles.has(Role::Ingest).then(|| {
-            // Backpressure decides on figures a background task refreshes.
-            let streams = crate::retention::all_streams(&keys, &schemas);
-            let backlog = crate::stream::pressure::Backlog::new(streams);
-            tracker.spawn(crate::stream::pressure::watch(
-                redis.clone(),
-                backlog.clone(),
-                settings.ingest.max_backlog_entries,
-                Duration::from_millis(settings.ingest.backlog_poll_ms),
-                shutdown.child_token(),
-            ));
-            Producer::new(redis.clone(), keys.clone())
-                .with_backpressure(backlog, settings.ingest.max_backlog_entries)
-        });
-        let state = AppState {
-            schemas: schemas.clone(),
-            processors: processors.clone(),
-            redis: redis.clone(),
-            keys: keys.clone(),
-            producer,
-            // The query API's own pool: queries never take the connections
-            // the processors flush with.
-            store: api_store,
-            queries: crate::api::QueryLimits::new(&settings.query),
-            catalog: Arc::new(catalog),
-            ingest: settings.ingest.clone(),
-            ingest_bodies: crate::api::BodyBudget::new(settings.ingest.max_inflight_body_bytes),
-            retention: settings.retention.clone(),
-            hub: hub.clone(),
-            events: if roles.has(Role::Api) {
-                crate::api::EventSearch::from_registry(&processors, &settings.clickhouse)
-            } else {
-                None
+        let state = http_state(
+            &settings,
+            &roles,
+            Shared {
+                schemas: schemas.clone(),
+                processors: processors.clone(),
+                redis: redis.clone(),
+                keys: keys.clone(),
             },
-            auth: crate::auth::Auth::new(&settings.auth),
-            ingest_limit: Arc::new(crate::api::RateLimiter::new(
-                &settings.server.ingest_rate_limit,
-            )),
-        };
+            hub.clone(),
+            &tracker,
+            &shutdown,
+        )
+        .await?;
         let listener = match listener {
             Some(l) => l,
             None => {
@@ -416,6 +383,83 @@ pub async fn serve(
         tracing::warn!("shutdown took longer than server.shutdown_timeout_ms; exiting anyway (unacked entries are redelivered)");
     }
     Ok(())
+}
+
+/// What every role shares: the event schemas, the processor definitions,
+/// the Redis connection and its key names.
+#[derive(Clone)]
+pub struct Shared {
+    pub schemas: Arc<SchemaRegistry>,
+    pub processors: Arc<ProcessorRegistry>,
+    pub redis: Redis,
+    pub keys: Keys,
+}
+
+/// The HTTP handlers' state for `roles`: the query API's own MySQL pool
+/// (`api`), the producer with its backpressure watch (`ingest`, a task on
+/// `tracker` until `shutdown`), the hub when it runs. `serve` serves it;
+/// router tests drive it with `tower::ServiceExt::oneshot`.
+pub async fn http_state(
+    settings: &Settings,
+    roles: &Roles,
+    shared: Shared,
+    hub: Option<Arc<crate::hub::Hub>>,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<AppState, AppError> {
+    let Shared {
+        schemas,
+        processors,
+        redis,
+        keys,
+    } = shared;
+    let api_store = match roles.has(Role::Api) {
+        true => Some(Store::from_config(&settings.mysql, settings.query.max_connections).await?),
+        false => None,
+    };
+    let catalog = match &api_store {
+        Some(s) => QueryCatalog::build(&processors, s).await?,
+        None => QueryCatalog::default(),
+    };
+    let producer = roles.has(Role::Ingest).then(|| {
+        // Backpressure decides on figures a background task refreshes.
+        let streams = crate::retention::all_streams(&keys, &schemas);
+        let backlog = crate::stream::pressure::Backlog::new(streams);
+        tracker.spawn(crate::stream::pressure::watch(
+            redis.clone(),
+            backlog.clone(),
+            settings.ingest.max_backlog_entries,
+            Duration::from_millis(settings.ingest.backlog_poll_ms),
+            shutdown.child_token(),
+        ));
+        Producer::new(redis.clone(), keys.clone())
+            .with_backpressure(backlog, settings.ingest.max_backlog_entries)
+    });
+    Ok(AppState {
+        producer,
+        // The query API's own pool: queries never take the connections
+        // the processors flush with.
+        store: api_store,
+        queries: crate::api::QueryLimits::new(&settings.query),
+        catalog: Arc::new(catalog),
+        ingest: settings.ingest.clone(),
+        ingest_bodies: crate::api::BodyBudget::new(settings.ingest.max_inflight_body_bytes),
+        retention: settings.retention.clone(),
+        hub,
+        events: if roles.has(Role::Api) {
+            crate::api::EventSearch::from_registry(&processors, &settings.clickhouse)
+        } else {
+            None
+        },
+        auth: crate::auth::Auth::new(&settings.auth),
+        ingest_limit: Arc::new(crate::api::RateLimiter::new(
+            &settings.server.ingest_rate_limit,
+        )),
+        schemas,
+        processors,
+        redis,
+        keys,
+    })
 }
 
 /// Answers an archive search from the command line (`flowmeter query`): the

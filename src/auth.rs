@@ -14,7 +14,10 @@
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -87,6 +90,24 @@ pub enum AuthError {
     Unknown,
     #[error("token {name} lacks the {scope} scope")]
     Scope { name: String, scope: &'static str },
+}
+
+impl AuthError {
+    /// 403 for a known token without the scope, else 401.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AuthError::Scope { .. } => StatusCode::FORBIDDEN,
+            AuthError::Missing | AuthError::Unknown => StatusCode::UNAUTHORIZED,
+        }
+    }
+}
+
+/// `{"error": …}` with [`AuthError::status`]: the answer of every route
+/// that checks a token (the API's and the hub's alike).
+impl IntoResponse for AuthError {
+    fn into_response(self) -> Response {
+        (self.status(), Json(json!({"error": self.to_string()}))).into_response()
+    }
 }
 
 /// Why `serve` refuses to start: open to anyone on a reachable address.

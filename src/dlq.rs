@@ -196,31 +196,6 @@ pub async fn purge(redis: &Redis, keys: &Keys, group: &str) -> Result<u64, Strea
     Ok(n)
 }
 
-/// Aligned table of dead letters (data shortened).
-pub fn render(letters: &[DeadLetter]) -> String {
-    let mut rows = vec![["dlq id", "stream", "id", "processor", "error", "data"]
-        .map(String::from)
-        .to_vec()];
-    let short = |s: &str, n: usize| {
-        if s.chars().count() > n {
-            format!("{}…", s.chars().take(n).collect::<String>())
-        } else {
-            s.to_string()
-        }
-    };
-    for d in letters {
-        rows.push(vec![
-            d.dlq_id.clone(),
-            d.stream.clone(),
-            d.id.clone(),
-            d.processor.clone(),
-            short(&d.error, 60),
-            short(&d.data, 40),
-        ]);
-    }
-    crate::table::table(&rows)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

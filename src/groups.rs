@@ -314,20 +314,3 @@ pub async fn claim(
     }
     Ok(out)
 }
-
-/// The table printed after create/reset/delete.
-pub fn render(changes: &[ShardChange]) -> String {
-    let dash = crate::human::position_or_dash;
-    let mut rows = vec![["stream", "position before", "position after", "pending"]
-        .map(String::from)
-        .to_vec()];
-    for c in changes {
-        rows.push(vec![
-            c.stream.clone(),
-            dash(&c.before),
-            dash(&c.after),
-            c.pending.to_string(),
-        ]);
-    }
-    crate::table::table(&rows)
-}

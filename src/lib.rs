@@ -25,8 +25,8 @@
 //! | [`retention`] | safe trimming by age and length, never past what a group still needs |
 //! | [`dlq`] | dead-letter streams: entries a group could not process, and `flowmeter dlq` |
 //! | [`status`] | the figures of `GET /v1/status` and `flowmeter status` |
-//! | [`hub`] | the realtime WebSocket hub: sliding windows fed from the streams, `GET /v1/ws` |
-//! | [`alert`] | alert rules (threshold, spike, anomaly), their state machine and the one evaluator |
+//! | [`hub`] | the realtime WebSocket hub: sliding windows fed from the streams, `GET /v1/ws` (with its own state, which the api builds) |
+//! | [`alert`] | alert rules (threshold, spike, anomaly; loaded from the `type = "alerts"` files of processors/), their state machine and the one evaluator |
 //! | [`auth`] | bearer tokens (kept hashed) and scopes; the fail-closed rule for open servers; the client key of per-client limits |
 //! | [`api`] | the HTTP API: ingest, rollup queries, status; its server (connection cap, timeouts, TLS) and the ingest rate limit |
 //! | [`web`] | the dashboard and the browser SDK, embedded in the binary |
@@ -34,9 +34,8 @@
 //! | [`telemetry`] | tracing setup and the names of every counter |
 //! | [`collector`] | the in-process tower layer that records `http` events, with its batching, spilling sender (the `flowmeter-collector` crate) |
 //! | [`loadgen`] | seeded synthetic traffic for both kinds, its exact totals, and `flowmeter verify` of them against the tables |
-//! | [`bench`] | `flowmeter bench`: the end-to-end benchmark |
-//! | [`table`] | aligned plain-text tables for the CLI |
-//! | [`human`] | numbers and times for people (rates, stream positions as times), progress bars, when to colour |
+//! | [`bench`] | `flowmeter bench`: the end-to-end and WebSocket benchmarks; they return reports, the CLI prints them |
+//! | [`cli`] | the command line: the parser, one module per subcommand with its rendering (tables, progress bars, human text); `main.rs` only calls it. Nothing else imports it |
 //! | [`pem`] | PEM files of the TLS settings, read and checked at start (`flowmeter_core::pem`) |
 
 pub mod alert;
@@ -44,13 +43,13 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod bench;
+pub mod cli;
 pub mod config;
 pub mod dlq;
 pub mod event;
 pub mod expr;
 pub mod groups;
 pub mod hub;
-pub mod human;
 pub mod loadgen;
 pub mod processor;
 pub mod retention;
@@ -58,7 +57,6 @@ pub mod sketch;
 pub mod status;
 pub mod store;
 pub mod stream;
-pub mod table;
 pub mod telemetry;
 pub mod web;
 

@@ -323,62 +323,46 @@ pub async fn pass(
     streams: &[String],
     cfg: &RetentionConfig,
 ) -> Result<Vec<(TrimPlan, Trimmed)>, StreamError> {
+    each_stream(redis, Some(keys), streams, cfg).await
+}
+
+/// What [`pass`] would do now, changing nothing: the plans, and per stream
+/// the entries a trim would drop (counted up to a million per stream).
+pub async fn dry_run(
+    redis: &Redis,
+    streams: &[String],
+    cfg: &RetentionConfig,
+) -> Result<Vec<(TrimPlan, Trimmed)>, StreamError> {
+    each_stream(redis, None, streams, cfg).await
+}
+
+/// Plans each stream and applies the plan (with `keys`) or counts what it
+/// would trim (without).
+async fn each_stream(
+    redis: &Redis,
+    apply_with: Option<&Keys>,
+    streams: &[String],
+    cfg: &RetentionConfig,
+) -> Result<Vec<(TrimPlan, Trimmed)>, StreamError> {
     let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
     let mut out = Vec::new();
     for s in streams {
         let p = plan(redis, s, cfg, now_ms).await?;
-        if let Some(group) = &p.held_by {
-            tracing::warn!(
-                stream = %s, %group, held_secs = p.held_secs,
-                "retention held back by a group that has not read or acknowledged older entries"
-            );
-        }
-        let t = apply(redis, keys, &p).await?;
+        let t = match apply_with {
+            Some(keys) => {
+                if let Some(group) = &p.held_by {
+                    tracing::warn!(
+                        stream = %s, %group, held_secs = p.held_secs,
+                        "retention held back by a group that has not read or acknowledged older entries"
+                    );
+                }
+                apply(redis, keys, &p).await?
+            }
+            None => would_trim(redis, &p, 1_000_000).await?,
+        };
         out.push((p, t));
     }
     Ok(out)
-}
-
-/// The table printed by `flowmeter trim`.
-pub fn render(results: &[(TrimPlan, Trimmed)], dry_run: bool) -> String {
-    let dash = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
-    let time = crate::human::position_or_dash;
-    let mut rows = vec![[
-        "stream",
-        "length",
-        "trim to",
-        if dry_run { "would trim" } else { "trimmed" },
-        "held back by",
-        "held s",
-        "unread dropped",
-    ]
-    .map(String::from)
-    .to_vec()];
-    for (p, t) in results {
-        let forced = &t.forced;
-        rows.push(vec![
-            p.stream.clone(),
-            p.length.to_string(),
-            time(&p.trim_to),
-            t.entries.to_string(),
-            dash(&p.held_by),
-            format!("{:.0}", p.held_secs),
-            if forced.is_empty() {
-                "0".into()
-            } else {
-                forced
-                    .iter()
-                    .map(|(g, n)| format!("{g}:{n}"))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            },
-        ]);
-    }
-    let mut out = crate::table::table(&rows);
-    if results.iter().any(|(p, _)| p.held_by.is_some()) {
-        out.push_str("a group holds retention back: it has not read or acknowledged older entries (see `flowmeter groups list`)\n");
-    }
-    out
 }
 
 /// Runs a pass every `retention.interval_ms` until `shutdown`. Among several

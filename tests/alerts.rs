@@ -198,7 +198,7 @@ async fn loadgen_incident_trips_the_shipped_error_rate_rule() {
         seed: 14,
         target: Target::Api(server.url("")),
         truth: None,
-        progress: false,
+        progress: None,
         incident: Some(Duration::from_secs(600)),
     };
     let stop = CancellationToken::new();
@@ -213,7 +213,11 @@ async fn loadgen_incident_trips_the_shipped_error_rate_rule() {
         .expect("the incident fired an alert");
     stop.cancel();
     let report = load.await.expect("joined").expect("loadgen");
-    assert!(report.accepted > 0, "{}", report.render());
+    assert!(
+        report.accepted > 0,
+        "{}",
+        flowmeter::cli::loadgen::render(&report)
+    );
     assert_eq!(fired["state"], "fired", "{fired}");
     let a = &fired["alert"];
     assert_eq!(a["rule"], "http_error_rate", "{fired}");

@@ -25,14 +25,19 @@ async fn truth_equals_the_rollup_tables() {
         seed: 9,
         target: Target::Api(server.url("")),
         truth: None,
-        progress: false,
+        progress: None,
         incident: None,
     };
     let report = flowmeter::loadgen::run(&env.settings, &opts, CancellationToken::new())
         .await
         .expect("loadgen");
     assert_eq!(report.sent, 8_000);
-    assert_eq!(report.accepted, 8_000, "{}", report.render());
+    assert_eq!(
+        report.accepted,
+        8_000,
+        "{}",
+        flowmeter::cli::loadgen::render(&report)
+    );
     assert_eq!(report.truth.events(), 8_000);
     assert!(
         report.truth.len() > 50,

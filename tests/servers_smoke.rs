@@ -1,6 +1,7 @@
-//! The private ClickHouse and Kafka (tansu) servers of tests/common/servers.rs
-//! start, answer, die on SIGKILL and come back — checked here on their own so
-//! a failure in a processor test is never a failure of the harness.
+//! The test harness itself, checked on its own so a failure in a processor
+//! test is never a failure of the harness: the private ClickHouse and Kafka
+//! (tansu) servers of tests/common/servers.rs start, answer, die on SIGKILL
+//! and come back; a test's env is cleaned up even when the test fails.
 
 mod common;
 
@@ -118,4 +119,39 @@ fn kafka_broker_creates_topics_and_restarts_on_its_port() {
         broker.create_topic("events", 3);
         assert_eq!(broker.topics(), [("events".to_string(), 3)]);
     }
+}
+
+/// A test that panics after writing keys and migrating its database leaves
+/// neither behind: the env's drop cleans up while the panic unwinds.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_test_leaves_no_keys_and_no_database() {
+    let failing = tokio::spawn(async move {
+        let owner = common::TestEnv::new("guard_owner");
+        owner.migrate().await;
+        let mut r = owner.redis().await;
+        let _: () = redis::cmd("SET")
+            .arg(format!("{}:left", owner.name))
+            .arg(1)
+            .query_async(&mut r)
+            .await
+            .expect("set");
+        drop(owner.handle());
+        assert!(
+            common::database_exists(&owner.name).await,
+            "a handle cleans nothing"
+        );
+        panic!("{}", owner.name);
+    });
+    let err = failing.await.expect_err("the test body panicked");
+    let owner: String = match err.into_panic().downcast::<String>() {
+        Ok(name) => *name,
+        Err(_) => panic!("the panic names the env"),
+    };
+    assert!(owner.starts_with("fmt_guard_owner_"), "{owner}");
+    assert!(
+        !common::database_exists(&owner).await,
+        "database {owner} left behind"
+    );
+    let env = common::TestEnv::new("guard_check");
+    assert_eq!(common::keys_under(&env, &owner).await, Vec::<String>::new());
 }

@@ -1,6 +1,13 @@
 //! Alert rules, read from `processors/alerts.toml` (`type = "alerts"`).
 
+use std::path::Path;
+
 use serde::{Deserialize, Serialize};
+
+use crate::processor::registry::{
+    definition_error, definition_files, definition_type, ALERTS_TYPE,
+};
+use crate::processor::ProcessorError;
 
 /// The rules file.
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -120,6 +127,30 @@ fn five_min() -> u64 {
 }
 
 impl AlertRules {
+    /// Reads and checks the rules of every file of type `alerts` in `dir`
+    /// (processors/), in file-name order; none is an empty set. Errors name
+    /// the file, as the processor registry's do.
+    pub fn load(dir: &Path) -> Result<Self, ProcessorError> {
+        let mut all = AlertRules {
+            kind: ALERTS_TYPE.into(),
+            rules: Vec::new(),
+        };
+        for (file, text) in definition_files(dir)? {
+            if definition_type(&text).as_deref() != Some(ALERTS_TYPE) {
+                continue;
+            }
+            let rules: AlertRules =
+                toml::from_str(&text).map_err(|e| definition_error(&file, e.to_string()))?;
+            rules
+                .check()
+                .map_err(|reason| definition_error(&file, reason))?;
+            all.rules.extend(rules.rules);
+        }
+        all.check()
+            .map_err(|reason| definition_error(dir, reason))?;
+        Ok(all)
+    }
+
     /// Checks every rule; the message names the rule and the field.
     pub fn check(&self) -> Result<(), String> {
         if self.kind != "alerts" {

@@ -4,63 +4,65 @@
 //! `max_daily_range_days`, one query slot, and an answer of at most
 //! `max_response_bytes` ending with `truncated` and a `cursor` to continue.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::Response;
 use chrono::Utc;
 use futures::TryStreamExt;
 use serde_json::Value;
 
-use super::error::{bad_param, limit_param, time_param, ParamErrors};
+use super::error::{bad_param, ParamErrors};
 use super::limits::{decode_cursor, encode_cursor, json_page, CappedBody};
+use super::params::{AlertState, Limit, Param, Params, Time};
 use super::{ApiError, AppState};
+use serde::Deserialize;
 
 const DEFAULT_LIMIT: u64 = 500;
 const MAX_LIMIT: u64 = 10_000;
 /// The cursor's table name.
 const CURSOR_TABLE: &str = "alerts";
 
+/// The parameters of `GET /v1/alerts`.
+#[derive(Debug, Deserialize)]
+pub struct AlertParams {
+    state: Option<Param<AlertState>>,
+    from: Option<Param<Time>>,
+    to: Option<Param<Time>>,
+    limit: Option<Param<Limit<DEFAULT_LIMIT, MAX_LIMIT>>>,
+    cursor: Option<String>,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, String>,
+}
+
 pub async fn list(
     State(st): State<AppState>,
-    Query(params): Query<HashMap<String, String>>,
+    Params(p): Params<AlertParams>,
 ) -> Result<Response, ApiError> {
     let Some(store) = &st.store else {
         return Err(ApiError::NotFound("api role is not running".into()));
     };
     // every bad parameter is noted, and answered together
     let mut errs = ParamErrors::default();
-    let mut names: Vec<&String> = params.keys().collect();
-    names.sort();
-    for k in names {
-        if !["state", "from", "to", "limit", "cursor", "token"].contains(&k.as_str()) {
-            errs.add(k, "unknown parameter; use state, from, to, limit, cursor");
-        }
-    }
-    let open = match params.get("state").map(String::as_str) {
-        None | Some("all") => None,
-        Some("open") => Some(true),
-        Some("resolved") => Some(false),
-        Some(_) => {
-            errs.add("state", "must be open, resolved or all");
-            None
-        }
+    errs.unknown(&p.unknown, &[], "use state, from, to, limit, cursor");
+    let open = match errs.param("state", p.state).flatten() {
+        None | Some(AlertState::All) => None,
+        Some(AlertState::Open) => Some(true),
+        Some(AlertState::Resolved) => Some(false),
     };
-    let to = errs.take(time_param(&params, "to"));
-    let from = errs.take(time_param(&params, "from"));
-    let limit = errs
-        .take(limit_param(&params, DEFAULT_LIMIT, MAX_LIMIT))
-        .unwrap_or(DEFAULT_LIMIT);
+    let to = errs.param("to", p.to);
+    let from = errs.param("from", p.from);
+    let limit = Limit::or_default(errs.param("limit", p.limit));
     let before = errs
-        .take(params.get("cursor").map(|c| before(c)).transpose())
+        .take(p.cursor.map(|c| before(&c)).transpose())
         .flatten();
     let (Some(to), Some(from)) = (to, from) else {
         return errs.finish().and(Err(ApiError::Internal(
             "a parameter error went unnamed".into(),
         )));
     };
-    let to = to.unwrap_or_else(|| Utc::now() + chrono::Duration::minutes(1));
-    let from = from.unwrap_or(to - chrono::Duration::days(7));
+    let to = to.map_or_else(|| Utc::now() + chrono::Duration::minutes(1), |t| t.0);
+    let from = from.map_or(to - chrono::Duration::days(7), |t| t.0);
     if from > to {
         errs.add("from", "must not be after `to`");
     } else {

@@ -139,13 +139,7 @@ impl IntoResponse for ApiError {
                 json!({"error": self.to_string(), "accepted": 0}),
             ),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, json!({"error": m})),
-            ApiError::Auth(e) => (
-                match e {
-                    crate::auth::AuthError::Scope { .. } => StatusCode::FORBIDDEN,
-                    _ => StatusCode::UNAUTHORIZED,
-                },
-                json!({"error": self.to_string()}),
-            ),
+            ApiError::Auth(e) => (e.status(), json!({"error": self.to_string()})),
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, json!({"error": m})),
             ApiError::RateLimited { retry_after, .. } => (
                 StatusCode::TOO_MANY_REQUESTS,
@@ -278,83 +272,9 @@ pub fn bad_param(param: &str, reason: impl Into<String>) -> ApiError {
     }
 }
 
-/// Query parameter `name` as a time, if given: RFC 3339, or a date
-/// `YYYY-MM-DD` meaning its midnight UTC.
-pub fn time_param(
-    params: &std::collections::HashMap<String, String>,
-    name: &str,
-) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
-    params
-        .get(name)
-        .map(|s| parse_time(s).map_err(|reason| bad_param(name, reason)))
-        .transpose()
-}
-
-/// A query time: RFC 3339 (`2026-03-01T10:00:00Z`, any offset) or a date
-/// (`2026-03-01`, midnight UTC). An offset whose `+` a URL turned into a
-/// space (`…T10:00:00 01:00`) is refused with a hint to write `%2B`.
-pub fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
-    use crate::event::parse_ts;
-    let is_date = s.len() == 10
-        && s.char_indices().all(|(i, c)| {
-            if i == 4 || i == 7 {
-                c == '-'
-            } else {
-                c.is_ascii_digit()
-            }
-        });
-    let ms = if is_date {
-        parse_ts(&format!("{s}T00:00:00Z"))
-    } else {
-        parse_ts(s)
-    };
-    if let Some(t) = ms.ok().and_then(chrono::DateTime::from_timestamp_millis) {
-        return Ok(t);
-    }
-    let got = capped(s, MAX_ECHOED_CHARS);
-    if s.contains(' ') && parse_ts(&s.replacen(' ', "+", 1)).is_ok() {
-        return Err(format!(
-            "{got:?} has a space where its offset's + was: write + as %2B in a URL (e.g. 2026-03-01T10:00:00%2B01:00), or use Z"
-        ));
-    }
-    Err(format!(
-        "{got:?} is not a time: use RFC 3339 (e.g. 2026-03-01T10:00:00Z) or a date (2026-03-01, midnight UTC)"
-    ))
-}
-
-/// Query parameter `limit` (1..=max), else `default`.
-pub fn limit_param(
-    params: &std::collections::HashMap<String, String>,
-    default: u64,
-    max: u64,
-) -> Result<u64, ApiError> {
-    match params.get("limit") {
-        Some(l) => l
-            .parse::<u64>()
-            .ok()
-            .filter(|n| (1..=max).contains(n))
-            .ok_or_else(|| bad_param("limit", format!("must be an integer from 1 to {max}"))),
-        None => Ok(default),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn query_times_take_rfc3339_or_a_date_and_explain_a_lost_plus() {
-        let t = |s: &str| parse_time(s).map(|t| t.timestamp_millis());
-        assert_eq!(t("2026-03-01T00:00:00Z"), Ok(1_772_323_200_000));
-        assert_eq!(t("2026-03-01"), Ok(1_772_323_200_000));
-        assert_eq!(t("2026-03-01T01:00:00+01:00"), Ok(1_772_323_200_000));
-        let lost = parse_time("2026-03-01T01:00:00 01:00").expect_err("space");
-        assert!(lost.contains("%2B"), "{lost}");
-        for bad in ["2026-3-1", "2026-13-01", "yesterday", "9999-01-01", ""] {
-            let e = parse_time(bad).expect_err(bad);
-            assert!(e.contains("RFC 3339") && e.contains("date"), "{bad}: {e}");
-        }
-    }
 
     async fn body(e: ApiError) -> serde_json::Value {
         let bytes = axum::body::to_bytes(e.into_response().into_body(), 1 << 20)

@@ -19,16 +19,18 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 #[cfg(feature = "clickhouse")]
 use axum::http::header;
 #[cfg(feature = "clickhouse")]
 use axum::response::IntoResponse;
 use axum::response::Response;
 #[cfg(feature = "clickhouse")]
+use serde::Deserialize;
 use serde_json::json;
 
-use super::error::{bad_param, limit_param, time_param, ParamErrors};
+use super::error::{bad_param, ParamErrors};
+use super::params::{FromParam, Limit, Order, Param, Params, Time};
 use super::{ApiError, AppState};
 
 /// What the search needs: the archive and its table per kind.
@@ -73,9 +75,23 @@ impl EventSearch {
     }
 }
 
+/// The parameters of `GET /v1/events/search`; the rest are column filters:
+/// `<column>=<value>` for equality, `min_<column>=<number>` for a floor.
+#[derive(Debug, Deserialize)]
+pub struct SearchParams {
+    kind: Option<String>,
+    from: Option<Param<Time>>,
+    to: Option<Param<Time>>,
+    limit: Option<Param<Limit<100, 10_000>>>,
+    order_by: Option<String>,
+    order: Option<Param<Order>>,
+    #[serde(flatten)]
+    filters: BTreeMap<String, String>,
+}
+
 pub async fn search(
     State(st): State<AppState>,
-    Query(params): Query<std::collections::HashMap<String, String>>,
+    Params(p): Params<SearchParams>,
 ) -> Result<Response, ApiError> {
     let Some(es) = st.events.clone() else {
         return Err(ApiError::NotFound(
@@ -84,44 +100,29 @@ pub async fn search(
     };
     // every bad parameter is noted, and answered together
     let mut errs = ParamErrors::default();
-    let (from, to) = (time_param(&params, "from"), time_param(&params, "to"));
+    let (from, to) = (errs.param("from", p.from), errs.param("to", p.to));
     // the order of from and to is only checked when both parse
-    let times_parse = from.is_ok() && to.is_ok();
-    let from = errs.take(from).flatten();
-    let to = errs.take(to).flatten();
-    let limit = errs.take(limit_param(&params, 100, 10_000)).unwrap_or(100);
-    let order_by = params.get("order_by").cloned();
-    let ascending = match params.get("order").map(String::as_str) {
-        None | Some("desc") => false,
-        Some("asc") => true,
-        Some(_) => {
-            errs.add("order", "use asc or desc");
-            false
-        }
-    };
-    let kind = params.get("kind").cloned();
+    let times_parse = from.is_some() && to.is_some();
+    let (from, to) = (from.flatten(), to.flatten());
+    let limit = Limit::or_default(errs.param("limit", p.limit));
+    let order_by = p.order_by;
+    let ascending = errs.param("order", p.order).flatten() == Some(Order::Asc);
+    let kind = p.kind;
     let mut filters = Vec::new();
     let mut min = Vec::new();
-    for (k, v) in &params {
-        if ["kind", "from", "to", "limit", "order_by", "order", "token"].contains(&k.as_str()) {
+    // a map in name order: filters and errors come out sorted
+    for (k, v) in p.filters {
+        if k == "token" {
             continue;
         }
         match k.strip_prefix("min_") {
-            Some(col) => match v.parse::<f64>() {
+            Some(col) => match f64::from_param(&v) {
                 Ok(n) => min.push((col.to_string(), n)),
-                Err(_) => errs.add(
-                    k,
-                    format!(
-                        "{:?} is not a number",
-                        super::error::capped(v, super::error::MAX_ECHOED_CHARS)
-                    ),
-                ),
+                Err(reason) => errs.add(&k, reason),
             },
-            None => filters.push((k.clone(), v.clone())),
+            None => filters.push((k, v)),
         }
     }
-    filters.sort();
-    min.sort_by(|a, b| a.0.cmp(&b.0));
     let table = match kind {
         None => {
             errs.add("kind", "is required");
@@ -129,8 +130,8 @@ pub async fn search(
         }
         Some(kind) => errs.take(es.table(&kind).map_err(|reason| bad_param("kind", reason))),
     };
-    let to = to.unwrap_or_else(chrono::Utc::now);
-    let from = from.unwrap_or(to - chrono::Duration::hours(1));
+    let to = to.map_or_else(chrono::Utc::now, |t| t.0);
+    let from = from.map_or(to - chrono::Duration::hours(1), |t| t.0);
     if from >= to && times_parse {
         errs.add("from", "must be before to");
     }

@@ -7,9 +7,11 @@
 //! - `GET /healthz`, `GET /metrics`: always (`/metrics` with a token when
 //!   `auth.metrics_requires_token`).
 //!
-//! [`router`] builds the whole thing from an [`AppState`], so tests drive it
-//! with `tower::ServiceExt::oneshot` and no socket; [`server`] serves it
-//! with the connection limits, timeouts and TLS of `[server]`.
+//! [`router`] builds the whole thing from an [`AppState`] (built by
+//! `app::http_state`), so tests drive it with `tower::ServiceExt::oneshot`
+//! and no socket (tests/router.rs); [`server`] serves it with the
+//! connection limits, timeouts and TLS of `[server]`. Query parameters are
+//! typed ([`params`]).
 
 mod access;
 mod alerts;
@@ -17,6 +19,7 @@ mod error;
 mod events;
 mod ingest;
 mod limits;
+pub mod params;
 mod rate;
 mod rollups;
 pub mod server;
@@ -68,6 +71,17 @@ pub struct AppState {
     pub events: Option<EventSearch>,
     /// `server.ingest_rate_limit` on `POST /v1/events`.
     pub ingest_limit: Arc<RateLimiter>,
+}
+
+/// The WebSocket handler's part of the state (the hub takes only what it
+/// needs, and does not import the API).
+impl axum::extract::FromRef<AppState> for crate::hub::ws::WsState {
+    fn from_ref(st: &AppState) -> Self {
+        Self {
+            hub: st.hub.clone(),
+            auth: st.auth.clone(),
+        }
+    }
 }
 
 /// Builds the router for the roles present in `state`.

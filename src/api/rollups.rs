@@ -17,9 +17,9 @@
 //! with `truncated: true` and a `cursor`: the key of the last row, from
 //! which the same request continues (keyset pagination, every row once).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
@@ -27,11 +27,14 @@ use futures::TryStreamExt;
 use serde_json::{json, Value};
 use sqlx::{MySql, QueryBuilder, Row};
 
+use super::error::{bad_param, ParamErrors};
 use super::limits::{decode_cursor, encode_cursor, json_page, page_headers, CappedBody};
+use super::params::{Format, Limit, Param, Params, Time};
 use super::{ApiError, AppState};
 use crate::processor::rollup::Window;
 use crate::processor::{ProcessorConfig, ProcessorRegistry};
 use crate::store::{ColumnInfo, ColumnKind, Store, StoreError};
+use serde::Deserialize;
 
 const DEFAULT_LIMIT: u64 = 10_000;
 const MAX_LIMIT: u64 = 100_000;
@@ -96,25 +99,32 @@ impl QueryCatalog {
     }
 }
 
-pub async fn hourly(
-    st: State<AppState>,
-    q: Query<HashMap<String, String>>,
-) -> Result<Response, ApiError> {
+/// The parameters of `GET /v1/rollups/{hourly,daily}`; the rest are the
+/// table's dimension filters.
+#[derive(Debug, Deserialize)]
+pub struct RollupParams {
+    kind: Option<String>,
+    table: Option<String>,
+    from: Option<Param<Time>>,
+    to: Option<Param<Time>>,
+    limit: Option<Param<Limit<DEFAULT_LIMIT, MAX_LIMIT>>>,
+    format: Option<Param<Format>>,
+    cursor: Option<String>,
+    #[serde(flatten)]
+    filters: BTreeMap<String, String>,
+}
+
+pub async fn hourly(st: State<AppState>, q: Params<RollupParams>) -> Result<Response, ApiError> {
     query(st, q, Window::Hour).await
 }
 
-pub async fn daily(
-    st: State<AppState>,
-    q: Query<HashMap<String, String>>,
-) -> Result<Response, ApiError> {
+pub async fn daily(st: State<AppState>, q: Params<RollupParams>) -> Result<Response, ApiError> {
     query(st, q, Window::Day).await
 }
 
-use super::error::{bad_param as bad, ParamErrors};
-
 async fn query(
     State(st): State<AppState>,
-    Query(params): Query<HashMap<String, String>>,
+    Params(p): Params<RollupParams>,
     window: Window,
 ) -> Result<Response, ApiError> {
     let Some(store) = &st.store else {
@@ -122,15 +132,13 @@ async fn query(
     };
     // every bad parameter is noted, and answered together below
     let mut errs = ParamErrors::default();
-    let table = match params.get("kind") {
+    let table = match &p.kind {
         None => {
             errs.add("kind", "is required (e.g. kind=http)");
             None
         }
         Some(kind) => {
-            let t = st
-                .catalog
-                .find(kind, window, params.get("table").map(String::as_str));
+            let t = st.catalog.find(kind, window, p.table.as_deref());
             if t.is_none() {
                 errs.add(
                     "kind",
@@ -143,9 +151,8 @@ async fn query(
             t
         }
     };
-    let time = |name: &str| super::error::time_param(&params, name);
-    let to = errs.take(time("to"));
-    let from = errs.take(time("from"));
+    let to = errs.param("to", p.to);
+    let from = errs.param("from", p.from);
     let (span, max_days, setting) = match window {
         Window::Hour => (
             chrono::Duration::hours(24),
@@ -161,8 +168,8 @@ async fn query(
     // only a range whose ends both parse can be checked
     let (from, to) = match (from, to) {
         (Some(from), Some(to)) => {
-            let to = to.unwrap_or_else(|| Utc::now() + chrono::Duration::hours(1));
-            let from = from.unwrap_or(to - span);
+            let to = to.map_or_else(|| Utc::now() + chrono::Duration::hours(1), |t| t.0);
+            let from = from.map_or(to - span, |t| t.0);
             if from > to {
                 errs.add("from", "must not be after `to`");
             } else {
@@ -172,50 +179,31 @@ async fn query(
         }
         _ => (Utc::now(), Utc::now()),
     };
-    let limit = errs
-        .take(super::error::limit_param(&params, DEFAULT_LIMIT, MAX_LIMIT))
-        .unwrap_or(DEFAULT_LIMIT);
-    let csv = match params.get("format").map(String::as_str) {
-        None | Some("json") => false,
-        Some("csv") => true,
-        Some(_) => {
-            errs.add("format", "must be json or csv");
-            false
-        }
-    };
+    let limit = Limit::or_default(errs.param("limit", p.limit));
+    let csv = errs.param("format", p.format).flatten() == Some(Format::Csv);
+    // the rest are filters on the table's dimensions; a map in name order,
+    // so the answer lists unknown parameters in a stable order
     let mut filters = Vec::new();
-    // sorted, so the answer lists unknown parameters in a stable order
-    let mut names: Vec<&String> = params.keys().collect();
-    names.sort();
-    for k in names {
-        match k.as_str() {
-            "kind" | "from" | "to" | "limit" | "format" | "table" | "cursor" | "token" => {}
-            other => match table {
-                Some(t) if t.dims.iter().any(|d| d == other) => filters.push((
-                    other.to_string(),
-                    params.get(k).cloned().unwrap_or_default(),
-                )),
-                Some(t) => errs.add(
-                    other,
-                    format!(
-                        "unknown parameter; filters for this table: {}",
-                        t.dims.join(", ")
-                    ),
-                ),
-                // without a table its filters are unknown: `kind` is named
-                None => {}
-            },
-        }
+    if let Some(t) = table {
+        let dims: Vec<&str> = t.dims.iter().map(String::as_str).collect();
+        errs.unknown(
+            &p.filters,
+            &dims,
+            &format!("filters for this table: {}", t.dims.join(", ")),
+        );
+        filters.extend(
+            p.filters
+                .into_iter()
+                .filter(|(k, _)| dims.contains(&k.as_str())),
+        );
     }
+    // without a table its filters are unknown: `kind` is named
     let (Some(table), true) = (table, errs.is_empty()) else {
         errs.finish()?;
         return Err(ApiError::Internal("a parameter error went unnamed".into()));
     };
     let key = KeyColumns::of(table)?;
-    let after = params
-        .get("cursor")
-        .map(|c| key.decode(c, table))
-        .transpose()?;
+    let after = p.cursor.map(|c| key.decode(&c, table)).transpose()?;
     let slot = st.queries.admit()?;
 
     let mut qb = select(table, from, to, &filters);
@@ -428,7 +416,7 @@ impl KeyColumns {
     fn decode(&self, c: &str, table: &RollupTable) -> Result<Vec<KeyPart>, ApiError> {
         let raw = decode_cursor(c, &table.table, self.idx.len())?;
         let bad = || {
-            bad(
+            bad_param(
                 "cursor",
                 "is damaged: pass the `cursor` of the previous answer unchanged",
             )

@@ -36,7 +36,7 @@ use serde_json::Value;
 use tokio::process::{Child, Command};
 
 use crate::config::Settings;
-use crate::loadgen::{GenConfig, Generator, KindMix, Truth, TruthTable};
+use crate::loadgen::{BarMaker, GenConfig, Generator, KindMix, Meter, Truth, TruthTable};
 use crate::sketch::DdSketch;
 use crate::store::Store;
 
@@ -64,7 +64,8 @@ pub struct BenchOptions {
     pub latency_share: f64,
     /// …for this long (zero skips the phase).
     pub latency_duration: Duration,
-    pub progress: bool,
+    /// Draws each phase's progress; `None` draws nothing.
+    pub progress: Option<BarMaker>,
     /// Whether POSTs carry an `Idempotency-Key`.
     pub idempotency_keys: KeyMode,
 }
@@ -401,17 +402,11 @@ fn bar(opts: &BenchOptions, len: u64, what: &str) -> ProgressBar {
     spinner(opts.progress, len, what)
 }
 
-/// A progress bar of `len` steps (hidden when `enabled` is false).
-fn spinner(enabled: bool, len: u64, what: &str) -> ProgressBar {
-    if !enabled {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::new(len);
-    let style = crate::human::progress_style(&format!(
-        "  {what:<9} [{{bar:30}}] {{pos:>9}}/{{len}} {{rate:>10}} {{elapsed}}"
-    ));
-    pb.set_style(style.progress_chars("=> "));
-    pb
+/// A progress bar of `len` steps (hidden without a `BarMaker`).
+fn spinner(progress: Option<BarMaker>, len: u64, what: &str) -> ProgressBar {
+    progress.map_or_else(ProgressBar::hidden, |bar| {
+        bar(Some(len), Meter::Phase(what))
+    })
 }
 
 async fn one_run(
@@ -780,111 +775,6 @@ impl BenchReport {
             steady_commits_per_min: median(|f| f.steady_commits_per_min),
         }
     }
-
-    /// Two aligned tables (full speed; steady latency phase) of every run
-    /// and the medians, and the reference; with and without keys apart, and
-    /// their ingest rates side by side when both were run.
-    pub fn render(&self) -> String {
-        let groups: Vec<bool> = [false, true]
-            .into_iter()
-            .filter(|k| self.runs.iter().any(|r| r.keyed == *k))
-            .collect();
-        let mut out = String::new();
-        for &keyed in &groups {
-            if groups.len() > 1 || keyed {
-                out.push_str(if keyed {
-                    "\n== with Idempotency-Key (one per POST) ==\n"
-                } else {
-                    "== without Idempotency-Key ==\n"
-                });
-            }
-            out.push_str(&self.render_group(keyed));
-        }
-        if groups.len() > 1 {
-            let (off, on) = (self.medians(false), self.medians(true));
-            out.push_str(&format!(
-                "\nIdempotency-Key: median ingest {:.0} ev/s with, {:.0} without = {:.1} %; p99 {:.1} ms with, {:.1} without\n",
-                on.ingest_eps,
-                off.ingest_eps,
-                100.0 * on.ingest_eps / off.ingest_eps.max(f64::MIN_POSITIVE),
-                on.ingest_p99_ms,
-                off.ingest_p99_ms
-            ));
-        }
-        let med = self.medians(groups.first().copied().unwrap_or(false));
-        match self.reference_xadd_per_s {
-            Some(x) => out.push_str(&format!(
-                "\nreference: redis-benchmark pipelined XADD {x:.0} entries/s; \
-                 median end to end = {:.1} % of it\n",
-                100.0 * med.e2e_eps / x
-            )),
-            None => out.push_str("\nreference: not measured (redis-benchmark missing)\n"),
-        }
-        out
-    }
-
-    /// The two tables of the runs with (`keyed`) or without keys.
-    fn render_group(&self, keyed: bool) -> String {
-        let med = self.medians(keyed);
-        let numbered: Vec<(String, &RunFigures)> = self
-            .runs
-            .iter()
-            .filter(|r| r.keyed == keyed)
-            .enumerate()
-            .map(|(i, f)| ((i + 1).to_string(), f))
-            .chain(std::iter::once(("median".to_string(), &med)))
-            .collect();
-        let full = |name: &String, f: &RunFigures| {
-            vec![
-                name.clone(),
-                f.events.to_string(),
-                format!("{:.0}", f.ingest_eps),
-                format!("{:.0}", f.e2e_eps),
-                format!("{:.1}", f.ingest_p50_ms),
-                format!("{:.1}", f.ingest_p99_ms),
-                format!("{:.1}", f.rollup_rss_mb),
-                format!("{:.1}", f.ingest_rss_mb),
-                format!("{:.0}", f.commits_per_min),
-            ]
-        };
-        let steady = |name: &String, f: &RunFigures| {
-            vec![
-                name.clone(),
-                format!("{:.0}", f.steady_eps),
-                format!("{:.0}", f.xadd_to_row_p50_ms),
-                format!("{:.0}", f.xadd_to_row_p99_ms),
-                format!("{:.0}", f.steady_commits_per_min),
-            ]
-        };
-        let head = |cols: &[&str]| cols.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let mut a = vec![head(&[
-            "run",
-            "events",
-            "ingest ev/s",
-            "e2e ev/s",
-            "ingest p50 ms",
-            "ingest p99 ms",
-            "rollup RSS MB",
-            "ingest RSS MB",
-            "commits/min",
-        ])];
-        a.extend(numbered.iter().map(|(n, f)| full(n, f)));
-        let mut b = vec![head(&[
-            "run",
-            "steady ev/s",
-            "xadd→row p50 ms",
-            "xadd→row p99 ms",
-            "commits/min",
-        ])];
-        b.extend(numbered.iter().map(|(n, f)| steady(n, f)));
-        let mut out = String::from("full speed (batches posted as fast as accepted):\n");
-        out.push_str(&crate::table::table(&a));
-        if self.runs.iter().any(|f| f.steady_eps > 0.0) {
-            out.push_str("\nsteady phase (fresh rollup worker, loadgen at a fixed rate):\n");
-            out.push_str(&crate::table::table(&b));
-        }
-        out
-    }
 }
 
 #[cfg(test)]
@@ -920,7 +810,7 @@ mod tests {
             stall_timeout: Duration::from_secs(1),
             latency_share: 0.5,
             latency_duration: Duration::ZERO,
-            progress: false,
+            progress: None,
             idempotency_keys: KeyMode::Off,
         };
         let (bodies, truth, table) = generate(&opts);

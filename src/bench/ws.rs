@@ -31,7 +31,8 @@ pub struct WsBenchOptions {
     /// Seconds a deliberately stalled client stops reading.
     pub stall_secs: u64,
     pub prefix: String,
-    pub progress: bool,
+    /// Draws each phase's progress; `None` draws nothing.
+    pub progress: Option<crate::loadgen::BarMaker>,
 }
 
 /// What it measured.
@@ -132,7 +133,7 @@ pub async fn run(base: &Settings, opts: &WsBenchOptions) -> Result<WsBenchReport
             seed: 7,
             target: Target::Redis,
             truth: None,
-            progress: false,
+            progress: None,
             incident: None,
         };
         tokio::spawn(async move { crate::loadgen::run(&settings, &opts, stop).await })
@@ -313,65 +314,4 @@ async fn client_loop(
     }
     let _ = ws.close(None).await;
     lags
-}
-
-impl WsBenchReport {
-    pub fn render(&self) -> String {
-        let rows = vec![
-            vec!["figure".to_string(), "value".to_string()],
-            vec![
-                "subscribers connected".into(),
-                format!("{} of {}", self.connected, self.subscribers),
-            ],
-            vec!["connect time s".into(), format!("{:.1}", self.connect_secs)],
-            vec![
-                "events/s flowing in".into(),
-                format!("{:.0}", self.events_per_sec),
-            ],
-            vec![
-                "updates received / expected".into(),
-                format!("{} / {}", self.updates_received, self.updates_expected),
-            ],
-            vec![
-                "delivery lag p50 ms".into(),
-                format!("{:.0}", self.lag_p50_ms),
-            ],
-            vec![
-                "delivery lag p99 ms".into(),
-                format!("{:.0}", self.lag_p99_ms),
-            ],
-            vec![
-                "delivery lag max ms".into(),
-                format!("{:.0}", self.lag_max_ms),
-            ],
-            vec![
-                "hub RSS MB (end of measurement)".into(),
-                format!("{:.1}", self.hub_rss_mb),
-            ],
-            vec![
-                "hub peak RSS MB".into(),
-                format!("{:.1}", self.hub_peak_rss_mb),
-            ],
-            vec![
-                "stalled client: hub RSS MB before → after".into(),
-                format!(
-                    "{:.1} → {:.1}",
-                    self.stall_rss_before_mb, self.stall_rss_after_mb
-                ),
-            ],
-            vec![
-                "stalled client: messages dropped".into(),
-                format!("{:.0}", self.stall_dropped),
-            ],
-            vec![
-                "stalled client: snapshot after catching up".into(),
-                if self.stall_recovered {
-                    "yes".into()
-                } else {
-                    "NO".into()
-                },
-            ],
-        ];
-        crate::table::table(&rows)
-    }
 }

@@ -21,10 +21,18 @@ use tokio::sync::mpsc;
 
 use super::channels::update_text;
 use super::{Channel, Hub, Refused, Since};
-use crate::api::AppState;
 use crate::auth::{Auth, ClientKey, Scope};
 use crate::config::HubConfig;
 use crate::telemetry::metrics;
+
+/// What `GET /v1/ws` needs of the server's state: the hub (absent when the
+/// hub role does not run in this process) and the tokens. The API builds it
+/// from its own state (`FromRef`), so the hub does not depend on the API.
+#[derive(Clone)]
+pub struct WsState {
+    pub hub: Option<Arc<Hub>>,
+    pub auth: Auth,
+}
 
 #[derive(Debug, Deserialize)]
 pub struct WsQuery {
@@ -69,7 +77,7 @@ impl ClientMsg {
 /// a panic or a close gives them back. The connection's channels are
 /// charged to its client (see [`client_of`]).
 pub async fn handler(
-    State(st): State<AppState>,
+    State(st): State<WsState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(q): Query<WsQuery>,
@@ -83,7 +91,7 @@ pub async fn handler(
         .check(Auth::token_of(&headers, q.token.as_deref()), Scope::Read)
     {
         Ok(n) => n,
-        Err(e) => return crate::api::ApiError::Auth(e).into_response(),
+        Err(e) => return e.into_response(),
     };
     let cfg = hub.config();
     let anonymous = (!st.auth.enabled()).then(|| peer.ip());

@@ -13,7 +13,7 @@ mod run;
 mod truth;
 pub mod verify;
 
-pub use run::{run, LoadError, LoadOptions, LoadReport, Target};
+pub use run::{run, BarMaker, LoadError, LoadOptions, LoadReport, Meter, Target};
 pub use truth::{Difference, TruthFileError, TruthTable};
 
 use rand::rngs::StdRng;

@@ -1,6 +1,6 @@
 //! Loads and checks every processor definition in `processors/`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -75,44 +75,52 @@ impl ProcessorConfig {
 #[derive(Debug, Clone, Default)]
 pub struct ProcessorRegistry {
     pub processors: Vec<ProcessorConfig>,
-    /// The alert rules (`type = "alerts"`, e.g. processors/alerts.toml).
-    pub alerts: crate::alert::AlertRules,
+}
+
+/// The `type` of the files of processors/ that hold alert rules: the
+/// registry skips them, `alert::AlertRules::load` reads them.
+pub const ALERTS_TYPE: &str = "alerts";
+
+/// The `*.toml` files of `dir`, sorted by name, with their text.
+pub fn definition_files(dir: &Path) -> Result<Vec<(PathBuf, String)>, ProcessorError> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| definition_error(dir, e.to_string()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|file| match std::fs::read_to_string(&file) {
+            Ok(text) => Ok((file, text)),
+            Err(e) => Err(definition_error(&file, e.to_string())),
+        })
+        .collect()
+}
+
+/// The `type` a definition file's text declares, if it parses as TOML.
+pub fn definition_type(text: &str) -> Option<String> {
+    let table = toml::from_str::<toml::Table>(text).ok()?;
+    Some(table.get("type")?.as_str()?.to_string())
+}
+
+/// What is wrong with the definition file (or directory) `file`.
+pub fn definition_error(file: &Path, reason: String) -> ProcessorError {
+    ProcessorError::Definition {
+        file: file.display().to_string(),
+        reason,
+    }
 }
 
 impl ProcessorRegistry {
     /// Reads `dir/*.toml`, validating each against the known event kinds.
+    /// Files of type [`ALERTS_TYPE`] are not processors and are skipped.
     pub fn load(dir: &Path, schemas: &SchemaRegistry) -> Result<Self, ProcessorError> {
-        let bad = |file: &Path, reason: String| ProcessorError::Definition {
-            file: file.display().to_string(),
-            reason,
-        };
-        let mut files: Vec<_> = std::fs::read_dir(dir)
-            .map_err(|e| bad(dir, e.to_string()))?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-            .collect();
-        files.sort();
+        let bad = definition_error;
         let mut processors: Vec<ProcessorConfig> = Vec::new();
-        let mut alerts = crate::alert::AlertRules {
-            kind: "alerts".into(),
-            rules: Vec::new(),
-        };
-        for file in files {
-            let text = std::fs::read_to_string(&file).map_err(|e| bad(&file, e.to_string()))?;
-            let is_alerts = toml::from_str::<toml::Table>(&text)
-                .ok()
-                .and_then(|t| {
-                    t.get("type")
-                        .and_then(|v| v.as_str())
-                        .map(|t| t == "alerts")
-                })
-                .unwrap_or(false);
-            if is_alerts {
-                let rules: crate::alert::AlertRules =
-                    toml::from_str(&text).map_err(|e| bad(&file, e.to_string()))?;
-                rules.check().map_err(|reason| bad(&file, reason))?;
-                alerts.rules.extend(rules.rules);
+        for (file, text) in definition_files(dir)? {
+            if definition_type(&text).as_deref() == Some(ALERTS_TYPE) {
                 continue;
             }
             let def: ProcessorConfig =
@@ -147,8 +155,7 @@ impl ProcessorRegistry {
             }
             processors.push(def);
         }
-        alerts.check().map_err(|reason| bad(dir, reason))?;
-        Ok(Self { processors, alerts })
+        Ok(Self { processors })
     }
 
     pub fn get(&self, name: &str) -> Option<&ProcessorConfig> {

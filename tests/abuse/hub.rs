@@ -209,10 +209,7 @@ fn watch_leases(
     before: HashMap<String, String>,
     stop: tokio_util::sync::CancellationToken,
 ) -> tokio::task::JoinHandle<Vec<String>> {
-    let env = TestEnv {
-        name: env.name.clone(),
-        settings: env.settings.clone(),
-    };
+    let env = env.handle();
     tokio::spawn(async move {
         let mut lost = Vec::new();
         for _ in 0..400 {

@@ -27,10 +27,65 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// One test's isolated world.
+/// One test's isolated world, and its cleanup: dropping the env a test made
+/// removes its Redis keys and its database, also when the test fails (a
+/// panic unwinds through the drop). [`TestEnv::cleanup`] does it earlier;
+/// [`TestEnv::handle`] is a copy that cleans nothing.
 pub struct TestEnv {
     pub name: String,
     pub settings: Settings,
+    /// Whether dropping this cleans up (false for handles).
+    owns: bool,
+    cleaned: std::sync::atomic::AtomicBool,
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering;
+        if !self.owns || self.cleaned.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (name, mysql) = (self.name.clone(), self.settings.mysql.url.clone());
+        // A drop may run on a runtime's thread (async tests) or while a
+        // panic unwinds: the cleanup gets its own thread and runtime, and
+        // nothing in it panics.
+        let cleaner = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                let _ = tokio::time::timeout(Duration::from_secs(20), remove(&name, &mysql)).await;
+            });
+        });
+        let _ = cleaner.join();
+    }
+}
+
+/// Removes the keys under prefix `name` from the shared Redis, and the
+/// database of `mysql_url`.
+async fn remove(name: &str, mysql_url: &str) {
+    if let Ok(mut r) = async {
+        redis::Client::open(REDIS_URL)?
+            .get_multiplexed_async_connection()
+            .await
+    }
+    .await
+    {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{name}:*"))
+            .query_async(&mut r)
+            .await
+            .unwrap_or_default();
+        for chunk in keys.chunks(500) {
+            let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query_async(&mut r).await;
+        }
+    }
+    if let Ok(store) = Store::connect(mysql_url, 2).await {
+        let _ = store.drop_database().await;
+    }
 }
 
 impl TestEnv {
@@ -49,7 +104,23 @@ impl TestEnv {
         s.rollup.lease_ms = 2_000;
         s.rollup.idle_poll_ms = 20;
         s.server.shutdown_timeout_ms = 10_000;
-        Self { name, settings: s }
+        Self {
+            name,
+            settings: s,
+            owns: true,
+            cleaned: Default::default(),
+        }
+    }
+
+    /// A copy of this env (same prefix, database and settings) that cleans
+    /// nothing when dropped: for a task that outlives a borrow.
+    pub fn handle(&self) -> TestEnv {
+        TestEnv {
+            name: self.name.clone(),
+            settings: self.settings.clone(),
+            owns: false,
+            cleaned: Default::default(),
+        }
     }
 
     pub async fn migrate(&self) {
@@ -84,19 +155,11 @@ impl TestEnv {
         p
     }
 
-    /// Removes the test's keys and database.
+    /// Removes the test's keys and database now (the drop does it
+    /// otherwise); a handle's cleanup does nothing.
     pub async fn cleanup(&self) {
-        let mut r = self.redis().await;
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}:*", self.name))
-            .query_async(&mut r)
-            .await
-            .unwrap_or_default();
-        for chunk in keys.chunks(500) {
-            let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query_async(&mut r).await;
-        }
-        if let Ok(store) = Store::connect(&self.settings.mysql.url, 2).await {
-            let _ = store.drop_database().await;
+        if self.owns && !self.cleaned.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            remove(&self.name, &self.settings.mysql.url).await;
         }
     }
 }

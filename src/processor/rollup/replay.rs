@@ -83,30 +83,6 @@ pub struct ReplayReport {
     pub elapsed_secs: f64,
 }
 
-impl ReplayReport {
-    pub fn render(&self) -> String {
-        let mut rows = vec![["table", "from", "to", "rows rebuilt"]
-            .map(String::from)
-            .to_vec()];
-        for (t, a, b, n) in &self.tables {
-            rows.push(vec![t.clone(), a.clone(), b.clone(), n.to_string()]);
-        }
-        let mut out = crate::table::table(&rows);
-        out.push_str(&format!(
-            "{}: {} entries scanned on {} streams in {:.1} s ({:.0} entries/s), {} events in range, {} dead-letter entries (undecodable or refused) skipped, {} transaction attempt(s)\n",
-            self.processor,
-            self.entries_scanned,
-            self.streams,
-            self.elapsed_secs,
-            self.entries_scanned as f64 / self.elapsed_secs.max(0.001),
-            self.events_in_range,
-            self.undecodable,
-            self.attempts,
-        ));
-        out
-    }
-}
-
 fn rfc3339(ms: i64) -> String {
     crate::event::format_rfc3339_ms(ms)
 }
