@@ -9,7 +9,7 @@
 //!
 //! [`router`] builds the whole thing from an [`AppState`] (built by
 //! `app::http_state`), so tests drive it with `tower::ServiceExt::oneshot`
-//! and no socket (tests/router.rs); [`server`] serves it with the
+//! and no socket (tests/integration/router.rs); [`server`] serves it with the
 //! connection limits, timeouts and TLS of `[server]`. Query parameters are
 //! typed ([`params`]).
 

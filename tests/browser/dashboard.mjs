@@ -1,4 +1,4 @@
-// Dashboard scenarios in headless Chromium (run by tests/dashboard.rs).
+// Dashboard scenarios in headless Chromium (run by tests/integration/dashboard.rs).
 // FM_SCENARIO: live | meetings | history | alerts. FM_READ / FM_INGEST: tokens.
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';

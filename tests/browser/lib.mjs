@@ -1,4 +1,4 @@
-// Shared helpers of the browser tests (run by tests/browser.rs):
+// Shared helpers of the browser tests (run by tests/integration/common/browser.rs):
 // start/stop the flowmeter child, launch Chromium, post events, wait.
 import { spawn } from 'node:child_process';
 import { createRequire } from 'node:module';

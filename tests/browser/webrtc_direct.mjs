@@ -1,5 +1,5 @@
 // A loopback call on a direct path, measured by /sdk/webrtc-stats.js on a
-// page of another origin (tests/webrtc_sdk.rs checks results.json against
+// page of another origin (tests/integration/webrtc_sdk.rs checks results.json against
 // the stream and the rollup). The page goes hidden once mid-call (beacon,
 // then visible again) and is closed at the end without stop(): its last
 // deltas can only arrive by the pagehide beacon.

@@ -1,4 +1,4 @@
-// Shared parts of the webrtc_*.mjs scripts (tests/webrtc_sdk.rs): the meeting
+// Shared parts of the webrtc_*.mjs scripts (tests/integration/webrtc_sdk.rs): the meeting
 // page's own HTTP server (another origin than flowmeter), Chromium with fake
 // media devices, error collection and the rollup wait.
 import http from 'node:http';

@@ -1,6 +1,6 @@
 // A loopback call forced through a private coturn (iceTransportPolicy
 // "relay"): the collector must report `relay` over udp, and the relayed
-// bytes must land in webrtc_hourly.relay_bytes (tests/webrtc_sdk.rs).
+// bytes must land in webrtc_hourly.relay_bytes (tests/integration/webrtc_sdk.rs).
 import { run, log, sleep, results } from './lib.mjs';
 import { startTurn } from './turn.mjs';
 import { startGuarded, MEDIA_ARGS, pageServer, openPage, collectorOptions, waitForRollup } from './webrtc_lib.mjs';

@@ -1,4 +1,4 @@
-// Bad input and failures (tests/webrtc_sdk.rs checks results.json):
+// Bad input and failures (tests/integration/webrtc_sdk.rs checks results.json):
 // - page 1 (allowed origin, CSP without workers, SDK loaded by import()):
 //   a real call whose second peer is closed mid-run, fake peers with sparse,
 //   odd and flapping stats, one whose getStats() throws and then closes, and

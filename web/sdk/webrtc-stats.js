@@ -83,7 +83,7 @@
  *
  * One file on purpose (meeting pages load it as is, no build step): the engine, then the
  * page side. The engine must stay self-contained — its source text becomes the worker.
- * Tests: tests/webrtc_sdk.rs (headless Chromium, real server).
+ * Tests: tests/integration/webrtc_sdk.rs (headless Chromium, real server).
  */
 (function (root) {
   'use strict';

@@ -5,8 +5,8 @@
 //! guarantee, serializes the event with that schema's field names, and
 //! hashes its `partition_by` fields (`service`, `endpoint`) the way ingest
 //! does. The server's tests run the real schema over these events
-//! (`tests/collector.rs`, `collector_events_pass_the_http_schema`), so the
-//! two cannot drift apart unnoticed.
+//! (`collector_events_pass_the_http_schema` in
+//! `tests/integration/collector.rs`), so the two cannot drift apart unnoticed.
 
 use std::borrow::Cow;
 use std::sync::Arc;

@@ -1,5 +1,5 @@
 //! Fast tests against librdkafka's mock cluster (in-process, no topic
-//! creation). The real-broker tests are in tests/kafka_bridge.rs.
+//! creation). The real-broker tests are in tests/integration/kafka_bridge.rs.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -1,0 +1,126 @@
+//! `flowmeter bench` end to end on a small load: it spawns its own ingest and
+//! rollup processes, and exits non-zero unless every rollup total equals what
+//! it sent.
+
+use crate::common;
+
+use std::process::Command;
+
+use common::*;
+
+/// Runs `flowmeter bench` with a small load and `extra` options in the
+/// env's own prefix; asserts it succeeded (every total matched); returns stdout.
+fn small_bench(env: &TestEnv, events: &str, extra: &[&str]) -> String {
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = env.write_config(dir.path());
+    let out = Command::new(env!("CARGO_BIN_EXE_flowmeter"))
+        .arg("--config")
+        .arg(&config)
+        .args(["bench", "--events", events, "--batch", "500", "--runs", "1"])
+        .args(extra)
+        .args(["--quiet", "--prefix", &env.name])
+        .output()
+        .expect("run flowmeter bench");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed:\n{stdout}\n{stderr}");
+    stdout
+}
+
+#[tokio::test]
+async fn bench_runs_and_checks_the_totals() {
+    let _heavy = common::heavy().await;
+    let env = TestEnv::new("bench");
+    let stdout = small_bench(&env, "6000", &["--reference-entries", "2000"]);
+    let medians: Vec<Vec<&str>> = stdout
+        .lines()
+        .filter(|l| l.starts_with("median"))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        medians.len(),
+        2,
+        "two tables with a median row each:\n{stdout}"
+    );
+    assert_eq!(medians[0].get(1), Some(&"6000"), "{stdout}");
+    // the latency phase ran: a steady rate and an XADD-to-row p99 were measured
+    let steady: f64 = medians[1]
+        .get(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0.0);
+    assert!(steady > 0.0, "{stdout}");
+    assert_eq!(medians[1].len(), 5, "{stdout}");
+    assert!(stdout.contains("reference: redis-benchmark"), "{stdout}");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn bench_compares_ingest_with_and_without_idempotency_keys() {
+    let _heavy = common::heavy().await;
+    let env = TestEnv::new("benchkeys");
+    // Both runs pass the totals check: a keyed run that wrote a batch twice
+    // or not at all fails the bench.
+    let stdout = small_bench(
+        &env,
+        "3000",
+        &[
+            "--latency-secs",
+            "0",
+            "--reference-entries",
+            "1000",
+            "--idempotency-keys",
+            "both",
+        ],
+    );
+    assert!(stdout.contains("== with Idempotency-Key"), "{stdout}");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("Idempotency-Key: median ingest"))
+        .unwrap_or_else(|| panic!("no comparison line:\n{stdout}"));
+    assert!(line.contains(" %; p99"), "{line}");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn ws_bench_measures_lag_memory_and_a_stalled_client() {
+    let _heavy = common::heavy().await;
+    let env = TestEnv::new("benchws");
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = env.write_config(dir.path());
+    let stdout = cli_ok(
+        &config,
+        &[
+            "bench",
+            "ws",
+            "--subscribers",
+            "40",
+            "--rate",
+            "300",
+            "--secs",
+            "3",
+            "--stall-secs",
+            "1",
+            "--quiet",
+            "--prefix",
+            &env.name,
+        ],
+    );
+    let row = |name: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| l[name.len()..].trim().to_string())
+            .unwrap_or_else(|| panic!("no {name:?} row:\n{stdout}"))
+    };
+    assert_eq!(row("subscribers connected"), "40 of 40");
+    let p99: f64 = row("delivery lag p99 ms").parse().expect("a number");
+    assert!(p99 > 0.0, "{stdout}");
+    let received: u64 = row("updates received / expected")
+        .split(" / ")
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(received >= 40, "every subscriber got updates:\n{stdout}");
+    assert_eq!(row("stalled client: snapshot after catching up"), "yes");
+    env.cleanup().await;
+}

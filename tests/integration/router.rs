@@ -1,0 +1,249 @@
+//! The router without a socket: `flowmeter::api::router` over the very state
+//! `serve` builds (`app::http_state`), driven request by request with
+//! `tower::ServiceExt::oneshot`, against the real Redis and MariaDB. No
+//! server process, no port: routes, typed query parameters and their 400s,
+//! ingest's answers, auth.
+
+use crate::common;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::Router;
+use common::TestEnv;
+use flowmeter::app::{self, Roles, Shared};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+/// The router of `roles` over `env`, and what stops its background tasks.
+async fn router(env: &TestEnv, roles: &str) -> (Router, CancellationToken) {
+    let s = &env.settings;
+    let schemas = std::sync::Arc::new(
+        flowmeter::event::SchemaRegistry::load(&s.paths.schemas).expect("schemas"),
+    );
+    let processors = std::sync::Arc::new(
+        flowmeter::processor::ProcessorRegistry::load(&s.paths.processors, &schemas)
+            .expect("processors"),
+    );
+    let (redis, keys) = app::redis_and_keys(s).await.expect("redis");
+    let roles: Roles = roles.parse().expect("roles");
+    let (tracker, stop) = (TaskTracker::new(), CancellationToken::new());
+    let shared = Shared {
+        schemas,
+        processors,
+        redis,
+        keys,
+    };
+    let state = app::http_state(s, &roles, shared, None, &tracker, &stop)
+        .await
+        .expect("state");
+    (flowmeter::api::router(state), stop)
+}
+
+/// Status and body (JSON when it parses, else the text as a JSON string).
+async fn call(r: &Router, req: Request<Body>) -> (StatusCode, Value) {
+    let resp = r.clone().oneshot(req).await.expect("infallible");
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    let text = String::from_utf8_lossy(&bytes).to_string();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn get(uri: &str) -> Request<Body> {
+    Request::get(uri).body(Body::empty()).expect("request")
+}
+
+fn post(uri: &str, body: impl Into<Body>) -> Request<Body> {
+    Request::post(uri)
+        .header("content-type", "application/json")
+        .body(body.into())
+        .expect("request")
+}
+
+/// The `param`s a 400 names, in its order.
+fn named(v: &Value) -> Vec<String> {
+    match v["errors"].as_array() {
+        Some(errors) => errors
+            .iter()
+            .map(|e| e["param"].as_str().unwrap_or("?").to_string())
+            .collect(),
+        None => vec![v["param"].as_str().unwrap_or("?").to_string()],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn routes_follow_the_roles() {
+    let env = TestEnv::new("router_routes");
+    env.migrate().await;
+    let (api, stop) = router(&env, "ingest,api").await;
+    let (s, body) = call(&api, get("/healthz")).await;
+    assert_eq!((s, body), (StatusCode::OK, Value::from("ok\n")));
+    let (s, body) = call(&api, get("/v1/nothing")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("docs/api.md")),
+        "{body}"
+    );
+    let (s, _) = call(&api, get("/v1/rollups/daily?kind=http")).await;
+    assert_eq!(s, StatusCode::OK);
+    // without the hub role there is no /v1/ws
+    assert_eq!(call(&api, get("/v1/ws")).await.0, StatusCode::NOT_FOUND);
+    stop.cancel();
+
+    // a rollup worker serves /healthz and /metrics, nothing of the API
+    let (worker, stop) = router(&env, "rollup").await;
+    assert_eq!(call(&worker, get("/healthz")).await.0, StatusCode::OK);
+    assert_eq!(call(&worker, get("/metrics")).await.0, StatusCode::OK);
+    for uri in ["/v1/rollups/hourly?kind=http", "/v1/status", "/v1/alerts"] {
+        assert_eq!(
+            call(&worker, get(uri)).await.0,
+            StatusCode::NOT_FOUND,
+            "{uri}"
+        );
+    }
+    assert_eq!(
+        call(&worker, post("/v1/events", "[]")).await.0,
+        StatusCode::NOT_FOUND
+    );
+    stop.cancel();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn query_parameters_are_typed_and_every_bad_one_is_named() {
+    let env = TestEnv::new("router_params");
+    env.migrate().await;
+    let (api, stop) = router(&env, "api").await;
+
+    let (s, v) = call(
+        &api,
+        get("/v1/rollups/hourly?kind=http&from=yesterday&limit=0&format=xml&colour=red"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(named(&v), ["from", "limit", "format", "colour"], "{v}");
+    assert!(v["errors"][3]["reason"]
+        .as_str()
+        .is_some_and(|r| r.contains("filters for this table: service")));
+
+    // a lost `+` in an offset gets its hint; a missing kind is named
+    let (s, v) = call(
+        &api,
+        get("/v1/rollups/daily?to=2026-03-01T10:00:00%2001:00"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(named(&v), ["kind", "to"], "{v}");
+    assert!(v["errors"][1]["reason"]
+        .as_str()
+        .is_some_and(|r| r.contains("%2B")));
+
+    // one parameter twice is refused by name, not silently picked
+    let (s, v) = call(
+        &api,
+        get("/v1/rollups/daily?kind=http&from=2026-03-01&from=2026-03-02"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        (v["param"].as_str(), v["reason"].as_str()),
+        (Some("from"), Some("is given more than once"))
+    );
+
+    // dimension filters and dates pass; the answer names its range
+    let (s, v) = call(
+        &api,
+        get("/v1/rollups/daily?kind=http&service=api&from=2026-03-01&to=2026-03-02&format=json&limit=5"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["from"], "2026-03-01T00:00:00+00:00");
+    assert_eq!(v["rows"], Value::Array(vec![]));
+
+    let (s, v) = call(&api, get("/v1/alerts?state=burning&limit=99999999&since=1")).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(named(&v), ["since", "state", "limit"], "{v}");
+    assert_eq!(
+        call(&api, get("/v1/alerts?state=open&from=2026-03-01"))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    stop.cancel();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ingest_answers_without_a_socket() {
+    let mut env = TestEnv::new("router_ingest");
+    env.settings.ingest.max_body_bytes = 4_096;
+    env.migrate().await;
+    let (api, stop) = router(&env, "ingest").await;
+    let now = chrono::Utc::now().timestamp_millis();
+
+    let (s, v) = call(
+        &api,
+        post("/v1/events", r#"[{"kind":"http","service":"a"}]"#),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["errors"][0]["field"].is_string(), "{v}");
+
+    let big = format!(
+        "[{}]",
+        vec![common::http_event(0, now).to_string(); 100].join(",")
+    );
+    assert_eq!(
+        call(&api, post("/v1/events", big)).await.0,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+
+    let one = Value::Array(vec![common::http_event(1, now)]).to_string();
+    let (s, v) = call(&api, post("/v1/events", one)).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let mut r = env.redis().await;
+    assert_eq!(common::stream_total_on(&mut r, &env).await, 1);
+    stop.cancel();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_guard_every_route_but_health() {
+    let mut env = TestEnv::new("router_auth");
+    env.settings.auth.tokens = common::read_and_ingest_tokens("r-secret", "i-secret");
+    env.migrate().await;
+    let (api, stop) = router(&env, "ingest,api").await;
+    assert_eq!(call(&api, get("/healthz")).await.0, StatusCode::OK);
+    assert_eq!(
+        call(&api, get("/v1/rollups/daily?kind=http")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    // the ingest token cannot read, the read token can
+    assert_eq!(
+        call(&api, get("/v1/rollups/daily?kind=http&token=i-secret"))
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        call(&api, get("/v1/rollups/daily?kind=http&token=r-secret"))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let one = Value::Array(vec![common::http_event(1, 0)]).to_string();
+    assert_eq!(
+        call(&api, post("/v1/events", one)).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    stop.cancel();
+    env.cleanup().await;
+}
