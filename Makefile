@@ -2,7 +2,7 @@
 #   make demo   start Redis + MariaDB (installing them if missing), migrate,
 #               serve (with the dashboard at /), feed sample events, print
 #               where to look; it installs nothing else
-#   make test   every test, against the real servers (also installing the
+#   make test   every test of every workspace crate, against the real servers (also installing the
 #               test-only ones when missing: ClickHouse and tansu by
 #               `scripts/services test-deps`, Chromium, coturn and the npm
 #               packages by `scripts/browser-deps`)
@@ -27,11 +27,17 @@ demo: services build
 test: services
 	@scripts/services test-deps
 	@scripts/browser-deps
-	$(CARGO) test --all-targets --no-fail-fast
+	$(CARGO) test --workspace --all-targets --no-fail-fast
 
+# The workspace, then the embeddable crates alone as a service builds them
+# (no features unified from the server's), the collector with and without
+# its default features.
 lint: node
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p flowmeter-core -- -D warnings
+	$(CARGO) clippy -p flowmeter-collector -- -D warnings
+	$(CARGO) clippy -p flowmeter-collector --no-default-features -- -D warnings
 
 # The fuzz targets (crates/fuzz, run with scripts/fuzz on nightly) still
 # compile. Not in CI's `make lint`: outside the workspace, with its own

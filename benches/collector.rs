@@ -20,7 +20,7 @@ use axum::body::Body;
 use axum::routing::get;
 use axum::Router;
 use criterion::{criterion_group, criterion_main, Criterion};
-use flowmeter::collector::{CollectorConfig, MetricsLayer};
+use flowmeter_collector::{CollectorConfig, MetricsLayer};
 use http_body_util::BodyExt;
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 use tower::ServiceExt;

@@ -123,7 +123,7 @@ impl FromStr for Roles {
 
 /// Redis and the key layout of the config (for the CLI's stream commands).
 pub async fn redis_and_keys(settings: &Settings) -> Result<(Redis, Keys), AppError> {
-    let redis = Redis::from_config(&settings.redis).await?;
+    let redis = crate::stream::connect(&settings.redis).await?;
     Ok((
         redis,
         Keys::new(settings.redis.prefix.clone(), settings.redis.shards),
@@ -263,7 +263,7 @@ pub async fn serve(
         &settings.paths.processors,
         &schemas,
     )?);
-    let redis = Redis::from_config(&settings.redis).await?;
+    let redis = crate::stream::connect(&settings.redis).await?;
     let keys = Keys::new(settings.redis.prefix.clone(), settings.redis.shards);
     // read (and checked) by every role, as the processors are
     let alerts = crate::alert::AlertRules::load(&settings.paths.processors)?;

@@ -6,11 +6,17 @@
 //!
 //! # Layout
 //!
+//! The workspace: this crate (the server and the CLI), `flowmeter-core`
+//! (the wire: events, stream keys and shards, the Redis connection, the
+//! producer) and `flowmeter-collector` (the tower layer services embed). The
+//! wire modules are re-exported below, so `flowmeter::event`,
+//! `flowmeter::stream` and `flowmeter::collector` are the paths to use.
+//!
 //! | module | concept |
 //! |---|---|
 //! | [`config`] | the one typed, layered configuration (defaults < file < env) |
-//! | [`event`] | event kinds, their JSON Schemas, validation, timestamps |
-//! | [`stream`] | Redis: every key name, the producer (XADD; idempotent, behind backpressure), fenced group reads, leases |
+//! | [`event`] | event kinds, their JSON Schemas, validation, timestamps (the valid event and timestamps: `flowmeter_core::event`) |
+//! | [`stream`] | Redis: every key name, the producer (XADD; idempotent, behind backpressure), fenced group reads, leases (keys, connection and producer: `flowmeter_core::stream`) |
 //! | [`store`] | MySQL: pool, migrations, checkpoints, generic rollup upserts |
 //! | [`processor`] | processor definitions (`processors/*.toml`), registry and runner; one directory per processor type |
 //! | [`sketch`] | mergeable quantile (DDSketch) and distinct-count (HyperLogLog) sketches |
@@ -26,11 +32,11 @@
 //! | [`web`] | the dashboard and the browser SDK, embedded in the binary |
 //! | [`app`] | wiring: builds every component from the config and runs the roles |
 //! | [`telemetry`] | tracing setup and the names of every counter |
-//! | [`collector`] | the in-process tower layer that records `http` events, with its batching, spilling sender |
+//! | [`collector`] | the in-process tower layer that records `http` events, with its batching, spilling sender (the `flowmeter-collector` crate) |
 //! | [`loadgen`] | seeded synthetic traffic for both kinds, its exact totals, and `flowmeter verify` of them against the tables |
 //! | [`bench`] | `flowmeter bench`: the end-to-end and WebSocket benchmarks; they return reports, the CLI prints them |
 //! | [`cli`] | the command line: the parser, one module per subcommand with its rendering (tables, progress bars, human text); `main.rs` only calls it. Nothing else imports it |
-//! | [`pem`] | PEM files of the TLS settings, read and checked at start |
+//! | [`pem`] | PEM files of the TLS settings, read and checked at start (`flowmeter_core::pem`) |
 
 pub mod alert;
 pub mod api;
@@ -38,7 +44,6 @@ pub mod app;
 pub mod auth;
 pub mod bench;
 pub mod cli;
-pub mod collector;
 pub mod config;
 pub mod dlq;
 pub mod event;
@@ -46,7 +51,6 @@ pub mod expr;
 pub mod groups;
 pub mod hub;
 pub mod loadgen;
-pub mod pem;
 pub mod processor;
 pub mod retention;
 pub mod sketch;
@@ -55,6 +59,9 @@ pub mod store;
 pub mod stream;
 pub mod telemetry;
 pub mod web;
+
+pub use flowmeter_collector as collector;
+pub use flowmeter_core::pem;
 
 #[cfg(test)]
 mod layering;

@@ -25,8 +25,8 @@ use axum::http::header;
 #[cfg(feature = "clickhouse")]
 use axum::response::IntoResponse;
 use axum::response::Response;
-#[cfg(feature = "clickhouse")]
 use serde::Deserialize;
+#[cfg(feature = "clickhouse")]
 use serde_json::json;
 
 use super::error::{bad_param, ParamErrors};

@@ -12,7 +12,9 @@ use jsonschema::error::ValidationErrorKind;
 use serde_json::{Map, Value};
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::{parse_ts_value, EventError, FieldError, ValidEvent};
+use super::{
+    parse_ts_value, truncate, EventError, FieldError, KindNames, PartitionKey, ValidEvent,
+};
 
 /// Longest `reason` we echo back; values inside messages can be huge.
 const MAX_REASON_CHARS: usize = 240;
@@ -264,36 +266,10 @@ impl SchemaRegistry {
     }
 }
 
-impl SchemaRegistry {
-    /// Prepares an event serialized by typed code that already enforces the
-    /// schema's limits (the collector), skipping the JSON Schema check:
-    /// `data` is the event's JSON and `field` gives the string value of a
-    /// top-level field (for the partition hash). `None` when the kind is
-    /// unknown. Tests of such code must show its events pass [`Self::validate`].
-    pub fn trusted<'a>(
-        &self,
-        kind_name: &str,
-        ts_ms: i64,
-        data: String,
-        field: impl Fn(&str) -> Option<&'a str>,
-    ) -> Option<ValidEvent> {
-        let kind = self.kind_index(kind_name)?;
-        let info = self.kinds.get(kind)?;
-        if info.partition_by.is_empty() {
-            return None; // the hash would need the whole event: use validate
-        }
-        let mut key = String::with_capacity(64);
-        for f in &info.partition_by {
-            key.push_str(field(f).unwrap_or_default());
-            key.push('\u{1f}');
-        }
-        Some(ValidEvent {
-            kind,
-            version: info.latest(),
-            ts_ms,
-            data,
-            partition: xxh3_64(key.as_bytes()),
-        })
+/// The producer names an event's stream by its kind's index here.
+impl KindNames for SchemaRegistry {
+    fn kind_name(&self, kind: usize) -> Option<&str> {
+        self.kinds.get(kind).map(|k| k.name.as_str())
     }
 }
 
@@ -303,16 +279,15 @@ fn partition_hash(fields: &[String], obj: &Map<String, Value>) -> u64 {
     if fields.is_empty() {
         return xxh3_64(Value::Object(obj.clone()).to_string().as_bytes());
     }
-    let mut key = String::with_capacity(64);
+    let mut key = PartitionKey::new();
     for f in fields {
         match obj.get(f) {
-            Some(Value::String(s)) => key.push_str(s),
-            Some(v) => key.push_str(&v.to_string()),
-            None => {}
-        }
-        key.push('\u{1f}');
+            Some(Value::String(s)) => key.push(s),
+            Some(v) => key.push(&v.to_string()),
+            None => key.push(""),
+        };
     }
-    xxh3_64(key.as_bytes())
+    key.finish()
 }
 
 /// Turns a schema violation into (field, reason).
@@ -350,16 +325,6 @@ fn describe(e: &jsonschema::ValidationError<'_>) -> (Option<String>, String) {
             }
             (top, truncate(&reason, MAX_REASON_CHARS))
         }
-    }
-}
-
-/// `s` cut to `max` characters (never inside one), ending with `…` when cut.
-pub fn truncate(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_string()
-    } else {
-        let cut: String = s.chars().take(max).collect();
-        format!("{cut}…")
     }
 }
 

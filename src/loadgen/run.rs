@@ -20,7 +20,7 @@ use super::{GenConfig, Generator, Incident, KindMix, TruthTable};
 use crate::config::Settings;
 use crate::event::SchemaRegistry;
 use crate::sketch::DdSketch;
-use crate::stream::{Keys, Producer, Redis};
+use crate::stream::{Keys, Producer};
 
 /// Makes the progress bar of a long run: `(steps, what)` → a bar (a spinner
 /// without steps). The command line passes one that draws on stderr; the
@@ -190,7 +190,7 @@ pub async fn run(
         Target::Redis => {
             let registry = SchemaRegistry::load(&settings.paths.schemas)
                 .map_err(|e| LoadError::Setup(e.to_string()))?;
-            let redis = Redis::from_config(&settings.redis).await.map_err(|e| {
+            let redis = crate::stream::connect(&settings.redis).await.map_err(|e| {
                 LoadError::Setup(format!(
                     "cannot reach Redis at {}: {e} (is it running? scripts/services start)",
                     settings.redis.url

@@ -376,3 +376,115 @@ async fn disk_bound_drops_are_counted_and_shutdown_spill_is_replayed_after_resta
     assert_eq!(total as u64, s.spilled);
     env.cleanup().await;
 }
+
+/// The collector builds its events from typed fields, with no JSON Schema:
+/// whatever it accepts passes the real `schemas/http.v1.json`, lands on the
+/// same shard with the same data as ingest's validation would give, and what
+/// it refuses the schema refuses too. Spilled lines read back to the same
+/// event. No servers needed.
+#[test]
+fn collector_events_pass_the_http_schema() {
+    use std::sync::Arc;
+
+    use flowmeter::collector::{HttpKind, HttpRecord};
+    use flowmeter::event::{KindNames, SchemaRegistry};
+
+    let schemas =
+        SchemaRegistry::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas"))
+            .expect("schemas");
+    let record = |endpoint: &str, method: &str, user: Option<&str>| HttpRecord {
+        ts_ms: 1_772_359_200_123,
+        endpoint: Arc::from(endpoint),
+        method: method.parse().expect("method"),
+        status: 404,
+        req_bytes: 0,
+        resp_bytes: 1 << 33,
+        req_header_bytes: 120,
+        resp_header_bytes: 99,
+        duration_ms: 0.0004,
+        user_id: user.map(str::to_string),
+    };
+    let with = |mut r: HttpRecord, f: &dyn Fn(&mut HttpRecord)| {
+        f(&mut r);
+        r
+    };
+    let base = record("/api/x/{id}", "GET", Some("u1"));
+    let (s128, s129) = ("s".repeat(128), "s".repeat(129));
+    let cases = [
+        ("svc", base.clone(), true),
+        ("svc", record("/", "PATCH", None), true),
+        (
+            "s",
+            record(&"é".repeat(255), "DELETE", Some(&"u".repeat(128))),
+            true,
+        ),
+        (s128.as_str(), base.clone(), true),
+        ("svc", with(base.clone(), &|r| r.status = 100), true),
+        ("svc", with(base.clone(), &|r| r.status = 599), true),
+        ("svc", with(base.clone(), &|r| r.resp_bytes = 1 << 40), true),
+        (
+            "svc",
+            with(base.clone(), &|r| r.duration_ms = 86_400_000.0),
+            true,
+        ),
+        ("svc", with(base.clone(), &|r| r.ts_ms = 0), true),
+        ("svc", record(&"e".repeat(256), "GET", None), false),
+        ("svc", record("", "GET", None), false),
+        ("svc", record("/a", "purge", None), false),
+        ("svc", record("/a", "GET", Some(&"u".repeat(129))), false),
+        ("", base.clone(), false),
+        (s129.as_str(), base.clone(), false),
+        ("svc", with(base.clone(), &|r| r.status = 600), false),
+        ("svc", with(base.clone(), &|r| r.status = 99), false),
+        (
+            "svc",
+            with(base.clone(), &|r| r.req_bytes = (1 << 40) + 1),
+            false,
+        ),
+        (
+            "svc",
+            with(base.clone(), &|r| r.resp_header_bytes = (1 << 40) + 1),
+            false,
+        ),
+        (
+            "svc",
+            with(base.clone(), &|r| r.duration_ms = 86_400_001.0),
+            false,
+        ),
+        ("svc", with(base.clone(), &|r| r.duration_ms = -1.0), false),
+        (
+            "svc",
+            with(base.clone(), &|r| r.ts_ms = 32_503_680_000_001),
+            false,
+        ),
+    ];
+    for (service, r, ok) in cases {
+        let fast = r.to_event(service);
+        assert_eq!(fast.is_ok(), ok, "{service:?} {r:?}: {fast:?}");
+        let Ok(fast) = fast else { continue };
+        let json: serde_json::Value = serde_json::from_str(&fast.data).expect("json");
+        let slow = schemas
+            .validate(0, &json)
+            .unwrap_or_else(|e| panic!("{json} fails the schema: {e:?}"));
+        assert_eq!(fast.partition, slow.partition, "same shard as ingest");
+        assert_eq!(HttpKind.kind_name(fast.kind), schemas.kind_name(slow.kind));
+        assert_eq!((fast.version, fast.ts_ms), (slow.version, slow.ts_ms));
+        let b: serde_json::Value = serde_json::from_str(&slow.data).expect("json");
+        assert_eq!(json, b);
+        // a spilled line reads back to the same event
+        let (svc, back) = HttpRecord::from_json(&fast.data).expect("reads back");
+        assert_eq!(back.to_event(&svc).expect("valid"), fast);
+    }
+    // what the typed checks refuse, the schema refuses too
+    let refused = [
+        r#"{"kind":"http","ts":1,"service":"svc","endpoint":"/a","method":"GET","status":600,"req_bytes":0,"resp_bytes":0,"duration_ms":1}"#,
+        r#"{"kind":"http","ts":1,"service":"svc","endpoint":"/a","method":"purge","status":200,"req_bytes":0,"resp_bytes":0,"duration_ms":1}"#,
+        r#"{"kind":"http","ts":1,"service":"","endpoint":"/a","method":"GET","status":200,"req_bytes":0,"resp_bytes":0,"duration_ms":1}"#,
+    ];
+    for line in refused {
+        let json: serde_json::Value = serde_json::from_str(line).expect("json");
+        assert!(schemas.validate(0, &json).is_err(), "{line}");
+        let typed = HttpRecord::from_json(line).and_then(|(svc, r)| r.to_event(&svc));
+        assert!(typed.is_err(), "{line}");
+    }
+}

@@ -39,3 +39,4 @@ mod status;
 mod tls_stores;
 mod verify;
 mod webrtc_sdk;
+mod workspace_deps;

@@ -97,7 +97,7 @@ async fn serve_over_tls_ingests_and_rolls_up_exactly() {
         !cipher.1.is_empty(),
         "MySQL session without TLS: {cipher:?}"
     );
-    let rtls = Redis::from_config(&env.settings.redis)
+    let rtls = flowmeter::stream::connect(&env.settings.redis)
         .await
         .expect("rediss");
     let mut conn = rtls.conn.clone();

@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use crate::event::{SchemaRegistry, ValidEvent};
+use crate::event::{KindNames, ValidEvent};
 
 use super::pressure::Backlog;
 use super::{Keys, Redis, StreamError};
@@ -139,18 +139,17 @@ impl Producer {
         &self.keys
     }
 
-    fn entries<'a>(
+    fn entries<'a, K: KindNames + ?Sized>(
         &self,
-        registry: &'a SchemaRegistry,
+        kinds: &'a K,
         events: &'a [ValidEvent],
     ) -> Result<Entries<'a>, StreamError> {
         let mut streams = Vec::new();
         let mut at: HashMap<(usize, u32), usize> = HashMap::new();
         let mut rows = Vec::with_capacity(events.len());
         for e in events {
-            let kind = registry
-                .kind(e.kind)
-                .map(|k| k.name.as_str())
+            let kind = kinds
+                .kind_name(e.kind)
                 .ok_or_else(|| StreamError::Protocol(format!("unknown kind index {}", e.kind)))?;
             let shard = self.keys.shard_for(kind, e.partition);
             let i = *at.entry((e.kind, shard.index)).or_insert_with(|| {
@@ -162,16 +161,17 @@ impl Producer {
         Ok(Entries { streams, rows })
     }
 
-    /// Appends all events atomically; returns once Redis has acknowledged them.
-    pub async fn append(
+    /// Appends all events atomically; returns once Redis has acknowledged
+    /// them. `kinds` names the kinds the events' [`ValidEvent::kind`] index.
+    pub async fn append<K: KindNames + ?Sized>(
         &self,
-        registry: &SchemaRegistry,
+        kinds: &K,
         events: &[ValidEvent],
     ) -> Result<(), StreamError> {
         if events.is_empty() {
             return Ok(());
         }
-        let entries = self.entries(registry, events)?;
+        let entries = self.entries(kinds, events)?;
         self.exec(&entries).await
     }
 
@@ -198,9 +198,9 @@ impl Producer {
     /// Appends a request's events (all or nothing) behind backpressure, once
     /// per idempotency key within its window. See [`SubmitError`] for what
     /// each failure means to the client.
-    pub async fn submit(
+    pub async fn submit<K: KindNames + ?Sized>(
         &self,
-        registry: &SchemaRegistry,
+        kinds: &K,
         events: &[ValidEvent],
         idempotency: Option<&Idempotency<'_>>,
     ) -> Result<Submitted, SubmitError> {
@@ -208,7 +208,7 @@ impl Producer {
             return Ok(Submitted::Written);
         }
         let entries = self
-            .entries(registry, events)
+            .entries(kinds, events)
             .map_err(SubmitError::NotWritten)?;
         let first_kind = entries.rows.first().map_or("", |r| r.1);
         let record = idempotency.map(|idem| {

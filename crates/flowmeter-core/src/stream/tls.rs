@@ -21,14 +21,6 @@ pub struct RedisTls {
 }
 
 impl RedisTls {
-    pub fn from_config(cfg: &crate::config::RedisConfig) -> Self {
-        Self {
-            ca_file: cfg.tls_ca_file.clone(),
-            cert_file: cfg.tls_cert_file.clone(),
-            key_file: cfg.tls_key_file.clone(),
-        }
-    }
-
     fn is_set(&self) -> bool {
         self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some()
     }

@@ -1,11 +1,15 @@
-//! The in-process collector: a tower [`Layer`](tower::Layer) that records one
-//! `http` event per request served by an axum, hyper or tonic service, and a
-//! background task that appends them to flowmeter's streams.
+//! flowmeter's in-process collector: a tower [`Layer`](tower::Layer) that
+//! records one `http` event per request served by an axum, hyper or tonic
+//! service, and a background task that appends them to flowmeter's streams
+//! through `flowmeter_core`'s producer (the same streams, entry fields and
+//! shard choice as the server's `POST /v1/events`). It compiles none of the
+//! server: no SQL, Kafka, ClickHouse or JSON Schema. The server re-exports
+//! it as `flowmeter::collector`.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), flowmeter::collector::CollectorError> {
+//! # async fn demo() -> Result<(), flowmeter_collector::CollectorError> {
 //! use axum::{routing::get, Router};
-//! use flowmeter::collector::{CollectorConfig, MetricsLayer};
+//! use flowmeter_collector::{CollectorConfig, MetricsLayer};
 //!
 //! let metrics = MetricsLayer::new(CollectorConfig::new("courses"))?;
 //! let app: Router = Router::new()
@@ -16,13 +20,13 @@
 //! # Ok(()) }
 //! ```
 //!
-//! What is recorded (see `layer`): the matched route template (axum
-//! `MatchedPath`, else `unmatched_endpoint`: never the raw path), method,
-//! status, request and response body bytes counted from the frames actually
-//! read and sent (streamed, chunked and SSE bodies; an aborted response counts
-//! what was handed to the connection), header (and chunk framing) bytes as
-//! HTTP/1.1 puts them on the wire, and the time until the last body byte was
-//! handed to the connection.
+//! What is recorded (see `layer`): the matched route template (axum's
+//! `MatchedPath`, with the default feature `axum`; else `unmatched_endpoint`:
+//! never the raw path), method, status, request and response body bytes
+//! counted from the frames actually read and sent (streamed, chunked and SSE
+//! bodies; an aborted response counts what was handed to the connection),
+//! header (and chunk framing) bytes as HTTP/1.1 puts them on the wire, and
+//! the time until the last body byte was handed to the connection.
 //!
 //! The request path never blocks and never fails: the event goes into a
 //! bounded queue (`queue_capacity`; when it is full the event is dropped and
@@ -31,7 +35,11 @@
 //! spills to an append-only file in `spill_dir` (at most `spill_max_bytes`)
 //! and replays it in order once Redis is back. Beyond the disk bound events
 //! are dropped, and every drop is counted in [`CollectorStats`].
+//!
+//! Events are built from typed fields ([`HttpRecord::to_event`]); the limits
+//! of `schemas/http.v1.json` the types do not guarantee are checked in code.
 
+mod event;
 mod layer;
 mod sender;
 mod spill;
@@ -46,6 +54,7 @@ use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use event::{HttpKind, HttpRecord, InvalidHttpEvent, HTTP_KIND, HTTP_VERSION};
 pub use layer::{MetricsLayer, MetricsService, RequestBody, ResponseBody, UserId};
 pub use spill::SpillError;
 
@@ -157,7 +166,8 @@ pub struct CollectorStats {
     pub dropped_queue_full: u64,
     /// Dropped because memory and the spill file were both full.
     pub dropped_disk_full: u64,
-    /// Dropped because the event failed the `http` schema (e.g. a route template over 255 characters).
+    /// Dropped because the event would fail the `http` schema (e.g. a route
+    /// template over 255 characters), or a spilled line could not be read back.
     pub dropped_invalid: u64,
     /// Failed XADD pipelines (each retried).
     pub send_errors: u64,
@@ -185,21 +195,6 @@ impl Counters {
     }
 }
 
-/// One recorded request, before serialization (cheap to build on the request path).
-#[derive(Debug, Clone)]
-pub(crate) struct Record {
-    pub ts_ms: i64,
-    pub endpoint: Arc<str>,
-    pub method: http::Method,
-    pub status: u16,
-    pub req_bytes: u64,
-    pub resp_bytes: u64,
-    pub req_header_bytes: u64,
-    pub resp_header_bytes: u64,
-    pub duration_ms: f64,
-    pub user_id: Option<String>,
-}
-
 /// The handle shared by the layer and the application: stats and shutdown.
 #[derive(Clone)]
 pub struct Collector {
@@ -208,7 +203,7 @@ pub struct Collector {
 
 pub(crate) struct Inner {
     pub config: CollectorConfig,
-    pub tx: mpsc::Sender<Record>,
+    pub tx: mpsc::Sender<HttpRecord>,
     pub counters: Arc<Counters>,
     stop: CancellationToken,
     task: Mutex<Option<JoinHandle<()>>>,
@@ -300,8 +295,9 @@ impl Collector {
         }
     }
 
-    /// Hands a record to the sender task without waiting.
-    pub(crate) fn record(&self, r: Record) {
+    /// Hands a record (cheap to build on the request path; serialized by
+    /// the sender task) to the sender task without waiting.
+    pub(crate) fn record(&self, r: HttpRecord) {
         let c = &self.inner.counters;
         c.recorded.fetch_add(1, Ordering::Relaxed);
         if self.inner.tx.try_send(r).is_err() {

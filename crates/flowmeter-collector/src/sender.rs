@@ -14,18 +14,15 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::spill::Spill;
-use super::{CollectorConfig, Counters, Record};
-use crate::event::{SchemaRegistry, ValidEvent};
-use crate::stream::{Keys, Producer, Redis};
+use flowmeter_core::event::ValidEvent;
+use flowmeter_core::stream::{Keys, Producer, Redis};
 
-/// The `http` schema, compiled in: services embedding the collector need no
-/// `schemas/` directory, and their events are validated exactly as at ingest.
-const HTTP_SCHEMA: &str = include_str!("../../schemas/http.v1.json");
+use crate::event::{HttpKind, HttpRecord};
+use crate::spill::Spill;
+use crate::{CollectorConfig, Counters};
 
 struct Sender {
     cfg: CollectorConfig,
-    registry: SchemaRegistry,
     producer: Option<Producer>,
     spill: Option<Spill>,
     /// Validated events not yet acknowledged, oldest first.
@@ -37,16 +34,11 @@ struct Sender {
 
 pub(crate) async fn run(
     cfg: CollectorConfig,
-    mut rx: mpsc::Receiver<Record>,
+    mut rx: mpsc::Receiver<HttpRecord>,
     spill: Option<Spill>,
     counters: Arc<Counters>,
     stop: CancellationToken,
 ) {
-    let mut registry = SchemaRegistry::default();
-    if let Err(e) = registry.add("http.v1", HTTP_SCHEMA) {
-        tracing::error!(error = %e, "collector: the built-in http schema does not load");
-        return;
-    }
     if let Some(s) = &spill {
         counters
             .spill_backlog_bytes
@@ -55,7 +47,6 @@ pub(crate) async fn run(
     let mut s = Sender {
         backoff: cfg.backoff_min,
         cfg,
-        registry,
         producer: None,
         spill,
         memory: VecDeque::new(),
@@ -114,42 +105,24 @@ impl Sender {
         self.spill.as_ref().map_or(0, Spill::backlog)
     }
 
-    fn accept(&mut self, r: Record) {
-        // The record's fields are typed; only the free-form strings can break
-        // the schema's limits, so they are checked here instead of running
-        // the JSON Schema on every event (the tests below keep the two in step).
-        let prepared = match check_limits(&r) {
-            Ok(()) => self.prepare(&r).ok_or_else(|| "no http kind".to_string()),
-            Err(reason) => Err(reason),
-        };
-        match prepared {
+    /// Takes a record: its event (serialized straight from the typed record,
+    /// partitioned like ingest does; see `event`) goes behind the others.
+    fn accept(&mut self, r: HttpRecord) {
+        match r.to_event(&self.cfg.service) {
             Ok(ev) => {
                 self.memory.push_back(ev);
                 self.counters.in_memory.fetch_add(1, Ordering::Relaxed);
             }
-            Err(reason) => {
+            Err(e) => {
                 self.counters
                     .dropped_invalid
                     .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(endpoint = %r.endpoint, %reason, "collector: event dropped, it would fail the http schema");
+                tracing::warn!(endpoint = %r.endpoint, error = %e, "collector: event dropped");
             }
         }
         if self.memory.len() > self.cfg.memory_max_events {
             self.spill_oldest(self.memory.len() - self.cfg.memory_max_events);
         }
-    }
-
-    /// The stream entry of a record: serialized straight from the typed
-    /// record (no intermediate JSON tree), partitioned like ingest does.
-    fn prepare(&self, r: &Record) -> Option<ValidEvent> {
-        let data = serde_json::to_string(&HttpEvent::of(&self.cfg.service, r)).ok()?;
-        let service = self.cfg.service.as_str();
-        let endpoint = &*r.endpoint;
-        self.registry.trusted("http", r.ts_ms, data, |f| match f {
-            "service" => Some(service),
-            "endpoint" => Some(endpoint),
-            _ => None,
-        })
     }
 
     /// Moves the `n` oldest in-memory events to the spill file (or drops and
@@ -229,21 +202,21 @@ impl Sender {
                     return self.failed();
                 }
             };
+            // Each line is checked again as it is read back: the file may be
+            // a predecessor's, or damaged.
             let mut events = Vec::with_capacity(lines.len());
             for l in &lines {
-                match serde_json::from_str(l)
-                    .map_err(|_| ())
-                    .and_then(|v| self.registry.validate(0, &v).map_err(|_| ()))
-                {
+                match HttpRecord::from_json(l).and_then(|(svc, r)| r.to_event(&svc)) {
                     Ok(ev) => events.push(ev),
-                    Err(()) => {
+                    Err(e) => {
                         self.counters
                             .dropped_invalid
                             .fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(error = %e, "collector: spilled event dropped");
                     }
                 }
             }
-            if let Err(e) = producer.append(&self.registry, &events).await {
+            if let Err(e) = producer.append(&HttpKind, &events).await {
                 tracing::debug!(error = %e, "collector: replay failed");
                 return self.failed();
             }
@@ -269,7 +242,7 @@ impl Sender {
                 .len()
                 .min(self.cfg.max_pipeline.max(self.cfg.batch_size));
             let batch = self.memory.make_contiguous();
-            match producer.append(&self.registry, &batch[..n]).await {
+            match producer.append(&HttpKind, &batch[..n]).await {
                 Ok(()) => {
                     self.memory.drain(..n);
                     self.counters
@@ -293,139 +266,5 @@ impl Sender {
         self.retry_at = Some(Instant::now() + self.backoff);
         self.backoff = (self.backoff * 2).min(self.cfg.backoff_max);
         false
-    }
-}
-
-/// The limits of `schemas/http.v1.json` that typed fields do not already
-/// guarantee (`service` is checked once, at start).
-fn check_limits(r: &Record) -> Result<(), String> {
-    let ep = r.endpoint.chars().count();
-    if ep == 0 || ep > 255 {
-        return Err(format!("endpoint has {ep} characters (1 to 255 allowed)"));
-    }
-    let m = r.method.as_str();
-    if m.len() > 16 || !m.bytes().all(|b| b.is_ascii_uppercase()) {
-        return Err(format!("method {m:?} is not 1 to 16 upper-case letters"));
-    }
-    if r.user_id.as_ref().is_some_and(|u| u.chars().count() > 128) {
-        return Err("user_id over 128 characters".into());
-    }
-    Ok(())
-}
-
-/// The event as the ingest API would receive it (field names of
-/// `schemas/http.v1.json`).
-#[derive(serde::Serialize)]
-struct HttpEvent<'a> {
-    kind: &'static str,
-    ts: i64,
-    service: &'a str,
-    endpoint: &'a str,
-    method: &'a str,
-    status: u16,
-    req_bytes: u64,
-    resp_bytes: u64,
-    req_header_bytes: u64,
-    resp_header_bytes: u64,
-    duration_ms: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    user_id: Option<&'a str>,
-}
-
-impl<'a> HttpEvent<'a> {
-    fn of(service: &'a str, r: &'a Record) -> Self {
-        Self {
-            kind: "http",
-            ts: r.ts_ms,
-            service,
-            endpoint: &r.endpoint,
-            method: r.method.as_str(),
-            status: r.status,
-            req_bytes: r.req_bytes,
-            resp_bytes: r.resp_bytes,
-            req_header_bytes: r.req_header_bytes,
-            resp_header_bytes: r.resp_header_bytes,
-            duration_ms: (r.duration_ms * 1000.0).round() / 1000.0,
-            user_id: r.user_id.as_deref(),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn record(endpoint: &str, method: &str, user: Option<&str>) -> Record {
-        Record {
-            ts_ms: 1_772_359_200_123,
-            endpoint: std::sync::Arc::from(endpoint),
-            method: method.parse().expect("method"),
-            status: 404,
-            req_bytes: 0,
-            resp_bytes: 1 << 33,
-            req_header_bytes: 120,
-            resp_header_bytes: 99,
-            duration_ms: 0.0004,
-            user_id: user.map(str::to_string),
-        }
-    }
-
-    fn full_registry() -> SchemaRegistry {
-        let mut r = SchemaRegistry::default();
-        r.add("http.v1", HTTP_SCHEMA).expect("schema");
-        r
-    }
-
-    /// What the sender makes of a record.
-    fn prepared(r: &Record) -> Option<ValidEvent> {
-        let s = Sender {
-            cfg: CollectorConfig::new("svc"),
-            registry: full_registry(),
-            producer: None,
-            spill: None,
-            memory: VecDeque::new(),
-            counters: Arc::default(),
-            backoff: Duration::ZERO,
-            retry_at: None,
-        };
-        s.prepare(r)
-    }
-
-    /// Whatever `check_limits` lets through passes the full JSON Schema, and
-    /// what it refuses the schema refuses too.
-    #[test]
-    fn limits_agree_with_the_schema() {
-        let mut full = SchemaRegistry::default();
-        full.add("http.v1", HTTP_SCHEMA).expect("schema");
-        let long = "e".repeat(256);
-        let cases = [
-            (record("/api/x/{id}", "GET", Some("u1")), true),
-            (record("/", "PATCH", None), true),
-            (
-                record(&"é".repeat(255), "DELETE", Some(&"u".repeat(128))),
-                true,
-            ),
-            (record(&long, "GET", None), false),
-            (record("", "GET", None), false),
-            (record("/a", "purge", None), false),
-            (record("/a", "GET", Some(&"u".repeat(129))), false),
-        ];
-        for (r, ok) in cases {
-            let json = serde_json::to_value(HttpEvent::of("svc", &r)).expect("json");
-            assert_eq!(check_limits(&r).is_ok(), ok, "{json}");
-            assert_eq!(full.validate(0, &json).is_ok(), ok, "{json}");
-            if ok {
-                let fast = prepared(&r).expect("prepared");
-                let slow = full.validate(0, &json).expect("valid");
-                assert_eq!(fast.partition, slow.partition, "same shard as ingest");
-                assert_eq!(
-                    (fast.kind, fast.version, fast.ts_ms),
-                    (slow.kind, slow.version, slow.ts_ms)
-                );
-                let a: serde_json::Value = serde_json::from_str(&fast.data).expect("json");
-                let b: serde_json::Value = serde_json::from_str(&slow.data).expect("json");
-                assert_eq!(a, b);
-            }
-        }
     }
 }

@@ -15,13 +15,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use axum::extract::MatchedPath;
 use bytes::Buf;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use super::{Collector, CollectorConfig, CollectorError, Record};
+use crate::{Collector, CollectorConfig, CollectorError, HttpRecord};
 
 /// Set by a handler (as a response extension) to name the user of the
 /// request; takes precedence over `user_header`.
@@ -100,10 +99,7 @@ where
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let start = Instant::now();
-        let endpoint = match req.extensions().get::<MatchedPath>() {
-            Some(p) => Arc::from(p.as_str()),
-            None => self.layer.unmatched.clone(),
-        };
+        let endpoint = route_template(&req).unwrap_or_else(|| self.layer.unmatched.clone());
         let cfg = self.layer.collector.config();
         let user_id = cfg
             .user_header
@@ -247,8 +243,10 @@ struct Counting {
 impl Counting {
     fn finish(self) {
         let p = self.pending;
-        let ts_ms = chrono::Utc::now().timestamp_millis();
-        p.collector.record(Record {
+        let ts_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        p.collector.record(HttpRecord {
             ts_ms,
             endpoint: p.endpoint,
             method: p.method,
@@ -330,6 +328,20 @@ fn finish(state: &mut Option<Counting>) {
         }
         c.finish();
     }
+}
+
+/// The route template the router matched (axum's `MatchedPath`).
+#[cfg(feature = "axum")]
+fn route_template<B>(req: &Request<B>) -> Option<Arc<str>> {
+    req.extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| Arc::from(p.as_str()))
+}
+
+/// Without axum no router says which route matched.
+#[cfg(not(feature = "axum"))]
+fn route_template<B>(_req: &Request<B>) -> Option<Arc<str>> {
+    None
 }
 
 fn hex_len(n: u64) -> u64 {

@@ -1,8 +1,8 @@
-//! A small axum service measured by flowmeter's collector.
+//! A small axum service measured by flowmeter-collector.
 //!
 //! ```sh
 //! flowmeter serve &                                   # ingest + rollups
-//! cargo run --example axum_service                     # this service on 127.0.0.1:3000
+//! cargo run -p flowmeter-collector --example axum_service   # this service on 127.0.0.1:3000
 //! curl localhost:3000/api/courses/42; curl localhost:3000/api/videos/7/manifest
 //! curl 'localhost:8080/v1/rollups/hourly?kind=http&service=courses-demo'   # a second later
 //! ```
@@ -16,7 +16,7 @@ use std::time::Duration;
 use axum::extract::Path;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use flowmeter::collector::{CollectorConfig, MetricsLayer};
+use flowmeter_collector::{CollectorConfig, MetricsLayer};
 use serde_json::{json, Value};
 
 #[tokio::main]
