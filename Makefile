@@ -2,8 +2,9 @@
 #   make demo   start Redis + MariaDB (installing them if missing), migrate,
 #               serve (with the dashboard at /), feed sample events, print
 #               where to look; it installs nothing else
-#   make test   every test of every workspace crate, against the real servers (also installing the
-#               test-only ones when missing: ClickHouse and tansu by
+#   make test   every test of every workspace crate, against the real
+#               servers (also installing the test-only ones when missing:
+#               ClickHouse and tansu by
 #               `scripts/services test-deps`, Chromium, coturn and the npm
 #               packages by `scripts/browser-deps`)
 # Every build needs Node.js/npm to embed the dashboard's charts (build.rs).
@@ -31,13 +32,15 @@ test: services
 
 # The workspace, then the embeddable crates alone as a service builds them
 # (no features unified from the server's), the collector with and without
-# its default features.
+# its default features, and the server without its optional sinks
+# (`--no-default-features`: no Kafka, no ClickHouse).
 lint: node
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p flowmeter-core -- -D warnings
 	$(CARGO) clippy -p flowmeter-collector -- -D warnings
 	$(CARGO) clippy -p flowmeter-collector --no-default-features -- -D warnings
+	$(CARGO) clippy -p flowmeter --lib --no-default-features -- -D warnings
 
 # The fuzz targets (crates/fuzz, run with scripts/fuzz on nightly) still
 # compile. Not in CI's `make lint`: outside the workspace, with its own
