@@ -3,8 +3,9 @@
 //! - [`DdSketch`]: quantiles with bounded *relative* error (0.5 % per value,
 //!   so every quantile is well within 1 %), mergeable exactly: merging shard
 //!   sketches gives the same buckets as one sketch of all values.
-//! - [`Hll`]: HyperLogLog distinct counts (2¹² registers, ~1.6 % standard
-//!   error) with linear counting for small cardinalities.
+//! - [`Hll`]: HyperLogLog distinct counts (precision 14: 2¹⁴ = 16,384
+//!   registers, ~0.81 % standard error), with Ertl's estimator, which
+//!   behaves as linear counting for small cardinalities (see `hll.rs`).
 //!
 //! Both serialize to compact, versioned bytes stored in BLOB columns; an empty
 //! slice decodes to an empty sketch, and decoding untrusted bytes never
