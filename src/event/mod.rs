@@ -4,10 +4,12 @@
 //! (RFC 3339 string or integer epoch milliseconds) and the fields its schema
 //! declares. Adding a kind means adding `schemas/KIND.vN.json`; no Rust.
 
+mod entry;
 mod schema;
 pub mod subject;
 mod time;
 
+pub use entry::decode_entry;
 pub use schema::{truncate, KindInfo, SchemaRegistry};
 pub use time::{format_rfc3339_ms, parse_ts, parse_ts_value, TS_RULE};
 
