@@ -166,9 +166,9 @@ impl GroupReader {
     /// Reads the next batch: first the pending list (from the start), then new entries.
     pub async fn read(&mut self) -> Result<ReadOutcome, StreamError> {
         loop {
-            let from = match self.pending_after {
-                Some(id) => id.to_string(),
-                None => ">".to_string(),
+            let (from, count) = match self.pending_after {
+                Some(id) => (id.to_string(), self.pending_count(id).await?),
+                None => (">".to_string(), self.count),
             };
             let mut conn = self.redis.conn.clone();
             let mut inv = self.script.prepare_invoke();
@@ -177,7 +177,7 @@ impl GroupReader {
                 .arg(&self.worker)
                 .arg(&self.group)
                 .arg(&self.consumer)
-                .arg(self.count)
+                .arg(count)
                 .arg(&from);
             let reply: Value = self.redis.run(inv.invoke_async(&mut conn)).await?;
             if let Value::Int(-1) = reply {
@@ -209,6 +209,47 @@ impl GroupReader {
 }
 
 impl GroupReader {
+    /// How many pending entries after `after` to re-read at once: up to the
+    /// first suspect, or the suspect alone. Re-reading a pending entry
+    /// counts as a delivery, so reading a whole page to hand over one
+    /// suspect would push the entries behind it toward being suspects too;
+    /// XPENDING (which counts nothing) looks first.
+    async fn pending_count(&self, after: StreamId) -> Result<usize, StreamError> {
+        if self.suspect_after == 0 {
+            return Ok(self.count);
+        }
+        let start = if after == StreamId::ZERO {
+            "-".to_string()
+        } else {
+            format!("({after}")
+        };
+        let mut conn = self.redis.conn.clone();
+        let details: Vec<(String, String, u64, u64)> = self
+            .redis
+            .run(
+                redis::cmd("XPENDING")
+                    .arg(&self.stream)
+                    .arg(&self.group)
+                    .arg(start)
+                    .arg("+")
+                    .arg(self.count)
+                    .arg(&self.consumer)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        // this read is one more delivery of each
+        Ok(
+            match details
+                .iter()
+                .position(|(_, _, _, n)| n + 1 > self.suspect_after)
+            {
+                Some(0) => 1,
+                Some(i) => i,
+                None => self.count,
+            },
+        )
+    }
+
     /// Fills `deliveries` of re-read pending entries from XPENDING (one call
     /// per page of the pending list; never on the path of new entries).
     async fn count_deliveries(&self, entries: &mut [Entry]) -> Result<(), StreamError> {
