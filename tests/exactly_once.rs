@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -181,33 +180,6 @@ async fn two_workers_racing_on_one_shard_count_once() {
     env.cleanup().await;
 }
 
-struct Kid(Child);
-impl Drop for Kid {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_flowmeter(config: &std::path::Path, roles: &str, listen: &str) -> Kid {
-    Kid(Command::new(env!("CARGO_BIN_EXE_flowmeter"))
-        .args([
-            "--config",
-            &config.display().to_string(),
-            "serve",
-            "--roles",
-            roles,
-            "--listen",
-            listen,
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        // the children's warnings show with the test's output when it fails
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn flowmeter"))
-}
-
 /// A `flowmeter serve --roles rollup` child is killed with SIGKILL at random
 /// moments (25 cycles) while events stream in through a separate ingest child;
 /// afterwards the MySQL totals equal exactly the events accepted with 202.
@@ -256,12 +228,11 @@ async fn sigkill_at_random_moments_loses_and_doubles_nothing() {
     };
     let cycles = 25;
     for _ in 0..cycles {
-        let mut kid = spawn_flowmeter(&config, "rollup", "127.0.0.1:0");
+        let kid = spawn_flowmeter(&config, "rollup", "127.0.0.1:0");
         let ms: u64 = rand::rng().random_range(150..1500);
         tokio::time::sleep(Duration::from_millis(ms)).await;
         // SIGKILL: no flush, no ack, no lease release.
-        let _ = kid.0.kill();
-        let _ = kid.0.wait();
+        drop(kid);
     }
     stop.store(true, Ordering::Relaxed);
     feeder.await.expect("feeder");

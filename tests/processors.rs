@@ -19,7 +19,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -123,16 +122,7 @@ impl World {
             }
             Downstream::ClickHouse(ch) => {
                 let sql = "SELECT count() FROM http_events FINAL";
-                let r = http_client()
-                    .post(format!("{}/?database={}", ch.url(), self.env.name))
-                    .body(sql)
-                    .send()
-                    .await
-                    .expect("clickhouse answers");
-                let text = r.text().await.expect("body");
-                text.trim()
-                    .parse()
-                    .unwrap_or_else(|_| panic!("{sql}: {text}"))
+                clickhouse_number(&ch.url(), &self.env.name, sql).await
             }
             Downstream::Kafka(kafka) => {
                 let bootstrap = kafka.bootstrap();
@@ -306,29 +296,8 @@ async fn dead_letters(ty: Type) {
         ids.push(xadd(&mut r, &stream, Some(http_event(i, T0).to_string())).await);
     }
     let no_data = xadd(&mut r, &stream, None).await;
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&stream)
-        .arg(group)
-        .arg("0")
-        .query_async(&mut r)
-        .await
-        .expect("group");
     // a crash loop: the shard's consumer took 4 entries and re-read them four times
-    for from in [">", "0", "0", "0", "0"] {
-        let _: redis::Value = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(group)
-            .arg("http:0")
-            .arg("COUNT")
-            .arg(4)
-            .arg("STREAMS")
-            .arg(&stream)
-            .arg(from)
-            .query_async(&mut r)
-            .await
-            .expect("xreadgroup");
-    }
+    crash_loop(&mut r, &stream, group, "http:0", 4, 4).await;
     let suspects = format!("{}:suspects:{group}", w.env.name);
     let _: i64 = redis::cmd("HINCRBY")
         .arg(&suspects)
@@ -439,23 +408,8 @@ async fn racing(ty: Type) {
     w.cleanup().await;
 }
 
-struct Kid(Child);
-impl Drop for Kid {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_worker(config: &std::path::Path) -> Kid {
-    Kid(Command::new(env!("CARGO_BIN_EXE_flowmeter"))
-        .args(["--config", &config.display().to_string()])
-        .args(["serve", "--roles", "rollup", "--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn flowmeter"))
+fn spawn_worker(config: &std::path::Path) -> ChildGuard {
+    spawn_flowmeter(config, "rollup", "127.0.0.1:0")
 }
 
 /// The kill -9 tests run one at a time: each crash loop leaves a pending
@@ -490,11 +444,10 @@ async fn kill9(ty: Type) {
         })
     };
     for _ in 0..12 {
-        let mut kid = spawn_worker(&config);
+        let kid = spawn_worker(&config);
         let ms: u64 = rand::rng().random_range(300..2000);
         tokio::time::sleep(Duration::from_millis(ms)).await;
-        let _ = kid.0.kill(); // SIGKILL: no commit, no ack, no lease release
-        let _ = kid.0.wait();
+        drop(kid); // SIGKILL: no commit, no ack, no lease release
     }
     stop.store(true, Ordering::Relaxed);
     feeder.await.expect("feeder");

@@ -223,20 +223,7 @@ impl GroupReader {
         } else {
             format!("({after}")
         };
-        let mut conn = self.redis.conn.clone();
-        let details: Vec<(String, String, u64, u64)> = self
-            .redis
-            .run(
-                redis::cmd("XPENDING")
-                    .arg(&self.stream)
-                    .arg(&self.group)
-                    .arg(start)
-                    .arg("+")
-                    .arg(self.count)
-                    .arg(&self.consumer)
-                    .query_async(&mut conn),
-            )
-            .await?;
+        let details = self.pending_details(&start, "+", self.count).await?;
         // this read is one more delivery of each
         Ok(
             match details
@@ -250,25 +237,37 @@ impl GroupReader {
         )
     }
 
+    /// Our pending entries from `start` to `end` (at most `count`), each
+    /// (id, consumer, idle ms, deliveries). Asking counts as no delivery.
+    async fn pending_details(
+        &self,
+        start: &str,
+        end: &str,
+        count: usize,
+    ) -> Result<Vec<(String, String, u64, u64)>, StreamError> {
+        let mut conn = self.redis.conn.clone();
+        self.redis
+            .run(
+                redis::cmd("XPENDING")
+                    .arg(&self.stream)
+                    .arg(&self.group)
+                    .arg(start)
+                    .arg(end)
+                    .arg(count)
+                    .arg(&self.consumer)
+                    .query_async(&mut conn),
+            )
+            .await
+    }
+
     /// Fills `deliveries` of re-read pending entries from XPENDING (one call
     /// per page of the pending list; never on the path of new entries).
     async fn count_deliveries(&self, entries: &mut [Entry]) -> Result<(), StreamError> {
         let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
             return Ok(());
         };
-        let mut conn = self.redis.conn.clone();
-        let details: Vec<(String, String, u64, u64)> = self
-            .redis
-            .run(
-                redis::cmd("XPENDING")
-                    .arg(&self.stream)
-                    .arg(&self.group)
-                    .arg(first.id.to_string())
-                    .arg(last.id.to_string())
-                    .arg(entries.len())
-                    .arg(&self.consumer)
-                    .query_async(&mut conn),
-            )
+        let details = self
+            .pending_details(&first.id.to_string(), &last.id.to_string(), entries.len())
             .await?;
         let counts: std::collections::HashMap<StreamId, u64> = details
             .into_iter()
