@@ -226,19 +226,16 @@ fn kafka_ids(bootstrap: &str, topic: &str) -> HashSet<(String, String)> {
     ids
 }
 
+/// Posts http events `from..from + n`; returns how many were accepted.
 async fn send(client: &reqwest::Client, url: &str, from: u64, n: u64) -> u64 {
     let events: Vec<String> = (from..from + n)
         .map(|i| http_event(i, T0 + (i as i64 % 7200) * 1000).to_string())
         .collect();
-    match client
-        .post(format!("{url}/v1/events"))
-        .header("content-type", "application/x-ndjson")
-        .body(events.join("\n"))
-        .send()
-        .await
-    {
-        Ok(r) if r.status() == 202 => n,
-        _ => 0,
+    let (code, _) = post_ndjson(client, &format!("{url}/v1/events"), events.join("\n")).await;
+    if code == 202 {
+        n
+    } else {
+        0
     }
 }
 
