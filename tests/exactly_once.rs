@@ -141,21 +141,7 @@ async fn two_workers_racing_on_one_shard_count_once() {
     let b = env.start("rollup").await;
     let client = http_client();
     let stop = Arc::new(AtomicBool::new(false));
-    let chaos = {
-        let stop = stop.clone();
-        let lease = format!("{}:lease:rollup:{{http:0}}", env.name);
-        let mut r = env.redis().await;
-        tokio::spawn(async move {
-            let mut steals = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let _: Result<(), _> = redis::cmd("DEL").arg(&lease).query_async(&mut r).await;
-                steals += 1;
-                let pause = rand::rng().random_range(20..150);
-                tokio::time::sleep(Duration::from_millis(pause)).await;
-            }
-            steals
-        })
-    };
+    let chaos = lease_chaos(&env, "rollup", stop.clone()).await;
     let mut accepted = 0i64;
     for round in 0..60u64 {
         let (s, n) = send(&client, &ingest.url(""), round * 100, 100).await;

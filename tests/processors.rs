@@ -375,21 +375,7 @@ async fn racing(ty: Type) {
     let b = w.env.start("rollup").await;
     let client = http_client();
     let stop = Arc::new(AtomicBool::new(false));
-    let chaos = {
-        let stop = stop.clone();
-        let lease = format!("{}:lease:{}:{{http:0}}", w.env.name, w.group());
-        let mut r = w.env.redis().await;
-        tokio::spawn(async move {
-            let mut steals = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let _: Result<(), _> = redis::cmd("DEL").arg(&lease).query_async(&mut r).await;
-                steals += 1;
-                let pause = rand::rng().random_range(20..150);
-                tokio::time::sleep(Duration::from_millis(pause)).await;
-            }
-            steals
-        })
-    };
+    let chaos = lease_chaos(&w.env, w.group(), stop.clone()).await;
     let mut accepted = 0;
     for round in 0..40u64 {
         accepted += send(&client, &ingest.url(""), round * 100, 100).await;

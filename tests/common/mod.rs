@@ -762,3 +762,26 @@ pub async fn clickhouse_number(url: &str, db: &str, sql: &str) -> u64 {
         .parse()
         .unwrap_or_else(|_| panic!("{sql}: {text}"))
 }
+
+/// Keeps deleting `group`'s lease of `{http:0}` (every 20–150 ms) until
+/// `stop` is set, so two workers both believe they own the shard; returns
+/// how often it did.
+pub async fn lease_chaos(
+    env: &TestEnv,
+    group: &str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> JoinHandle<u32> {
+    use rand::Rng;
+    let lease = format!("{}:lease:{group}:{{http:0}}", env.name);
+    let mut r = env.redis().await;
+    tokio::spawn(async move {
+        let mut steals = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let _: Result<(), _> = redis::cmd("DEL").arg(&lease).query_async(&mut r).await;
+            steals += 1;
+            let pause = rand::rng().random_range(20..150);
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
+        steals
+    })
+}
