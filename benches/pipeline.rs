@@ -16,8 +16,9 @@ use std::path::PathBuf;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use flowmeter::config::Settings;
+use flowmeter::event::decode_entry as decode;
 use flowmeter::event::SchemaRegistry;
-use flowmeter::processor::rollup::{decode, fold_event, CompiledTable, TableRows};
+use flowmeter::processor::rollup::{fold_event, CompiledTable, TableRows};
 use flowmeter::processor::{ProcessorConfig, ProcessorRegistry};
 use flowmeter::store::Store;
 

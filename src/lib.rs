@@ -18,7 +18,7 @@
 //! | [`event`] | event kinds, their JSON Schemas, validation, timestamps (the valid event and timestamps: `flowmeter_core::event`) |
 //! | [`stream`] | Redis: every key name, the producer (XADD; idempotent, behind backpressure), fenced group reads, leases (keys, connection and producer: `flowmeter_core::stream`) |
 //! | [`store`] | MySQL: pool, migrations, checkpoints, generic rollup upserts |
-//! | [`processor`] | processor definitions (`processors/*.toml`), registry and runner; one directory per processor type |
+//! | [`processor`] | processor definitions (`processors/*.toml`), registry, and the shard core every type runs on (`processor::core`); one directory per processor type |
 //! | [`sketch`] | mergeable quantile (DDSketch) and distinct-count (HyperLogLog) sketches |
 //! | [`expr`] | the small filter/value expression language of processor definitions |
 //! | [`groups`] | consumer-group administration: `flowmeter groups create/reset/delete` |

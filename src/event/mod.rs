@@ -8,8 +8,10 @@
 //! are `flowmeter_core::event` (shared with the collector crate) and
 //! re-exported here; the JSON-Schema registry is the server's own.
 
+mod entry;
 mod schema;
 
+pub use entry::decode_entry;
 pub use flowmeter_core::event::{
     format_rfc3339_ms, parse_ts, parse_ts_value, subject, truncate, FieldError, KindNames,
     PartitionKey, ValidEvent, TS_RULE,

@@ -22,10 +22,10 @@ use super::window::{self, Windows, MINUTES, SECONDS};
 use super::{Channel, Shared};
 use crate::alert::{Metric, Rule, Scope};
 use crate::config::HubConfig;
-use crate::processor::rollup::{decode, MeasureDef};
 use crate::processor::{ProcessorConfig, ProcessorRegistry};
 use crate::stream::StreamId;
 use crate::telemetry::metrics;
+use crate::{event::decode_entry as decode, processor::rollup::MeasureDef};
 
 /// Which stream an entry came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,14 +4,17 @@
 //! `type` picks the implementation (one directory each, with the same files:
 //! `mod.rs`, `config.rs`, `processor.rs`). The config builds the component
 //! ([`ProcessorConfig::build`]); a processor never reads global state.
+//!
+//! Every type runs on the shard core ([`core`]): leases, fenced reads,
+//! the suspect and dead-letter policy, backoff, graceful stop and stats are
+//! written once there; a processor implements [`core::ShardHandler`].
 
 pub mod clickhouse_archive;
+pub mod core;
 pub mod kafka_bridge;
-pub mod reader;
 pub mod registry;
 pub mod rollup;
 pub mod sink;
-mod stats;
 
 use std::sync::Arc;
 
@@ -23,8 +26,9 @@ use crate::event::SchemaRegistry;
 use crate::store::{Store, StoreError};
 use crate::stream::{Keys, Redis, StreamError};
 
+pub use self::core::reader;
+pub use self::core::{KeyBudgetStatus, RunnerStats};
 pub use registry::{ProcessorConfig, ProcessorRegistry};
-pub use stats::{KeyBudgetStatus, RunnerStats};
 
 /// Errors of a processor. `retryable()` says whether the runner should back off and try again.
 #[derive(Debug, thiserror::Error)]
@@ -89,28 +93,4 @@ pub fn new_worker_id() -> String {
         std::process::id(),
         rand::random::<u32>()
     )
-}
-
-/// Publishes a runner's figures for `flowmeter status` and `GET /v1/status`:
-/// one field per worker in `{prefix}:stats:{processor}`, expiring unless
-/// refreshed (a stopped worker drops out).
-pub async fn publish_stats(ctx: &ProcessorContext, processor: &str, stats: &RunnerStats) {
-    let Ok(json) = serde_json::to_string(stats) else {
-        return;
-    };
-    let mut conn = ctx.redis.conn.clone();
-    let key = ctx.keys.stats(processor);
-    let mut pipe = redis::pipe();
-    pipe.cmd("HSET")
-        .arg(&key)
-        .arg(&ctx.worker_id)
-        .arg(json)
-        .ignore();
-    pipe.cmd("PEXPIRE")
-        .arg(&key)
-        .arg(ctx.settings.lease_ms * 6)
-        .ignore();
-    if let Err(e) = ctx.redis.run(pipe.query_async::<()>(&mut conn)).await {
-        tracing::debug!(error = %e, "cannot publish stats");
-    }
 }

@@ -166,9 +166,9 @@ impl GroupReader {
     /// Reads the next batch: first the pending list (from the start), then new entries.
     pub async fn read(&mut self) -> Result<ReadOutcome, StreamError> {
         loop {
-            let from = match self.pending_after {
-                Some(id) => id.to_string(),
-                None => ">".to_string(),
+            let (from, count) = match self.pending_after {
+                Some(id) => (id.to_string(), self.pending_count(id).await?),
+                None => (">".to_string(), self.count),
             };
             let mut conn = self.redis.conn.clone();
             let mut inv = self.script.prepare_invoke();
@@ -177,7 +177,7 @@ impl GroupReader {
                 .arg(&self.worker)
                 .arg(&self.group)
                 .arg(&self.consumer)
-                .arg(self.count)
+                .arg(count)
                 .arg(&from);
             let reply: Value = self.redis.run(inv.invoke_async(&mut conn)).await?;
             if let Value::Int(-1) = reply {
@@ -209,25 +209,65 @@ impl GroupReader {
 }
 
 impl GroupReader {
+    /// How many pending entries after `after` to re-read at once: up to the
+    /// first suspect, or the suspect alone. Re-reading a pending entry
+    /// counts as a delivery, so reading a whole page to hand over one
+    /// suspect would push the entries behind it toward being suspects too;
+    /// XPENDING (which counts nothing) looks first.
+    async fn pending_count(&self, after: StreamId) -> Result<usize, StreamError> {
+        if self.suspect_after == 0 {
+            return Ok(self.count);
+        }
+        let start = if after == StreamId::ZERO {
+            "-".to_string()
+        } else {
+            format!("({after}")
+        };
+        let details = self.pending_details(&start, "+", self.count).await?;
+        // this read is one more delivery of each
+        Ok(
+            match details
+                .iter()
+                .position(|(_, _, _, n)| n + 1 > self.suspect_after)
+            {
+                Some(0) => 1,
+                Some(i) => i,
+                None => self.count,
+            },
+        )
+    }
+
+    /// Our pending entries from `start` to `end` (at most `count`), each
+    /// (id, consumer, idle ms, deliveries). Asking counts as no delivery.
+    async fn pending_details(
+        &self,
+        start: &str,
+        end: &str,
+        count: usize,
+    ) -> Result<Vec<(String, String, u64, u64)>, StreamError> {
+        let mut conn = self.redis.conn.clone();
+        self.redis
+            .run(
+                redis::cmd("XPENDING")
+                    .arg(&self.stream)
+                    .arg(&self.group)
+                    .arg(start)
+                    .arg(end)
+                    .arg(count)
+                    .arg(&self.consumer)
+                    .query_async(&mut conn),
+            )
+            .await
+    }
+
     /// Fills `deliveries` of re-read pending entries from XPENDING (one call
     /// per page of the pending list; never on the path of new entries).
     async fn count_deliveries(&self, entries: &mut [Entry]) -> Result<(), StreamError> {
         let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
             return Ok(());
         };
-        let mut conn = self.redis.conn.clone();
-        let details: Vec<(String, String, u64, u64)> = self
-            .redis
-            .run(
-                redis::cmd("XPENDING")
-                    .arg(&self.stream)
-                    .arg(&self.group)
-                    .arg(first.id.to_string())
-                    .arg(last.id.to_string())
-                    .arg(entries.len())
-                    .arg(&self.consumer)
-                    .query_async(&mut conn),
-            )
+        let details = self
+            .pending_details(&first.id.to_string(), &last.id.to_string(), entries.len())
             .await?;
         let counts: std::collections::HashMap<StreamId, u64> = details
             .into_iter()

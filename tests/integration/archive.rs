@@ -34,16 +34,7 @@ async fn archive_env(name: &str, ch: &PrivateClickHouse, dir: &std::path::Path) 
 
 /// A query's single number (TabSeparated).
 async fn ch_count(ch: &PrivateClickHouse, db: &str, sql: &str) -> u64 {
-    let r = http_client()
-        .post(format!("{}/?database={db}", ch.url()))
-        .body(sql.to_string())
-        .send()
-        .await
-        .expect("clickhouse answers");
-    let text = r.text().await.expect("body");
-    text.trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("{sql}: {text}"))
+    common::clickhouse_number(&ch.url(), db, sql).await
 }
 
 fn http(i: u64, ts_ms: i64) -> Value {

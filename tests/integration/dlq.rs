@@ -170,31 +170,10 @@ async fn repeatedly_delivered_entries_are_applied_alone_and_only_killers_are_dea
             .expect("xadd");
         ids.push(id);
     }
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&stream)
-        .arg("rollup")
-        .arg("0")
-        .query_async(&mut r)
-        .await
-        .expect("group");
     // A crash loop: the shard's consumer takes 4 entries and re-reads them
     // from its pending list four times without acknowledging (5 deliveries;
     // the worker's own read makes 6, past max_deliveries).
-    for from in [">", "0", "0", "0", "0"] {
-        let _: redis::Value = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg("rollup")
-            .arg("http:0")
-            .arg("COUNT")
-            .arg(4)
-            .arg("STREAMS")
-            .arg(&stream)
-            .arg(from)
-            .query_async(&mut r)
-            .await
-            .expect("xreadgroup");
-    }
+    crash_loop(&mut r, &stream, "rollup", "http:0", 4, 4).await;
     // …and the first of them already killed three workers applying it alone
     let _: i64 = redis::cmd("HINCRBY")
         .arg(format!("{}:suspects:rollup", env.name))

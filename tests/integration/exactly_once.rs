@@ -4,7 +4,6 @@
 
 use crate::common;
 
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -142,21 +141,7 @@ async fn two_workers_racing_on_one_shard_count_once() {
     let b = env.start("rollup").await;
     let client = http_client();
     let stop = Arc::new(AtomicBool::new(false));
-    let chaos = {
-        let stop = stop.clone();
-        let lease = format!("{}:lease:rollup:{{http:0}}", env.name);
-        let mut r = env.redis().await;
-        tokio::spawn(async move {
-            let mut steals = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let _: Result<(), _> = redis::cmd("DEL").arg(&lease).query_async(&mut r).await;
-                steals += 1;
-                let pause = rand::rng().random_range(20..150);
-                tokio::time::sleep(Duration::from_millis(pause)).await;
-            }
-            steals
-        })
-    };
+    let chaos = lease_chaos(&env, "rollup", stop.clone()).await;
     let mut accepted = 0i64;
     for round in 0..60u64 {
         let (s, n) = send(&client, &ingest.url(""), round * 100, 100).await;
@@ -179,33 +164,6 @@ async fn two_workers_racing_on_one_shard_count_once() {
     b.stop().await;
     ingest.stop().await;
     env.cleanup().await;
-}
-
-struct Kid(Child);
-impl Drop for Kid {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_flowmeter(config: &std::path::Path, roles: &str, listen: &str) -> Kid {
-    Kid(Command::new(env!("CARGO_BIN_EXE_flowmeter"))
-        .args([
-            "--config",
-            &config.display().to_string(),
-            "serve",
-            "--roles",
-            roles,
-            "--listen",
-            listen,
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        // the children's warnings show with the test's output when it fails
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn flowmeter"))
 }
 
 /// A `flowmeter serve --roles rollup` child is killed with SIGKILL at random
@@ -257,12 +215,11 @@ async fn sigkill_at_random_moments_loses_and_doubles_nothing() {
     };
     let cycles = 25;
     for _ in 0..cycles {
-        let mut kid = spawn_flowmeter(&config, "rollup", "127.0.0.1:0");
+        let kid = spawn_flowmeter(&config, "rollup", "127.0.0.1:0");
         let ms: u64 = rand::rng().random_range(150..1500);
         tokio::time::sleep(Duration::from_millis(ms)).await;
         // SIGKILL: no flush, no ack, no lease release.
-        let _ = kid.0.kill();
-        let _ = kid.0.wait();
+        drop(kid);
     }
     stop.store(true, Ordering::Relaxed);
     feeder.await.expect("feeder");

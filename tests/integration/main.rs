@@ -30,6 +30,7 @@ mod kafka_bridge;
 mod loadgen;
 mod new_kind;
 mod outage;
+mod processors;
 mod readme;
 mod replay;
 mod retention;

@@ -5,7 +5,7 @@
 //! - `config.rs`: the definition (`processors/clickhouse_archive.toml`);
 //! - `processor.rs`: the [`Sink`](crate::processor::sink::Sink): one
 //!   `INSERT … FORMAT JSONEachRow` per table and batch, acknowledged by the
-//!   shared sink runner only after ClickHouse answered;
+//!   shard core ([`crate::processor::core`]) only after ClickHouse answered;
 //! - `client.rs`: the client from `[clickhouse]`, migrations, and search.
 //!
 //! At least once: a crash between the insert and the XACK inserts the batch

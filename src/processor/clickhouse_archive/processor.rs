@@ -9,8 +9,7 @@ use serde_json::{json, Value};
 
 use super::client::Archive;
 use super::config::ArchiveDef;
-use crate::processor::rollup::decode;
-use crate::processor::sink::runner::SinkProcessor;
+use crate::event::decode_entry as decode;
 use crate::processor::sink::{Sink, SinkEntry, SinkError, Verdict};
 use crate::processor::{Processor, ProcessorContext, ProcessorError};
 
@@ -51,7 +50,7 @@ pub async fn build(
         }
         tables.insert(kind.clone(), table);
     }
-    Ok(Box::new(SinkProcessor::new(
+    Ok(Box::new(crate::processor::sink::processor(
         def.head(),
         ctx,
         ArchiveSink { archive, tables },

@@ -5,8 +5,8 @@
 //!   template, key template per kind, topic creation, batching;
 //! - `processor.rs`: the [`Sink`](crate::processor::sink::Sink): every
 //!   entry of a batch is handed to an idempotent producer (`acks=all`) in
-//!   stream order, then every delivery report is awaited; the shared sink
-//!   runner acknowledges the entries only after that.
+//!   stream order, then every delivery report is awaited; the shard core
+//!   ([`crate::processor::core`]) acknowledges the entries only after that.
 //!
 //! A message is the event JSON as ingested, keyed by the kind's key
 //! template, with headers `flowmeter-kind`, `flowmeter-schema-version`,
@@ -36,7 +36,7 @@ pub const HEADER_STREAM: &str = "flowmeter-stream";
 pub const HEADER_ID: &str = "flowmeter-id";
 
 /// What went wrong talking to Kafka. [`BridgeError::retryable`] says
-/// whether trying again can help; the sink runner retries every failed
+/// whether trying again can help; the shard core retries every failed
 /// batch with backoff either way, so a non-retryable error keeps the group
 /// waiting (and its lag growing) until an operator fixes the cause.
 #[derive(Debug, thiserror::Error)]

@@ -22,7 +22,6 @@ use super::config::{BridgeDef, Template, ALERTS};
 use super::{BridgeError, HEADER_ID, HEADER_KIND, HEADER_SCHEMA_VERSION, HEADER_STREAM};
 use crate::config::KafkaConfig;
 use crate::event::SchemaRegistry;
-use crate::processor::sink::runner::SinkProcessor;
 use crate::processor::sink::{Sink, SinkEntry, SinkError, Verdict};
 use crate::processor::{Processor, ProcessorContext, ProcessorError};
 
@@ -98,7 +97,7 @@ pub async fn build(
         Some(_) => vec![(crate::stream::Shard::new(ALERTS, 0), ctx.keys.alerts())],
         None => Vec::new(),
     };
-    Ok(Box::new(SinkProcessor::new(
+    Ok(Box::new(crate::processor::sink::processor(
         def.head(),
         ctx,
         sink,

@@ -24,8 +24,9 @@ use serde::Serialize;
 
 use super::agg::{fold_event_where, sorted_rows, RowKey, TableRows};
 use super::budget::KeyBudget;
-use super::processor::{check_future, decode, RollupProcessor};
+use super::processor::{check_future, RollupProcessor};
 use super::writer::write_table;
+use crate::event::decode_entry as decode;
 use crate::store::StoreError;
 use crate::stream::{range, StreamError, StreamId};
 

@@ -4,13 +4,17 @@
 //! durably taken it; a crash in between delivers it again, so downstream
 //! deduplicates on the stream id each entry carries.
 //!
-//! A sink implements [`Sink`]; [`runner`] does the rest, the same way for
-//! every sink: shard leases, fenced reads (pending list first), batching by
+//! A sink implements [`Sink`]; [`processor`] puts it on the shard core
+//! ([`crate::processor::core`]), which does the rest the same way for every
+//! processor: shard leases, fenced reads (pending list first), batching by
 //! rows and time, retries with backoff while the downstream system is down
 //! (reading stops, so lag grows in Redis and nothing is lost), dead letters
-//! for entries the downstream system rejects for good.
+//! for entries the downstream system rejects for good, and the suspect
+//! policy for entries that keep killing the worker.
 
-pub mod runner;
+mod processor;
+
+pub use processor::{processor, SinkHandler, SinkProcessor};
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};

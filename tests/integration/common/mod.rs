@@ -789,3 +789,92 @@ impl Drop for ChildGuard {
         let _ = self.0.wait();
     }
 }
+
+/// A `flowmeter --config CONFIG serve --roles ROLES --listen LISTEN` child
+/// (the crate's binary), its warnings on the test's stderr.
+pub fn spawn_flowmeter(config: &Path, roles: &str, listen: &str) -> ChildGuard {
+    ChildGuard(
+        std::process::Command::new(env!("CARGO_BIN_EXE_flowmeter"))
+            .args(["--config", &config.display().to_string()])
+            .args(["serve", "--roles", roles, "--listen", listen])
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            // the children's warnings show with the test's output when it fails
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("spawn flowmeter"),
+    )
+}
+
+/// A crash loop of a dead worker: `group` (created at the start of
+/// `stream` if missing) reads `count` entries as consumer `consumer` and
+/// re-reads them from its pending list `rereads` times, never
+/// acknowledging, so each has `1 + rereads` deliveries.
+pub async fn crash_loop(
+    r: &mut redis::aio::MultiplexedConnection,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    count: usize,
+    rereads: usize,
+) {
+    let _: Result<(), _> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg(group)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(r)
+        .await;
+    for from in std::iter::once(">").chain(std::iter::repeat_n("0", rereads)) {
+        let _: redis::Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(group)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(count)
+            .arg("STREAMS")
+            .arg(stream)
+            .arg(from)
+            .query_async(r)
+            .await
+            .expect("xreadgroup");
+    }
+}
+
+/// A single number from ClickHouse at `url` (TabSeparated), in `db`.
+pub async fn clickhouse_number(url: &str, db: &str, sql: &str) -> u64 {
+    let r = http_client()
+        .post(format!("{url}/?database={db}"))
+        .body(sql.to_string())
+        .send()
+        .await
+        .expect("clickhouse answers");
+    let text = r.text().await.expect("body");
+    text.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{sql}: {text}"))
+}
+
+/// Keeps deleting `group`'s lease of `{http:0}` (every 20–150 ms) until
+/// `stop` is set, so two workers both believe they own the shard; returns
+/// how often it did.
+pub async fn lease_chaos(
+    env: &TestEnv,
+    group: &str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> JoinHandle<u32> {
+    use rand::Rng;
+    let lease = format!("{}:lease:{group}:{{http:0}}", env.name);
+    let mut r = env.redis().await;
+    tokio::spawn(async move {
+        let mut steals = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let _: Result<(), _> = redis::cmd("DEL").arg(&lease).query_async(&mut r).await;
+            steals += 1;
+            let pause = rand::rng().random_range(20..150);
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
+        steals
+    })
+}

@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::ProcessorContext;
+use crate::processor::ProcessorContext;
 use crate::stream::{GroupReader, ReadOutcome, Shard};
 
 /// Pause after a failed read before trying the shard again.
