@@ -25,12 +25,6 @@ pub trait FromParam: Sized {
     fn from_param(text: &str) -> Result<Self, String>;
 }
 
-impl FromParam for String {
-    fn from_param(text: &str) -> Result<Self, String> {
-        Ok(text.to_string())
-    }
-}
-
 /// One parameter: its value, or why its text is not one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Param<T>(Result<T, String>);
@@ -39,13 +33,6 @@ impl<'de, T: FromParam> Deserialize<'de> for Param<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
         Ok(Param(T::from_param(&text)))
-    }
-}
-
-impl<T> Param<T> {
-    /// A parameter that parsed (tests, defaults).
-    pub fn ok(v: T) -> Self {
-        Param(Ok(v))
     }
 }
 
