@@ -758,6 +758,10 @@ mod demo_rules;
 
 #[cfg(test)]
 #[allow(clippy::indexing_slicing)]
+mod golden;
+
+#[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use crate::config::HubConfig;
