@@ -266,7 +266,12 @@ pub async fn serve(
     let redis = crate::stream::connect(&settings.redis).await?;
     let keys = Keys::new(settings.redis.prefix.clone(), settings.redis.shards);
     // read (and checked) by every role, as the processors are
-    let alerts = crate::alert::AlertRules::load(&settings.paths.processors)?;
+    let views = Arc::new(crate::view::Views::load(
+        &settings.paths.processors,
+        &schemas,
+        &processors,
+    )?);
+    let alerts = crate::alert::AlertRules::load(&settings.paths.processors, &views)?;
     let alerting = roles.has(Role::Hub) && !alerts.rules.is_empty();
     let store = if roles.has(Role::Rollup) || alerting {
         Some(Store::from_config(&settings.mysql, settings.mysql.max_connections).await?)
@@ -312,7 +317,7 @@ pub async fn serve(
     }
 
     let hub = roles.has(Role::Hub).then(|| {
-        let hub = crate::hub::Hub::new(settings.hub.clone(), &processors);
+        let hub = crate::hub::Hub::new(settings.hub.clone(), views.clone());
         tracker.spawn(hub.clone().run(
             redis.clone(),
             keys.clone(),

@@ -507,7 +507,7 @@ pub struct HubConfig {
     /// message) for `pong_timeout_ms` is closed.
     pub ping_interval_ms: u64,
     pub pong_timeout_ms: u64,
-    /// Entries in `top_endpoints`.
+    /// Rows of each view's top list (`top_endpoints` of the http view).
     pub top_endpoints: usize,
     /// A meeting or peer counts as active when it sent a sample this recently.
     pub active_secs: u64,
@@ -536,12 +536,13 @@ pub struct HubConfig {
     /// subscription to a further channel gets an error frame; the client's
     /// own warm channels nobody watches are given up first.
     pub max_channels_per_client: usize,
-    /// WebRTC peers tracked at once (for `active_peers` / `active_meetings`);
-    /// a peer is forgotten `active_secs` after its last sample, and samples
-    /// of further peers still count in every window.
+    /// Members tracked at once per view (`[members]` of a view file: the
+    /// webrtc view's peers, for `active_peers` / `active_meetings`); a
+    /// member is forgotten `active_secs` after its last event, and events of
+    /// further members still count in every window.
     pub max_peers: usize,
-    /// Meetings listed in `webrtc:meetings` (the busiest; `active_meetings`
-    /// still counts them all).
+    /// Rows of each list channel (`webrtc:meetings`: the busiest meetings;
+    /// `active_meetings` still counts them all).
     pub max_meetings_listed: usize,
     /// Messages one connection may send per second; past it they are
     /// ignored, with one error frame per second saying so.

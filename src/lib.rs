@@ -25,7 +25,8 @@
 //! | [`retention`] | safe trimming by age and length, never past what a group still needs |
 //! | [`dlq`] | dead-letter streams: entries a group could not process, and `flowmeter dlq` |
 //! | [`status`] | the figures of `GET /v1/status` and `flowmeter status` |
-//! | [`hub`] | the realtime WebSocket hub: sliding windows fed from the streams, `GET /v1/ws` (with its own state, which the api builds) |
+//! | [`view`] | realtime views declared in `processors/*_view.toml`: channels, points, summaries, top and member lists, and the measures alert rules name |
+//! | [`hub`] | the realtime WebSocket hub: sliding windows per view subject fed from the streams, `GET /v1/ws` (with its own state, which the api builds) |
 //! | [`alert`] | alert rules (threshold, spike, anomaly; loaded from the `type = "alerts"` files of processors/), their state machine and the one evaluator |
 //! | [`auth`] | bearer tokens (kept hashed) and scopes; the fail-closed rule for open servers; the client key of per-client limits |
 //! | [`api`] | the HTTP API: ingest, rollup queries, status; its server (connection cap, timeouts, TLS) and the ingest rate limit |
@@ -58,6 +59,7 @@ pub mod status;
 pub mod store;
 pub mod stream;
 pub mod telemetry;
+pub mod view;
 pub mod web;
 
 pub use flowmeter_collector as collector;

@@ -1,9 +1,10 @@
-//! Alert messages written for people: each metric's name and unit, the
-//! subject as "service svc-0" rather than its channel name, and values in
-//! the unit a person reads (bits/s, ms, %, req/s). The alert JSON keeps the
-//! machine fields (`metric`, `value`, `threshold`, `subject`) as they are.
+//! Alert messages written for people: each measure's label and unit (from
+//! its view file), the subject as "service svc-0" rather than its channel
+//! name, and values in the unit a person reads (bits/s, ms, %, req/s). The
+//! alert JSON keeps the machine fields (`metric`, `value`, `threshold`,
+//! `subject`) as they are.
 
-use super::rules::{Metric, Rule, RuleKind, Scope};
+use super::rules::{Rule, RuleKind};
 
 /// What a rule was judged against in one second.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -16,31 +17,30 @@ pub struct Judgement {
     pub baseline: f64,
 }
 
-impl Metric {
-    /// The metric's name in a sentence, for `protocol`.
-    pub fn label(self, protocol: &str) -> &'static str {
-        match (self, protocol) {
-            (Metric::Bandwidth, "webrtc") => "Media bandwidth (sent + received)",
-            (Metric::Bandwidth, _) => "Bandwidth (in + out)",
-            (Metric::RequestsPerSec, _) => "Request rate",
-            (Metric::ErrorRate, _) => "Error rate (4xx + 5xx)",
-            (Metric::P95LatencyMs, "webrtc") => "p95 round-trip time",
-            (Metric::P95LatencyMs, _) => "p95 latency",
-            (Metric::RelayedShare, _) => "Relayed (TURN) share of calls",
-        }
-    }
+/// The measure of `rule` in a sentence: its label, or its name.
+fn label(rule: &Rule) -> &str {
+    rule.target
+        .as_ref()
+        .map_or(rule.measure.as_str(), |t| t.label.as_str())
+}
 
-    /// `v` (in the metric's own unit: bytes/s, req/s, a ratio, ms) as a
-    /// person reads it: `2.47 Mb/s`, `312 req/s`, `58 %`, `1.20 s`.
-    pub fn format(self, v: f64) -> String {
-        match self {
-            Metric::Bandwidth => bits_per_sec(v * 8.0),
-            Metric::RequestsPerSec => format!("{} req/s", significant(v)),
-            Metric::ErrorRate | Metric::RelayedShare => percent(v),
-            Metric::P95LatencyMs if v >= 1_000.0 => format!("{:.2} s", v / 1_000.0),
-            Metric::P95LatencyMs => format!("{} ms", significant(v)),
-        }
+/// `v` in a measure's `unit` as a person reads it: `bytes/s` and `bits/s`
+/// as `2.47 Mb/s`, `percent` (a ratio) as `58 %`, `ms` as `312 ms` or
+/// `1.20 s`, any other unit after three significant figures (`312 req/s`).
+pub fn format(unit: Option<&str>, v: f64) -> String {
+    match unit {
+        Some("bytes/s") => bits_per_sec(v * 8.0),
+        Some("bits/s") => bits_per_sec(v),
+        Some("percent") => percent(v),
+        Some("ms") if v >= 1_000.0 => format!("{:.2} s", v / 1_000.0),
+        Some("ms") => format!("{} ms", significant(v)),
+        Some(u) => format!("{} {u}", significant(v)),
+        None => significant(v),
     }
+}
+
+fn unit(rule: &Rule) -> Option<&str> {
+    rule.target.as_ref().and_then(|t| t.unit.as_deref())
 }
 
 /// Three significant figures (whole numbers in full, with thousands
@@ -101,36 +101,35 @@ fn span(secs: u64) -> String {
 /// The subject of a channel name, in words: `on service svc-0`,
 /// `on meeting m-3`, `across all http traffic`.
 pub fn subject_words(rule: &Rule, subject: &str) -> String {
-    let strip = |prefix: &str| subject.strip_prefix(prefix).unwrap_or(subject).to_string();
-    match rule.scope {
-        Scope::Overview => format!("across all {} traffic", rule.protocol),
-        Scope::Service => format!("on service {}", strip("http:service:")),
-        Scope::Endpoint => format!("on endpoint {}", strip("http:endpoint:")),
-        Scope::Meeting => format!("on meeting {}", strip("webrtc:meeting:")),
+    if rule.target.as_ref().is_some_and(|t| t.overview) {
+        return format!("across all {} traffic", rule.view);
     }
+    let prefix = format!("{}:{}:", rule.view, rule.scope);
+    let rest = subject.strip_prefix(&prefix).unwrap_or(subject);
+    format!("on {} {rest}", rule.scope)
 }
 
 /// The message of an alert that fires: `value` has held past the rule's
 /// condition for `held_secs`.
 pub fn fired(rule: &Rule, subject: &str, value: f64, j: &Judgement, held_secs: i64) -> String {
-    let m = rule.metric;
+    let f = |v: f64| format(unit(rule), v);
     let what = format!(
         "{} {} is {}",
-        m.label(&rule.protocol),
+        label(rule),
         subject_words(rule, subject),
-        m.format(value)
+        f(value)
     );
     let why = match rule.kind {
         RuleKind::Threshold => format!(
             "{} {}",
             if rule.op == "<" { "below" } else { "above" },
-            m.format(rule.value)
+            f(rule.value)
         ),
         RuleKind::Spike => format!(
             "{:.1}× its {} baseline ({})",
             value / j.baseline.max(f64::MIN_POSITIVE),
             span(rule.baseline_secs),
-            m.format(j.baseline)
+            f(j.baseline)
         ),
         RuleKind::Anomaly => {
             let sd = (j.threshold - j.baseline) / rule.z;
@@ -142,7 +141,7 @@ pub fn fired(rule: &Rule, subject: &str, value: f64, j: &Judgement, held_secs: i
             format!(
                 "{z:.1} standard deviations above its {} mean ({})",
                 span(rule.baseline_secs),
-                m.format(j.baseline)
+                f(j.baseline)
             )
         }
     };
@@ -154,24 +153,33 @@ mod tests {
     use super::*;
     use crate::alert::Severity;
 
-    fn rule(kind: RuleKind, protocol: &str, metric: Metric, scope: Scope) -> Rule {
-        Rule {
-            name: "r".into(),
-            kind,
-            protocol: protocol.into(),
-            metric,
-            scope,
-            window_secs: 60,
-            op: ">".into(),
-            value: 0.5,
-            k: 3.0,
-            baseline_secs: 300,
-            z: 4.0,
-            severity: Severity::Low,
-            for_secs: 60,
-            clear_for_secs: 60,
-            min_events: 0,
-        }
+    /// A rule checked against the shipped views.
+    fn rule(kind: RuleKind, view: &str, measure: &str, scope: &str) -> Rule {
+        let mut rules = crate::alert::AlertRules {
+            kind: "alerts".into(),
+            rules: vec![Rule {
+                name: "r".into(),
+                kind,
+                view: view.into(),
+                measure: measure.into(),
+                scope: scope.into(),
+                window_secs: 60,
+                op: ">".into(),
+                value: 0.5,
+                k: 3.0,
+                baseline_secs: 300,
+                z: 4.0,
+                severity: Severity::Low,
+                for_secs: 60,
+                clear_for_secs: 60,
+                min_events: 0,
+                target: None,
+            }],
+        };
+        rules
+            .check(&crate::view::Views::of_repo())
+            .expect("a shipped measure");
+        rules.rules.remove(0)
     }
 
     fn j(threshold: f64, baseline: f64) -> Judgement {
@@ -184,38 +192,23 @@ mod tests {
 
     #[test]
     fn messages_name_the_metric_and_subject_in_words_with_units() {
-        let r = rule(
-            RuleKind::Threshold,
-            "webrtc",
-            Metric::RelayedShare,
-            Scope::Meeting,
-        );
+        let r = rule(RuleKind::Threshold, "webrtc", "relayed_share", "meeting");
         assert_eq!(
             fired(&r, "webrtc:meeting:m-3", 0.58, &j(0.5, 0.5), 60),
             "Relayed (TURN) share of calls on meeting m-3 is 58 %, above 50 % for 60 s"
         );
-        let r = rule(RuleKind::Spike, "http", Metric::Bandwidth, Scope::Service);
+        let r = rule(RuleKind::Spike, "http", "bandwidth", "service");
         assert_eq!(
             fired(&r, "http:service:a:b", 309_084.5, &j(150_000.0, 50_000.0), 20),
             "Bandwidth (in + out) on service a:b is 2.47 Mb/s, 6.2× its 5 min baseline (400 kb/s) for 20 s"
         );
-        let mut r = rule(
-            RuleKind::Anomaly,
-            "http",
-            Metric::RequestsPerSec,
-            Scope::Overview,
-        );
+        let mut r = rule(RuleKind::Anomaly, "http", "requests_per_sec", "overview");
         r.baseline_secs = 600;
         assert_eq!(
             fired(&r, "http:overview", 312.0, &j(240.0, 200.0), 30),
             "Request rate across all http traffic is 312 req/s, 11.2 standard deviations above its 10 min mean (200 req/s) for 30 s"
         );
-        let mut r = rule(
-            RuleKind::Threshold,
-            "http",
-            Metric::P95LatencyMs,
-            Scope::Endpoint,
-        );
+        let mut r = rule(RuleKind::Threshold, "http", "p95_latency_ms", "endpoint");
         r.op = "<".into();
         r.value = 1_000.0;
         assert_eq!(
@@ -226,17 +219,18 @@ mod tests {
 
     #[test]
     fn units_scale() {
-        assert_eq!(Metric::Bandwidth.format(0.0), "0 b/s");
-        assert_eq!(Metric::Bandwidth.format(125.0), "1.00 kb/s");
-        assert_eq!(Metric::Bandwidth.format(75e6), "600 Mb/s");
-        assert_eq!(Metric::Bandwidth.format(2e9), "16.0 Gb/s");
-        assert_eq!(Metric::ErrorRate.format(0.031), "3.1 %");
-        assert_eq!(Metric::ErrorRate.format(1.0), "100 %");
-        assert_eq!(Metric::RequestsPerSec.format(10_267.028), "10,267 req/s");
-        assert_eq!(
-            Metric::RequestsPerSec.format(1_234_567.0),
-            "1,234,567 req/s"
-        );
-        assert_eq!(Metric::P95LatencyMs.format(432.1), "432 ms");
+        let bytes = |v| format(Some("bytes/s"), v);
+        assert_eq!(bytes(0.0), "0 b/s");
+        assert_eq!(bytes(125.0), "1.00 kb/s");
+        assert_eq!(bytes(75e6), "600 Mb/s");
+        assert_eq!(bytes(2e9), "16.0 Gb/s");
+        assert_eq!(format(Some("bits/s"), 2e6), "2.00 Mb/s");
+        assert_eq!(format(Some("percent"), 0.031), "3.1 %");
+        assert_eq!(format(Some("percent"), 1.0), "100 %");
+        assert_eq!(format(Some("req/s"), 10_267.028), "10,267 req/s");
+        assert_eq!(format(Some("req/s"), 1_234_567.0), "1,234,567 req/s");
+        assert_eq!(format(Some("ms"), 432.1), "432 ms");
+        assert_eq!(format(Some("ms"), 1_432.1), "1.43 s");
+        assert_eq!(format(None, 0.5), "0.50");
     }
 }

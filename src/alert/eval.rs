@@ -202,15 +202,15 @@ fn advance(
 #[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
-    use crate::alert::rules::{Metric, Scope, Severity};
+    use crate::alert::rules::Severity;
 
     fn rule(kind: RuleKind) -> Rule {
         Rule {
             name: "r".into(),
             kind,
-            protocol: "http".into(),
-            metric: Metric::ErrorRate,
-            scope: Scope::Service,
+            view: "http".into(),
+            measure: "error_rate".into(),
+            scope: "service".into(),
             window_secs: 60,
             op: ">".into(),
             value: 0.1,
@@ -221,6 +221,7 @@ mod tests {
             for_secs: 5,
             clear_for_secs: 3,
             min_events: 10,
+            target: None,
         }
     }
 

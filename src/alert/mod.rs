@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use describe::Judgement;
 pub use eval::{Evaluator, Transition};
-pub use rules::{AlertRules, Metric, Rule, RuleKind, Scope, Severity};
+pub use rules::{AlertRules, Rule, RuleKind, Severity, Target};
 
 use crate::event::subject;
 use crate::hub::Hub;
@@ -95,7 +95,11 @@ pub async fn run(
         };
         let mut failed = false;
         for rule in &rules.rules {
-            let Ok(values) = hub.rule_values(rule, sec).await else {
+            let Some(target) = &rule.target else {
+                continue; // not checked against the views (never, once loaded)
+            };
+            let window = i64::try_from(rule.window_secs).unwrap_or(60);
+            let Ok(values) = hub.measure_values(target.measure, window, sec).await else {
                 break; // the hub is stopping
             };
             for t in ev.step(rule, sec, &values) {
@@ -143,9 +147,9 @@ async fn apply(
                     rule: &rule.name,
                     kind: &name_of(&rule.kind),
                     severity: &name_of(&rule.severity),
-                    protocol: &rule.protocol,
+                    protocol: &rule.view,
                     subject,
-                    metric: &name_of(&rule.metric),
+                    metric: &rule.measure,
                     value: *value,
                     threshold: *threshold,
                     message,

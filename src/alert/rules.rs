@@ -8,6 +8,7 @@ use crate::processor::registry::{
     definition_error, definition_files, definition_type, ALERTS_TYPE,
 };
 use crate::processor::ProcessorError;
+use crate::view::{MeasureRef, Views};
 
 /// The rules file.
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -32,35 +33,6 @@ pub enum RuleKind {
     Anomaly,
 }
 
-/// What is measured.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Metric {
-    /// Bytes per second (http: in + out; webrtc: sent + received).
-    Bandwidth,
-    RequestsPerSec,
-    /// (4xx + 5xx) / requests.
-    ErrorRate,
-    /// http: request duration; webrtc: rtt.
-    P95LatencyMs,
-    /// webrtc: share of samples relayed through TURN.
-    RelayedShare,
-}
-
-/// Over which subjects a rule runs.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Scope {
-    /// `http:overview` / `webrtc:overview`.
-    Overview,
-    /// Every `http:service:*`.
-    Service,
-    /// Every `http:endpoint:*`.
-    Endpoint,
-    /// Every `webrtc:meeting:*`.
-    Meeting,
-}
-
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
@@ -78,10 +50,17 @@ pub struct Rule {
     pub name: String,
     #[serde(rename = "type")]
     pub kind: RuleKind,
-    /// `http` or `webrtc`.
-    pub protocol: String,
-    pub metric: Metric,
-    pub scope: Scope,
+    /// The view it watches (`http`, `webrtc`, or another `type = "view"`
+    /// file's name); `protocol` is its older name.
+    #[serde(alias = "protocol")]
+    pub view: String,
+    /// One of the view's measures with one value (`error_rate`,
+    /// `p95_latency_ms`, …); `metric` is its older name.
+    #[serde(alias = "metric")]
+    pub measure: String,
+    /// The view's scope whose every subject is judged (`overview`,
+    /// `service`, `meeting`, …).
+    pub scope: String,
     /// The metric is computed over the last this many seconds (≤ 300).
     #[serde(default = "sixty")]
     pub window_secs: u64,
@@ -111,6 +90,22 @@ pub struct Rule {
     /// (an error rate over three requests means little).
     #[serde(default)]
     pub min_events: u64,
+    /// What `view`, `scope` and `measure` name, once checked against the
+    /// views ([`AlertRules::check`]).
+    #[serde(skip)]
+    pub target: Option<Target>,
+}
+
+/// A rule's measure, found in the views.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub measure: MeasureRef,
+    /// The measure in a sentence ("Error rate (4xx + 5xx)").
+    pub label: String,
+    /// How its values are written (see `describe::format`).
+    pub unit: Option<String>,
+    /// The scope has no dimensions (one subject: all of the view's traffic).
+    pub overview: bool,
 }
 
 fn sixty() -> u64 {
@@ -128,9 +123,9 @@ fn five_min() -> u64 {
 
 impl AlertRules {
     /// Reads and checks the rules of every file of type `alerts` in `dir`
-    /// (processors/), in file-name order; none is an empty set. Errors name
-    /// the file, as the processor registry's do.
-    pub fn load(dir: &Path) -> Result<Self, ProcessorError> {
+    /// (processors/), in file-name order, against `views`; none is an empty
+    /// set. Errors name the file, as the processor registry's do.
+    pub fn load(dir: &Path, views: &Views) -> Result<Self, ProcessorError> {
         let mut all = AlertRules {
             kind: ALERTS_TYPE.into(),
             rules: Vec::new(),
@@ -139,49 +134,43 @@ impl AlertRules {
             if definition_type(&text).as_deref() != Some(ALERTS_TYPE) {
                 continue;
             }
-            let rules: AlertRules =
+            let mut rules: AlertRules =
                 toml::from_str(&text).map_err(|e| definition_error(&file, e.to_string()))?;
             rules
-                .check()
+                .check(views)
                 .map_err(|reason| definition_error(&file, reason))?;
             all.rules.extend(rules.rules);
         }
-        all.check()
+        all.check(views)
             .map_err(|reason| definition_error(dir, reason))?;
         Ok(all)
     }
 
-    /// Checks every rule; the message names the rule and the field.
-    pub fn check(&self) -> Result<(), String> {
+    /// Checks every rule and finds its measure in `views`; the message
+    /// names the rule and the field.
+    pub fn check(&mut self, views: &Views) -> Result<(), String> {
         if self.kind != "alerts" {
             return Err("type must be \"alerts\"".into());
         }
         let mut names = std::collections::HashSet::new();
-        for r in &self.rules {
+        for r in &mut self.rules {
             let bad = |m: String| Err(format!("rule {:?}: {m}", r.name));
             if r.name.is_empty() || r.name.len() > 128 {
                 return bad("name must be 1 to 128 characters".into());
             }
-            if !names.insert(r.name.as_str()) {
+            if !names.insert(r.name.clone()) {
                 return bad("name used twice".into());
             }
-            let scope_ok = match r.protocol.as_str() {
-                "http" => {
-                    matches!(r.scope, Scope::Overview | Scope::Service | Scope::Endpoint)
-                        && r.metric != Metric::RelayedShare
-                }
-                "webrtc" => {
-                    matches!(r.scope, Scope::Overview | Scope::Meeting)
-                        && !matches!(r.metric, Metric::RequestsPerSec | Metric::ErrorRate)
-                }
-                p => return bad(format!("protocol {p:?}: use http or webrtc")),
+            let at = match views.measure_ref(&r.view, &r.scope, &r.measure) {
+                Ok(at) => at,
+                Err(e) => return bad(e),
             };
-            if !scope_ok {
-                return bad(format!(
-                    "{:?} over {:?} does not exist for {}: http has overview/service/endpoint and every metric but relayed_share; webrtc has overview/meeting with bandwidth, p95_latency_ms, relayed_share",
-                    r.metric, r.scope, r.protocol
-                ));
-            }
+            r.target = views.resolve(at).map(|(_, scope, m)| Target {
+                measure: at,
+                label: m.label.clone(),
+                unit: m.unit.clone(),
+                overview: scope.dims.is_empty(),
+            });
             if r.window_secs == 0 || r.window_secs > 300 {
                 return bad("window_secs must be 1 to 300".into());
             }
@@ -201,5 +190,56 @@ impl AlertRules {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str) -> Result<AlertRules, String> {
+        let mut rules: AlertRules = toml::from_str(text).map_err(|e| e.to_string())?;
+        rules.check(&Views::of_repo())?;
+        Ok(rules)
+    }
+
+    #[test]
+    fn rules_name_a_view_scope_and_measure_and_the_older_keys_still_work() {
+        let new = check(
+            "type = \"alerts\"\n[[rule]]\nname = \"a\"\ntype = \"threshold\"\nview = \"http\"\nmeasure = \"error_rate\"\nscope = \"service\"\nvalue = 0.1\nseverity = \"high\"",
+        )
+        .expect("view/measure");
+        let old = check(
+            "type = \"alerts\"\n[[rule]]\nname = \"a\"\ntype = \"threshold\"\nprotocol = \"http\"\nmetric = \"error_rate\"\nscope = \"service\"\nvalue = 0.1\nseverity = \"high\"",
+        )
+        .expect("protocol/metric");
+        let (a, b) = (&new.rules[0], &old.rules[0]);
+        assert_eq!(a.target, b.target);
+        let t = a.target.as_ref().expect("resolved");
+        assert_eq!(t.label, "Error rate (4xx + 5xx)");
+        assert_eq!(t.unit.as_deref(), Some("percent"));
+        assert!(!t.overview);
+    }
+
+    #[test]
+    fn errors_say_what_exists() {
+        let rule = |view: &str, scope: &str, measure: &str| {
+            check(&format!(
+                "type = \"alerts\"\n[[rule]]\nname = \"r\"\ntype = \"threshold\"\nview = \"{view}\"\nmeasure = \"{measure}\"\nscope = \"{scope}\"\nseverity = \"low\""
+            ))
+            .expect_err("refused")
+        };
+        let e = rule("dns", "overview", "x");
+        assert!(
+            e.contains("rule \"r\"") && e.contains("http, webrtc"),
+            "{e}"
+        );
+        let e = rule("http", "meeting", "error_rate");
+        assert!(e.contains("overview, service, endpoint"), "{e}");
+        let e = rule("webrtc", "meeting", "error_rate");
+        assert!(e.contains("relayed_share"), "{e}");
+        // a measure of many values (quantile lists, classes) cannot be compared
+        let e = rule("http", "overview", "latency_ms");
+        assert!(e.contains("with one value"), "{e}");
     }
 }

@@ -374,7 +374,7 @@ mod tests {
     use super::*;
 
     fn http(name: &str) -> Channel {
-        Channel::Http(name.into())
+        Channel::for_tests(name)
     }
 
     fn me() -> Arc<str> {
@@ -567,8 +567,8 @@ mod tests {
         );
         for ch in [
             http("http:overview"),
-            Channel::Webrtc("webrtc:overview".into()),
-            Channel::Meetings,
+            http("webrtc:overview"),
+            http("webrtc:meetings"),
         ] {
             c.subscribe(ch.name(), &ch, 1, None, &other)
                 .expect("always fits");

@@ -2,9 +2,10 @@
 //! the WebSocket protocol of `GET /v1/ws` (docs/websocket.md).
 //!
 //! - `window.rs`: per-subject 1-s / 1-min buckets and latency slots;
-//! - `view.rs`: points and summaries per kind;
 //! - `state.rs`: the worker thread that owns every window: it folds the
 //!   entries in, closes each second, answers snapshots and alert queries;
+//!   what it adds up and shows comes from the views (`crate::view`,
+//!   `processors/*_view.toml`);
 //! - `channels.rs`: the watched channels and their rings, shared with the
 //!   connections;
 //! - `ws.rs`: connections: subscribe, snapshot, coalesced updates, resume,
@@ -27,7 +28,6 @@
 
 mod channels;
 mod state;
-mod view;
 mod window;
 pub mod ws;
 
@@ -35,120 +35,19 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::HubConfig;
 use crate::event::SchemaRegistry;
-use crate::processor::ProcessorRegistry;
 use crate::stream::{Keys, Redis, StreamError};
+pub use crate::view::Channel;
+use crate::view::{MeasureRef, Views};
 use channels::Channels;
 pub(crate) use channels::Refused;
 pub(crate) use channels::Since;
 use state::{Command, Entry, Feed};
-
-/// Longest channel name, in characters.
-const MAX_CHANNEL_CHARS: usize = 512;
-
-/// A channel name, parsed.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Channel {
-    Http(String),
-    Webrtc(String),
-    /// Every active meeting with its figures (the dashboard's meetings list).
-    Meetings,
-    Alerts,
-}
-
-/// Characters of a bad channel name quoted in its error frame.
-const QUOTED_CHARS: usize = 64;
-
-impl Channel {
-    /// Parses `http:overview`, `http:service:<name>`,
-    /// `http:endpoint:<service>:<method>:<route>`, `webrtc:overview`,
-    /// `webrtc:meeting:<id>`, `webrtc:meetings`, `alerts`.
-    pub fn parse(name: &str) -> Result<Channel, String> {
-        // error frames quote at most the name's first characters, escaped
-        let quoted = || {
-            let head: String = name.chars().take(QUOTED_CHARS).collect();
-            match name.chars().nth(QUOTED_CHARS) {
-                Some(_) => format!("{head:?}…"),
-                None => format!("{head:?}"),
-            }
-        };
-        let bad = || {
-            format!("unknown channel {}: use http:overview, http:service:<name>, http:endpoint:<service>:<method>:<route>, webrtc:overview, webrtc:meeting:<id>, webrtc:meetings or alerts", quoted())
-        };
-        if name.chars().nth(MAX_CHANNEL_CHARS).is_some() {
-            return Err(format!(
-                "channel name longer than {MAX_CHANNEL_CHARS} characters: {}",
-                quoted()
-            ));
-        }
-        match name.split_once(':') {
-            _ if name == "alerts" => Ok(Channel::Alerts),
-            _ if name == "webrtc:meetings" => Ok(Channel::Meetings),
-            Some(("http", "overview")) => Ok(Channel::Http(name.into())),
-            Some(("http", rest)) => match rest.split_once(':') {
-                Some(("service", s)) if !s.is_empty() => Ok(Channel::Http(name.into())),
-                Some(("endpoint", r))
-                    if r.splitn(3, ':').filter(|p| !p.is_empty()).count() == 3 =>
-                {
-                    Ok(Channel::Http(name.into()))
-                }
-                _ => Err(bad()),
-            },
-            Some(("webrtc", "overview")) => Ok(Channel::Webrtc(name.into())),
-            Some(("webrtc", rest)) => match rest.split_once(':') {
-                Some(("meeting", m)) if !m.is_empty() => Ok(Channel::Webrtc(name.into())),
-                _ => Err(bad()),
-            },
-            _ => Err(bad()),
-        }
-    }
-
-    /// `http:overview`, `webrtc:overview` or `webrtc:meetings`: fixed names
-    /// every dashboard shows, which always fit in the channel table.
-    pub fn is_overview(&self) -> bool {
-        match self {
-            Channel::Http(n) => n == "http:overview",
-            Channel::Webrtc(n) => n == "webrtc:overview",
-            Channel::Meetings => true,
-            Channel::Alerts => false,
-        }
-    }
-
-    pub fn name(&self) -> &str {
-        match self {
-            Channel::Http(n) | Channel::Webrtc(n) => n,
-            Channel::Meetings => "webrtc:meetings",
-            Channel::Alerts => "alerts",
-        }
-    }
-
-    /// The point of a second without events.
-    fn zero_point(&self, sec: i64) -> Value {
-        let v = match self {
-            Channel::Http(_) => json!(view::HttpPoint::default()),
-            Channel::Webrtc(_) => json!(view::WebrtcPoint::default()),
-            Channel::Meetings | Channel::Alerts => json!({}),
-        };
-        view::with_field(v, "t", json!(sec * 1000))
-    }
-
-    /// The summary of a channel without data.
-    fn empty_summary(&self) -> Value {
-        match self {
-            Channel::Http(_) => json!({"1m": Value::Null, "5m": Value::Null, "top_endpoints": []}),
-            Channel::Webrtc(_) => {
-                json!({"1m": Value::Null, "5m": Value::Null, "active_meetings": 0, "active_peers": 0})
-            }
-            Channel::Meetings => json!({"active_meetings": 0, "classes": [], "meetings": []}),
-            Channel::Alerts => json!({}),
-        }
-    }
-}
 
 /// What the worker thread shares with the connections.
 struct Shared {
@@ -179,6 +78,7 @@ impl Shared {
 /// The shared hub.
 pub struct Hub {
     cfg: HubConfig,
+    views: Arc<Views>,
     /// Commands to the worker thread (bounded: senders wait, asynchronously).
     tx: mpsc::Sender<Command>,
     shared: Arc<Shared>,
@@ -203,9 +103,9 @@ const CATCH_UP_SECS: i64 = 10;
 pub struct WorkerGone;
 
 impl Hub {
-    /// Builds the hub and starts its worker thread (which ends when the hub
-    /// is dropped).
-    pub fn new(cfg: HubConfig, processors: &ProcessorRegistry) -> Arc<Hub> {
+    /// Builds the hub over `views` and starts its worker thread (which ends
+    /// when the hub is dropped).
+    pub fn new(cfg: HubConfig, views: Arc<Views>) -> Arc<Hub> {
         let (tick, _) = watch::channel(0);
         let shared = Arc::new(Shared {
             channels: Mutex::new(Channels::new(
@@ -218,12 +118,13 @@ impl Hub {
         });
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         state::start(
-            state::State::new(cfg.clone(), state::quality_classes(processors)),
+            state::State::new(cfg.clone(), views.clone()),
             shared.clone(),
             rx,
         );
         Arc::new(Hub {
             cfg,
+            views,
             tx,
             shared,
             connections: Mutex::new(HashMap::new()),
@@ -239,22 +140,30 @@ impl Hub {
         &self.cfg
     }
 
+    /// The views whose channels it serves.
+    pub fn views(&self) -> &Views {
+        &self.views
+    }
+
     /// Wakes on every closed second (its unix time).
     pub fn ticks(&self) -> watch::Receiver<i64> {
         self.shared.tick.subscribe()
     }
 
-    /// The metric of `rule` for each subject in its scope at second `now`:
-    /// (subject, value, events in the window). Computed on the worker thread.
-    pub async fn rule_values(
+    /// Measure `measure` over the last `window_secs` seconds for each
+    /// subject of its scope at second `now`: (subject, value, events in the
+    /// window). Computed on the worker thread.
+    pub async fn measure_values(
         &self,
-        rule: &crate::alert::Rule,
+        measure: MeasureRef,
+        window_secs: i64,
         now: i64,
     ) -> Result<Vec<(String, f64, u64)>, WorkerGone> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Command::RuleValues {
-                rule: Box::new(rule.clone()),
+            .send(Command::MeasureValues {
+                measure,
+                window_secs,
                 now,
                 reply,
             })
@@ -314,7 +223,7 @@ impl Hub {
         quiet_from: Option<i64>,
         client: &Arc<str>,
     ) -> Result<(), Refused> {
-        if *channel == Channel::Alerts {
+        if channel.is_alerts() {
             return Ok(()); // pushed as they happen: no ring, no per-second work
         }
         let now = *self.shared.tick.borrow();
@@ -336,10 +245,14 @@ impl Hub {
         schemas: Arc<SchemaRegistry>,
         shutdown: CancellationToken,
     ) {
-        let streams: Vec<(Feed, String)> = [("http", Feed::Http), ("webrtc", Feed::Webrtc)]
+        let streams: Vec<(Feed, String)> = state::view_kinds(&self.views)
             .into_iter()
-            .filter(|(k, _)| schemas.kind_index(k).is_some())
-            .flat_map(|(k, f)| keys.shards_of(k).into_iter().map(move |s| (f, s)))
+            .enumerate()
+            .filter(|(_, (k, _))| schemas.kind_index(k).is_some())
+            .flat_map(|(i, (k, _))| {
+                let feed = Feed::Kind(i);
+                keys.shards_of(&k).into_iter().map(move |s| (feed, s))
+            })
             .map(|(f, s)| (f, keys.stream(&s)))
             .chain(std::iter::once((Feed::Alerts, keys.alerts())))
             .collect();
@@ -510,34 +423,3 @@ enum ReadError {
 
 /// XREAD: per stream, its (id, field/value pairs) entries.
 type XreadReply = Vec<(String, Vec<(String, Vec<(String, String)>)>)>;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parse_cuts_long_names_on_characters_and_keeps_colons() {
-        // byte 40 falls inside a two-byte character; 613 characters is too long
-        let long = format!("http:service:{}", "é".repeat(600));
-        let e = Channel::parse(&long).expect_err("too long");
-        assert!(e.contains("longer than 512 characters"), "{e}");
-        let fits = format!("http:service:{}", "𝄞".repeat(300));
-        assert_eq!(Channel::parse(&fits), Ok(Channel::Http(fits.clone())));
-        assert_eq!(
-            Channel::parse("http:service:a:b"),
-            Ok(Channel::Http("http:service:a:b".into()))
-        );
-        assert!(Channel::parse("http:endpoint:svc:GET").is_err());
-        assert!(Channel::parse("webrtc:meeting:").is_err());
-        assert_eq!(Channel::parse("webrtc:meetings"), Ok(Channel::Meetings));
-    }
-
-    #[test]
-    fn errors_quote_a_bounded_head_of_the_name() {
-        // control characters escape to 8 bytes each: found by the ws_message fuzz target
-        let bad = "\u{17}".repeat(500);
-        let e = Channel::parse(&bad).expect_err("unknown");
-        assert!(e.len() < 1024, "{} bytes", e.len());
-        assert!(e.ends_with("or alerts") && e.contains('…'), "{e}");
-    }
-}

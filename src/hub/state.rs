@@ -3,36 +3,51 @@
 //! a time, off the async runtime; the runtime's tasks only wait for room in
 //! the bounded queue or for the answer.
 //!
+//! What a subject adds up and how its channels read come from the views
+//! (`processors/*_view.toml`, see `crate::view`); nothing here knows an
+//! event kind.
+//!
 //! Bounds on what it holds: `hub.max_subjects` subjects, of which at most
 //! `hub.max_new_subjects_per_hour` new ones per hour (past either, events
-//! count in the overviews only); `hub.max_peers` peers, each forgotten
-//! `hub.active_secs` after its last sample; a summary lists at most
-//! `hub.top_endpoints` endpoints and `hub.max_meetings_listed` meetings.
+//! count in the scopes without dimensions only); `hub.max_peers` members
+//! per view, each forgotten `hub.active_secs` after its last event; a top
+//! list holds at most `hub.top_endpoints` rows and a list channel
+//! `hub.max_meetings_listed`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::channels::{update_text, Closed};
-use super::view::{self, Classes, HttpScope, HttpSubject, WebrtcSubject};
-use super::window::{self, Windows, MINUTES, SECONDS};
-use super::{Channel, Shared};
-use crate::alert::{Metric, Rule, Scope};
+use super::window::{Windows, MINUTES, SECONDS};
+use super::Shared;
 use crate::config::HubConfig;
-use crate::processor::{ProcessorConfig, ProcessorRegistry};
+use crate::event::decode_entry as decode;
 use crate::stream::StreamId;
 use crate::telemetry::metrics;
-use crate::{event::decode_entry as decode, processor::rollup::MeasureDef};
+use crate::view::{Cells, Channel, MeasureRef, Target, View, Views};
 
 /// Which stream an entry came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Feed {
-    Http,
-    Webrtc,
+    /// Events of the `n`th kind of [`view_kinds`].
+    Kind(usize),
     Alerts,
+}
+
+/// The event kinds the views read, each with the views reading it.
+pub(super) fn view_kinds(views: &Views) -> Vec<(String, Vec<usize>)> {
+    let mut kinds: Vec<(String, Vec<usize>)> = Vec::new();
+    for (i, v) in views.iter().enumerate() {
+        match kinds.iter_mut().find(|(k, _)| *k == v.kind) {
+            Some((_, vs)) => vs.push(i),
+            None => kinds.push((v.kind.clone(), vec![i])),
+        }
+    }
+    kinds
 }
 
 /// One stream entry for the worker.
@@ -55,8 +70,9 @@ pub(super) enum Command {
         channel: Channel,
         reply: oneshot::Sender<(i64, Arc<str>)>,
     },
-    RuleValues {
-        rule: Box<Rule>,
+    MeasureValues {
+        measure: MeasureRef,
+        window_secs: i64,
         now: i64,
         reply: oneshot::Sender<Vec<(String, f64, u64)>>,
     },
@@ -130,41 +146,34 @@ impl Budget {
     }
 }
 
-/// Quality classes of the first `classify` measure of a processor reading
-/// `webrtc` (the rollup's), so live and historical classes agree.
-pub(super) fn quality_classes(processors: &ProcessorRegistry) -> Classes {
-    for p in &processors.processors {
-        let ProcessorConfig::Rollup(def) = p else {
-            continue;
-        };
-        if !def.kinds.iter().any(|k| k == "webrtc") {
-            continue;
-        }
-        for t in &def.tables {
-            for m in &t.measures {
-                if let MeasureDef::Classify { classes, .. } = m {
-                    return classes
-                        .iter()
-                        .map(|c| {
-                            (
-                                c.column.trim_start_matches("quality_").to_string(),
-                                c.filter.clone(),
-                            )
-                        })
-                        .collect();
-                }
-            }
-        }
-    }
-    Vec::new()
+/// A member's key (a meeting's peer: meeting id, peer id).
+type MemberKey = Box<[Box<str>]>;
+
+/// Member → last second it sent an event.
+type MemberMap = HashMap<MemberKey, i64>;
+
+/// One subject of one view's scope.
+#[derive(Debug)]
+pub(super) struct Subject {
+    pub w: Windows<Cells>,
+    view: usize,
+    scope: usize,
+    dims: Box<[Box<str>]>,
+    /// Members seen lately (scopes with dimensions; the view's scope
+    /// without dimensions reads the view's own map).
+    members: MemberMap,
 }
 
 /// Windows of every subject, owned by the worker thread.
 pub(super) struct State {
     cfg: HubConfig,
-    http: HashMap<String, HttpSubject>,
-    webrtc: HashMap<String, WebrtcSubject>,
-    classes: Classes,
+    views: Arc<Views>,
+    /// Per [`Feed::Kind`], the views reading it.
+    kinds: Vec<Vec<usize>>,
+    /// By channel name.
+    subjects: HashMap<String, Subject>,
+    /// Per view, every member tracked (at most `hub.max_peers`).
+    members: Vec<MemberMap>,
     budget: Budget,
     /// The hour a limit was last logged (once per hour).
     warned_hour: i64,
@@ -178,16 +187,19 @@ pub(super) struct State {
     snapshots: HashMap<String, (i64, Arc<str>)>,
 }
 
-const OVERVIEW_WEBRTC: &str = "webrtc:overview";
+/// The rows of one top list, per subject of a scope that shows it:
+/// (rate, the ranked subject's dimensions).
+type TopRows<'a> = HashMap<(usize, Vec<&'a str>), Vec<(f64, &'a [Box<str>])>>;
 
 impl State {
-    pub fn new(cfg: HubConfig, classes: Classes) -> Self {
+    pub fn new(cfg: HubConfig, views: Arc<Views>) -> Self {
         Self {
             budget: Budget::new(cfg.max_new_subjects_per_hour),
+            kinds: view_kinds(&views).into_iter().map(|(_, v)| v).collect(),
+            members: vec![MemberMap::new(); views.len()],
+            views,
             cfg,
-            http: HashMap::new(),
-            webrtc: HashMap::new(),
-            classes,
+            subjects: HashMap::new(),
             warned_hour: i64::MIN,
             complete_since: 0,
             now: 0,
@@ -204,7 +216,7 @@ impl State {
                 for e in entries {
                     match e.feed {
                         Feed::Alerts => self.on_alert(e.id, e.data.as_deref(), wall, shared),
-                        feed => self.apply(feed, e.id, e.data.as_deref(), recent_from),
+                        Feed::Kind(k) => self.apply(k, e.id, e.data.as_deref(), recent_from),
                     }
                 }
             }
@@ -213,8 +225,13 @@ impl State {
             Command::Snapshot { channel, reply } => {
                 let _ = reply.send(self.snapshot(&channel));
             }
-            Command::RuleValues { rule, now, reply } => {
-                let _ = reply.send(self.rule_values(&rule, now));
+            Command::MeasureValues {
+                measure,
+                window_secs,
+                now,
+                reply,
+            } => {
+                let _ = reply.send(self.measure_values(measure, window_secs, now));
             }
             Command::Quiet {
                 channel,
@@ -239,7 +256,7 @@ impl State {
         let Some(msg) = data.and_then(|d| serde_json::from_str::<Value>(d).ok()) else {
             return;
         };
-        let alert = view::field(&msg, "alert");
+        let alert = msg.get("alert").cloned().unwrap_or(Value::Null);
         let Some(aid) = alert.get("id").and_then(Value::as_u64) else {
             return;
         };
@@ -260,7 +277,7 @@ impl State {
 
     /// Whether a new subject may be held (logs once an hour when not).
     fn admit(&mut self, ms: i64) -> bool {
-        let full = self.http.len() + self.webrtc.len() >= self.cfg.max_subjects;
+        let full = self.subjects.len() >= self.cfg.max_subjects;
         if !full && self.budget.admit(ms) {
             return true;
         }
@@ -280,12 +297,13 @@ impl State {
         false
     }
 
-    /// Folds one stream entry in, at its id's time. An event whose own `ts`
-    /// was already older than the live windows ([`SECONDS`]) when it
-    /// arrived is not live traffic (a back-fill, a replayed sample): counted
-    /// at arrival it would draw a spike of old data, so the live windows
-    /// skip it; the rollups still place it by its `ts`.
-    fn apply(&mut self, feed: Feed, id: StreamId, data: Option<&str>, recent_from: i64) {
+    /// Folds one stream entry of kind `kind` in, at its id's time, into
+    /// every view reading that kind. An event whose own `ts` was already
+    /// older than the live windows ([`SECONDS`]) when it arrived is not live
+    /// traffic (a back-fill, a replayed sample): counted at arrival it would
+    /// draw a spike of old data, so the live windows skip it; the rollups
+    /// still place it by its `ts`.
+    fn apply(&mut self, kind: usize, id: StreamId, data: Option<&str>, recent_from: i64) {
         let Ok((ev, ts)) = decode(data) else {
             return; // the rollup dead-letters it; a view just skips it
         };
@@ -294,67 +312,72 @@ impl State {
             metrics::HUB_EVENTS_BACKDATED.inc();
             return;
         }
-        match feed {
-            Feed::Http => {
-                let (p, lat) = view::http_point(&ev);
-                let mut folded = false;
-                for (key, scope) in view::http_subjects(&ev) {
-                    if let Some(sub) = self.http.get_mut(&key) {
-                        sub.w.add(ms, &p, lat);
-                    } else if scope == HttpScope::Overview || self.admit(ms) {
-                        let mut sub = HttpSubject::new(scope);
-                        sub.w.add(ms, &p, lat);
-                        self.http.insert(key, sub);
-                    } else {
-                        folded = true;
-                    }
-                }
-                if folded {
-                    metrics::HUB_EVENTS_FOLDED.inc();
-                }
-            }
-            Feed::Webrtc => {
-                let (p, rtt) = view::webrtc_point(&ev, &self.classes);
-                let (key, meeting, peer) = view::webrtc_ids(&ev);
-                let sec = ms.div_euclid(1000);
-                let overview = self.webrtc.entry(OVERVIEW_WEBRTC.into()).or_default();
-                overview.w.add(ms, &p, rtt);
-                // peers matter for `active_secs` only: history read back at start is not tracked
-                let peer_key = (meeting.clone(), peer);
-                let track = sec > recent_from
-                    && (overview.peers.contains_key(&peer_key)
-                        || overview.peers.len() < self.cfg.max_peers);
-                if track {
-                    let seen = overview.peers.entry(peer_key.clone()).or_insert_with(|| {
-                        metrics::HUB_PEERS_TRACKED.inc();
-                        sec
-                    });
-                    *seen = (*seen).max(sec);
-                } else if sec > recent_from {
-                    metrics::HUB_PEERS_UNTRACKED.inc();
-                }
-                if !self.webrtc.contains_key(&key) {
-                    if !self.admit(ms) {
-                        metrics::HUB_EVENTS_FOLDED.inc();
-                        return;
-                    }
-                    self.webrtc.insert(
-                        key.clone(),
-                        WebrtcSubject {
-                            meeting: Some(meeting),
-                            ..Default::default()
-                        },
-                    );
-                }
-                if let Some(sub) = self.webrtc.get_mut(&key) {
-                    sub.w.add(ms, &p, rtt);
-                    if track {
-                        let seen = sub.peers.entry(peer_key).or_insert(sec);
+        let views = self.kinds.get(kind).cloned().unwrap_or_default();
+        for vi in views {
+            let Some(view) = self.views.get(vi).cloned() else {
+                continue;
+            };
+            self.apply_view(vi, &view, &ev, ms, recent_from);
+        }
+    }
+
+    fn apply_view(
+        &mut self,
+        vi: usize,
+        view: &View,
+        ev: &Map<String, Value>,
+        ms: i64,
+        recent_from: i64,
+    ) {
+        let (point, sketch) = view.fold(ev);
+        let sec = ms.div_euclid(1000);
+        // members matter for `active_secs` only: history read back at start is not tracked
+        let tracked = match view.member_of(ev) {
+            Some(key) if sec > recent_from => {
+                let max = self.cfg.max_peers;
+                match self.members.get_mut(vi) {
+                    Some(all) if all.contains_key(&key) || all.len() < max => {
+                        let seen = all.entry(key.clone()).or_insert_with(|| {
+                            metrics::HUB_PEERS_TRACKED.inc();
+                            sec
+                        });
                         *seen = (*seen).max(sec);
+                        Some(key)
+                    }
+                    _ => {
+                        metrics::HUB_PEERS_UNTRACKED.inc();
+                        None
                     }
                 }
             }
-            Feed::Alerts => {}
+            _ => None,
+        };
+        let mut folded = false;
+        for (name, scope, dims) in view.subjects(ev) {
+            let sub = match self.subjects.get_mut(&name) {
+                Some(s) => s,
+                None => {
+                    if !dims.is_empty() && !self.admit(ms) {
+                        folded = true;
+                        continue;
+                    }
+                    self.subjects.entry(name).or_insert(Subject {
+                        w: Windows::default(),
+                        view: vi,
+                        scope,
+                        dims,
+                        members: MemberMap::new(),
+                    })
+                }
+            };
+            sub.w.add(ms, &point, sketch);
+            if let (Some(key), false) = (&tracked, sub.dims.is_empty()) {
+                let seen = sub.members.entry(key.clone()).or_insert(sec);
+                *seen = (*seen).max(sec);
+            }
+        }
+        if folded {
+            metrics::HUB_EVENTS_FOLDED.inc();
         }
     }
 
@@ -364,30 +387,23 @@ impl State {
         self.now = sec;
         self.snapshots.clear();
         let active_from = sec - self.cfg.active_secs as i64;
-        for sub in self.http.values_mut() {
+        for sub in self.subjects.values_mut() {
             sub.w.expire(sec);
+            sub.members.retain(|_, s| *s > active_from);
         }
-        for (key, sub) in self.webrtc.iter_mut() {
-            sub.w.expire(sec);
-            let tracked = sub.peers.len();
-            sub.peers.retain(|_, s| *s > active_from);
-            if key == OVERVIEW_WEBRTC {
-                metrics::HUB_PEERS_EXPIRED.add(tracked.saturating_sub(sub.peers.len()) as u64);
-            }
+        for all in &mut self.members {
+            let tracked = all.len();
+            all.retain(|_, s| *s > active_from);
+            metrics::HUB_PEERS_EXPIRED.add(tracked.saturating_sub(all.len()) as u64);
         }
-        self.http
-            .retain(|_, s| s.scope == HttpScope::Overview || !s.w.is_idle(sec));
-        self.webrtc
-            .retain(|_, s| s.meeting.is_none() || !s.w.is_idle(sec));
+        self.subjects
+            .retain(|_, s| s.dims.is_empty() || !s.w.is_idle(sec));
         let due = shared.channels().due(sec);
-        let tops = due
-            .iter()
-            .any(|(n, _)| n == "http:overview" || n.starts_with("http:service:"))
-            .then(|| Tops::build(&self.http, sec, self.cfg.top_endpoints));
+        let mut tops = Tops::default();
         let closed: Vec<(String, Option<Closed>)> = due
             .into_iter()
             .map(|(name, ch)| {
-                let c = self.closed(&ch, sec, tops.as_ref());
+                let c = self.closed(&ch, sec, &mut tops);
                 (name, c)
             })
             .collect();
@@ -401,16 +417,15 @@ impl State {
     }
 
     fn has_data(&self, ch: &Channel) -> bool {
-        match ch {
-            Channel::Http(n) => self.http.contains_key(n),
-            Channel::Webrtc(n) => self.webrtc.contains_key(n),
-            Channel::Meetings => true,
-            Channel::Alerts => false,
+        match ch.target {
+            Target::Scope { .. } => self.subjects.contains_key(ch.name()),
+            Target::List { .. } => true,
+            Target::Alerts => false,
         }
     }
 
     /// Second `sec` of a channel, or `None` when it has no data.
-    fn closed(&self, ch: &Channel, sec: i64, tops: Option<&Tops<'_>>) -> Option<Closed> {
+    fn closed<'a>(&'a self, ch: &Channel, sec: i64, tops: &mut Tops<'a>) -> Option<Closed> {
         if !self.has_data(ch) {
             return None;
         }
@@ -434,113 +449,146 @@ impl State {
     /// The additive point of `channel` for second `sec` with its time, or
     /// `None` when nothing happened then.
     fn point(&self, ch: &Channel, sec: i64) -> Option<Value> {
-        let v = match ch {
-            Channel::Http(n) => json!(self.http.get(n)?.w.at(sec)?),
-            Channel::Webrtc(n) => json!(self.webrtc.get(n)?.w.at(sec)?),
-            Channel::Meetings | Channel::Alerts => return None,
+        let sub = self.subjects.get(ch.name())?;
+        let view = self.views.get(sub.view)?;
+        Some(view.point_json(sub.w.at(sec)?, sec))
+    }
+
+    /// The members of `sub` active since `active_from`.
+    fn active_members<'a>(
+        &'a self,
+        sub: &'a Subject,
+        active_from: i64,
+    ) -> impl Iterator<Item = &'a MemberKey> + 'a {
+        let map = if sub.dims.is_empty() {
+            self.members.get(sub.view)
+        } else {
+            Some(&sub.members)
         };
-        Some(view::with_field(v, "t", json!(sec * 1000)))
+        map.into_iter()
+            .flat_map(|m| m.iter())
+            .filter(move |(_, s)| **s > active_from)
+            .map(|(k, _)| k)
     }
 
     /// The summary of a channel at second `now`.
-    fn summary(&self, ch: &Channel, now: i64, tops: Option<&Tops<'_>>) -> Value {
-        match ch {
-            Channel::Http(name) => {
-                let Some(sub) = self.http.get(name) else {
+    fn summary<'a>(&'a self, ch: &Channel, now: i64, tops: &mut Tops<'a>) -> Value {
+        let Some(view) = self.views_of(ch) else {
+            return json!({});
+        };
+        match ch.target {
+            Target::Scope { view: vi, scope } => {
+                let Some(sub) = self.subjects.get(ch.name()) else {
                     return ch.empty_summary();
                 };
-                let v = json!({
-                    "1m": view::http_window(&sub.w, now, 60),
-                    "5m": view::http_window(&sub.w, now, SECONDS),
-                });
-                let service = match &sub.scope {
-                    HttpScope::Overview => None,
-                    HttpScope::Service(s) => Some(&**s),
-                    HttpScope::Endpoint { .. } => return v,
-                };
-                let built;
-                let tops = match tops {
-                    Some(t) => t,
-                    None => {
-                        built = Tops::build(&self.http, now, self.cfg.top_endpoints);
-                        &built
+                let mut o = Map::new();
+                for (key, secs) in [("1m", 60), ("5m", SECONDS)] {
+                    let t = sub.w.total(now, secs);
+                    let w = view.window_json(&t, secs, &mut || sub.w.latency(now, secs));
+                    o.insert(key.into(), w);
+                }
+                for (ti, top) in view.tops.iter().enumerate() {
+                    if !top.shown_in.contains(&scope) {
+                        continue;
                     }
-                };
-                view::with_field(v, "top_endpoints", tops.of(service))
+                    let rows = tops.rows(self, vi, ti, now);
+                    let mine: Vec<&str> = sub.dims.iter().map(|d| &**d).collect();
+                    let list = rows.get(&(scope, mine)).map(|r| top_json(view, top, r));
+                    o.insert(top.name.clone(), list.unwrap_or_default().into());
+                }
+                if let Some(m) = &view.members {
+                    let active_from = now - self.cfg.active_secs as i64;
+                    let active: Vec<&MemberKey> = self.active_members(sub, active_from).collect();
+                    o.insert(m.count.clone(), json!(active.len()));
+                    for (name, i) in &m.distinct {
+                        let mut vals: Vec<&str> = active
+                            .iter()
+                            .filter_map(|k| k.get(*i))
+                            .map(|v| &**v)
+                            .collect();
+                        vals.sort_unstable();
+                        vals.dedup();
+                        o.insert(name.clone(), json!(vals.len()));
+                    }
+                }
+                Value::Object(o)
             }
-            Channel::Webrtc(name) => {
-                let Some(sub) = self.webrtc.get(name) else {
-                    return ch.empty_summary();
-                };
-                let active_from = now - self.cfg.active_secs as i64;
-                let mut meetings: Vec<&str> = sub
-                    .peers
-                    .iter()
-                    .filter(|(_, s)| **s > active_from)
-                    .map(|((m, _), _)| &**m)
-                    .collect();
-                let peers = meetings.len();
-                meetings.sort_unstable();
-                meetings.dedup();
-                json!({
-                    "1m": view::webrtc_window(&sub.w, now, 60, &self.classes),
-                    "5m": view::webrtc_window(&sub.w, now, SECONDS, &self.classes),
-                    "active_meetings": meetings.len(),
-                    "active_peers": peers,
-                })
-            }
-            Channel::Meetings => self.meetings(now),
-            Channel::Alerts => json!({}),
+            Target::List { view: vi, list } => self.list(vi, view, list, now),
+            Target::Alerts => json!({}),
         }
     }
 
-    /// Every meeting with a sample within `hub.active_secs` of `now`, with
-    /// its last minute's figures and dominant quality class, busiest first
-    /// (the first `hub.max_meetings_listed`).
-    fn meetings(&self, now: i64) -> Value {
+    fn views_of(&self, ch: &Channel) -> Option<&View> {
+        match ch.target {
+            Target::Scope { view, .. } | Target::List { view, .. } => {
+                self.views.get(view).map(|v| &**v)
+            }
+            Target::Alerts => None,
+        }
+    }
+
+    /// A list channel: every subject of the list's scope with an active
+    /// member, with its figures over the list's window, busiest first (the
+    /// first `hub.max_meetings_listed`).
+    fn list(&self, vi: usize, view: &View, li: usize, now: i64) -> Value {
+        let Some(l) = view.lists.get(li) else {
+            return json!({});
+        };
         let active_from = now - self.cfg.active_secs as i64;
-        let names: Vec<&str> = self.classes.iter().map(|(n, _)| n.as_str()).collect();
-        let mut list: Vec<(f64, &str, Value)> = self
-            .webrtc
+        let scope = view.scopes.get(l.scope);
+        let mut rows: Vec<(f64, &[Box<str>], Value)> = self
+            .subjects
             .values()
+            .filter(|s| s.view == vi && s.scope == l.scope)
             .filter_map(|sub| {
-                let id = sub.meeting.as_deref()?;
-                let peers = sub.peers.values().filter(|s| **s > active_from).count();
-                if peers == 0 {
+                let members = self.active_members(sub, active_from).count();
+                if members == 0 {
                     return None;
                 }
-                // one total per meeting and second; the list shows no quantiles
-                let t = sub.w.total(now, 60);
-                let w = view::webrtc_figures(&t, 60, &self.classes);
-                let dominant = t
-                    .quality
+                // one total per subject and second; lists show no quantiles
+                let t = sub.w.total(now, l.window_secs);
+                let mut no_sketch = crate::sketch::DdSketch::new;
+                let mut row = Map::new();
+                for (d, v) in scope
+                    .map(|s| &s.dims[..])
+                    .unwrap_or_default()
                     .iter()
-                    .enumerate()
-                    .max_by_key(|(i, n)| (**n, std::cmp::Reverse(*i)))
-                    .filter(|(_, n)| **n > 0)
-                    .and_then(|(i, _)| names.get(i).copied());
-                let bitrate = w.get("bitrate_bps").and_then(Value::as_f64).unwrap_or(0.0);
-                let f = |k: &str| view::field(&w, k);
-                Some((
-                    bitrate,
-                    id,
-                    json!({
-                        "meeting_id": id, "peers": peers, "samples": t.samples,
-                        "bitrate_bps": bitrate, "relayed_share": f("relayed_share"),
-                        "rtt_avg_ms": f("rtt_avg_ms"), "jitter_avg_ms": f("jitter_avg_ms"),
-                        "loss_avg": f("loss_avg"), "quality": dominant,
-                    }),
-                ))
+                    .zip(sub.dims.iter())
+                {
+                    row.insert(d.clone(), json!(v));
+                }
+                row.insert(l.members.clone(), json!(members));
+                for m in l.columns.iter().filter_map(|c| view.measures.get(*c)) {
+                    row.insert(
+                        m.name.clone(),
+                        view.measure(m, &t, l.window_secs, &mut no_sketch),
+                    );
+                }
+                for (key, f) in &l.dominant {
+                    row.insert(key.clone(), view.dominant(*f, &t));
+                }
+                let order = view.measures.get(l.order_by).map_or(0.0, |m| {
+                    view.measure_f64(m, &t, l.window_secs, &mut no_sketch)
+                });
+                Some((order, &sub.dims[..], Value::Object(row)))
             })
             .collect();
-        let active = list.len();
-        list.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(b.1)));
-        list.truncate(self.cfg.max_meetings_listed);
-        json!({
-            "active_meetings": active,
-            "classes": names,
-            "meetings": list.into_iter().map(|(_, _, v)| v).collect::<Vec<_>>(),
-        })
+        let active = rows.len();
+        rows.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(b.1)));
+        rows.truncate(self.cfg.max_meetings_listed);
+        let mut o = Map::new();
+        o.insert(l.count.clone(), json!(active));
+        o.insert(
+            l.rows.clone(),
+            rows.into_iter()
+                .map(|(_, _, v)| v)
+                .collect::<Vec<_>>()
+                .into(),
+        );
+        if let Some((key, f)) = &l.class_names {
+            o.insert(key.clone(), view.class_names(*f));
+        }
+        Value::Object(o)
     }
 
     /// A full snapshot of `channel` as of the last closed second (the JSON
@@ -550,22 +598,18 @@ impl State {
             return s.clone();
         }
         let now = self.now;
-        let v = match channel {
-            Channel::Alerts => json!({
+        let v = match (channel.target, self.views_of(channel)) {
+            (Target::Alerts, _) | (_, None) => json!({
                 "type": "snapshot", "channel": "alerts", "seq": now, "full": true,
                 "open": self.open_alerts.values().collect::<Vec<_>>(),
             }),
-            _ => {
-                let (seconds, minutes) = match channel {
-                    Channel::Http(n) => match self.http.get(n) {
-                        Some(s) => series(&s.w, now),
-                        None => series(&Windows::<view::HttpPoint>::default(), now),
+            (target, Some(view)) => {
+                let (seconds, minutes) = match target {
+                    Target::Scope { .. } => match self.subjects.get(channel.name()) {
+                        Some(s) => series(view, &s.w, now),
+                        None => series(view, &Windows::default(), now),
                     },
-                    Channel::Webrtc(n) => match self.webrtc.get(n) {
-                        Some(s) => series(&s.w, now),
-                        None => series(&Windows::<view::WebrtcPoint>::default(), now),
-                    },
-                    Channel::Meetings | Channel::Alerts => (json!({}), json!({})),
+                    _ => (json!({}), json!({})),
                 };
                 json!({
                     "type": "snapshot",
@@ -574,7 +618,7 @@ impl State {
                     "full": true,
                     "complete_since": self.complete_since * 1000,
                     "series": {"1s": seconds, "1m": minutes},
-                    "summary": self.summary(channel, now, None),
+                    "summary": self.summary(channel, now, &mut Tops::default()),
                 })
             }
         };
@@ -587,68 +631,24 @@ impl State {
         (now, text)
     }
 
-    /// The metric of `rule` for each subject in its scope at second `now`:
-    /// (subject, value, events in the window).
-    fn rule_values(&self, rule: &Rule, now: i64) -> Vec<(String, f64, u64)> {
-        let secs = rule.window_secs as i64;
-        let mut out = Vec::new();
-        match rule.protocol.as_str() {
-            "http" => {
-                let in_scope = |s: &HttpScope| {
-                    matches!(
-                        (rule.scope, s),
-                        (Scope::Overview, HttpScope::Overview)
-                            | (Scope::Service, HttpScope::Service(_))
-                            | (Scope::Endpoint, HttpScope::Endpoint { .. })
-                    )
-                };
-                for (k, sub) in self.http.iter().filter(|(_, s)| in_scope(&s.scope)) {
-                    let t = sub.w.total(now, secs);
-                    let n = t.requests;
-                    let v = match rule.metric {
-                        Metric::Bandwidth => (t.bytes_in + t.bytes_out) as f64 / secs as f64,
-                        Metric::RequestsPerSec => n as f64 / secs as f64,
-                        Metric::ErrorRate if n > 0 => {
-                            (t.errors_4xx + t.errors_5xx) as f64 / n as f64
-                        }
-                        Metric::ErrorRate => 0.0,
-                        Metric::P95LatencyMs => {
-                            sub.w.latency(now, secs).quantile(0.95).unwrap_or(0.0)
-                        }
-                        Metric::RelayedShare => continue,
-                    };
-                    out.push((k.clone(), v, n));
-                }
-            }
-            "webrtc" => {
-                let in_scope = |s: &WebrtcSubject| match rule.scope {
-                    Scope::Overview => s.meeting.is_none(),
-                    Scope::Meeting => s.meeting.is_some(),
-                    Scope::Service | Scope::Endpoint => false,
-                };
-                for (k, sub) in self.webrtc.iter().filter(|(_, s)| in_scope(s)) {
-                    let t = sub.w.total(now, secs);
-                    let n = t.samples;
-                    let v = match rule.metric {
-                        Metric::Bandwidth => (t.bytes_sent + t.bytes_received) as f64 / secs as f64,
-                        Metric::RelayedShare if n > 0 => t.relayed as f64 / n as f64,
-                        Metric::RelayedShare => 0.0,
-                        Metric::P95LatencyMs => {
-                            sub.w.latency(now, secs).quantile(0.95).unwrap_or(0.0)
-                        }
-                        _ => continue,
-                    };
-                    out.push((k.clone(), v, n));
-                }
-            }
-            _ => {}
-        }
-        out
+    /// The measure of an alert rule for each subject of its scope at second
+    /// `now` over `secs` seconds: (subject, value, events in the window).
+    fn measure_values(&self, r: MeasureRef, secs: i64, now: i64) -> Vec<(String, f64, u64)> {
+        let Some((view, _, m)) = self.views.resolve(r) else {
+            return Vec::new();
+        };
+        self.subjects
+            .iter()
+            .filter(|(_, s)| s.view == r.view && s.scope == r.scope)
+            .map(|(k, sub)| {
+                let t = sub.w.total(now, secs);
+                let n = t.get(view.events) as u64;
+                let v = view.measure_f64(m, &t, secs, &mut || sub.w.latency(now, secs));
+                (k.clone(), v, n)
+            })
+            .collect()
     }
 }
-
-/// One endpoint's rate: (bytes per second, service, method, endpoint).
-type Rate<'a> = (f64, &'a str, &'a str, &'a str);
 
 /// Whether an event stamped `ts_ms` that arrived at `arrival_ms` is older
 /// than the live windows, and so not live traffic.
@@ -656,78 +656,106 @@ fn is_backdated(ts_ms: i64, arrival_ms: i64) -> bool {
     ts_ms < arrival_ms.saturating_sub(SECONDS * 1000)
 }
 
-/// The busiest endpoints over the last minute, overall and per service,
-/// computed in one pass over the endpoints.
+/// The top lists of one close (or snapshot), each computed once, in one
+/// pass over the ranked scope's subjects, on first use.
+#[derive(Default)]
 pub(super) struct Tops<'a> {
-    all: Vec<Rate<'a>>,
-    by_service: HashMap<&'a str, Vec<Rate<'a>>>,
+    built: HashMap<(usize, usize), TopRows<'a>>,
 }
 
 impl<'a> Tops<'a> {
-    fn build(http: &'a HashMap<String, HttpSubject>, now: i64, n: usize) -> Self {
-        let mut all = Vec::new();
-        let mut by_service: HashMap<&str, Vec<Rate<'a>>> = HashMap::new();
-        for sub in http.values() {
-            let HttpScope::Endpoint {
-                service,
-                method,
-                endpoint,
-            } = &sub.scope
-            else {
-                continue;
-            };
-            let t = sub.w.total(now, 60);
-            let rate = (t.bytes_in + t.bytes_out) as f64 / 60.0;
-            if rate > 0.0 {
-                let r = (rate, &**service, &**method, &**endpoint);
-                all.push(r);
-                by_service.entry(service).or_default().push(r);
+    /// The rows of top `ti` of view `vi`, per showing subject.
+    fn rows(&mut self, st: &'a State, vi: usize, ti: usize, now: i64) -> &TopRows<'a> {
+        self.built
+            .entry((vi, ti))
+            .or_insert_with(|| build_top(st, vi, ti, now))
+    }
+}
+
+fn build_top(st: &State, vi: usize, ti: usize, now: i64) -> TopRows<'_> {
+    let mut out: TopRows<'_> = HashMap::new();
+    let Some(view) = st.views.get(vi) else {
+        return out;
+    };
+    let Some(top) = view.tops.get(ti) else {
+        return out;
+    };
+    let ranked = view
+        .scopes
+        .get(top.scope)
+        .map(|s| &s.dims[..])
+        .unwrap_or_default();
+    // where each showing scope's dimensions sit among the ranked scope's
+    let picks: Vec<(usize, Vec<usize>)> = top
+        .shown_in
+        .iter()
+        .map(|s| {
+            let dims = view.scopes.get(*s).map(|s| &s.dims[..]).unwrap_or_default();
+            let at = dims
+                .iter()
+                .filter_map(|d| ranked.iter().position(|r| r == d))
+                .collect();
+            (*s, at)
+        })
+        .collect();
+    for sub in st
+        .subjects
+        .values()
+        .filter(|s| s.view == vi && s.scope == top.scope)
+    {
+        let t = sub.w.total(now, top.window_secs);
+        let rate = top.of.iter().map(|s| t.get(*s)).sum::<f64>() / top.window_secs as f64;
+        if rate > 0.0 {
+            for (scope, at) in &picks {
+                let key: Vec<&str> = at
+                    .iter()
+                    .filter_map(|i| sub.dims.get(*i))
+                    .map(|d| &**d)
+                    .collect();
+                out.entry((*scope, key))
+                    .or_default()
+                    .push((rate, &sub.dims));
             }
         }
-        let top = |v: &mut Vec<Rate<'a>>| {
-            v.sort_by(|a, b| {
-                b.0.total_cmp(&a.0)
-                    .then_with(|| (a.1, a.2, a.3).cmp(&(b.1, b.2, b.3)))
-            });
-            v.truncate(n);
-        };
-        top(&mut all);
-        by_service.values_mut().for_each(top);
-        Self { all, by_service }
     }
+    let n = st.cfg.top_endpoints;
+    for rows in out.values_mut() {
+        rows.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        rows.truncate(n);
+    }
+    out
+}
 
-    /// `top_endpoints` of a service, or of everything.
-    fn of(&self, service: Option<&str>) -> Value {
-        let list = match service {
-            None => Some(&self.all),
-            Some(s) => self.by_service.get(s),
-        };
-        list.map(|l| {
-            l.iter()
-                .map(|(b, s, m, e)| {
-                    json!({"service": s, "method": m, "endpoint": e, "bytes_per_sec": b})
-                })
-                .collect::<Vec<_>>()
+/// The JSON rows of a top list: the ranked scope's dimensions and the rate.
+fn top_json(view: &View, top: &crate::view::Top, rows: &[(f64, &[Box<str>])]) -> Vec<Value> {
+    let dims = view
+        .scopes
+        .get(top.scope)
+        .map(|s| &s.dims[..])
+        .unwrap_or_default();
+    rows.iter()
+        .map(|(rate, vals)| {
+            let mut o: Map<String, Value> = dims
+                .iter()
+                .zip(vals.iter())
+                .map(|(d, v)| (d.clone(), json!(v)))
+                .collect();
+            o.insert(top.by.clone(), json!(rate));
+            Value::Object(o)
         })
-        .unwrap_or_default()
-        .into()
-    }
+        .collect()
 }
 
 /// Column-oriented series (one array per field, far smaller than one
 /// object per point): the 1-s series as `{start, step_ms, <field>: [...]}`,
 /// the 1-min series as `{t: [...], <field>: [...], p50/p95/p99: [...]}`.
-fn series<P: window::Point>(w: &Windows<P>, now: i64) -> (Value, Value) {
-    fn columns(points: impl Iterator<Item = Value>) -> serde_json::Map<String, Value> {
-        let mut cols = serde_json::Map::new();
-        for p in points {
-            if let Value::Object(o) = p {
-                for (k, x) in o {
-                    if let Value::Array(a) =
-                        cols.entry(k).or_insert_with(|| Value::Array(Vec::new()))
-                    {
-                        a.push(x);
-                    }
+fn series(view: &View, w: &Windows<Cells>, now: i64) -> (Value, Value) {
+    fn columns(points: impl Iterator<Item = Map<String, Value>>) -> Map<String, Value> {
+        let mut cols = Map::new();
+        for o in points {
+            for (k, x) in o {
+                if let Value::Array(a) = cols.entry(k).or_insert_with(|| Value::Array(Vec::new())) {
+                    a.push(x);
                 }
             }
         }
@@ -735,7 +763,7 @@ fn series<P: window::Point>(w: &Windows<P>, now: i64) -> (Value, Value) {
     }
     let secs = w.seconds(now, SECONDS);
     let start = secs.first().map_or(now * 1000, |(s, _)| s * 1000);
-    let mut seconds = columns(secs.into_iter().map(|(_, p)| json!(p)));
+    let mut seconds = columns(secs.iter().map(|(_, p)| view.fields_json(p)));
     seconds.insert("start".into(), json!(start));
     seconds.insert("step_ms".into(), json!(1000));
     let mins = w.minutes();
@@ -744,7 +772,7 @@ fn series<P: window::Point>(w: &Windows<P>, now: i64) -> (Value, Value) {
         mins.iter().map(|(_, _, q)| q.as_ref().map(f)).collect()
     };
     let (p50, p95, p99) = (q(|[a, _, _]| *a), q(|[_, b, _]| *b), q(|[_, _, c]| *c));
-    let mut minutes = columns(mins.into_iter().map(|(_, p, _)| json!(p)));
+    let mut minutes = columns(mins.iter().map(|(_, p, _)| view.fields_json(p)));
     minutes.insert("t".into(), json!(t));
     minutes.insert("p50".into(), json!(p50));
     minutes.insert("p95".into(), json!(p95));
@@ -777,9 +805,21 @@ mod tests {
         assert!(b.admit(11 * h), "a new hour, a new budget");
     }
 
-    fn entry(feed: Feed, ms: u64, data: Value) -> Entry {
+    /// The shipped views: kind 0 is `http`, kind 1 `webrtc`.
+    fn state(cfg: HubConfig) -> State {
+        let views = Arc::new(Views::of_repo());
+        let kinds = view_kinds(&views);
+        assert_eq!(kinds[0].0, "http");
+        assert_eq!(kinds[1].0, "webrtc");
+        State::new(cfg, views)
+    }
+
+    const HTTP: usize = 0;
+    const WEBRTC: usize = 1;
+
+    fn entry(feed: usize, ms: u64, data: Value) -> Entry {
         Entry {
-            feed,
+            feed: Feed::Kind(feed),
             id: StreamId { ms, seq: 0 },
             data: Some(data.to_string()),
         }
@@ -787,7 +827,7 @@ mod tests {
 
     fn http(ms: u64, service: &str) -> Entry {
         entry(
-            Feed::Http,
+            HTTP,
             ms,
             json!({"kind": "http", "ts": ms, "service": service, "endpoint": "/a/:id",
                    "method": "GET", "status": 200, "req_bytes": 10, "resp_bytes": 20, "duration_ms": 5.0}),
@@ -796,7 +836,7 @@ mod tests {
 
     fn webrtc(ms: u64, meeting: &str, peer: &str) -> Entry {
         entry(
-            Feed::Webrtc,
+            WEBRTC,
             ms,
             json!({"kind": "webrtc", "ts": ms, "meeting_id": meeting, "peer_id": peer,
                    "bytes_sent": 1, "bytes_received": 1, "rtt_ms": 10.0, "jitter_ms": 1.0,
@@ -806,8 +846,14 @@ mod tests {
 
     fn fold(st: &mut State, entries: Vec<Entry>, recent_from: i64) {
         for e in entries {
-            st.apply(e.feed, e.id, e.data.as_deref(), recent_from);
+            if let Feed::Kind(k) = e.feed {
+                st.apply(k, e.id, e.data.as_deref(), recent_from);
+            }
         }
+    }
+
+    fn requests(st: &State, name: &str, now: i64) -> Option<f64> {
+        st.subjects.get(name).map(|s| s.w.total(now, 60).get(0))
     }
 
     #[test]
@@ -816,41 +862,42 @@ mod tests {
             max_new_subjects_per_hour: 4,
             ..HubConfig::default()
         };
-        let mut st = State::new(cfg, Vec::new());
+        let mut st = state(cfg);
         let t = 1_772_359_200_000u64;
         // "a:b " and "a:b" are one service, as in the rollups
         fold(&mut st, vec![http(t, "a:b "), http(t + 1, "a:b")], 0);
-        assert!(st.http.contains_key("http:service:a:b"));
-        assert!(st.http.contains_key("http:endpoint:a:b:GET:/a/:id"));
-        assert_eq!(st.http.len(), 3);
+        assert!(st.subjects.contains_key("http:service:a:b"));
+        assert!(st.subjects.contains_key("http:endpoint:a:b:GET:/a/:id"));
+        assert_eq!(st.subjects.len(), 3);
         // two more services fill the budget (service + endpoint each): one fits
         let before = metrics::HUB_EVENTS_FOLDED.get();
         fold(&mut st, vec![http(t + 2, "c"), http(t + 3, "d")], 0);
-        assert_eq!(st.http.len(), 5);
+        assert_eq!(st.subjects.len(), 5);
         assert!(metrics::HUB_EVENTS_FOLDED.get() > before);
         // every event still counts in the overview
         let now = (t / 1000) as i64;
-        let total = st
-            .http
-            .get("http:overview")
-            .map(|s| s.w.total(now, 60).requests);
-        assert_eq!(total, Some(4));
+        assert_eq!(requests(&st, "http:overview", now), Some(4.0));
         // the service's top endpoints come from the structure, not the name
-        let tops = Tops::build(&st.http, now, 10);
-        let a = tops.of(Some("a:b"));
-        assert_eq!(a[0]["service"], "a:b");
-        assert_eq!(a[0]["method"], "GET");
-        assert_eq!(a[0]["endpoint"], "/a/:id");
-        assert_eq!(tops.of(Some("a")), json!([]));
+        let ch = st.views.channel("http:service:a:b").expect("channel");
+        let summary = st.summary(&ch, now, &mut Tops::default());
+        let top = &summary["top_endpoints"][0];
+        assert_eq!(top["service"], "a:b");
+        assert_eq!(top["method"], "GET");
+        assert_eq!(top["endpoint"], "/a/:id");
+        let none = st.views.channel("http:service:a").expect("channel");
+        assert_eq!(
+            st.summary(&none, now, &mut Tops::default())["top_endpoints"],
+            json!([])
+        );
     }
 
     #[test]
     fn backdated_events_move_no_live_counter_and_current_ones_do() {
-        let mut st = State::new(HubConfig::default(), Vec::new());
+        let mut st = state(HubConfig::default());
         let t = 1_796_075_999_000u64;
         let now = (t / 1000) as i64;
-        let stamped = |ts: u64, arrival: u64, feed: Feed| {
-            let mut e = if feed == Feed::Http {
+        let stamped = |ts: u64, arrival: u64, kind: usize| {
+            let mut e = if kind == HTTP {
                 http(arrival, "svc")
             } else {
                 webrtc(arrival, "m", "p")
@@ -864,32 +911,26 @@ mod tests {
         let before = metrics::HUB_EVENTS_BACKDATED.get();
         // months old, and just past the 5-minute window: skipped
         let old = vec![
-            stamped(t - 250 * 86_400_000, t, Feed::Http),
-            stamped(t - 301_000, t, Feed::Http),
-            stamped(t - 250 * 86_400_000, t, Feed::Webrtc),
+            stamped(t - 250 * 86_400_000, t, HTTP),
+            stamped(t - 301_000, t, HTTP),
+            stamped(t - 250 * 86_400_000, t, WEBRTC),
         ];
         fold(&mut st, old, now - 30);
-        assert!(st.http.is_empty(), "no live subject from back-dated events");
-        assert!(st.webrtc.is_empty());
+        assert!(
+            st.subjects.is_empty(),
+            "no live subject from back-dated events"
+        );
         assert_eq!(metrics::HUB_EVENTS_BACKDATED.get() - before, 3);
         // current, a little late, or from a fast clock: counted at arrival
         let live = vec![
-            stamped(t, t, Feed::Http),
-            stamped(t - 299_000, t, Feed::Http),
-            stamped(t + 60_000, t, Feed::Http),
-            stamped(t - 1_000, t, Feed::Webrtc),
+            stamped(t, t, HTTP),
+            stamped(t - 299_000, t, HTTP),
+            stamped(t + 60_000, t, HTTP),
+            stamped(t - 1_000, t, WEBRTC),
         ];
         fold(&mut st, live, now - 30);
-        let total = st
-            .http
-            .get("http:overview")
-            .map(|s| s.w.total(now, 60).requests);
-        assert_eq!(total, Some(3));
-        let samples = st
-            .webrtc
-            .get(OVERVIEW_WEBRTC)
-            .map(|s| s.w.total(now, 60).samples);
-        assert_eq!(samples, Some(1));
+        assert_eq!(requests(&st, "http:overview", now), Some(3.0));
+        assert_eq!(requests(&st, "webrtc:overview", now), Some(1.0));
     }
 
     #[test]
@@ -899,7 +940,7 @@ mod tests {
             active_secs: 30,
             ..HubConfig::default()
         };
-        let mut st = State::new(cfg, Vec::new());
+        let mut st = state(cfg);
         let t = 1_772_359_200_000u64;
         let sec = (t / 1000) as i64;
         // the only lib test tracking peers: the process-wide counters move by its own
@@ -910,21 +951,26 @@ mod tests {
         let samples = (0..10).map(|i| webrtc(t, "m1", &format!("p{i}"))).collect();
         fold(&mut st, samples, sec - 30);
         assert_eq!(metrics::HUB_PEERS_TRACKED.get() - tracked0, 3);
-        let ov = st.webrtc.get(OVERVIEW_WEBRTC).expect("overview");
-        assert_eq!(ov.peers.len(), 3, "capped");
-        assert_eq!(ov.w.total(sec, 60).samples, 10, "every sample counts");
+        assert_eq!(st.members[1].len(), 3, "capped");
+        assert_eq!(
+            requests(&st, "webrtc:overview", sec),
+            Some(10.0),
+            "every sample counts"
+        );
+        let ch = st.views.channel("webrtc:overview").expect("channel");
+        let summary = st.summary(&ch, sec, &mut Tops::default());
+        assert_eq!(summary["active_peers"], 3);
+        assert_eq!(summary["active_meetings"], 1);
         // history older than active_secs is not tracked at all
         let old = (0..5)
             .map(|i| webrtc(t - 100_000, "m2", &format!("q{i}")))
             .collect();
         fold(&mut st, old, sec - 30);
-        assert_eq!(
-            st.webrtc.get(OVERVIEW_WEBRTC).map(|o| o.peers.len()),
-            Some(3)
-        );
+        assert_eq!(st.members[1].len(), 3);
         let shared = Shared::for_tests();
         st.close(sec + 31, &shared);
-        assert!(st.webrtc.values().all(|s| s.peers.is_empty()), "expired");
+        assert!(st.members.iter().all(|m| m.is_empty()), "expired");
+        assert!(st.subjects.values().all(|s| s.members.is_empty()));
         assert_eq!(metrics::HUB_PEERS_EXPIRED.get() - expired0, 3);
         assert_eq!(
             metrics::HUB_PEERS_TRACKED.get() - tracked0,

@@ -7,9 +7,8 @@
 
 use std::collections::VecDeque;
 
-use serde::Serialize;
-
 use crate::sketch::DdSketch;
+use crate::view::Cells;
 
 /// Seconds of 1-s points kept (the 5-minute window).
 pub const SECONDS: i64 = 300;
@@ -78,9 +77,15 @@ impl Latencies {
     }
 }
 
-/// Additive figures of one bucket; `P` is the kind's point type.
-pub trait Point: Default + Clone + Serialize {
+/// Additive figures of one bucket (the views' [`Cells`]).
+pub trait Point: Default + Clone {
     fn merge(&mut self, other: &Self);
+}
+
+impl Point for Cells {
+    fn merge(&mut self, other: &Self) {
+        Cells::merge(self, other)
+    }
 }
 
 /// One subject's windows.
@@ -291,9 +296,8 @@ impl<P: Point> Windows<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::view::HttpPoint;
 
-    #[derive(Debug, Default, Clone, Serialize, PartialEq)]
+    #[derive(Debug, Default, Clone, PartialEq)]
     struct N(u64);
     impl Point for N {
         fn merge(&mut self, o: &Self) {
@@ -336,14 +340,14 @@ mod tests {
 
     /// A subject fed `per_sec` events a second (latencies from `lat`) for
     /// an hour, as the hub holds it then.
-    fn busy_for_an_hour(per_sec: u32, lat: impl Fn(u32) -> f64) -> Windows<HttpPoint> {
+    fn busy_for_an_hour(per_sec: u32, lat: impl Fn(u32) -> f64) -> Windows<Cells> {
         let t0 = 1_772_359_200i64;
         let mut w = Windows::default();
         for s in 0..3_600 {
             for k in 0..per_sec {
                 w.add(
                     (t0 + s) * 1000,
-                    &HttpPoint::default(),
+                    &Cells(vec![1.0; 5].into_boxed_slice()),
                     Some(lat(k + s as u32)),
                 );
             }

@@ -475,7 +475,7 @@ impl Connection {
             if !named.insert(name.clone()) {
                 continue;
             }
-            let channel = match Channel::parse(&name) {
+            let channel = match self.hub.views().channel(&name) {
                 Ok(c) => c,
                 Err(e) => {
                     self.error(e);
@@ -491,7 +491,7 @@ impl Connection {
                 // a client resuming a channel without data missed only empty
                 // seconds when the hub knows it had none since
                 let quiet_from = match resume.get(&name) {
-                    Some(&seq) if channel != Channel::Alerts => self
+                    Some(&seq) if !channel.is_alerts() => self
                         .hub
                         .quiet_since(&channel, seq)
                         .await
@@ -516,7 +516,7 @@ impl Connection {
                     continue;
                 }
             }
-            let alerts = channel == Channel::Alerts;
+            let alerts = channel.is_alerts();
             if alerts {
                 // pushed as they happen; a (re)subscription gets the open ones
                 self.alerts.get_or_insert_with(|| self.hub.alert_feed());
@@ -652,7 +652,7 @@ impl Connection {
         let due: Vec<String> = self
             .subs
             .iter_mut()
-            .filter(|(_, s)| s.due <= now && s.pending.is_none() && s.channel != Channel::Alerts)
+            .filter(|(_, s)| s.due <= now && s.pending.is_none() && !s.channel.is_alerts())
             .map(|(n, s)| {
                 // ticks come once a second: a little slack keeps a 1 s
                 // interval from slipping to every other tick

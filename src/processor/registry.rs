@@ -81,6 +81,10 @@ pub struct ProcessorRegistry {
 /// registry skips them, `alert::AlertRules::load` reads them.
 pub const ALERTS_TYPE: &str = "alerts";
 
+/// The `type` of the files of processors/ that declare realtime views: the
+/// registry skips them, `view::Views::load` reads them.
+pub const VIEW_TYPE: &str = "view";
+
 /// The `*.toml` files of `dir`, sorted by name, with their text.
 pub fn definition_files(dir: &Path) -> Result<Vec<(PathBuf, String)>, ProcessorError> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
@@ -115,12 +119,14 @@ pub fn definition_error(file: &Path, reason: String) -> ProcessorError {
 
 impl ProcessorRegistry {
     /// Reads `dir/*.toml`, validating each against the known event kinds.
-    /// Files of type [`ALERTS_TYPE`] are not processors and are skipped.
+    /// Files of type [`ALERTS_TYPE`] and `view` are not processors and are
+    /// skipped.
     pub fn load(dir: &Path, schemas: &SchemaRegistry) -> Result<Self, ProcessorError> {
         let bad = definition_error;
         let mut processors: Vec<ProcessorConfig> = Vec::new();
         for (file, text) in definition_files(dir)? {
-            if definition_type(&text).as_deref() == Some(ALERTS_TYPE) {
+            let kind = definition_type(&text);
+            if kind.as_deref() == Some(ALERTS_TYPE) || kind.as_deref() == Some(VIEW_TYPE) {
                 continue;
             }
             let def: ProcessorConfig =

@@ -4,14 +4,31 @@
 //! back to the same channel.
 #![no_main]
 
+use std::path::Path;
+use std::sync::OnceLock;
+
+use flowmeter::event::SchemaRegistry;
 use flowmeter::hub::ws::ClientMsg;
-use flowmeter::hub::Channel;
+use flowmeter::processor::ProcessorRegistry;
+use flowmeter::view::Views;
 use libfuzzer_sys::fuzz_target;
 
+/// The repository's views (processors/*_view.toml), loaded once.
+fn views() -> &'static Views {
+    static VIEWS: OnceLock<Views> = OnceLock::new();
+    VIEWS.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let schemas = SchemaRegistry::load(&root.join("schemas")).expect("schemas/");
+        let processors =
+            ProcessorRegistry::load(&root.join("processors"), &schemas).expect("processors/");
+        Views::load(&root.join("processors"), &schemas, &processors).expect("views")
+    })
+}
+
 fn check_channel(name: &str) {
-    match Channel::parse(name) {
+    match views().channel(name) {
         Ok(c) => {
-            let again = Channel::parse(c.name()).expect("a channel's own name parses");
+            let again = views().channel(c.name()).expect("a channel's own name parses");
             assert_eq!(again, c);
         }
         Err(e) => assert!(e.len() <= 1024, "channel error of {} bytes", e.len()),

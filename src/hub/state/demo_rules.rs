@@ -5,6 +5,8 @@
 //! the demo's back-dated sample posted at the start) must fire nothing; the
 //! loadgen's `--incident` must fire the error-rate alert of its service.
 
+#![cfg(test)]
+
 use super::*;
 use crate::alert::{AlertRules, Evaluator, Transition};
 use crate::loadgen::{GenConfig, Generator, Incident, KindMix, INCIDENT_SERVICE};
@@ -16,8 +18,8 @@ const BATCH: i64 = 100;
 fn shipped_rules() -> AlertRules {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("processors/alerts.toml");
     let text = std::fs::read_to_string(path).expect("processors/alerts.toml");
-    let rules: AlertRules = toml::from_str(&text).expect("rules parse");
-    rules.check().expect("rules check");
+    let mut rules: AlertRules = toml::from_str(&text).expect("rules parse");
+    rules.check(&Views::of_repo()).expect("rules check");
     rules
 }
 
@@ -29,11 +31,7 @@ fn sample(arrival_ms: u64) -> Vec<Entry> {
     text.lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .map(|ev| Entry {
-            feed: if ev["kind"] == "webrtc" {
-                Feed::Webrtc
-            } else {
-                Feed::Http
-            },
+            feed: Feed::Kind(usize::from(ev["kind"] == "webrtc")),
             id: StreamId {
                 ms: arrival_ms,
                 seq: 0,
@@ -47,7 +45,7 @@ fn sample(arrival_ms: u64) -> Vec<Entry> {
 /// transition with its second.
 fn simulate(t0_ms: i64, secs: i64, incident: Option<Incident>) -> Vec<(i64, Transition)> {
     let rules = shipped_rules();
-    let mut st = State::new(HubConfig::default(), Vec::new());
+    let mut st = State::new(HubConfig::default(), Arc::new(Views::of_repo()));
     let shared = Shared::for_tests();
     let mut ev = Evaluator::default();
     let mut g = Generator::new(GenConfig {
@@ -68,11 +66,7 @@ fn simulate(t0_ms: i64, secs: i64, incident: Option<Incident>) -> Vec<(i64, Tran
             let ms = sec * 1000 + b * period_ms;
             for _ in 0..BATCH {
                 let e = g.next_event(ms);
-                let feed = if e["kind"] == "webrtc" {
-                    Feed::Webrtc
-                } else {
-                    Feed::Http
-                };
+                let feed = Feed::Kind(usize::from(e["kind"] == "webrtc"));
                 entries.push(Entry {
                     feed,
                     id: StreamId {
@@ -84,11 +78,14 @@ fn simulate(t0_ms: i64, secs: i64, incident: Option<Incident>) -> Vec<(i64, Tran
             }
         }
         for e in entries {
-            st.apply(e.feed, e.id, e.data.as_deref(), sec - 30);
+            if let Feed::Kind(k) = e.feed {
+                st.apply(k, e.id, e.data.as_deref(), sec - 30);
+            }
         }
         st.close(sec, &shared);
         for rule in &rules.rules {
-            let values = st.rule_values(rule, sec);
+            let target = rule.target.as_ref().expect("checked");
+            let values = st.measure_values(target.measure, rule.window_secs as i64, sec);
             out.extend(ev.step(rule, sec, &values).into_iter().map(|t| (s, t)));
         }
     }

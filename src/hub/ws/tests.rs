@@ -5,10 +5,10 @@
 
 use super::*;
 use crate::hub::channels::Closed;
-use crate::processor::ProcessorRegistry;
+use crate::view::Views;
 
 fn hub(cfg: HubConfig) -> Arc<Hub> {
-    Hub::new(cfg, &ProcessorRegistry::default())
+    Hub::new(cfg, Arc::new(Views::of_repo()))
 }
 
 /// A connection to `hub` whose outgoing queue holds `queue` messages.
@@ -93,7 +93,7 @@ async fn owed_snapshots_stay_within_the_subscriptions_however_a_client_churns() 
 /// Publishes seconds `from..=to` of channel `name` (one request each) and
 /// closes `to`, as the worker would.
 fn publish(hub: &Hub, name: &str, from: i64, to: i64) {
-    let ch = Channel::parse(name).expect("channel");
+    let ch = Views::of_repo().channel(name).expect("channel");
     for sec in from..=to {
         let point: Arc<str> = Arc::from(format!("{{\"t\":{},\"requests\":1}}", sec * 1000));
         let single = update_text(
