@@ -18,8 +18,8 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use flowmeter::config::Settings;
 use flowmeter::event::decode_entry as decode;
 use flowmeter::event::SchemaRegistry;
-use flowmeter::processor::rollup::{fold_event, CompiledTable, TableRows};
-use flowmeter::processor::{ProcessorConfig, ProcessorRegistry};
+use flowmeter::processor::rollup::{fold_event, CompiledTable, RollupDef, TableRows};
+use flowmeter::processor::ProcessorRegistry;
 use flowmeter::store::Store;
 
 const BATCH: usize = 1000;
@@ -87,7 +87,7 @@ fn compiled_http_tables() -> Vec<CompiledTable> {
             .expect("migrate");
         let schemas = SchemaRegistry::load(&repo().join("schemas")).expect("schemas");
         let reg = ProcessorRegistry::load(&repo().join("processors"), &schemas).expect("defs");
-        let Some(ProcessorConfig::Rollup(def)) = reg.get("http_rollup") else {
+        let Some(def) = reg.get("http_rollup").and_then(|p| p.get::<RollupDef>()) else {
             panic!("processors/http_rollup.toml is missing");
         };
         let mut out = Vec::new();

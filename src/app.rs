@@ -166,8 +166,10 @@ pub async fn replay(
     let schemas = Arc::new(SchemaRegistry::load(&settings.paths.schemas)?);
     let processors = ProcessorRegistry::load(&settings.paths.processors, &schemas)?;
     let def = match processors.get(name) {
-        Some(crate::processor::ProcessorConfig::Rollup(d)) => d.clone(),
-        Some(_) => return Err(AppError::NotRollup(name.into())),
+        Some(p) => match p.get::<crate::processor::rollup::RollupDef>() {
+            Some(d) => d.clone(),
+            None => return Err(AppError::NotRollup(name.into())),
+        },
         None => {
             let names: Vec<&str> = processors.processors.iter().map(|p| p.name()).collect();
             return Err(AppError::UnknownProcessor(name.into(), names.join(", ")));
@@ -181,8 +183,7 @@ pub async fn replay(
         store,
         schemas,
         settings: settings.rollup.clone(),
-        kafka: settings.kafka.clone(),
-        clickhouse: settings.clickhouse.clone(),
+        config: Arc::new(settings.clone()),
         worker_id: format!("replay-{}", new_worker_id()),
     };
     let processor = def.build(ctx).await?;
@@ -199,9 +200,10 @@ pub async fn migrate(settings: &Settings) -> Result<Vec<String>, AppError> {
     store.migrate(&settings.paths.migrations).await?;
     let schemas = SchemaRegistry::load(&settings.paths.schemas)?;
     let processors = ProcessorRegistry::load(&settings.paths.processors, &schemas)?;
-    let archive = processors
-        .enabled()
-        .any(|p| matches!(p, crate::processor::ProcessorConfig::ClickhouseArchive(_)));
+    let archive = processors.enabled().any(|p| {
+        p.get::<crate::processor::clickhouse_archive::ArchiveDef>()
+            .is_some()
+    });
     if !archive {
         return Ok(Vec::new());
     }
@@ -292,8 +294,7 @@ pub async fn serve(
             store,
             schemas: schemas.clone(),
             settings: settings.rollup.clone(),
-            kafka: settings.kafka.clone(),
-            clickhouse: settings.clickhouse.clone(),
+            config: Arc::new(settings.clone()),
             worker_id: new_worker_id(),
         };
         tracker.spawn(crate::retention::run(

@@ -48,10 +48,9 @@ impl EventSearch {
         processors: &crate::processor::ProcessorRegistry,
         cfg: &crate::config::ClickhouseConfig,
     ) -> Option<EventSearch> {
-        let def = processors.enabled().find_map(|p| match p {
-            crate::processor::ProcessorConfig::ClickhouseArchive(d) => Some(d),
-            _ => None,
-        })?;
+        let def = processors
+            .enabled()
+            .find_map(|p| p.get::<crate::processor::clickhouse_archive::ArchiveDef>())?;
         let _ = cfg;
         Some(EventSearch {
             #[cfg(feature = "clickhouse")]

@@ -32,7 +32,7 @@ use super::limits::{decode_cursor, encode_cursor, json_page, page_headers, Cappe
 use super::params::{Format, Limit, Param, Params, Time};
 use super::{ApiError, AppState};
 use crate::processor::rollup::Window;
-use crate::processor::{ProcessorConfig, ProcessorRegistry};
+use crate::processor::ProcessorRegistry;
 use crate::store::{ColumnInfo, ColumnKind, Store, StoreError};
 use serde::Deserialize;
 
@@ -62,7 +62,7 @@ impl QueryCatalog {
     pub async fn build(processors: &ProcessorRegistry, store: &Store) -> Result<Self, StoreError> {
         let mut tables = Vec::new();
         for p in processors.enabled() {
-            let ProcessorConfig::Rollup(def) = p else {
+            let Some(def) = p.get::<crate::processor::rollup::RollupDef>() else {
                 continue;
             };
             for t in &def.tables {

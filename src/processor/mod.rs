@@ -2,8 +2,10 @@
 //!
 //! A definition names its consumer group and the event kinds it reads; its
 //! `type` picks the implementation (one directory each, with the same files:
-//! `mod.rs`, `config.rs`, `processor.rs`). The config builds the component
-//! ([`ProcessorConfig::build`]); a processor never reads global state.
+//! `mod.rs`, `config.rs`, `processor.rs`). Each type's module declares its
+//! `TYPE` and implements [`Definition`] for its definition, which builds the
+//! component; `registry::TYPES` lists the types. A processor never reads
+//! global state.
 //!
 //! Every type runs on the shard core ([`core`]): leases, fenced reads,
 //! the suspect and dead-letter policy, backoff, graceful stop and stats are
@@ -28,7 +30,7 @@ use crate::stream::{Keys, Redis, StreamError};
 
 pub use self::core::reader;
 pub use self::core::{KeyBudgetStatus, RunnerStats};
-pub use registry::{ProcessorConfig, ProcessorRegistry};
+pub use registry::{Definition, ProcessorConfig, ProcessorRegistry, ProcessorType};
 
 /// Errors of a processor. `retryable()` says whether the runner should back off and try again.
 #[derive(Debug, thiserror::Error)]
@@ -59,10 +61,9 @@ pub struct ProcessorContext {
     pub store: Store,
     pub schemas: Arc<SchemaRegistry>,
     pub settings: RunnerSettings,
-    /// The Kafka cluster (the bridge).
-    pub kafka: crate::config::KafkaConfig,
-    /// The ClickHouse server (the archive).
-    pub clickhouse: crate::config::ClickhouseConfig,
+    /// The whole configuration: each type reads its own section (the
+    /// bridge `[kafka]`, the archive `[clickhouse]`).
+    pub config: Arc<crate::config::Settings>,
     /// Unique name of this worker process (`host-pid-random`).
     pub worker_id: String,
 }

@@ -2,72 +2,124 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use std::any::Any;
+use std::sync::Arc;
 
-use super::clickhouse_archive::ArchiveDef;
-use super::kafka_bridge::BridgeDef;
-use super::rollup::RollupDef;
+use futures::future::BoxFuture;
+use serde::de::DeserializeOwned;
+
 use super::{Processor, ProcessorContext, ProcessorError};
 use crate::event::SchemaRegistry;
 
-/// One definition file, by `type`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum ProcessorConfig {
-    /// Folds events into MySQL rollup tables (see `processor::rollup`).
-    Rollup(RollupDef),
-    /// Keeps raw events in ClickHouse (see `processor::clickhouse_archive`).
-    ClickhouseArchive(ArchiveDef),
-    /// Forwards events to Kafka topics (see `processor::kafka_bridge`).
-    KafkaBridge(BridgeDef),
+/// What every processor definition answers, whatever its type. A type's
+/// definition struct implements it in its own module (`config.rs`), and
+/// builds its running component from it (the config builds the component).
+pub trait Definition: std::fmt::Debug + Send + Sync + 'static {
+    fn name(&self) -> &str;
+    /// The consumer group it reads with.
+    fn group(&self) -> &str;
+    /// The event kinds it reads.
+    fn kinds(&self) -> &[String];
+    fn enabled(&self) -> bool;
+    /// Checks what can be checked without the database or the sink.
+    fn check(&self) -> Result<(), String>;
+    /// Builds the running component (checks the definition against the
+    /// database or the sink).
+    fn build(
+        &self,
+        ctx: ProcessorContext,
+    ) -> BoxFuture<'_, Result<Box<dyn Processor>, ProcessorError>>;
+    /// For callers that need one type's own definition
+    /// ([`ProcessorConfig::get`]).
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// A processor type: the `type` of its files and how one is read. Each
+/// type's module declares its own (`rollup::TYPE`, …); [`TYPES`] lists them.
+pub struct ProcessorType {
+    pub name: &'static str,
+    /// Reads a definition file's text (its `type` key already matched).
+    pub parse: fn(&str) -> Result<Arc<dyn Definition>, String>,
+}
+
+/// Every processor type. A new type is a directory under `processor/` with
+/// its definition (implementing [`Definition`]) and its `TYPE`, plus one
+/// line here.
+pub const TYPES: &[ProcessorType] = &[
+    super::rollup::TYPE,
+    super::clickhouse_archive::TYPE,
+    super::kafka_bridge::TYPE,
+];
+
+/// Reads a definition file's text as `T`, without its `type` key (which
+/// picked `T`): what a type's `parse` calls.
+pub fn parse_definition<T: DeserializeOwned>(text: &str) -> Result<T, String> {
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+    table.remove("type");
+    T::deserialize(table).map_err(|e| e.to_string())
+}
+
+/// One definition file, of any type.
+#[derive(Debug, Clone)]
+pub struct ProcessorConfig {
+    type_name: &'static str,
+    def: Arc<dyn Definition>,
 }
 
 impl ProcessorConfig {
+    /// Reads a definition file's text: its `type` picks the type.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+        let Some(kind) = table.get("type").and_then(|t| t.as_str()) else {
+            return Err(format!(
+                "no `type`: a processor file starts with type = \"{}\"",
+                TYPES.first().map_or("rollup", |t| t.name)
+            ));
+        };
+        let Some(t) = TYPES.iter().find(|t| t.name == kind) else {
+            let names: Vec<&str> = TYPES.iter().map(|t| t.name).collect();
+            return Err(format!(
+                "unknown type {kind:?}: use {}, or {ALERTS_TYPE} or {VIEW_TYPE} for rules and views",
+                names.join(", ")
+            ));
+        };
+        Ok(Self {
+            type_name: t.name,
+            def: (t.parse)(text)?,
+        })
+    }
+
+    /// The file's `type`.
+    pub fn type_name(&self) -> &str {
+        self.type_name
+    }
+
+    /// The definition when it is a `T` (`RollupDef`, `ArchiveDef`, …).
+    pub fn get<T: 'static>(&self) -> Option<&T> {
+        self.def.as_any().downcast_ref::<T>()
+    }
+
     pub fn name(&self) -> &str {
-        match self {
-            ProcessorConfig::Rollup(d) => &d.name,
-            ProcessorConfig::ClickhouseArchive(d) => &d.name,
-            ProcessorConfig::KafkaBridge(d) => &d.name,
-        }
+        self.def.name()
     }
     pub fn group(&self) -> &str {
-        match self {
-            ProcessorConfig::Rollup(d) => &d.group,
-            ProcessorConfig::ClickhouseArchive(d) => &d.group,
-            ProcessorConfig::KafkaBridge(d) => &d.group,
-        }
+        self.def.group()
     }
     pub fn kinds(&self) -> &[String] {
-        match self {
-            ProcessorConfig::Rollup(d) => &d.kinds,
-            ProcessorConfig::ClickhouseArchive(d) => &d.kinds,
-            ProcessorConfig::KafkaBridge(d) => &d.kinds,
-        }
+        self.def.kinds()
     }
     pub fn enabled(&self) -> bool {
-        match self {
-            ProcessorConfig::Rollup(d) => d.enabled,
-            ProcessorConfig::ClickhouseArchive(d) => d.enabled,
-            ProcessorConfig::KafkaBridge(d) => d.enabled,
-        }
+        self.def.enabled()
     }
 
     /// Checks what can be checked without the database.
     pub fn check(&self) -> Result<(), String> {
-        match self {
-            ProcessorConfig::Rollup(d) => d.check(),
-            ProcessorConfig::ClickhouseArchive(d) => d.check(),
-            ProcessorConfig::KafkaBridge(d) => d.check(),
-        }
+        self.def.check()
     }
 
     /// Builds the running component (checks the definition against the database).
     pub async fn build(&self, ctx: ProcessorContext) -> Result<Box<dyn Processor>, ProcessorError> {
-        match self {
-            ProcessorConfig::Rollup(d) => Ok(Box::new(d.build(ctx).await?)),
-            ProcessorConfig::ClickhouseArchive(d) => d.build(ctx).await,
-            ProcessorConfig::KafkaBridge(d) => d.build(ctx).await,
-        }
+        self.def.build(ctx).await
     }
 }
 
@@ -129,8 +181,7 @@ impl ProcessorRegistry {
             if kind.as_deref() == Some(ALERTS_TYPE) || kind.as_deref() == Some(VIEW_TYPE) {
                 continue;
             }
-            let def: ProcessorConfig =
-                toml::from_str(&text).map_err(|e| bad(&file, e.to_string()))?;
+            let def = ProcessorConfig::parse(&text).map_err(|e| bad(&file, e))?;
             for kind in def.kinds() {
                 if schemas.kind_index(kind).is_none() {
                     return Err(bad(

@@ -5,8 +5,8 @@ use std::collections::HashSet;
 
 use super::def::{MeasureOp, PointOp, ViewDef};
 use crate::expr::Expr;
-use crate::processor::rollup::MeasureDef as RollupMeasure;
-use crate::processor::{ProcessorConfig, ProcessorRegistry};
+use crate::processor::rollup::{MeasureDef as RollupMeasure, RollupDef};
+use crate::processor::ProcessorRegistry;
 
 /// Longest name of a view, scope, field, measure or list.
 const MAX_NAME: usize = 64;
@@ -142,7 +142,7 @@ fn rollup_classes(
     name: &str,
     field: &str,
 ) -> Result<Vec<(String, Option<Expr>)>, String> {
-    let Some(ProcessorConfig::Rollup(def)) = processors.get(name) else {
+    let Some(def) = processors.get(name).and_then(|p| p.get::<RollupDef>()) else {
         return Err(format!(
             "point {field:?}: rollup = {name:?} names no rollup processor"
         ));

@@ -774,8 +774,7 @@ async fn without_the_kafka_feature_building_the_bridge_says_so() {
         store: env.store().await,
         schemas,
         settings: env.settings.rollup.clone(),
-        kafka: env.settings.kafka.clone(),
-        clickhouse: env.settings.clickhouse.clone(),
+        config: std::sync::Arc::new(env.settings.clone()),
         worker_id: "test".into(),
     };
     let err = match def.build(ctx).await {

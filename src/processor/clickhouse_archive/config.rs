@@ -91,10 +91,8 @@ mod tests {
             env!("CARGO_MANIFEST_DIR")
         );
         let text = std::fs::read_to_string(path).expect("read");
-        let def: crate::processor::ProcessorConfig = toml::from_str(&text).expect("parses");
-        let crate::processor::ProcessorConfig::ClickhouseArchive(d) = def else {
-            panic!("not an archive");
-        };
+        let d = crate::processor::registry::parse_definition::<super::ArchiveDef>(&text)
+            .expect("an archive");
         assert!(!d.enabled);
         d.check().expect("valid");
         assert_eq!(d.table("http"), "http_events");

@@ -24,7 +24,7 @@ pub async fn build(
     def: &ArchiveDef,
     ctx: ProcessorContext,
 ) -> Result<Box<dyn Processor>, ProcessorError> {
-    let archive = Archive::new(&ctx.clickhouse);
+    let archive = Archive::new(&ctx.config.clickhouse);
     let bad = |reason: String| ProcessorError::Definition {
         file: format!("processor {}", def.name),
         reason,

@@ -289,7 +289,6 @@ impl Template {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::processor::ProcessorConfig;
 
     fn shipped() -> BridgeDef {
         let path = format!(
@@ -297,11 +296,7 @@ mod tests {
             env!("CARGO_MANIFEST_DIR")
         );
         let text = std::fs::read_to_string(path).expect("read");
-        let def: ProcessorConfig = toml::from_str(&text).expect("parses");
-        let ProcessorConfig::KafkaBridge(d) = def else {
-            panic!("not a kafka bridge");
-        };
-        d
+        crate::processor::registry::parse_definition::<BridgeDef>(&text).expect("a bridge")
     }
 
     fn schemas() -> SchemaRegistry {

@@ -78,7 +78,7 @@ pub async fn build(
         file: format!("processor {}", def.name),
         reason,
     };
-    let sink = KafkaSink::new(def, &ctx.kafka, &ctx.schemas).map_err(bad)?;
+    let sink = KafkaSink::new(def, &ctx.config.kafka, &ctx.schemas).map_err(bad)?;
     if let Some(spec) = sink.create.clone() {
         let (config, ready) = (sink.admin_config.clone(), sink.topics_ready.clone());
         let name = def.name.clone();

@@ -15,7 +15,6 @@ use super::{BridgeDef, HEADER_ID, HEADER_KIND, HEADER_SCHEMA_VERSION, HEADER_STR
 use crate::config::KafkaConfig;
 use crate::event::SchemaRegistry;
 use crate::processor::sink::{Sink, SinkEntry, Verdict};
-use crate::processor::ProcessorConfig;
 use crate::stream::{Shard, StreamId};
 
 const TOPIC: &str = "flowmeter.http";
@@ -31,9 +30,7 @@ fn def() -> BridgeDef {
         env!("CARGO_MANIFEST_DIR")
     );
     let text = std::fs::read_to_string(path).expect("read");
-    let ProcessorConfig::KafkaBridge(mut d) = toml::from_str(&text).expect("parses") else {
-        panic!("not a kafka bridge");
-    };
+    let mut d: BridgeDef = crate::processor::registry::parse_definition(&text).expect("a bridge");
     d.create_topics = false; // the mock cluster has no CreateTopics
     d
 }

@@ -1,7 +1,7 @@
 use serde_json::json;
 
 use super::*;
-use crate::processor::ProcessorConfig;
+use crate::processor::rollup::RollupDef;
 use crate::store::ms_datetime;
 
 fn column(name: &str, data_type: &str) -> ColumnInfo {
@@ -55,9 +55,8 @@ fn tables(measures: &str, time_type: &str, extra: &[ColumnInfo]) -> Vec<Compiled
           column = "n"
         "#
     );
-    let ProcessorConfig::Rollup(def) = toml::from_str(&text).expect("definition parses") else {
-        panic!("not a rollup");
-    };
+    let def: RollupDef =
+        crate::processor::registry::parse_definition(&text).expect("definition parses");
     let mut cols = vec![
         column("hour", time_type),
         column("day", "date"),

@@ -316,11 +316,7 @@ mod tests {
     fn load(name: &str) -> RollupDef {
         let path = format!("{}/processors/{name}", env!("CARGO_MANIFEST_DIR"));
         let text = std::fs::read_to_string(&path).expect("read");
-        let def: crate::processor::ProcessorConfig = toml::from_str(&text).expect("parses");
-        let crate::processor::ProcessorConfig::Rollup(d) = def else {
-            panic!("{name} is not a rollup");
-        };
-        d
+        crate::processor::registry::parse_definition::<RollupDef>(&text).expect("a rollup")
     }
 
     #[test]
@@ -348,13 +344,18 @@ mod tests {
             column = "n"
             colour = "red"
         "#;
-        let err =
-            toml::from_str::<crate::processor::ProcessorConfig>(bad).expect_err("unknown key");
-        assert!(err.to_string().contains("colour"), "{err}");
+        let err = crate::processor::ProcessorConfig::parse(bad).expect_err("unknown key");
+        assert!(err.contains("colour"), "{err}");
 
         let bad = bad.replace("colour = \"red\"", "where = \"status >= \"");
-        let err = toml::from_str::<crate::processor::ProcessorConfig>(&bad).expect_err("bad expr");
-        assert!(err.to_string().contains("expected"), "{err}");
+        let err = crate::processor::ProcessorConfig::parse(&bad).expect_err("bad expr");
+        assert!(err.contains("expected"), "{err}");
+        let err = crate::processor::ProcessorConfig::parse("type = \"rolup\"").expect_err("type");
+        assert!(
+            err.contains("unknown type \"rolup\"")
+                && err.contains("rollup, clickhouse_archive, kafka_bridge"),
+            "{err}"
+        );
     }
 
     #[test]
