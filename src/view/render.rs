@@ -27,6 +27,11 @@ impl Cells {
         }
     }
 
+    /// Bytes held on the heap.
+    pub fn heap_bytes(&self) -> usize {
+        self.0.len() * std::mem::size_of::<f64>()
+    }
+
     /// Slot `i` (0 when absent).
     pub fn get(&self, i: usize) -> f64 {
         self.0.get(i).copied().unwrap_or(0.0)
