@@ -13,14 +13,6 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-fn is(kind: &'static str, channel: &'static str) -> impl Fn(&Value) -> bool {
-    move |v| v["type"] == kind && (channel.is_empty() || v["channel"] == channel)
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
 async fn post(client: &reqwest::Client, server: &Server, from: u64, n: u64) {
     post_http_range(
         client,
@@ -35,12 +27,7 @@ async fn post(client: &reqwest::Client, server: &Server, from: u64, n: u64) {
 
 /// Requests in update points (an array of objects) or a columnar series.
 fn requests_in(points: &Value) -> u64 {
-    let col = points["requests"].as_array();
-    points
-        .as_array()
-        .map(|ps| ps.iter().map(|p| p["requests"].as_u64().unwrap_or(0)).sum())
-        .or_else(|| col.map(|c| c.iter().filter_map(Value::as_u64).sum()))
-        .unwrap_or(0)
+    field_total(points, "requests")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,15 +1,16 @@
 //! WebSocket clients of the hub (`GET /v1/ws`) for the integration tests:
-//! connect, send a JSON message, wait for the message a test expects.
+//! connect, send a JSON message, wait for the message a test expects, and
+//! add up a point field of what came.
 
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use super::Server;
+use super::{wait_until, Server};
 
 /// A plain `ws://` client connection.
 pub type Ws = WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -51,4 +52,41 @@ pub async fn next_where<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
     }
+}
+
+/// Matches messages of type `kind` on `channel` (any channel when empty),
+/// for [`next_where`].
+pub fn is(kind: &'static str, channel: &'static str) -> impl Fn(&Value) -> bool {
+    move |v| v["type"] == kind && (channel.is_empty() || v["channel"] == channel)
+}
+
+/// Now in unix milliseconds: the `ts` of live events (the hub skips events
+/// more than 5 minutes old when they arrive).
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// The total of point field `field` in update points (an array of objects)
+/// or in a columnar series (`series["1s"]`).
+pub fn field_total(points: &Value, field: &str) -> u64 {
+    let col = points[field].as_array();
+    points
+        .as_array()
+        .map(|ps| ps.iter().map(|p| p[field].as_u64().unwrap_or(0)).sum())
+        .or_else(|| col.map(|c| c.iter().filter_map(Value::as_u64).sum()))
+        .unwrap_or(0)
+}
+
+/// Waits (20 s at most) until `server`'s hub has closed its first second.
+/// Before that its snapshots are as of second 0 (`"seq": 0`), and the
+/// first tick sends their subscribers a second full snapshot with `"reason":
+/// "resume_gap"` instead of an update.
+pub async fn hub_ticking(server: &Server) {
+    wait_until(Duration::from_secs(20), || async move {
+        let mut ws = connect(server, "").await;
+        send(&mut ws, json!({"op": "subscribe", "channels": ["alerts"]})).await;
+        let s = next_where(&mut ws, Duration::from_secs(5), is("snapshot", "alerts")).await;
+        s["seq"].as_i64().is_some_and(|seq| seq > 0)
+    })
+    .await;
 }
