@@ -318,6 +318,12 @@ pub async fn serve(
     }
 
     let hub = roles.has(Role::Hub).then(|| {
+        if views.is_empty() {
+            tracing::warn!(
+                processors = %settings.paths.processors.display(),
+                "no view files (type = \"view\") in the processors directory: the hub serves only the alerts channel; copy processors/http_view.toml and webrtc_view.toml there (docs/views.md)"
+            );
+        }
         let hub = crate::hub::Hub::new(settings.hub.clone(), views.clone());
         tracker.spawn(hub.clone().run(
             redis.clone(),

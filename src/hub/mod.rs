@@ -97,6 +97,10 @@ const COMMAND_QUEUE: usize = 64;
 /// resuming clients get a snapshot).
 const CATCH_UP_SECS: i64 = 10;
 
+/// How long a snapshot asked before the hub's first closed second waits
+/// for it (the clock closes one every second, after `hub.tick_grace_ms`).
+const FIRST_TICK_WAIT: Duration = Duration::from_secs(3);
+
 /// The hub's worker is gone (it only stops when the hub is dropped).
 #[derive(Debug, thiserror::Error)]
 #[error("the hub's worker thread has stopped")]
@@ -176,6 +180,12 @@ impl Hub {
     /// and the JSON of the `snapshot` message without its `reason`. Computed on the
     /// worker thread, once per channel and second however many ask.
     pub async fn snapshot(&self, channel: &Channel) -> Result<(i64, Arc<str>), WorkerGone> {
+        // a hub that has closed no second yet would answer as of second 0,
+        // and the first tick would then owe the client a resume_gap
+        // snapshot: wait for that first close (about a second after start)
+        let mut ticks = self.shared.tick.subscribe();
+        let first = ticks.wait_for(|sec| *sec > 0);
+        let _ = tokio::time::timeout(FIRST_TICK_WAIT, first).await;
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Snapshot {

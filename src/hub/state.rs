@@ -312,12 +312,14 @@ impl State {
             metrics::HUB_EVENTS_BACKDATED.inc();
             return;
         }
-        let views = self.kinds.get(kind).cloned().unwrap_or_default();
-        for vi in views {
-            let Some(view) = self.views.get(vi).cloned() else {
+        let views = self.views.clone();
+        for i in 0..self.kinds.get(kind).map_or(0, Vec::len) {
+            let Some(vi) = self.kinds.get(kind).and_then(|k| k.get(i)).copied() else {
                 continue;
             };
-            self.apply_view(vi, &view, &ev, ms, recent_from);
+            if let Some(view) = views.get(vi) {
+                self.apply_view(vi, view, &ev, ms, recent_from);
+            }
         }
     }
 
@@ -337,11 +339,13 @@ impl State {
                 let max = self.cfg.max_peers;
                 match self.members.get_mut(vi) {
                     Some(all) if all.contains_key(&key) || all.len() < max => {
-                        let seen = all.entry(key.clone()).or_insert_with(|| {
-                            metrics::HUB_PEERS_TRACKED.inc();
-                            sec
-                        });
-                        *seen = (*seen).max(sec);
+                        match all.get_mut(&key) {
+                            Some(seen) => *seen = (*seen).max(sec),
+                            None => {
+                                metrics::HUB_PEERS_TRACKED.inc();
+                                all.insert(key.clone(), sec);
+                            }
+                        }
                         Some(key)
                     }
                     _ => {
@@ -372,8 +376,12 @@ impl State {
             };
             sub.w.add(ms, &point, sketch);
             if let (Some(key), false) = (&tracked, sub.dims.is_empty()) {
-                let seen = sub.members.entry(key.clone()).or_insert(sec);
-                *seen = (*seen).max(sec);
+                match sub.members.get_mut(key) {
+                    Some(seen) => *seen = (*seen).max(sec),
+                    None => {
+                        sub.members.insert(key.clone(), sec);
+                    }
+                }
             }
         }
         if folded {
@@ -484,7 +492,7 @@ impl State {
                 let mut o = Map::new();
                 for (key, secs) in [("1m", 60), ("5m", SECONDS)] {
                     let t = sub.w.total(now, secs);
-                    let w = view.window_json(&t, secs, &mut || sub.w.latency(now, secs));
+                    let w = view.window_json(&t, secs, || sub.w.latency(now, secs));
                     o.insert(key.into(), w);
                 }
                 for (ti, top) in view.tops.iter().enumerate() {
@@ -547,7 +555,6 @@ impl State {
                 }
                 // one total per subject and second; lists show no quantiles
                 let t = sub.w.total(now, l.window_secs);
-                let mut no_sketch = crate::sketch::DdSketch::new;
                 let mut row = Map::new();
                 for (d, v) in scope
                     .map(|s| &s.dims[..])
@@ -559,17 +566,15 @@ impl State {
                 }
                 row.insert(l.members.clone(), json!(members));
                 for m in l.columns.iter().filter_map(|c| view.measures.get(*c)) {
-                    row.insert(
-                        m.name.clone(),
-                        view.measure(m, &t, l.window_secs, &mut no_sketch),
-                    );
+                    row.insert(m.name.clone(), view.measure(m, &t, l.window_secs, None));
                 }
                 for (key, f) in &l.dominant {
                     row.insert(key.clone(), view.dominant(*f, &t));
                 }
-                let order = view.measures.get(l.order_by).map_or(0.0, |m| {
-                    view.measure_f64(m, &t, l.window_secs, &mut no_sketch)
-                });
+                let order = view
+                    .measures
+                    .get(l.order_by)
+                    .map_or(0.0, |m| view.measure_f64(m, &t, l.window_secs, None));
                 Some((order, &sub.dims[..], Value::Object(row)))
             })
             .collect();
@@ -643,7 +648,8 @@ impl State {
             .map(|(k, sub)| {
                 let t = sub.w.total(now, secs);
                 let n = t.get(view.events) as u64;
-                let v = view.measure_f64(m, &t, secs, &mut || sub.w.latency(now, secs));
+                let sk = m.needs_sketch().then(|| sub.w.latency(now, secs));
+                let v = view.measure_f64(m, &t, secs, sk.as_ref());
                 (k.clone(), v, n)
             })
             .collect()
@@ -943,14 +949,15 @@ mod tests {
         let mut st = state(cfg);
         let t = 1_772_359_200_000u64;
         let sec = (t / 1000) as i64;
-        // the only lib test tracking peers: the process-wide counters move by its own
+        // the counters are process-wide and other lib tests (golden, demo
+        // rules) track peers in parallel: they move by at least this test's
         let (tracked0, expired0) = (
             metrics::HUB_PEERS_TRACKED.get(),
             metrics::HUB_PEERS_EXPIRED.get(),
         );
         let samples = (0..10).map(|i| webrtc(t, "m1", &format!("p{i}"))).collect();
         fold(&mut st, samples, sec - 30);
-        assert_eq!(metrics::HUB_PEERS_TRACKED.get() - tracked0, 3);
+        assert!(metrics::HUB_PEERS_TRACKED.get() - tracked0 >= 3);
         assert_eq!(st.members[1].len(), 3, "capped");
         assert_eq!(
             requests(&st, "webrtc:overview", sec),
@@ -967,15 +974,19 @@ mod tests {
             .collect();
         fold(&mut st, old, sec - 30);
         assert_eq!(st.members[1].len(), 3);
+        assert!(
+            st.members[1].keys().all(|k| &*k[0] == "m1"),
+            "none replayed"
+        );
+        let m2 = st
+            .subjects
+            .get("webrtc:meeting:m2")
+            .map(|s| s.members.len());
+        assert_eq!(m2, Some(0), "counted in the windows, not tracked");
         let shared = Shared::for_tests();
         st.close(sec + 31, &shared);
         assert!(st.members.iter().all(|m| m.is_empty()), "expired");
         assert!(st.subjects.values().all(|s| s.members.is_empty()));
-        assert_eq!(metrics::HUB_PEERS_EXPIRED.get() - expired0, 3);
-        assert_eq!(
-            metrics::HUB_PEERS_TRACKED.get() - tracked0,
-            3,
-            "none replayed"
-        );
+        assert!(metrics::HUB_PEERS_EXPIRED.get() - expired0 >= 3);
     }
 }

@@ -81,6 +81,11 @@ pub struct Measure {
 }
 
 impl Measure {
+    /// Reads the view's sketch (quantiles).
+    pub fn needs_sketch(&self) -> bool {
+        matches!(self.op, MeasureOp::Quantiles | MeasureOp::Quantile)
+    }
+
     /// One number (what an alert rule can compare).
     pub fn is_scalar(&self) -> bool {
         !matches!(self.op, MeasureOp::Classes | MeasureOp::Quantiles)
@@ -141,12 +146,18 @@ fn rollup_classes(
     processors: &ProcessorRegistry,
     name: &str,
     field: &str,
+    kind: &str,
 ) -> Result<Vec<(String, Option<Expr>)>, String> {
     let Some(def) = processors.get(name).and_then(|p| p.get::<RollupDef>()) else {
         return Err(format!(
             "point {field:?}: rollup = {name:?} names no rollup processor"
         ));
     };
+    if !def.kinds.iter().any(|k| k == kind) {
+        return Err(format!(
+            "point {field:?}: rollup {name:?} does not read kind {kind:?}"
+        ));
+    }
     let prefix = format!("{field}_");
     for t in &def.tables {
         for m in &t.measures {
@@ -168,9 +179,60 @@ fn rollup_classes(
 
 impl View {
     /// Checks `def` and lays it out; the error names the key at fault.
-    pub fn compile(def: ViewDef, processors: &ProcessorRegistry) -> Result<View, String> {
+    /// `properties`: the event fields the kind's schema declares (every
+    /// dimension, member key and expression must read one of them).
+    pub fn compile(
+        def: ViewDef,
+        processors: &ProcessorRegistry,
+        properties: &[String],
+    ) -> Result<View, String> {
         if def.kind_of_file != super::VIEW_TYPE {
             return Err("type must be \"view\"".into());
+        }
+        let known = |what: &str, field: &str| {
+            if properties.iter().any(|p| p == field) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{what} reads {field:?}, which is not a property of the {} schema",
+                    def.kind
+                ))
+            }
+        };
+        let read = |what: &str, e: Option<&Expr>| -> Result<(), String> {
+            for f in e.map(Expr::fields).unwrap_or_default() {
+                known(what, &f)?;
+            }
+            Ok(())
+        };
+        for s in &def.scopes {
+            for d in &s.dims {
+                known(&format!("scope {:?}", s.name), d)?;
+            }
+        }
+        for p in &def.points {
+            let what = format!("point {:?}", p.name);
+            read(&what, p.value.as_ref())?;
+            read(&what, p.filter.as_ref())?;
+            for c in &p.classes {
+                read(&what, c.filter.as_ref())?;
+            }
+        }
+        read("sketch", def.sketch.as_ref().map(|s| &s.value))?;
+        if let Some(m) = &def.members {
+            for k in &m.key {
+                known("members", k)?;
+            }
+            // each subject's members are then its share of the view's:
+            // together at most hub.max_peers per scope
+            for s in &def.scopes {
+                if let Some(d) = s.dims.iter().find(|d| !m.key.contains(d)) {
+                    return Err(format!(
+                        "members: key must hold every dimension of every scope (scope {:?} has {d:?})",
+                        s.name
+                    ));
+                }
+            }
         }
         check_name("view name", &def.name)?;
         if def.scopes.is_empty() {
@@ -221,7 +283,7 @@ impl View {
                     return bad("integer = true sums a bare field (its whole values); drop integer to sum an expression")
                 }
                 PointOp::Classes => match (&p.rollup, p.classes.is_empty()) {
-                    (Some(r), true) => rollup_classes(processors, r, &p.name)?,
+                    (Some(r), true) => rollup_classes(processors, r, &p.name, &def.kind)?,
                     (None, false) => p
                         .classes
                         .iter()
@@ -367,6 +429,12 @@ impl View {
             }
             if !(1..=300).contains(&t.window_secs) {
                 return Err(format!("{what}: window_secs must be 1 to 300"));
+            }
+            if ranked.contains(&t.by) {
+                return Err(format!(
+                    "{what}: by = {:?} is a dimension of its rows",
+                    t.by
+                ));
             }
             let of =
                 t.of.iter()
@@ -553,7 +621,17 @@ per = "queries"
 
     fn compile(extra: &str) -> Result<View, String> {
         let def: ViewDef = toml::from_str(&format!("{BASE}{extra}")).map_err(|e| e.to_string())?;
-        View::compile(def, &ProcessorRegistry::default())
+        let fields = [
+            "kind",
+            "ts",
+            "resolver",
+            "qtype",
+            "rcode",
+            "latency_ms",
+            "client",
+        ];
+        let properties: Vec<String> = fields.iter().map(|f| f.to_string()).collect();
+        View::compile(def, &ProcessorRegistry::default(), &properties)
     }
 
     #[test]
@@ -568,7 +646,7 @@ per = "queries"
     fn mistakes_are_refused_with_the_key_at_fault() {
         let cases = [
             ("[[point]]\nname = \"t\"\nop = \"count\"", "series key"),
-            ("[[point]]\nname = \"b\"\nop = \"sum\"\nvalue = \"a + b\"\ninteger = true", "bare field"),
+            ("[[point]]\nname = \"b\"\nop = \"sum\"\nvalue = \"latency_ms * 2\"\ninteger = true", "bare field"),
             ("[[point]]\nname = \"b\"\nop = \"sum\"", "sum needs a value"),
             ("[[point]]\nname = \"c\"\nop = \"classes\"", "classes needs"),
             ("[[point]]\nname = \"c\"\nop = \"classes\"\nrollup = \"nope\"", "names no rollup"),
@@ -581,6 +659,10 @@ per = "queries"
             ("[[list]]\nname = \"all\"\nscope = \"resolver\"\ncount = \"n\"\nrows = \"rows\"\nmembers = \"m\"\ncolumns = []\norder_by = \"failure_rate\"", "lists need [members]"),
             ("[[scope]]\nname = \"overview\"", "named twice"),
             ("[[scope]]\nname = \"a:b\"", "letters, digits"),
+            ("[[scope]]\nname = \"q\"\ndims = [\"qtyp\"]", "not a property of the dns schema"),
+            ("[[point]]\nname = \"x\"\nop = \"count\"\nwhere = \"rcod == 1\"", "\"rcod\", which is not a property"),
+            ("[members]\nkey = [\"client\"]\ncount = \"clients\"", "every dimension of every scope"),
+            ("[[top]]\nname = \"t\"\nscope = \"resolver\"\nin = [\"overview\"]\nby = \"resolver\"\nof = [\"queries\"]", "is a dimension of its rows"),
         ];
         for (extra, want) in cases {
             let e = compile(extra).expect_err(extra);

@@ -57,13 +57,15 @@ impl Views {
             }
             let def: def::ViewDef =
                 toml::from_str(&text).map_err(|e| definition_error(&file, e.to_string()))?;
-            if schemas.kind_index(&def.kind).is_none() {
+            let Some(info) = schemas.kind_index(&def.kind).and_then(|i| schemas.kind(i)) else {
                 return Err(definition_error(
                     &file,
                     format!("reads kind {:?}, which has no schema in schemas/", def.kind),
                 ));
-            }
-            let view = View::compile(def, processors).map_err(|r| definition_error(&file, r))?;
+            };
+            let properties = info.properties.clone();
+            let view = View::compile(def, processors, &properties)
+                .map_err(|r| definition_error(&file, r))?;
             if views.iter().any(|v| v.name == view.name) {
                 return Err(definition_error(
                     &file,

@@ -17,6 +17,10 @@ pub struct Cells(pub Box<[f64]>);
 impl Cells {
     /// Adds `o` slot by slot.
     pub fn merge(&mut self, o: &Cells) {
+        if self.0.is_empty() {
+            self.0.clone_from(&o.0);
+            return;
+        }
         if self.0.len() < o.0.len() {
             let mut v = self.0.to_vec();
             v.resize(o.0.len(), 0.0);
@@ -147,13 +151,7 @@ impl View {
 
     /// A measure's number over a window of `secs` seconds whose total is
     /// `t` (what alert rules compare; quantile lists give 0).
-    pub fn measure_f64(
-        &self,
-        m: &Measure,
-        t: &Cells,
-        secs: i64,
-        sketch: &mut dyn FnMut() -> DdSketch,
-    ) -> f64 {
+    pub fn measure_f64(&self, m: &Measure, t: &Cells, secs: i64, sketch: Option<&DdSketch>) -> f64 {
         match self.measure(m, t, secs, sketch) {
             Value::Number(n) => n.as_f64().unwrap_or(0.0),
             _ => 0.0,
@@ -161,13 +159,7 @@ impl View {
     }
 
     /// A measure's JSON over a window of `secs` seconds whose total is `t`.
-    pub fn measure(
-        &self,
-        m: &Measure,
-        t: &Cells,
-        secs: i64,
-        sketch: &mut dyn FnMut() -> DdSketch,
-    ) -> Value {
+    pub fn measure(&self, m: &Measure, t: &Cells, secs: i64, sketch: Option<&DdSketch>) -> Value {
         let of = t.sum(&m.of);
         let per = m.per.map_or(0.0, |p| t.get(p));
         match m.op {
@@ -176,7 +168,7 @@ impl View {
             MeasureOp::Ratio if per == 0.0 => json!(0.0),
             MeasureOp::Ratio => json!(of / per),
             MeasureOp::Avg if per == 0.0 => Value::Null,
-            MeasureOp::Avg => json!(of / per.max(1.0)),
+            MeasureOp::Avg => json!(of / per),
             MeasureOp::Classes => {
                 let Some(f) = m.field.and_then(|i| self.fields.get(i)) else {
                     return json!({});
@@ -190,24 +182,20 @@ impl View {
                 Value::Object(counts)
             }
             MeasureOp::Quantiles => {
-                let sk = sketch();
-                let q = |x: f64| sk.quantile(x).map(two_decimals);
+                let q = |x: f64| sketch.and_then(|sk| sk.quantile(x)).map(two_decimals);
                 json!({"p50": q(0.5), "p95": q(0.95), "p99": q(0.99)})
             }
-            MeasureOp::Quantile => json!(sketch().quantile(m.q).unwrap_or(0.0)),
+            MeasureOp::Quantile => json!(sketch.and_then(|sk| sk.quantile(m.q)).unwrap_or(0.0)),
         }
     }
 
     /// The summary window of `secs` seconds: every measure shown in
-    /// summaries, by name.
-    pub fn window_json(&self, t: &Cells, secs: i64, sketch: &mut dyn FnMut() -> DdSketch) -> Value {
-        let mut once: Option<DdSketch> = None;
-        let mut cached = || once.get_or_insert_with(&mut *sketch).clone();
-        let o: Map<String, Value> = self
-            .measures
-            .iter()
-            .filter(|m| m.summary)
-            .map(|m| (m.name.clone(), self.measure(m, t, secs, &mut cached)))
+    /// summaries, by name (`sketch` is asked once, when one needs it).
+    pub fn window_json(&self, t: &Cells, secs: i64, sketch: impl FnOnce() -> DdSketch) -> Value {
+        let shown = || self.measures.iter().filter(|m| m.summary);
+        let sk = shown().any(Measure::needs_sketch).then(sketch);
+        let o: Map<String, Value> = shown()
+            .map(|m| (m.name.clone(), self.measure(m, t, secs, sk.as_ref())))
             .collect();
         Value::Object(o)
     }
