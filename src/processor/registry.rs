@@ -51,6 +51,81 @@ pub const TYPES: &[ProcessorType] = &[
     super::kafka_bridge::TYPE,
 ];
 
+/// Declares a processor type in its module: `pub const TYPE` and the
+/// [`Definition`] of its definition struct, whose `name`, `group`, `kinds`
+/// and `enabled` fields every type has, and whose own `check` and async
+/// `build` (returning anything that boxes into a `Box<dyn Processor>`) it
+/// calls.
+#[macro_export]
+macro_rules! processor_type {
+    ($def:ty, $name:literal) => {
+        /// This processor type (listed in `processor::registry::TYPES`).
+        pub const TYPE: $crate::processor::ProcessorType = $crate::processor::ProcessorType {
+            name: $name,
+            parse: |text| {
+                Ok(std::sync::Arc::new(
+                    $crate::processor::registry::parse_definition::<$def>(text)?,
+                ))
+            },
+        };
+
+        impl $crate::processor::Definition for $def {
+            fn name(&self) -> &str {
+                &self.name
+            }
+            fn group(&self) -> &str {
+                &self.group
+            }
+            fn kinds(&self) -> &[String] {
+                &self.kinds
+            }
+            fn enabled(&self) -> bool {
+                self.enabled
+            }
+            fn check(&self) -> Result<(), String> {
+                <$def>::check(self)
+            }
+            fn build(
+                &self,
+                ctx: $crate::processor::ProcessorContext,
+            ) -> futures::future::BoxFuture<
+                '_,
+                Result<Box<dyn $crate::processor::Processor>, $crate::processor::ProcessorError>,
+            > {
+                Box::pin(async move {
+                    let built = <$def>::build(self, ctx).await?;
+                    Ok($crate::processor::registry::boxed(built))
+                })
+            }
+            fn as_any(&self) -> &dyn std::any::Any {
+                self
+            }
+        }
+    };
+}
+
+/// A built processor as the registry hands it out.
+pub trait IntoBoxed {
+    fn boxed(self) -> Box<dyn Processor>;
+}
+
+impl IntoBoxed for Box<dyn Processor> {
+    fn boxed(self) -> Box<dyn Processor> {
+        self
+    }
+}
+
+impl<P: Processor + 'static> IntoBoxed for P {
+    fn boxed(self) -> Box<dyn Processor> {
+        Box::new(self)
+    }
+}
+
+/// [`IntoBoxed::boxed`], for [`processor_type!`].
+pub fn boxed(p: impl IntoBoxed) -> Box<dyn Processor> {
+    p.boxed()
+}
+
 /// Reads a definition file's text as `T`, without its `type` key (which
 /// picked `T`): what a type's `parse` calls.
 pub fn parse_definition<T: DeserializeOwned>(text: &str) -> Result<T, String> {

@@ -21,42 +21,4 @@ mod processor;
 
 pub use config::ArchiveDef;
 
-use std::sync::Arc;
-
-use futures::future::BoxFuture;
-
-use crate::processor::registry::{parse_definition, Definition, ProcessorType};
-use crate::processor::{Processor, ProcessorContext, ProcessorError};
-
-/// The `clickhouse_archive` processor type (listed in `processor::registry::TYPES`).
-pub const TYPE: ProcessorType = ProcessorType {
-    name: "clickhouse_archive",
-    parse: |text| Ok(Arc::new(parse_definition::<ArchiveDef>(text)?)),
-};
-
-impl Definition for ArchiveDef {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn group(&self) -> &str {
-        &self.group
-    }
-    fn kinds(&self) -> &[String] {
-        &self.kinds
-    }
-    fn enabled(&self) -> bool {
-        self.enabled
-    }
-    fn check(&self) -> Result<(), String> {
-        ArchiveDef::check(self)
-    }
-    fn build(
-        &self,
-        ctx: ProcessorContext,
-    ) -> BoxFuture<'_, Result<Box<dyn Processor>, ProcessorError>> {
-        Box::pin(async move { ArchiveDef::build(self, ctx).await })
-    }
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-}
+crate::processor_type!(ArchiveDef, "clickhouse_archive");

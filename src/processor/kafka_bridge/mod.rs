@@ -23,13 +23,6 @@ mod tests;
 
 pub use config::{BridgeDef, Template};
 
-use std::sync::Arc;
-
-use futures::future::BoxFuture;
-
-use crate::processor::registry::{parse_definition, Definition, ProcessorType};
-use crate::processor::{Processor, ProcessorContext, ProcessorError};
-
 use crate::processor::sink::SinkError;
 
 /// Header naming the event kind.
@@ -81,35 +74,4 @@ impl From<BridgeError> for SinkError {
     }
 }
 
-/// The `kafka_bridge` processor type (listed in `processor::registry::TYPES`).
-pub const TYPE: ProcessorType = ProcessorType {
-    name: "kafka_bridge",
-    parse: |text| Ok(Arc::new(parse_definition::<BridgeDef>(text)?)),
-};
-
-impl Definition for BridgeDef {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn group(&self) -> &str {
-        &self.group
-    }
-    fn kinds(&self) -> &[String] {
-        &self.kinds
-    }
-    fn enabled(&self) -> bool {
-        self.enabled
-    }
-    fn check(&self) -> Result<(), String> {
-        BridgeDef::check(self)
-    }
-    fn build(
-        &self,
-        ctx: ProcessorContext,
-    ) -> BoxFuture<'_, Result<Box<dyn Processor>, ProcessorError>> {
-        Box::pin(async move { BridgeDef::build(self, ctx).await })
-    }
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-}
+crate::processor_type!(BridgeDef, "kafka_bridge");

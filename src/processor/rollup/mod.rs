@@ -24,47 +24,7 @@ mod writer;
 
 pub use agg::{fold_event, CompiledTable, MState, Row, RowKey, SqlVal, TableRows, OTHER};
 pub use config::{ClassDef, Dimension, MeasureDef, RollupDef, TableDef, Window};
-
-use std::sync::Arc;
-
-use futures::future::BoxFuture;
-
-use crate::processor::registry::{parse_definition, Definition, ProcessorType};
-use crate::processor::{Processor, ProcessorContext, ProcessorError};
 pub use processor::{check_future, RollupProcessor};
 pub use replay::{ReplayError, ReplayOptions, ReplayReport};
 
-/// The `rollup` processor type (listed in `processor::registry::TYPES`).
-pub const TYPE: ProcessorType = ProcessorType {
-    name: "rollup",
-    parse: |text| Ok(Arc::new(parse_definition::<RollupDef>(text)?)),
-};
-
-impl Definition for RollupDef {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn group(&self) -> &str {
-        &self.group
-    }
-    fn kinds(&self) -> &[String] {
-        &self.kinds
-    }
-    fn enabled(&self) -> bool {
-        self.enabled
-    }
-    fn check(&self) -> Result<(), String> {
-        RollupDef::check(self)
-    }
-    fn build(
-        &self,
-        ctx: ProcessorContext,
-    ) -> BoxFuture<'_, Result<Box<dyn Processor>, ProcessorError>> {
-        Box::pin(
-            async move { Ok(Box::new(RollupDef::build(self, ctx).await?) as Box<dyn Processor>) },
-        )
-    }
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-}
+crate::processor_type!(RollupDef, "rollup");
