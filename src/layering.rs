@@ -75,6 +75,29 @@ fn the_hub_does_not_import_the_api_nor_the_processors_the_alerts() {
     assert!(found.is_empty(), "{}", found.join("\n"));
 }
 
+/// The benchmark and the load generator are leaves of the server: only
+/// the CLI (and tests) use them, so they can move to a crate of their own
+/// that the server does not depend on (issue 15's last step).
+#[test]
+fn only_the_cli_uses_the_bench_and_the_load_generator() {
+    let needles = [
+        "crate::bench",
+        "crate::loadgen",
+        "flowmeter::bench",
+        "flowmeter::loadgen",
+    ];
+    let found: Vec<String> = offenders("", &["cli", "bench", "loadgen", "layering.rs"], &needles)
+        .into_iter()
+        // a test-only module (the demo rules against the demo's traffic)
+        .filter(|l| !l.starts_with("src/hub/state/demo_rules.rs"))
+        .collect();
+    assert!(
+        found.is_empty(),
+        "server code using the bench or the load generator:\n{}",
+        found.join("\n")
+    );
+}
+
 /// The top-level modules of `src/` (files and directories, not `main` nor
 /// `lib`), each with the other top-level modules its non-test code names as
 /// `crate::<module>`.
