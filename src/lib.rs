@@ -8,9 +8,12 @@
 //!
 //! The workspace: this crate (the server and the CLI), `flowmeter-core`
 //! (the wire: events, stream keys and shards, the Redis connection, the
-//! producer) and `flowmeter-collector` (the tower layer services embed). The
-//! wire modules are re-exported below, so `flowmeter::event`,
-//! `flowmeter::stream` and `flowmeter::collector` are the paths to use.
+//! producer), `flowmeter-collector` (the tower layer services embed) and
+//! `flowmeter-bench` (the load generator and the benchmarks, with the
+//! binary that `flowmeter loadgen|verify|bench` run; this crate does not
+//! depend on it). The wire modules are re-exported below, so
+//! `flowmeter::event`, `flowmeter::stream` and `flowmeter::collector` are
+//! the paths to use.
 //!
 //! | module | concept |
 //! |---|---|
@@ -34,16 +37,13 @@
 //! | [`app`] | wiring: builds every component from the config and runs the roles |
 //! | [`telemetry`] | tracing setup and the names of every counter |
 //! | [`collector`] | the in-process tower layer that records `http` events, with its batching, spilling sender (the `flowmeter-collector` crate) |
-//! | [`loadgen`] | seeded synthetic traffic for both kinds, its exact totals, and `flowmeter verify` of them against the tables |
-//! | [`bench`] | `flowmeter bench`: the end-to-end and WebSocket benchmarks; they return reports, the CLI prints them |
-//! | [`cli`] | the command line: the parser, one module per subcommand with its rendering (tables, progress bars, human text); `main.rs` only calls it. Nothing else imports it |
+//! | [`cli`] | the command line: the parser, one module per subcommand with its rendering (tables, progress bars, human text), and the forwarding of `loadgen`, `verify` and `bench` to the `flowmeter-bench` binary; `main.rs` only calls it. Nothing else imports it |
 //! | [`pem`] | PEM files of the TLS settings, read and checked at start (`flowmeter_core::pem`) |
 
 pub mod alert;
 pub mod api;
 pub mod app;
 pub mod auth;
-pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod dlq;
@@ -51,7 +51,6 @@ pub mod event;
 pub mod expr;
 pub mod groups;
 pub mod hub;
-pub mod loadgen;
 pub mod processor;
 pub mod retention;
 pub mod sketch;

@@ -7,9 +7,6 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use indicatif::ProgressBar;
-
-use crate::loadgen::Meter;
 use crate::stream::StreamId;
 
 /// `n` with a comma every three digits: `10267` → `10,267`.
@@ -88,25 +85,6 @@ pub fn progress_style(template: &str) -> indicatif::ProgressStyle {
     indicatif::ProgressStyle::with_template(template)
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
         .with_key("rate", rate_key)
-}
-
-/// The progress bars of `loadgen` and `bench` (see
-/// [`BarMaker`](crate::loadgen::BarMaker)): `len` steps, or a spinner.
-pub fn bar(len: Option<u64>, meter: Meter<'_>) -> ProgressBar {
-    let pb = match len {
-        Some(n) => ProgressBar::new(n),
-        None => ProgressBar::new_spinner(),
-    };
-    let template = match meter {
-        Meter::Accepted => {
-            "  loadgen [{bar:30}] {pos:>9}/{len} accepted  {rate:>10}  {elapsed}".to_string()
-        }
-        Meter::Phase(what) => {
-            format!("  {what:<9} [{{bar:30}}] {{pos:>9}}/{{len}} {{rate:>10}} {{elapsed}}")
-        }
-    };
-    pb.set_style(progress_style(&template).progress_chars("=> "));
-    pb
 }
 
 /// An error and its causes for the terminal, each said once: a cause whose

@@ -8,23 +8,28 @@
 //! `cli/` imports from here (a test in this module checks it), so the
 //! dependencies point one way: library → cli → `main.rs`.
 //!
+//! `loadgen`, `verify` and `bench` are not here: they live in the
+//! `flowmeter-bench` crate, which the server does not depend on, and
+//! [`forward`] runs its binary (the sibling of this one) with the same
+//! argv. That crate's CLI reuses [`GlobalArgs`], [`table`], [`human`],
+//! [`stop_on_signal`] and [`exit_code`] from here.
+//!
 //! `anyhow` is used here, at the binary's edge, and nowhere below.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 
-pub mod bench;
 pub mod config;
 pub mod dlq;
+pub mod forward;
 pub mod groups;
 pub mod human;
-pub mod loadgen;
 pub mod migrate;
 pub mod query;
 pub mod replay;
@@ -32,7 +37,6 @@ pub mod serve;
 pub mod status;
 pub mod table;
 pub mod trim;
-pub mod verify;
 
 /// flowmeter: traffic and bandwidth metrics, event-sourced.
 ///
@@ -42,20 +46,38 @@ pub mod verify;
 #[derive(Parser)]
 #[command(name = "flowmeter", version, about, long_about)]
 pub struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The options every subcommand takes, before or after its name. The
+/// `flowmeter-bench` binary flattens the same struct into its parser, so
+/// `flowmeter loadgen …` can hand it its argv unchanged.
+#[derive(Args)]
+pub struct GlobalArgs {
     /// Config file (TOML). Without it, ./flowmeter.toml is read when present.
     /// Environment variables FLOWMETER__SECTION__KEY override both.
     #[arg(long, global = true, value_name = "PATH")]
-    config: Option<PathBuf>,
+    pub config: Option<PathBuf>,
 
     /// A named setup above the config file: `demo` acts on the data of
     /// `make demo` (prefix and database `fmdemo`). Without it,
     /// FLOWMETER_PROFILE names one. FLOWMETER__SECTION__KEY variables still
     /// override it.
     #[arg(long, global = true, value_name = "NAME")]
-    profile: Option<String>,
+    pub profile: Option<String>,
+}
 
-    #[command(subcommand)]
-    command: Command,
+impl GlobalArgs {
+    /// The configuration these options name (defaults < file < profile <
+    /// environment, as [`Settings::load`] layers them).
+    pub fn settings(&self) -> anyhow::Result<Settings> {
+        Settings::load(self.config.as_deref(), self.profile.as_deref())
+            .context("loading the configuration")
+    }
 }
 
 // The doc comments of the variants are the subcommands' `--help` texts
@@ -96,31 +118,28 @@ enum Command {
     /// workers, as tables. With --max-lag-secs it is a probe: exit code 2 when
     /// a group's lag age exceeds it.
     Status(status::StatusArgs),
-    /// Send realistic generated traffic at a steady rate to the ingest API
-    /// (default) or straight into the streams (--redis), and report sent,
-    /// accepted, rejected, achieved rate and latency. Ctrl-C stops it.
-    Loadgen(loadgen::LoadgenArgs),
+    /// Send generated traffic at a steady rate and report what was accepted
+    /// (run by flowmeter-bench; `flowmeter loadgen --help` for its options).
+    Loadgen(forward::Forward),
     /// Check a truth file written by `loadgen --truth` against the hourly
-    /// rollup tables: compare until they match or --wait runs out, print an
-    /// aligned table of every difference, exit 0 when they match, 1 when
-    /// they differ.
-    Verify(verify::VerifyArgs),
-    /// End-to-end benchmark: spawn an ingest and a rollup process, post
-    /// generated events in batches, wait until MySQL holds them all, check the
-    /// totals, and report events/s, latency, RSS and commits/min next to
-    /// redis-benchmark's pipelined XADD rate measured in the same run.
-    ///
-    /// Uses its own key prefix and database (--prefix), wiped at every run.
-    /// Build with --release: the children are this same binary.
-    /// `flowmeter bench ws` benchmarks the WebSocket hub instead.
-    Bench(bench::BenchArgs),
+    /// rollup tables (run by flowmeter-bench).
+    Verify(forward::Forward),
+    /// End-to-end and WebSocket hub benchmarks (run by flowmeter-bench;
+    /// `flowmeter bench --help` for its options).
+    Bench(forward::Forward),
 }
 
 /// Runs the parsed command line: exit code 0 on success, 1 with the error
 /// and its causes on stderr on failure, or the code a command asks for
 /// (`status --max-lag-secs`: 2).
 pub async fn main(cli: Cli) -> ExitCode {
-    match dispatch(cli).await {
+    exit_code(dispatch(cli).await)
+}
+
+/// A command's result as the process's exit code: its own code, or 1 with
+/// the error and its causes on stderr.
+pub fn exit_code(result: anyhow::Result<ExitCode>) -> ExitCode {
+    match result {
         Ok(code) => code,
         Err(e) => {
             // each cause once, without the backtrace RUST_BACKTRACE adds to
@@ -131,29 +150,30 @@ pub async fn main(cli: Cli) -> ExitCode {
     }
 }
 
-/// Loads the configuration and runs the subcommand.
+/// Loads the configuration and runs the subcommand; hands the ones of
+/// `flowmeter-bench` to it before loading anything (it loads the same
+/// configuration from the same options).
 pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
-    let settings = Settings::load(cli.config.as_deref(), cli.profile.as_deref())
-        .context("loading the configuration")?;
+    let settings = || cli.global.settings();
     match cli.command {
-        Command::Serve(args) => serve::run(settings, args).await?,
-        Command::Migrate => migrate::run(&settings).await?,
-        Command::Config => config::run(&settings),
-        Command::Dlq(args) => dlq::run(&settings, args).await?,
-        Command::Groups(args) => groups::run(&settings, args).await?,
-        Command::Replay(args) => replay::run(&settings, args).await?,
-        Command::Trim(args) => trim::run(&settings, args).await?,
-        Command::Query(args) => query::run(&settings, args).await?,
-        Command::Status(args) => return status::run(&settings, args).await,
-        Command::Loadgen(args) => loadgen::run(&settings, args).await?,
-        Command::Verify(args) => verify::run(&settings, args).await?,
-        Command::Bench(args) => bench::run(&settings, args).await?,
+        Command::Serve(args) => serve::run(settings()?, args).await?,
+        Command::Migrate => migrate::run(&settings()?).await?,
+        Command::Config => config::run(&settings()?),
+        Command::Dlq(args) => dlq::run(&settings()?, args).await?,
+        Command::Groups(args) => groups::run(&settings()?, args).await?,
+        Command::Replay(args) => replay::run(&settings()?, args).await?,
+        Command::Trim(args) => trim::run(&settings()?, args).await?,
+        Command::Query(args) => query::run(&settings()?, args).await?,
+        Command::Status(args) => return status::run(&settings()?, args).await,
+        Command::Loadgen(_) => return forward::run("loadgen"),
+        Command::Verify(_) => return forward::run("verify"),
+        Command::Bench(_) => return forward::run("bench"),
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// A token cancelled on SIGTERM or Ctrl-C.
-fn stop_on_signal() -> CancellationToken {
+pub fn stop_on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     tokio::spawn(cancel_on_signal(token.clone()));
     token

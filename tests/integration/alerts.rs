@@ -181,7 +181,7 @@ min_events = 5
 /// with a message written with units, and nothing else fires.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loadgen_incident_trips_the_shipped_error_rate_rule() {
-    use flowmeter::loadgen::{KindMix, LoadOptions, Target, INCIDENT_SERVICE};
+    use flowmeter_bench::loadgen::{KindMix, LoadOptions, Target, INCIDENT_SERVICE};
     use tokio_util::sync::CancellationToken;
 
     let mut env = TestEnv::new("alerts_incident");
@@ -205,7 +205,7 @@ async fn loadgen_incident_trips_the_shipped_error_rate_rule() {
     let settings = env.settings.clone();
     let load = {
         let stop = stop.clone();
-        tokio::spawn(async move { flowmeter::loadgen::run(&settings, &opts, stop).await })
+        tokio::spawn(async move { flowmeter_bench::loadgen::run(&settings, &opts, stop).await })
     };
     // `for` is 30 s: the alert comes after that, well within 90 s
     let fired = next_alert(&mut ws, Duration::from_secs(90))
@@ -216,7 +216,7 @@ async fn loadgen_incident_trips_the_shipped_error_rate_rule() {
     assert!(
         report.accepted > 0,
         "{}",
-        flowmeter::cli::loadgen::render(&report)
+        flowmeter_bench::cli::loadgen::render(&report)
     );
     assert_eq!(fired["state"], "fired", "{fired}");
     let a = &fired["alert"];

@@ -1,6 +1,7 @@
 //! `flowmeter bench` end to end on a small load: it spawns its own ingest and
 //! rollup processes, and exits non-zero unless every rollup total equals what
-//! it sent.
+//! it sent. And, without servers, how `flowmeter` hands `bench`, `loadgen`
+//! and `verify` to the `flowmeter-bench` binary next to it.
 
 use crate::common;
 
@@ -123,4 +124,58 @@ async fn ws_bench_measures_lag_memory_and_a_stalled_client() {
     assert!(received >= 40, "every subscriber got updates:\n{stdout}");
     assert_eq!(row("stalled client: snapshot after catching up"), "yes");
     env.cleanup().await;
+}
+
+/// `bin` (a `flowmeter`) with `args`, without a config.
+fn flowmeter(bin: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(bin)
+        .args(args)
+        .output()
+        .expect("run flowmeter")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn the_bench_commands_are_forwarded_with_their_own_help() {
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_flowmeter"));
+    let top = text(&flowmeter(bin, &["--help"]).stdout);
+    for sub in ["loadgen", "verify", "bench"] {
+        assert!(
+            top.lines().any(|l| l.trim_start().starts_with(sub)),
+            "no {sub} in:\n{top}"
+        );
+    }
+    // the help is flowmeter-bench's, under the name the user typed
+    let out = flowmeter(bin, &["bench", "--help"]);
+    let help = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(help.contains("--reference-entries"), "{help}");
+    assert!(help.contains("Usage: flowmeter bench"), "{help}");
+    let help = text(&flowmeter(bin, &["--profile", "demo", "bench", "ws", "--help"]).stdout);
+    assert!(help.contains("--subscribers"), "{help}");
+    // its exit code comes back: 2 for a usage error
+    let out = flowmeter(bin, &["loadgen", "--no-such-option"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--no-such-option"), "{err}");
+}
+
+#[test]
+fn a_missing_flowmeter_bench_binary_is_one_clear_error() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let alone = dir.path().join("flowmeter");
+    std::fs::copy(env!("CARGO_BIN_EXE_flowmeter"), &alone).expect("copy flowmeter");
+    let out = flowmeter(&alone, &["loadgen", "--rate", "5"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let wanted = dir.path().join("flowmeter-bench");
+    assert!(err.contains(&*wanted.to_string_lossy()), "{err}");
+    assert!(
+        err.contains("cargo build --release -p flowmeter-bench"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
 }

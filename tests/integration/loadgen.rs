@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use flowmeter::loadgen::{KindMix, LoadOptions, Target};
+use flowmeter_bench::loadgen::{KindMix, LoadOptions, Target};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -28,7 +28,7 @@ async fn truth_equals_the_rollup_tables() {
         progress: None,
         incident: None,
     };
-    let report = flowmeter::loadgen::run(&env.settings, &opts, CancellationToken::new())
+    let report = flowmeter_bench::loadgen::run(&env.settings, &opts, CancellationToken::new())
         .await
         .expect("loadgen");
     assert_eq!(report.sent, 8_000);
@@ -36,7 +36,7 @@ async fn truth_equals_the_rollup_tables() {
         report.accepted,
         8_000,
         "{}",
-        flowmeter::cli::loadgen::render(&report)
+        flowmeter_bench::cli::loadgen::render(&report)
     );
     assert_eq!(report.truth.events(), 8_000);
     assert!(

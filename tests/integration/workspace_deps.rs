@@ -1,7 +1,8 @@
 //! The crates a service embeds compile none of the server's heavy
 //! dependencies: `cargo tree` of `flowmeter-collector` and `flowmeter-core`
 //! (normal dependencies, default and all features) names none of sqlx,
-//! rdkafka, clickhouse or jsonschema. No servers needed.
+//! rdkafka, clickhouse or jsonschema; and the server's own tree has no
+//! `flowmeter-bench`. No servers needed.
 
 use std::process::Command;
 
@@ -82,4 +83,22 @@ fn the_check_sees_the_servers_dependencies() {
         )),
         ["sqlx-mysql"]
     );
+}
+
+/// The load generator and the benchmarks build on the server, never the
+/// other way: `flowmeter-bench` is at most a dev-dependency of the server's
+/// tests, so `cargo build -p flowmeter` does not compile it (issue 15).
+#[test]
+fn the_server_does_not_depend_on_the_bench() {
+    for features in [&[][..], &["--all-features"][..]] {
+        let names = tree("flowmeter", features);
+        assert!(
+            names.iter().any(|n| n == "flowmeter"),
+            "flowmeter: not in its own tree: {names:?}"
+        );
+        assert!(
+            !names.iter().any(|n| n == "flowmeter-bench"),
+            "flowmeter {features:?} depends on flowmeter-bench: the server must not use the bench crate"
+        );
+    }
 }

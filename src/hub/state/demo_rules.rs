@@ -9,7 +9,7 @@
 
 use super::*;
 use crate::alert::{AlertRules, Evaluator, Transition};
-use crate::loadgen::{GenConfig, Generator, Incident, KindMix, INCIDENT_SERVICE};
+use flowmeter_bench::loadgen::{GenConfig, Generator, Incident, KindMix, INCIDENT_SERVICE};
 
 /// `make demo`'s loadgen: `--rate 200` (mixed kinds, batches of 100).
 const DEMO_RATE: i64 = 200;

@@ -15,10 +15,10 @@ use tokio_util::sync::CancellationToken;
 use super::{
     bench_settings, free_port, proc_mb, reset, spawn_serve, terminate, BenchError, TempConfig,
 };
-use crate::config::Settings;
 use crate::loadgen::{KindMix, LoadOptions, Target};
-use crate::sketch::DdSketch;
-use crate::telemetry::metrics;
+use flowmeter::config::Settings;
+use flowmeter::sketch::DdSketch;
+use flowmeter::telemetry::metrics;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -226,7 +226,7 @@ pub async fn run(base: &Settings, opts: &WsBenchOptions) -> Result<WsBenchReport
         .await
         .map_err(|e| BenchError::Run(e.to_string()))?;
     let stall_dropped =
-        crate::telemetry::metrics::value_in(&metrics, metrics::HUB_DROPPED.name).unwrap_or(0.0);
+        flowmeter::telemetry::metrics::value_in(&metrics, metrics::HUB_DROPPED.name).unwrap_or(0.0);
     // reading again, it gets a snapshot flagged "slow"
     let recover = async {
         while let Some(Ok(m)) = stalled.next().await {

@@ -260,13 +260,14 @@ impl Generator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::SchemaRegistry;
+    use flowmeter::event::SchemaRegistry;
 
     #[test]
     fn reproducible_and_valid() {
-        let schemas = SchemaRegistry::load(
-            &std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("schemas"),
-        )
+        let schemas = SchemaRegistry::load(std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../schemas"
+        )))
         .expect("schemas");
         let run = || {
             let mut g = Generator::new(GenConfig::default());

@@ -3,8 +3,8 @@
 //! unlimited path, and the cost of TLS, all in one invocation.
 //!
 //! ```sh
-//! cargo run --release --example server_bench                 # 3 rounds × 200,000 events
-//! cargo run --release --example server_bench -- 100000 3 50  # events, rounds, events per request
+//! cargo run --release -p flowmeter-bench --example server_bench                 # 3 rounds × 200,000 events
+//! cargo run --release -p flowmeter-bench --example server_bench -- 100000 3 50  # events, rounds, events per request
 //! ```
 //!
 //! Needs Redis on 127.0.0.1:6379 (as the tests); uses the prefix
@@ -41,7 +41,7 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use flowmeter::app::{self, Roles};
 use flowmeter::config::{Settings, TokenConfig};
-use flowmeter::loadgen::{GenConfig, Generator};
+use flowmeter_bench::loadgen::{GenConfig, Generator};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -52,7 +52,8 @@ const CONNECTIONS: usize = 4;
 const TOKEN: &str = "server-bench-ingest-token-0123456789";
 
 fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    // this crate is crates/flowmeter-bench: the repository is two up
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
 }
 
 #[derive(Debug, Clone, Copy)]

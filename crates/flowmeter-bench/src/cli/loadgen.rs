@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::table::table;
-use crate::config::Settings;
 use crate::loadgen::{KindMix, LoadOptions, LoadReport, Target};
+use flowmeter::cli::table::table;
+use flowmeter::config::Settings;
 
 #[derive(Args)]
 pub struct LoadgenArgs {
@@ -68,7 +68,7 @@ pub async fn run(settings: &Settings, args: LoadgenArgs) -> anyhow::Result<()> {
         seed: args.seed,
         target,
         truth: args.truth,
-        progress: (!args.quiet).then_some(super::human::bar as _),
+        progress: (!args.quiet).then_some(super::bar as _),
         incident: match args.incident {
             Some(s) if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s.min(86_400.0))),
             Some(s) => {
@@ -77,7 +77,7 @@ pub async fn run(settings: &Settings, args: LoadgenArgs) -> anyhow::Result<()> {
             None => None,
         },
     };
-    let report = crate::loadgen::run(settings, &opts, super::stop_on_signal()).await?;
+    let report = crate::loadgen::run(settings, &opts, flowmeter::cli::stop_on_signal()).await?;
     print!("{}", render(&report));
     if report.accepted == 0 && report.sent > 0 {
         anyhow::bail!("nothing was accepted; see the first error above");

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::{Difference, TruthFileError, TruthTable};
-use crate::config::Settings;
-use crate::store::{Store, StoreError};
+use flowmeter::config::Settings;
+use flowmeter::store::{Store, StoreError};
 
 /// How often the tables are compared again while they differ.
 const POLL: Duration = Duration::from_millis(500);

@@ -13,8 +13,8 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use crate::event::{format_rfc3339_ms, parse_ts_value};
-use crate::store::{datetime_ms, ms_datetime, Store};
+use flowmeter::event::{format_rfc3339_ms, parse_ts_value};
+use flowmeter::store::{datetime_ms, ms_datetime, Store};
 
 const HOUR_MS: i64 = 3_600_000;
 

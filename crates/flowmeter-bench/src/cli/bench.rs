@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
-use super::table::table;
 use crate::bench::ws::{WsBenchOptions, WsBenchReport};
 use crate::bench::{BenchOptions, BenchReport, KeyMode, RunFigures};
-use crate::config::Settings;
 use crate::loadgen::KindMix;
+use flowmeter::cli::table::table;
+use flowmeter::config::Settings;
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -85,7 +85,7 @@ enum BenchWhich {
 }
 
 pub async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<()> {
-    let bars = |quiet: bool| (!quiet).then_some(super::human::bar as _);
+    let bars = |quiet: bool| (!quiet).then_some(super::bar as _);
     if let Some(BenchWhich::Ws {
         subscribers,
         rate,

@@ -3,12 +3,12 @@
 
 use clap::Args;
 
-use super::human::count;
-use super::table::table;
-use crate::config::Settings;
-use crate::event::format_rfc3339_ms;
 use crate::loadgen::verify::{VerifyOptions, VerifyReport};
 use crate::loadgen::Difference;
+use flowmeter::cli::human::count;
+use flowmeter::cli::table::table;
+use flowmeter::config::Settings;
+use flowmeter::event::format_rfc3339_ms;
 
 #[derive(Args)]
 pub struct VerifyArgs {
@@ -31,7 +31,8 @@ pub async fn run(settings: &Settings, args: VerifyArgs) -> anyhow::Result<()> {
         wait: std::time::Duration::try_from_secs_f64(args.wait.max(0.0))
             .context("--wait: a number of seconds")?,
     };
-    let report = crate::loadgen::verify::run(settings, &opts, super::stop_on_signal()).await?;
+    let report =
+        crate::loadgen::verify::run(settings, &opts, flowmeter::cli::stop_on_signal()).await?;
     print!("{}", render(&report, args.show));
     if !report.matches() {
         anyhow::bail!(

@@ -1,8 +1,8 @@
 //! `flowmeter bench`: the end-to-end benchmark.
 //!
 //! Each run starts from an empty prefix and database, spawns two child
-//! processes of this same binary (`serve --roles ingest,api` and
-//! `serve --roles rollup`), posts pre-generated NDJSON batches with several
+//! processes of the `flowmeter` binary next to this one (`serve --roles
+//! ingest,api` and `serve --roles rollup`), posts pre-generated NDJSON batches with several
 //! concurrent connections, and waits until MySQL holds every event. It then
 //! checks the rollup totals against the generator's truth (a mismatch fails
 //! the bench) and reports:
@@ -35,10 +35,10 @@ use indicatif::ProgressBar;
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
-use crate::config::Settings;
 use crate::loadgen::{BarMaker, GenConfig, Generator, KindMix, Meter, Truth, TruthTable};
-use crate::sketch::DdSketch;
-use crate::store::Store;
+use flowmeter::config::Settings;
+use flowmeter::sketch::DdSketch;
+use flowmeter::store::Store;
 
 pub mod ws;
 
@@ -126,9 +126,9 @@ pub enum BenchError {
     #[error("rollup totals differ from what was sent (the bench fails): {0}")]
     Mismatch(String),
     #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] flowmeter::store::StoreError),
     #[error(transparent)]
-    App(#[from] crate::app::AppError),
+    App(#[from] flowmeter::app::AppError),
 }
 
 /// Runs `opts.runs` runs and the reference measurement.
@@ -240,7 +240,7 @@ async fn reset(settings: &Settings) -> Result<(), BenchError> {
     }
     let store = Store::create_from_config(&settings.mysql, 2).await?;
     store.drop_database().await?;
-    crate::app::migrate(settings).await?;
+    flowmeter::app::migrate(settings).await?;
     Ok(())
 }
 
@@ -283,10 +283,24 @@ fn free_port() -> Result<u16, BenchError> {
         .map_err(|e| BenchError::Setup(format!("no free port: {e}")))
 }
 
-fn spawn_serve(config: &Path, roles: &str, listen: &str) -> Result<Child, BenchError> {
-    let exe = std::env::current_exe()
+/// The `flowmeter` binary in the directory of this one (`flowmeter-bench`,
+/// which `flowmeter bench` runs): the server the bench measures.
+fn server_exe() -> Result<PathBuf, BenchError> {
+    let this = std::env::current_exe()
         .map_err(|e| BenchError::Setup(format!("cannot find this binary: {e}")))?;
-    Command::new(exe)
+    let server = this.with_file_name(format!("flowmeter{}", std::env::consts::EXE_SUFFIX));
+    if !server.is_file() {
+        return Err(BenchError::Setup(format!(
+            "the bench runs `flowmeter serve` from {}, which is missing: build it with \
+             `cargo build --release` (make build does)",
+            server.display()
+        )));
+    }
+    Ok(server)
+}
+
+fn spawn_serve(config: &Path, roles: &str, listen: &str) -> Result<Child, BenchError> {
+    Command::new(server_exe()?)
         .arg("--config")
         .arg(config)
         .args(["serve", "--roles", roles, "--listen", listen])
@@ -660,7 +674,7 @@ async fn bench_redis(settings: &Settings) -> Result<redis::aio::MultiplexedConne
 /// fresh worker's alone.
 async fn forget_worker_stats(settings: &Settings) -> Result<(), BenchError> {
     let mut r = bench_redis(settings).await?;
-    let keys = crate::stream::Keys::new(settings.redis.prefix.clone(), settings.redis.shards);
+    let keys = flowmeter::stream::Keys::new(settings.redis.prefix.clone(), settings.redis.shards);
     for name in ROLLUPS {
         let _: () = redis::cmd("DEL")
             .arg(keys.stats(name))
@@ -674,7 +688,7 @@ async fn forget_worker_stats(settings: &Settings) -> Result<(), BenchError> {
 /// The largest XADD-to-commit p50 and p99 among the rollup workers' stats.
 async fn worker_latency(settings: &Settings) -> Result<(f64, f64), BenchError> {
     let mut r = bench_redis(settings).await?;
-    let keys = crate::stream::Keys::new(settings.redis.prefix.clone(), settings.redis.shards);
+    let keys = flowmeter::stream::Keys::new(settings.redis.prefix.clone(), settings.redis.shards);
     let (mut p50, mut p99) = (0.0f64, 0.0f64);
     for name in ROLLUPS {
         let raw: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
@@ -683,7 +697,7 @@ async fn worker_latency(settings: &Settings) -> Result<(f64, f64), BenchError> {
             .await
             .map_err(|e| BenchError::Run(format!("worker stats: {e}")))?;
         for v in raw.values() {
-            if let Ok(s) = serde_json::from_str::<crate::processor::RunnerStats>(v) {
+            if let Ok(s) = serde_json::from_str::<flowmeter::processor::RunnerStats>(v) {
                 p50 = p50.max(s.xadd_to_commit_p50_ms);
                 p99 = p99.max(s.xadd_to_commit_p99_ms);
             }

@@ -3,8 +3,8 @@
 //! at a steady rate.
 //!
 //! ```sh
-//! cargo run --release --example kafka_bridge_bench            # 3 runs × 200,000 events
-//! cargo run --release --example kafka_bridge_bench -- 100000 1 # events, runs
+//! cargo run --release -p flowmeter-bench --example kafka_bridge_bench            # 3 runs × 200,000 events
+//! cargo run --release -p flowmeter-bench --example kafka_bridge_bench -- 100000 1 # events, runs
 //! ```
 //!
 //! Needs Redis and MariaDB on 127.0.0.1 (as the tests) and `tansu` (0.6.0,
@@ -36,9 +36,9 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use flowmeter::app::{self, Roles};
 use flowmeter::config::Settings;
-use flowmeter::loadgen::{GenConfig, Generator};
 use flowmeter::sketch::DdSketch;
 use flowmeter::store::Store;
+use flowmeter_bench::loadgen::{GenConfig, Generator};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -55,7 +55,8 @@ const STEADY_RATE: u64 = 10_000;
 const STEADY_SECS: u64 = 10;
 
 fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    // this crate is crates/flowmeter-bench: the repository is two up
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
 }
 
 /// A private in-memory tansu broker, killed on drop.

@@ -17,10 +17,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{GenConfig, Generator, Incident, KindMix, TruthTable};
-use crate::config::Settings;
-use crate::event::SchemaRegistry;
-use crate::sketch::DdSketch;
-use crate::stream::{Keys, Producer};
+use flowmeter::config::Settings;
+use flowmeter::event::SchemaRegistry;
+use flowmeter::sketch::DdSketch;
+use flowmeter::stream::{Keys, Producer};
 
 /// Makes the progress bar of a long run: `(steps, what)` → a bar (a spinner
 /// without steps). The command line passes one that draws on stderr; the
@@ -190,12 +190,14 @@ pub async fn run(
         Target::Redis => {
             let registry = SchemaRegistry::load(&settings.paths.schemas)
                 .map_err(|e| LoadError::Setup(e.to_string()))?;
-            let redis = crate::stream::connect(&settings.redis).await.map_err(|e| {
-                LoadError::Setup(format!(
-                    "cannot reach Redis at {}: {e} (is it running? scripts/services start)",
-                    settings.redis.url
-                ))
-            })?;
+            let redis = flowmeter::stream::connect(&settings.redis)
+                .await
+                .map_err(|e| {
+                    LoadError::Setup(format!(
+                        "cannot reach Redis at {}: {e} (is it running? scripts/services start)",
+                        settings.redis.url
+                    ))
+                })?;
             Sink::Redis {
                 producer: Producer::new(
                     redis,
