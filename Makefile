@@ -7,6 +7,11 @@
 #               ClickHouse and tansu by
 #               `scripts/services test-deps`, Chromium, coturn and the npm
 #               packages by `scripts/browser-deps`)
+# `make build` (a plain `cargo build --release`) builds both binaries,
+# `flowmeter` and `flowmeter-bench` (a default member), which `flowmeter
+# loadgen|verify|bench` run; `make test` builds the second before the
+# tests run (crates/flowmeter-bench/tests/integration.rs). `make lint`'s
+# workspace clippy covers flowmeter-bench.
 # Every build needs Node.js/npm to embed the dashboard's charts (build.rs).
 SHELL := /bin/bash
 CARGO ?= cargo
