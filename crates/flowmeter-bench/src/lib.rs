@@ -6,7 +6,7 @@
 //! | module | concept |
 //! |---|---|
 //! | [`loadgen`] | seeded synthetic traffic for both kinds ([`loadgen::Generator`]), sent at a steady rate to the ingest API or straight into the streams ([`loadgen::run`]), its exact totals ([`loadgen::TruthTable`]), and [`loadgen::verify`] of them against the hourly tables |
-//! | [`bench`] | the end-to-end benchmark (a child `flowmeter serve` per role, MySQL checked against what was sent) and the WebSocket hub benchmark ([`bench::ws`]); they return reports, the CLI prints them |
+//! | [`bench`](mod@bench) | the end-to-end benchmark (a child `flowmeter serve` per role, MySQL checked against what was sent) and the WebSocket hub benchmark ([`bench::ws`]); they return reports, the CLI prints them |
 //! | [`cli`] | the `flowmeter-bench` command line (`loadgen`, `verify`, `bench`) with its rendering; `main.rs` only calls it. It takes `flowmeter`'s global options and uses its tables, human formatting and signal handling |
 //!
 //! The `flowmeter` binary runs this crate's binary for `flowmeter loadgen`,

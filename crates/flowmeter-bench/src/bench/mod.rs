@@ -138,6 +138,8 @@ pub async fn run(base: &Settings, opts: &BenchOptions) -> Result<BenchReport, Be
             "--events, --batch and --concurrency must be positive".into(),
         ));
     }
+    // the server it measures is there: said now, not after generating
+    server_exe()?;
     let settings = bench_settings(base, &opts.prefix)?;
     eprintln!("generating {} events (seed {})…", opts.events, opts.seed);
     let (bodies, truth, table) = generate(opts);

@@ -13,7 +13,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    bench_settings, free_port, proc_mb, reset, spawn_serve, terminate, BenchError, TempConfig,
+    bench_settings, free_port, proc_mb, reset, server_exe, spawn_serve, terminate, BenchError,
+    TempConfig,
 };
 use crate::loadgen::{KindMix, LoadOptions, Target};
 use flowmeter::config::Settings;
@@ -89,6 +90,7 @@ pub async fn run(base: &Settings, opts: &WsBenchOptions) -> Result<WsBenchReport
             "--subscribers, --secs and --rate must be positive".into(),
         ));
     }
+    server_exe()?;
     let mut settings = bench_settings(base, &opts.prefix)?;
     settings.hub.max_connections_per_token = opts.subscribers + 100;
     settings.hub.max_connections_per_ip = opts.subscribers + 100;

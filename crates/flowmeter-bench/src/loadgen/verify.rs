@@ -50,7 +50,7 @@ pub enum VerifyError {
 }
 
 /// Reads the truth and compares it with the tables of `settings.mysql`
-/// every [`POLL`] until they match, `opts.wait` has passed or `stop`.
+/// every `POLL` (500 ms) until they match, `opts.wait` has passed or `stop`.
 pub async fn run(
     settings: &Settings,
     opts: &VerifyOptions,
