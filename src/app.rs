@@ -37,6 +37,8 @@ pub enum AppError {
     Exposed(#[from] crate::auth::ExposedError),
     #[error(transparent)]
     Server(#[from] crate::api::server::ServerError),
+    #[error("redis.cluster is set, but `serve` cannot run on a Redis Cluster yet: ingest writes a request's shards in one transaction and the hub reads every shard in one XREAD, which a cluster refuses (CROSSSLOT). Point redis.url at one Redis server; docs/operations.md, \"Redis Cluster\", says what works")]
+    ClusterNotYet,
     #[error("unknown role {0:?}; roles are ingest, api, rollup, hub")]
     UnknownRole(String),
     #[error("no processor named {0:?} in processors/; the names are: {1}")]
@@ -255,6 +257,9 @@ pub async fn serve(
     listener: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> Result<(), AppError> {
+    if settings.redis.cluster {
+        return Err(AppError::ClusterNotYet);
+    }
     if roles.serves_data() {
         let addrs = listen_addrs(&settings, listener.as_ref()).await?;
         crate::auth::check_exposure(&settings.auth, &addrs)?;

@@ -168,8 +168,15 @@ impl Default for IngestRateLimitConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
-    /// Connection URL (`redis://[:password@]host:port[/db]`).
+    /// Connection URL (`redis://[:password@]host:port[/db]`); with
+    /// `cluster`, any one node of the cluster.
     pub url: String,
+    /// A Redis Cluster rather than one server: commands are routed by their
+    /// keys' slots (docs/operations.md, "Redis Cluster").
+    pub cluster: bool,
+    /// With `cluster`: further nodes to learn the cluster from when `url`'s
+    /// is down.
+    pub cluster_nodes: Vec<String>,
     /// Every key flowmeter writes starts with this prefix, so tests and
     /// tenants can share one server.
     pub prefix: String,
@@ -193,6 +200,8 @@ impl Default for RedisConfig {
     fn default() -> Self {
         Self {
             url: "redis://127.0.0.1:6379".into(),
+            cluster: false,
+            cluster_nodes: Vec::new(),
             prefix: "fm".into(),
             shards: 4,
             command_timeout_ms: 5_000,

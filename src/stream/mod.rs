@@ -36,6 +36,12 @@ pub fn tls_of(cfg: &RedisConfig) -> RedisTls {
 
 /// Connects to `[redis]`: its URL, TLS files and command timeout.
 pub async fn connect(cfg: &RedisConfig) -> Result<Redis, StreamError> {
+    let timeout = Duration::from_millis(cfg.command_timeout_ms);
+    if cfg.cluster {
+        let mut nodes = vec![cfg.url.clone()];
+        nodes.extend(cfg.cluster_nodes.iter().cloned());
+        return Redis::connect_cluster(&nodes, timeout).await;
+    }
     Redis::connect_with(
         &cfg.url,
         &tls_of(cfg),

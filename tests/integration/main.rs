@@ -17,6 +17,7 @@ mod access;
 mod alerts;
 mod archive;
 mod bench_cli;
+mod cluster;
 mod collector;
 mod dashboard;
 mod dlq;

@@ -699,3 +699,135 @@ impl TestPki {
         self.dir.path().join("client-key.pem")
     }
 }
+
+/// A Redis Cluster of 3 masters and 3 replicas on loopback ports (each
+/// node a child process with its own directory, AOF on, a 2 s node
+/// timeout so a killed master's replica takes over quickly), made with
+/// `redis-cli --cluster create`; every node is killed when it is dropped.
+pub struct RedisCluster {
+    pub ports: Vec<u16>,
+    dir: tempfile::TempDir,
+    children: Vec<Option<Child>>,
+}
+
+/// Nodes of a test cluster: 3 masters, each with one replica.
+const CLUSTER_NODES: usize = 6;
+
+/// A port P free with its cluster-bus port P + 10000.
+fn free_cluster_port(taken: &[u16]) -> u16 {
+    loop {
+        let p = free_port();
+        let bus_free = p < 55_000 && std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok();
+        if bus_free && !taken.contains(&p) && !taken.iter().any(|t| t + 10_000 == p) {
+            return p;
+        }
+    }
+}
+
+impl RedisCluster {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut ports = Vec::new();
+        for _ in 0..CLUSTER_NODES {
+            let p = free_cluster_port(&ports);
+            ports.push(p);
+        }
+        let mut children = Vec::new();
+        for p in &ports {
+            let node_dir = dir.path().join(p.to_string());
+            std::fs::create_dir_all(&node_dir).expect("node dir");
+            let child = Command::new("redis-server")
+                .arg("--port")
+                .arg(p.to_string())
+                .args(["--bind", "127.0.0.1", "--cluster-enabled", "yes"])
+                .arg("--cluster-config-file")
+                .arg(node_dir.join("nodes.conf"))
+                .args(["--cluster-node-timeout", "2000"])
+                .args(["--appendonly", "yes", "--save", ""])
+                .arg("--dir")
+                .arg(&node_dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server (Debian package redis-server)");
+            children.push(Some(child));
+        }
+        let cluster = Self {
+            ports,
+            dir,
+            children,
+        };
+        for p in &cluster.ports {
+            wait_port(
+                *p,
+                true,
+                Duration::from_secs(30),
+                "redis-server (cluster node)",
+            );
+        }
+        let nodes: Vec<String> = cluster
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let created = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&nodes)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli (Debian package redis-tools)");
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&created.stdout)
+        );
+        // every node agrees the cluster is up
+        let start = Instant::now();
+        while !cluster
+            .ports
+            .iter()
+            .all(|p| cluster.info(*p).contains("cluster_state:ok"))
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the cluster did not reach cluster_state:ok in 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster
+    }
+
+    /// `CLUSTER INFO` of the node on `port`.
+    pub fn info(&self, port: u16) -> String {
+        Command::new("redis-cli")
+            .arg("-p")
+            .arg(port.to_string())
+            .args(["cluster", "info"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// `redis://` URLs of every node, the first node first.
+    pub fn urls(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for c in self.children.iter_mut().filter_map(Option::take) {
+            let mut c = c;
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

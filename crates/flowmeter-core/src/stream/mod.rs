@@ -67,10 +67,51 @@ impl StreamError {
     }
 }
 
-/// A Redis connection that reconnects by itself, plus the per-call timeout.
+/// A connection to one Redis server (reconnecting by itself) or to a Redis
+/// Cluster (routing each command by its key's slot, following MOVED and
+/// ASK). Both are used the same way (`query_async(&mut conn)`); clones
+/// share the connection.
+#[derive(Clone)]
+pub enum Conn {
+    Single(redis::aio::ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// A Redis connection (one server or a cluster), plus the per-call timeout.
 #[derive(Clone)]
 pub struct Redis {
-    pub conn: redis::aio::ConnectionManager,
+    pub conn: Conn,
     pub timeout: Duration,
 }
 
@@ -112,7 +153,58 @@ impl Redis {
             },
             other => other,
         })?;
-        Ok(Self { conn, timeout })
+        Ok(Self {
+            conn: Conn::Single(conn),
+            timeout,
+        })
+    }
+
+    /// Connects to the Redis Cluster that `nodes` (any of its nodes; more
+    /// than one in case some are down) belong to. The first connection
+    /// must succeed. Each command goes to the node owning its key's slot;
+    /// MOVED and ASK redirects are followed, TRYAGAIN and CLUSTERDOWN
+    /// retried (`redis-rs`'s cluster client). TLS (`rediss://`) is not
+    /// supported on a cluster yet.
+    pub async fn connect_cluster(nodes: &[String], timeout: Duration) -> Result<Self, StreamError> {
+        let shown = nodes
+            .iter()
+            .map(|n| crate::mask_url(n))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let bad = |reason: String| StreamError::Connect {
+            url: shown.clone(),
+            reason,
+        };
+        if nodes.is_empty() {
+            return Err(bad("no cluster node to connect to".into()));
+        }
+        if nodes.iter().any(|n| n.starts_with("rediss://")) {
+            return Err(bad(
+                "TLS (rediss://) is not supported with redis.cluster yet: use redis:// on a private network".into(),
+            ));
+        }
+        let client = redis::cluster::ClusterClient::builder(nodes.to_vec())
+            .connection_timeout(timeout)
+            .response_timeout(timeout)
+            .retries(4)
+            .max_retry_wait(500)
+            .build()
+            .map_err(|e| bad(e.to_string()))?;
+        // `get_async_connection` can hang on a node that accepts and never
+        // answers: bounded here
+        let conn = tokio::time::timeout(timeout, client.get_async_connection())
+            .await
+            .map_err(|_| bad(format!("no answer within {timeout:?}")))?
+            .map_err(|e| bad(e.to_string()))?;
+        Ok(Self {
+            conn: Conn::Cluster(conn),
+            timeout,
+        })
+    }
+
+    /// Whether this is a Redis Cluster connection.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.conn, Conn::Cluster(_))
     }
 
     /// Runs one command or pipeline future under the timeout.

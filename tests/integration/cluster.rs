@@ -1,0 +1,160 @@
+//! Redis Cluster (issue 16), first step: `redis.cluster = true` connects
+//! through redis-rs' cluster client, behind the same `Redis` type every
+//! module uses, to a real 3-master / 3-replica cluster started for the test.
+//! A shard's commands (XADD, the group's XREADGROUP / XACK / XPENDING, the
+//! lease script) reach the node owning its slot, and the shards spread over
+//! the masters. `serve` still refuses a cluster: its cross-shard commands
+//! are the next step.
+
+use crate::common;
+
+use common::servers::RedisCluster;
+use flowmeter::config::RedisConfig;
+use flowmeter::stream::{hold_singleton, Keys};
+
+fn cluster_config(cluster: &RedisCluster, prefix: &str) -> RedisConfig {
+    let urls = cluster.urls();
+    RedisConfig {
+        url: urls[0].clone(),
+        cluster: true,
+        cluster_nodes: urls[1..].to_vec(),
+        prefix: prefix.into(),
+        ..RedisConfig::default()
+    }
+}
+
+/// Keys of `pattern` on the node at `url` alone (a plain connection), and
+/// whether that node is a master.
+async fn keys_on(url: &str, pattern: &str) -> (Vec<String>, bool) {
+    let client = redis::Client::open(url).expect("url");
+    let mut c = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("node");
+    let role: redis::Value = redis::cmd("ROLE").query_async(&mut c).await.expect("ROLE");
+    let master = matches!(&role, redis::Value::Array(v)
+        if matches!(v.first(), Some(redis::Value::BulkString(b)) if b == b"master"));
+    let keys = redis::cmd("KEYS")
+        .arg(pattern)
+        .query_async(&mut c)
+        .await
+        .expect("KEYS");
+    (keys, master)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shard_commands_reach_the_node_owning_their_slot() {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .expect("cluster");
+    let cfg = cluster_config(&cluster, "fmcl");
+    let redis = flowmeter::stream::connect(&cfg).await.expect("connects");
+    assert!(redis.is_cluster());
+    let keys = Keys::new("fmcl", 8);
+    let shards = keys.shards_of("http");
+    let mut conn = redis.conn.clone();
+    for (i, shard) in shards.iter().enumerate() {
+        let stream = keys.stream(shard);
+        let id: String = redis::cmd("XADD")
+            .arg(&stream)
+            .arg("*")
+            .arg("data")
+            .arg(format!("{{\"n\":{i}}}"))
+            .query_async(&mut conn)
+            .await
+            .expect("XADD through the cluster");
+        assert!(id.contains('-'), "{id}");
+        let _: () = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&stream)
+            .arg("rollup")
+            .arg("0")
+            .query_async(&mut conn)
+            .await
+            .expect("XGROUP CREATE");
+        let read: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("rollup")
+            .arg("w1")
+            .arg("COUNT")
+            .arg(10)
+            .arg("STREAMS")
+            .arg(&stream)
+            .arg(">")
+            .query_async(&mut conn)
+            .await
+            .expect("XREADGROUP");
+        let ids: Vec<String> = read
+            .keys
+            .iter()
+            .flat_map(|k| k.ids.iter().map(|e| e.id.clone()))
+            .collect();
+        assert_eq!(ids, vec![id.clone()], "{stream}");
+        let acked: u64 = redis::cmd("XACK")
+            .arg(&stream)
+            .arg("rollup")
+            .arg(&id)
+            .query_async(&mut conn)
+            .await
+            .expect("XACK");
+        assert_eq!(acked, 1);
+        let pending: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
+            .arg(&stream)
+            .arg("rollup")
+            .query_async(&mut conn)
+            .await
+            .expect("XPENDING");
+        assert_eq!(pending.count(), 0, "{stream}");
+        // the lease script takes the shard's lease key (same hash tag)
+        let lease = keys.lease("rollup", shard);
+        assert!(hold_singleton(&redis, &lease, "w1", 5_000).await, "{lease}");
+        assert!(
+            !hold_singleton(&redis, &lease, "w2", 5_000).await,
+            "{lease} is w1's"
+        );
+    }
+    // the 8 shards (8 hash tags) spread over the masters, each stream beside its lease
+    let mut holders = 0;
+    let mut found = 0;
+    for url in cluster.urls() {
+        let (here, master) = keys_on(&url, "fmcl:*").await;
+        if !master {
+            continue;
+        }
+        let streams: Vec<&String> = here.iter().filter(|k| !k.contains("lease")).collect();
+        for s in &streams {
+            let tag = s.split_once('{').map(|(_, t)| t).unwrap_or_default();
+            assert!(
+                here.iter().any(|k| k.contains("lease") && k.contains(tag)),
+                "{s}'s lease is on another node: {here:?}"
+            );
+        }
+        found += streams.len();
+        holders += usize::from(!streams.is_empty());
+    }
+    assert_eq!(found, shards.len(), "every stream on exactly one master");
+    assert!(
+        holders >= 2,
+        "8 shards on at least 2 of the 3 masters: {holders}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_a_cluster_and_says_why() {
+    let mut env = common::TestEnv::new("clusterserve");
+    env.settings.redis.cluster = true;
+    let roles: flowmeter::app::Roles = "ingest".parse().expect("roles");
+    let err = flowmeter::app::serve(
+        env.settings.clone(),
+        roles,
+        None,
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .expect_err("refused");
+    let text = err.to_string();
+    assert!(
+        text.contains("CROSSSLOT") && text.contains("docs/operations.md"),
+        "{text}"
+    );
+}
