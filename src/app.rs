@@ -37,8 +37,8 @@ pub enum AppError {
     Exposed(#[from] crate::auth::ExposedError),
     #[error(transparent)]
     Server(#[from] crate::api::server::ServerError),
-    #[error("redis.cluster is set, but `serve` cannot run on a Redis Cluster yet: ingest writes a request's shards in one transaction and the hub reads every shard in one XREAD, which a cluster refuses (CROSSSLOT). Point redis.url at one Redis server; docs/operations.md, \"Redis Cluster\", says what works")]
-    ClusterNotYet,
+    #[error("redis.cluster is set, but only the ingest role runs on a Redis Cluster yet (asked: {0}): the hub reads every shard in one XREAD, which a cluster refuses (CROSSSLOT), and the other roles are not tested there. Run `serve --roles ingest` on the cluster, or point redis.url at one Redis server; docs/operations.md, \"Redis Cluster\", says what works")]
+    ClusterNotYet(String),
     #[error("unknown role {0:?}; roles are ingest, api, rollup, hub")]
     UnknownRole(String),
     #[error("no processor named {0:?} in processors/; the names are: {1}")]
@@ -258,7 +258,14 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), AppError> {
     if settings.redis.cluster {
-        return Err(AppError::ClusterNotYet);
+        let others: Vec<String> = [Role::Api, Role::Rollup, Role::Hub]
+            .into_iter()
+            .filter(|r| roles.has(*r))
+            .map(|r| format!("{r:?}").to_lowercase())
+            .collect();
+        if !others.is_empty() {
+            return Err(AppError::ClusterNotYet(others.join(", ")));
+        }
     }
     if roles.serves_data() {
         let addrs = listen_addrs(&settings, listener.as_ref()).await?;

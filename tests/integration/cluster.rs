@@ -3,8 +3,9 @@
 //! module uses, to a real 3-master / 3-replica cluster started for the test.
 //! A shard's commands (XADD, the group's XREADGROUP / XACK / XPENDING, the
 //! lease script) reach the node owning its slot, and the shards spread over
-//! the masters. `serve` still refuses a cluster: its cross-shard commands
-//! are the next step.
+//! the masters. Ingest writes a batch over every shard with one transaction
+//! per slot, idempotent per shard. `serve` refuses the other roles on a
+//! cluster: their cross-shard commands are the next steps.
 
 use crate::common;
 
@@ -143,7 +144,7 @@ async fn shard_commands_reach_the_node_owning_their_slot() {
 async fn serve_refuses_a_cluster_and_says_why() {
     let mut env = common::TestEnv::new("clusterserve");
     env.settings.redis.cluster = true;
-    let roles: flowmeter::app::Roles = "ingest".parse().expect("roles");
+    let roles: flowmeter::app::Roles = "ingest,hub".parse().expect("roles");
     let err = flowmeter::app::serve(
         env.settings.clone(),
         roles,
@@ -154,7 +155,120 @@ async fn serve_refuses_a_cluster_and_says_why() {
     .expect_err("refused");
     let text = err.to_string();
     assert!(
-        text.contains("CROSSSLOT") && text.contains("docs/operations.md"),
+        text.contains("(asked: hub)")
+            && text.contains("CROSSSLOT")
+            && text.contains("docs/operations.md"),
         "{text}"
     );
+}
+
+/// Entries in every shard stream of `kinds` (through the cluster client).
+async fn entries_in(redis: &flowmeter::stream::Redis, keys: &Keys, kinds: &[&str]) -> u64 {
+    let mut conn = redis.conn.clone();
+    let mut n = 0;
+    for kind in kinds {
+        for shard in keys.shards_of(kind) {
+            let len: u64 = redis::cmd("XLEN")
+                .arg(keys.stream(&shard))
+                .query_async(&mut conn)
+                .await
+                .expect("XLEN");
+            n += len;
+        }
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_stores_a_batch_over_every_shard_once_with_or_without_a_key() {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .expect("cluster");
+    let mut env = common::TestEnv::new("clusteringest");
+    let prefix = env.settings.redis.prefix.clone();
+    env.settings.redis = cluster_config(&cluster, &prefix);
+    let redis = flowmeter::stream::connect(&env.settings.redis)
+        .await
+        .expect("connects");
+    let keys = Keys::new(prefix.as_str(), env.settings.redis.shards);
+    let server = env.start("ingest").await;
+    let client = common::http_client();
+    let url = server.url("/v1/events");
+    let now = chrono::Utc::now().timestamp_millis();
+    // both kinds, many services and meetings: every shard stream gets some
+    let batch = |tag: &str, n: usize| -> String {
+        (0..n)
+            .map(|i| {
+                if i % 3 == 0 {
+                    serde_json::json!({"kind": "webrtc", "ts": now, "meeting_id": format!("{tag}m{i}"),
+                        "peer_id": "p", "bytes_sent": 1, "bytes_received": 1, "rtt_ms": 10.0,
+                        "jitter_ms": 1.0, "packet_loss": 0.0, "candidate_type": "host"})
+                } else {
+                    serde_json::json!({"kind": "http", "ts": now, "service": format!("{tag}s{i}"),
+                        "endpoint": "/a", "method": "GET", "status": 200, "req_bytes": 1,
+                        "resp_bytes": 2, "duration_ms": 3.0})
+                }
+                .to_string()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let (status, body) = common::post_ndjson(&client, &url, batch("a", 120)).await;
+    assert_eq!(status, 202, "{body}");
+    let used = {
+        let mut conn = redis.conn.clone();
+        let mut used = 0;
+        for kind in ["http", "webrtc"] {
+            for shard in keys.shards_of(kind) {
+                let len: u64 = redis::cmd("XLEN")
+                    .arg(keys.stream(&shard))
+                    .query_async(&mut conn)
+                    .await
+                    .expect("XLEN");
+                used += usize::from(len > 0);
+            }
+        }
+        used
+    };
+    assert_eq!(
+        used,
+        2 * keys.shard_count() as usize,
+        "the batch spans every shard"
+    );
+    assert_eq!(entries_in(&redis, &keys, &["http", "webrtc"]).await, 120);
+
+    // with an Idempotency-Key: written once, replayed once, refused with another body
+    let post_keyed = |body: String| {
+        let client = client.clone();
+        let url = url.clone();
+        async move {
+            let r = client
+                .post(&url)
+                .header("content-type", "application/x-ndjson")
+                .header("idempotency-key", "cluster-batch-1")
+                .body(body)
+                .send()
+                .await
+                .expect("request");
+            let status = r.status().as_u16();
+            let json: serde_json::Value = r.json().await.unwrap_or_default();
+            (status, json)
+        }
+    };
+    let (status, body) = post_keyed(batch("b", 90)).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["replayed"], serde_json::Value::Null, "{body}");
+    assert_eq!(entries_in(&redis, &keys, &["http", "webrtc"]).await, 210);
+    let (status, body) = post_keyed(batch("b", 90)).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["replayed"], serde_json::json!(true), "{body}");
+    assert_eq!(body["accepted"], 90, "{body}");
+    let (status, body) = post_keyed(batch("c", 90)).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(
+        entries_in(&redis, &keys, &["http", "webrtc"]).await,
+        210,
+        "a replay and a refused reuse write nothing"
+    );
+    server.stop().await;
 }

@@ -21,6 +21,11 @@
 //! connection), and an in-flight marker set before the write would outlive a
 //! crash between the two. Two requests with one key run one after the other:
 //! the second finds the record and writes nothing.
+//!
+//! **On a Redis Cluster** a transaction cannot span slots, and each shard is
+//! a slot: a request over several shards is written one transaction (or
+//! script, with a record per shard in its slot) per shard, and a failure
+//! after some were written is `Unknown` (docs/guarantees.md).
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -112,11 +117,33 @@ return false
 
 static SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(IDEMPOTENT_APPEND));
 
-/// A request's entries: the distinct stream keys, and per event (position in
-/// `streams`, kind, version, data).
+/// A request's entries: the distinct stream keys (with their shards), and
+/// per event (position in `streams`, kind, version, data).
 struct Entries<'a> {
     streams: Vec<String>,
+    shards: Vec<super::Shard>,
     rows: Vec<(usize, &'a str, u32, &'a str)>,
+}
+
+impl<'a> Entries<'a> {
+    /// One `Entries` per stream (each in one cluster slot), rows in order.
+    fn per_stream(&self) -> Vec<Entries<'a>> {
+        self.streams
+            .iter()
+            .zip(&self.shards)
+            .enumerate()
+            .map(|(i, (stream, shard))| Entries {
+                streams: vec![stream.clone()],
+                shards: vec![shard.clone()],
+                rows: self
+                    .rows
+                    .iter()
+                    .filter(|r| r.0 == i)
+                    .map(|&(_, k, v, d)| (0, k, v, d))
+                    .collect(),
+            })
+            .collect()
+    }
 }
 
 impl Producer {
@@ -145,6 +172,7 @@ impl Producer {
         events: &'a [ValidEvent],
     ) -> Result<Entries<'a>, StreamError> {
         let mut streams = Vec::new();
+        let mut shards = Vec::new();
         let mut at: HashMap<(usize, u32), usize> = HashMap::new();
         let mut rows = Vec::with_capacity(events.len());
         for e in events {
@@ -154,11 +182,16 @@ impl Producer {
             let shard = self.keys.shard_for(kind, e.partition);
             let i = *at.entry((e.kind, shard.index)).or_insert_with(|| {
                 streams.push(self.keys.stream(&shard));
+                shards.push(shard.clone());
                 streams.len() - 1
             });
             rows.push((i, kind, e.version, e.data.as_str()));
         }
-        Ok(Entries { streams, rows })
+        Ok(Entries {
+            streams,
+            shards,
+            rows,
+        })
     }
 
     /// Appends all events atomically; returns once Redis has acknowledged
@@ -172,6 +205,15 @@ impl Producer {
             return Ok(());
         }
         let entries = self.entries(kinds, events)?;
+        if self.redis.is_cluster() && entries.streams.len() > 1 {
+            // one transaction per slot; a failure past the first leaves the
+            // earlier shards written (callers retrying the batch may
+            // duplicate them: see docs/guarantees.md, "Redis Cluster")
+            for one in entries.per_stream() {
+                self.exec(&one).await?;
+            }
+            return Ok(());
+        }
         self.exec(&entries).await
     }
 
@@ -212,7 +254,13 @@ impl Producer {
             .map_err(SubmitError::NotWritten)?;
         let first_kind = entries.rows.first().map_or("", |r| r.1);
         let record = idempotency.map(|idem| {
-            let home = self.keys.home_shard(first_kind, idem.key);
+            // on a cluster the record shares the slot of the shard it guards
+            // (the first: each shard of a request has its own, see
+            // `submit_per_slot`)
+            let home = match entries.shards.first() {
+                Some(s) if self.redis.is_cluster() => s.clone(),
+                _ => self.keys.home_shard(first_kind, idem.key),
+            };
             self.keys.idempotency(&home, idem.key)
         });
         if let Some((backlog, limit)) = &self.backlog {
@@ -235,6 +283,11 @@ impl Producer {
                 });
             }
         }
+        if self.redis.is_cluster() && entries.streams.len() > 1 {
+            return self
+                .submit_per_slot(&entries, events.len(), idempotency)
+                .await;
+        }
         let (Some(idem), Some(record)) = (idempotency, record) else {
             return self
                 .exec(&entries)
@@ -242,17 +295,78 @@ impl Producer {
                 .map(|()| Submitted::Written)
                 .map_err(classify);
         };
+        self.submit_idempotent(&entries, &record, idem, events.len())
+            .await
+    }
+
+    /// A request whose events go to several shards on a Redis Cluster, where
+    /// one transaction cannot span slots: one transaction (or idempotent
+    /// script, its record in that shard's slot) per shard. All written:
+    /// `Written`. None: the first error, classified. Some: `Unknown`, since
+    /// part of the request is stored: a retry with the same idempotency key
+    /// writes only the shards still missing; without a key it may count
+    /// the written part twice.
+    async fn submit_per_slot(
+        &self,
+        entries: &Entries<'_>,
+        total: usize,
+        idempotency: Option<&Idempotency<'_>>,
+    ) -> Result<Submitted, SubmitError> {
+        let mut written = 0usize;
+        let mut replayed: Option<u64> = None;
+        let mut failed: Option<SubmitError> = None;
+        let mut unknown = false;
+        for one in entries.per_stream() {
+            let outcome = match (idempotency, one.shards.first()) {
+                (Some(idem), Some(shard)) => {
+                    let record = self.keys.idempotency(shard, idem.key);
+                    self.submit_idempotent(&one, &record, idem, total).await
+                }
+                _ => self
+                    .exec(&one)
+                    .await
+                    .map(|()| Submitted::Written)
+                    .map_err(classify),
+            };
+            match outcome {
+                Ok(Submitted::Written) => written += 1,
+                Ok(Submitted::Replayed { accepted }) => replayed = Some(accepted),
+                Err(SubmitError::KeyReused) => return Err(SubmitError::KeyReused),
+                Err(e) => {
+                    unknown |= matches!(e, SubmitError::Unknown(_));
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        let some_stored = unknown || written > 0 || replayed.is_some();
+        match (failed, written, replayed) {
+            (None, 0, Some(accepted)) => Ok(Submitted::Replayed { accepted }),
+            (None, _, _) => Ok(Submitted::Written),
+            (Some(SubmitError::NotWritten(e) | SubmitError::Unknown(e)), _, _) if some_stored => {
+                Err(SubmitError::Unknown(e))
+            }
+            (Some(e), _, _) => Err(e),
+        }
+    }
+
+    /// Runs the idempotent append of `entries` under `record`.
+    async fn submit_idempotent(
+        &self,
+        entries: &Entries<'_>,
+        record: &str,
+        idem: &Idempotency<'_>,
+        total: usize,
+    ) -> Result<Submitted, SubmitError> {
         let mut inv = SCRIPT.prepare_invoke();
-        inv.key(&record);
+        inv.key(record);
         for s in &entries.streams {
             inv.key(s);
         }
-        inv.arg(format!("{} {}", idem.fingerprint, events.len()))
-            .arg(
-                u64::try_from(idem.window.as_millis())
-                    .unwrap_or(u64::MAX)
-                    .max(1),
-            );
+        inv.arg(format!("{} {}", idem.fingerprint, total)).arg(
+            u64::try_from(idem.window.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
+        );
         for &(i, kind, version, data) in &entries.rows {
             // KEYS is 1-based and starts with the record.
             inv.arg(i + 2).arg(kind).arg(version).arg(data);
