@@ -37,7 +37,7 @@ pub enum AppError {
     Exposed(#[from] crate::auth::ExposedError),
     #[error(transparent)]
     Server(#[from] crate::api::server::ServerError),
-    #[error("redis.cluster is set, but only the ingest role runs on a Redis Cluster yet (asked: {0}): the hub reads every shard in one XREAD, which a cluster refuses (CROSSSLOT), and the other roles are not tested there. Run `serve --roles ingest` on the cluster, or point redis.url at one Redis server; docs/operations.md, \"Redis Cluster\", says what works")]
+    #[error("redis.cluster is set, but only the ingest and rollup roles run on a Redis Cluster yet (asked: {0}): the hub reads every shard in one XREAD, which a cluster refuses (CROSSSLOT), and the api's status is not tested there. Run `serve --roles ingest,rollup` on the cluster and the others against one Redis server; docs/operations.md, \"Redis Cluster\", says what works")]
     ClusterNotYet(String),
     #[error("unknown role {0:?}; roles are ingest, api, rollup, hub")]
     UnknownRole(String),
@@ -258,7 +258,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), AppError> {
     if settings.redis.cluster {
-        let others: Vec<String> = [Role::Api, Role::Rollup, Role::Hub]
+        let others: Vec<String> = [Role::Api, Role::Hub]
             .into_iter()
             .filter(|r| roles.has(*r))
             .map(|r| format!("{r:?}").to_lowercase())

@@ -4,8 +4,9 @@
 //! A shard's commands (XADD, the group's XREADGROUP / XACK / XPENDING, the
 //! lease script) reach the node owning its slot, and the shards spread over
 //! the masters. Ingest writes a batch over every shard with one transaction
-//! per slot, idempotent per shard. `serve` refuses the other roles on a
-//! cluster: their cross-shard commands are the next steps.
+//! per slot, idempotent per shard, and two rollup workers count it exactly.
+//! `serve` refuses the api and hub roles on a cluster: their cross-shard
+//! commands are the next steps.
 
 use crate::common;
 
@@ -271,4 +272,56 @@ async fn ingest_stores_a_batch_over_every_shard_once_with_or_without_a_key() {
         "a replay and a refused reuse write nothing"
     );
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollup_workers_on_a_cluster_count_every_event_once() {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .expect("cluster");
+    let mut env = common::TestEnv::new("clusterrollup");
+    let prefix = env.settings.redis.prefix.clone();
+    env.settings.redis = cluster_config(&cluster, &prefix);
+    env.migrate().await;
+    // two workers racing for the 8 shards' leases
+    let a = env.start("ingest,rollup").await;
+    let b = env.start("rollup").await;
+    let client = common::http_client();
+    let base = 1_772_359_200_000i64; // 2026-03-01T10:00:00Z
+    let mut sent = 0u64;
+    for round in 0..5 {
+        let body: Vec<String> = (0..200)
+            .map(|i| {
+                serde_json::json!({"kind": "http", "ts": base + i * 1000, "service": format!("s{}", (i + round) % 13),
+                    "endpoint": "/a", "method": "GET", "status": 200, "req_bytes": 1,
+                    "resp_bytes": 2, "duration_ms": 3.0})
+                .to_string()
+            })
+            .collect();
+        let (status, body) =
+            common::post_ndjson(&client, &a.url("/v1/events"), body.join("\n")).await;
+        assert_eq!(status, 202, "{body}");
+        sent += 200;
+    }
+    let store = env.store().await;
+    common::wait_until(std::time::Duration::from_secs(60), || {
+        let s = store.clone();
+        async move {
+            common::scalar(&s, "SELECT COALESCE(SUM(requests), 0) FROM http_hourly").await
+                == sent as i64
+        }
+    })
+    .await;
+    // settled: nothing more arrives after both workers flushed again
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(
+        common::scalar(&store, "SELECT SUM(requests) FROM http_hourly").await,
+        sent as i64
+    );
+    assert_eq!(
+        common::scalar(&store, "SELECT SUM(bytes_out) FROM http_hourly").await,
+        2 * sent as i64
+    );
+    b.stop().await;
+    a.stop().await;
 }

@@ -225,6 +225,37 @@ impl RedisMemory {
         m
     }
 
+    /// A cluster's figures from its nodes': memory used and limits added up
+    /// (no limit when a node has none), and the policy `noeviction` only
+    /// when every node has it (else the first other one, or none).
+    pub fn of_nodes(nodes: impl Iterator<Item = RedisMemory>) -> Self {
+        let mut all = RedisMemory {
+            maxmemory_policy: Some("noeviction".into()),
+            maxmemory_bytes: 0,
+            used_memory_bytes: 0,
+            warning: None,
+        };
+        let mut unlimited = false;
+        let mut any = false;
+        for n in nodes {
+            any = true;
+            all.used_memory_bytes += n.used_memory_bytes;
+            all.maxmemory_bytes += n.maxmemory_bytes;
+            unlimited |= n.maxmemory_bytes == 0;
+            if all.maxmemory_policy.as_deref() == Some("noeviction") {
+                all.maxmemory_policy = n.maxmemory_policy;
+            }
+        }
+        if unlimited {
+            all.maxmemory_bytes = 0;
+        }
+        if !any {
+            all.maxmemory_policy = None;
+        }
+        all.warning = all.warning();
+        all
+    }
+
     /// A warning unless the policy is `noeviction`.
     pub fn warning(&self) -> Option<String> {
         match self.maxmemory_policy.as_deref() {
@@ -239,18 +270,49 @@ impl RedisMemory {
     }
 }
 
-/// Reads `INFO memory`.
+/// Reads `INFO memory`. On a Redis Cluster every node answers: the result
+/// is the cluster's (see [`RedisMemory::of_nodes`]).
 pub async fn memory(redis: &Redis) -> Result<RedisMemory, StreamError> {
     let mut conn = redis.conn.clone();
-    let info: String = redis
+    let info: redis::Value = redis
         .run(redis::cmd("INFO").arg("memory").query_async(&mut conn))
         .await?;
-    Ok(RedisMemory::parse(&info))
+    let text = |v: &redis::Value| redis::from_redis_value_ref::<String>(v).ok();
+    match &info {
+        redis::Value::Map(nodes) => Ok(RedisMemory::of_nodes(
+            nodes
+                .iter()
+                .filter_map(|(_, v)| text(v))
+                .map(|t| RedisMemory::parse(&t)),
+        )),
+        other => text(other)
+            .map(|t| RedisMemory::parse(&t))
+            .ok_or_else(|| StreamError::Protocol(format!("INFO memory reply {other:?}"))),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cluster_is_noeviction_only_when_every_node_is() {
+        let node = |policy: &str, max: u64| {
+            RedisMemory::parse(&format!(
+                "used_memory:100\r\nmaxmemory:{max}\r\nmaxmemory_policy:{policy}\r\n"
+            ))
+        };
+        let ok =
+            RedisMemory::of_nodes([node("noeviction", 10), node("noeviction", 20)].into_iter());
+        assert_eq!((ok.used_memory_bytes, ok.maxmemory_bytes), (200, 30));
+        assert_eq!(ok.warning, None);
+        let bad =
+            RedisMemory::of_nodes([node("noeviction", 0), node("allkeys-lru", 5)].into_iter());
+        assert_eq!(bad.maxmemory_policy.as_deref(), Some("allkeys-lru"));
+        assert_eq!(bad.maxmemory_bytes, 0, "a node without a limit");
+        assert!(bad.warning.is_some());
+        assert!(RedisMemory::of_nodes(std::iter::empty()).warning.is_some());
+    }
 
     #[test]
     fn reads_the_policy_and_warns_unless_noeviction() {
