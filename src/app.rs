@@ -37,8 +37,6 @@ pub enum AppError {
     Exposed(#[from] crate::auth::ExposedError),
     #[error(transparent)]
     Server(#[from] crate::api::server::ServerError),
-    #[error("redis.cluster is set, but only the ingest and rollup roles run on a Redis Cluster yet (asked: {0}): the hub reads every shard in one XREAD, which a cluster refuses (CROSSSLOT), and the api's status is not tested there. Run `serve --roles ingest,rollup` on the cluster and the others against one Redis server; docs/operations.md, \"Redis Cluster\", says what works")]
-    ClusterNotYet(String),
     #[error("unknown role {0:?}; roles are ingest, api, rollup, hub")]
     UnknownRole(String),
     #[error("no processor named {0:?} in processors/; the names are: {1}")]
@@ -257,16 +255,6 @@ pub async fn serve(
     listener: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> Result<(), AppError> {
-    if settings.redis.cluster {
-        let others: Vec<String> = [Role::Api, Role::Hub]
-            .into_iter()
-            .filter(|r| roles.has(*r))
-            .map(|r| format!("{r:?}").to_lowercase())
-            .collect();
-        if !others.is_empty() {
-            return Err(AppError::ClusterNotYet(others.join(", ")));
-        }
-    }
     if roles.serves_data() {
         let addrs = listen_addrs(&settings, listener.as_ref()).await?;
         crate::auth::check_exposure(&settings.auth, &addrs)?;

@@ -172,8 +172,8 @@ pub struct RedisConfig {
     /// `cluster`, any one node of the cluster.
     pub url: String,
     /// A Redis Cluster rather than one server: commands are routed by their
-    /// keys' slots. Only the ingest and rollup roles run on one yet (docs/operations.md,
-    /// "Redis Cluster").
+    /// keys' slots (what is tested there: docs/operations.md, "Redis
+    /// Cluster").
     pub cluster: bool,
     /// With `cluster`: further nodes to learn the cluster from when `url`'s
     /// is down.

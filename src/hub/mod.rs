@@ -365,7 +365,8 @@ impl Hub {
         }
     }
 
-    /// One XREAD over every stream from `ids`; hands the entries to the
+    /// One XREAD over every stream from `ids` (one per stream on a Redis
+    /// Cluster); hands the entries to the
     /// worker (waiting for room in its queue) and advances `ids`. Returns
     /// the entries read.
     async fn read_once(
@@ -374,19 +375,31 @@ impl Hub {
         streams: &[(Feed, String)],
         ids: &mut [String],
     ) -> Result<u64, ReadError> {
-        let mut cmd = redis::cmd("XREAD");
-        cmd.arg("COUNT").arg(self.cfg.read_count).arg("STREAMS");
-        for (_, s) in streams {
-            cmd.arg(s);
+        // one XREAD over every stream; on a Redis Cluster, where each shard
+        // stream is its own slot, one per stream (in turn, each answering
+        // at once: the hub never blocks)
+        let groups: Vec<std::ops::Range<usize>> = if redis.is_cluster() {
+            (0..streams.len()).map(|i| i..i + 1).collect()
+        } else {
+            std::iter::once(0..streams.len()).collect()
+        };
+        let mut reply: XreadReply = Vec::new();
+        for range in groups {
+            let mut cmd = redis::cmd("XREAD");
+            cmd.arg("COUNT").arg(self.cfg.read_count).arg("STREAMS");
+            for (_, s) in streams.get(range.clone()).unwrap_or_default() {
+                cmd.arg(s);
+            }
+            for id in ids.get(range).unwrap_or_default() {
+                cmd.arg(id);
+            }
+            let mut conn = redis.conn.clone();
+            let part: Option<XreadReply> = redis.run(cmd.query_async(&mut conn)).await?;
+            reply.extend(part.unwrap_or_default());
         }
-        for id in ids.iter() {
-            cmd.arg(id);
-        }
-        let mut conn = redis.conn.clone();
-        let reply: Option<XreadReply> = redis.run(cmd.query_async(&mut conn)).await?;
         let mut n = 0u64;
         let mut batch = Vec::new();
-        for (stream, entries) in reply.unwrap_or_default() {
+        for (stream, entries) in reply {
             let Some((i, feed)) = streams
                 .iter()
                 .enumerate()

@@ -4,9 +4,10 @@
 //! A shard's commands (XADD, the group's XREADGROUP / XACK / XPENDING, the
 //! lease script) reach the node owning its slot, and the shards spread over
 //! the masters. Ingest writes a batch over every shard with one transaction
-//! per slot, idempotent per shard, and two rollup workers count it exactly.
-//! `serve` refuses the api and hub roles on a cluster: their cross-shard
-//! commands are the next steps.
+//! per slot, idempotent per shard; two rollup workers count it exactly; the
+//! hub reads each shard stream on its own and the live view counts every
+//! event once; status reads every shard. Failover, resharding and a live
+//! shard-count change are the next steps.
 
 use crate::common;
 
@@ -138,28 +139,6 @@ async fn shard_commands_reach_the_node_owning_their_slot() {
     assert!(
         holders >= 2,
         "8 shards on at least 2 of the 3 masters: {holders}"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_refuses_a_cluster_and_says_why() {
-    let mut env = common::TestEnv::new("clusterserve");
-    env.settings.redis.cluster = true;
-    let roles: flowmeter::app::Roles = "ingest,hub".parse().expect("roles");
-    let err = flowmeter::app::serve(
-        env.settings.clone(),
-        roles,
-        None,
-        tokio_util::sync::CancellationToken::new(),
-    )
-    .await
-    .expect_err("refused");
-    let text = err.to_string();
-    assert!(
-        text.contains("(asked: hub)")
-            && text.contains("CROSSSLOT")
-            && text.contains("docs/operations.md"),
-        "{text}"
     );
 }
 
@@ -324,4 +303,62 @@ async fn rollup_workers_on_a_cluster_count_every_event_once() {
     );
     b.stop().await;
     a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_role_on_a_cluster_live_view_and_status() {
+    use common::ws;
+    use std::time::Duration;
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .expect("cluster");
+    let mut env = common::TestEnv::new("clusterhub");
+    let prefix = env.settings.redis.prefix.clone();
+    env.settings.redis = cluster_config(&cluster, &prefix);
+    env.migrate().await;
+    let server = env.start("ingest,api,rollup,hub").await;
+    ws::hub_ticking(&server).await;
+    let mut sock = ws::connect(&server, "").await;
+    ws::send(
+        &mut sock,
+        serde_json::json!({"op": "subscribe", "channels": ["http:overview"]}),
+    )
+    .await;
+    ws::next_where(
+        &mut sock,
+        Duration::from_secs(10),
+        ws::is("snapshot", "http:overview"),
+    )
+    .await;
+    // live events over every shard (many services): the hub reads each
+    // shard stream on its own node
+    let now = ws::now_ms();
+    let body: Vec<String> = (0..64)
+        .map(|i| {
+            serde_json::json!({"kind": "http", "ts": now, "service": format!("s{i}"),
+                "endpoint": "/a", "method": "GET", "status": 200, "req_bytes": 1,
+                "resp_bytes": 2, "duration_ms": 3.0})
+            .to_string()
+        })
+        .collect();
+    let client = common::http_client();
+    let (status, reply) =
+        common::post_ndjson(&client, &server.url("/v1/events"), body.join("\n")).await;
+    assert_eq!(status, 202, "{reply}");
+    let mut seen = 0;
+    while seen < 64 {
+        let u = ws::next_where(
+            &mut sock,
+            Duration::from_secs(10),
+            ws::is("update", "http:overview"),
+        )
+        .await;
+        seen += ws::field_total(&u["points"], "requests");
+    }
+    assert_eq!(seen, 64, "every event once in the live view");
+    // status reads every shard's stream and groups
+    let status = common::get_json(&client, server.url("/v1/status")).await;
+    let text = status.to_string();
+    assert!(text.contains("http:0") && text.contains("rollup"), "{text}");
+    server.stop().await;
 }
