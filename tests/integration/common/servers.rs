@@ -782,20 +782,35 @@ impl RedisCluster {
             "redis-cli --cluster create: {}",
             String::from_utf8_lossy(&created.stdout)
         );
-        // every node agrees the cluster is up
+        // every node agrees the cluster is up, and every replica has synced
+        // with its master (a replica that never did cannot be elected when
+        // its master fails)
         let start = Instant::now();
         while !cluster
             .ports
             .iter()
-            .all(|p| cluster.info(*p).contains("cluster_state:ok"))
+            .all(|p| cluster.info(*p).contains("cluster_state:ok") && cluster.replica_synced(*p))
         {
             assert!(
                 start.elapsed() < Duration::from_secs(30),
-                "the cluster did not reach cluster_state:ok in 30 s"
+                "the cluster did not reach cluster_state:ok with synced replicas in 30 s"
             );
             std::thread::sleep(Duration::from_millis(100));
         }
         cluster
+    }
+
+    /// Whether the node on `port` is a master, or a replica whose link to
+    /// its master is up.
+    fn replica_synced(&self, port: u16) -> bool {
+        let info = Command::new("redis-cli")
+            .arg("-p")
+            .arg(port.to_string())
+            .args(["info", "replication"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        info.contains("role:master") || info.contains("master_link_status:up")
     }
 
     /// `CLUSTER INFO` of the node on `port`.
@@ -807,6 +822,35 @@ impl RedisCluster {
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default()
+    }
+
+    /// Ports of the nodes that are masters now.
+    pub fn masters(&self) -> Vec<u16> {
+        self.ports
+            .iter()
+            .copied()
+            .filter(|p| {
+                Command::new("redis-cli")
+                    .arg("-p")
+                    .arg(p.to_string())
+                    .arg("role")
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).starts_with("master"))
+                    .unwrap_or(false)
+            })
+            .collect()
+    }
+
+    /// kill -9 of the node on `port`.
+    pub fn kill(&mut self, port: u16) {
+        let at = self.ports.iter().position(|p| *p == port);
+        if let Some(mut c) = at
+            .and_then(|i| self.children.get_mut(i))
+            .and_then(Option::take)
+        {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// `redis://` URLs of every node, the first node first.
