@@ -161,6 +161,8 @@ async fn entries_in(redis: &flowmeter::stream::Redis, keys: &Keys, kinds: &[&str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_stores_a_batch_over_every_shard_once_with_or_without_a_key() {
+    // six Redis nodes and a server: not beside the browser and crash tests
+    let _heavy = common::heavy().await;
     let cluster = tokio::task::spawn_blocking(RedisCluster::start)
         .await
         .expect("cluster");
@@ -255,6 +257,8 @@ async fn ingest_stores_a_batch_over_every_shard_once_with_or_without_a_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollup_workers_on_a_cluster_count_every_event_once() {
+    // six Redis nodes and a server: not beside the browser and crash tests
+    let _heavy = common::heavy().await;
     let cluster = tokio::task::spawn_blocking(RedisCluster::start)
         .await
         .expect("cluster");
@@ -307,6 +311,8 @@ async fn rollup_workers_on_a_cluster_count_every_event_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_role_on_a_cluster_live_view_and_status() {
+    // six Redis nodes and a server: not beside the browser and crash tests
+    let _heavy = common::heavy().await;
     use common::ws;
     use std::time::Duration;
     let cluster = tokio::task::spawn_blocking(RedisCluster::start)
@@ -390,6 +396,8 @@ async fn post_until_accepted(client: &reqwest::Client, url: &str, key: &str, bod
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_killed_during_ingest_doubles_nothing_and_the_loss_is_measured() {
+    // six Redis nodes and a server: not beside the browser and crash tests
+    let _heavy = common::heavy().await;
     let mut cluster = tokio::task::spawn_blocking(RedisCluster::start)
         .await
         .expect("cluster");
