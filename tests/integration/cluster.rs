@@ -142,10 +142,10 @@ async fn shard_commands_reach_the_node_owning_their_slot() {
     );
 }
 
-/// Entries in every shard stream of `kinds` (through the cluster client).
-async fn entries_in(redis: &flowmeter::stream::Redis, keys: &Keys, kinds: &[&str]) -> u64 {
+/// The length of every shard stream of `kinds` (through the cluster client).
+async fn stream_lengths(redis: &flowmeter::stream::Redis, keys: &Keys, kinds: &[&str]) -> Vec<u64> {
     let mut conn = redis.conn.clone();
-    let mut n = 0;
+    let mut lens = Vec::new();
     for kind in kinds {
         for shard in keys.shards_of(kind) {
             let len: u64 = redis::cmd("XLEN")
@@ -153,22 +153,34 @@ async fn entries_in(redis: &flowmeter::stream::Redis, keys: &Keys, kinds: &[&str
                 .query_async(&mut conn)
                 .await
                 .expect("XLEN");
-            n += len;
+            lens.push(len);
         }
     }
-    n
+    lens
+}
+
+/// Entries in every shard stream of `kinds`.
+async fn entries_in(redis: &flowmeter::stream::Redis, keys: &Keys, kinds: &[&str]) -> u64 {
+    stream_lengths(redis, keys, kinds).await.iter().sum()
+}
+
+/// A fresh cluster, and a test environment named `name` pointed at it.
+async fn on_cluster(name: &str) -> (RedisCluster, common::TestEnv) {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .expect("cluster");
+    let mut env = common::TestEnv::new(name);
+    let prefix = env.settings.redis.prefix.clone();
+    env.settings.redis = cluster_config(&cluster, &prefix);
+    (cluster, env)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_stores_a_batch_over_every_shard_once_with_or_without_a_key() {
     // six Redis nodes and a server: not beside the browser and crash tests
     let _heavy = common::heavy().await;
-    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
-        .await
-        .expect("cluster");
-    let mut env = common::TestEnv::new("clusteringest");
+    let (_cluster, env) = on_cluster("clusteringest").await;
     let prefix = env.settings.redis.prefix.clone();
-    env.settings.redis = cluster_config(&cluster, &prefix);
     let redis = flowmeter::stream::connect(&env.settings.redis)
         .await
         .expect("connects");
@@ -197,21 +209,11 @@ async fn ingest_stores_a_batch_over_every_shard_once_with_or_without_a_key() {
     };
     let (status, body) = common::post_ndjson(&client, &url, batch("a", 120)).await;
     assert_eq!(status, 202, "{body}");
-    let used = {
-        let mut conn = redis.conn.clone();
-        let mut used = 0;
-        for kind in ["http", "webrtc"] {
-            for shard in keys.shards_of(kind) {
-                let len: u64 = redis::cmd("XLEN")
-                    .arg(keys.stream(&shard))
-                    .query_async(&mut conn)
-                    .await
-                    .expect("XLEN");
-                used += usize::from(len > 0);
-            }
-        }
-        used
-    };
+    let used = stream_lengths(&redis, &keys, &["http", "webrtc"])
+        .await
+        .iter()
+        .filter(|n| **n > 0)
+        .count();
     assert_eq!(
         used,
         2 * keys.shard_count() as usize,
@@ -259,12 +261,7 @@ async fn ingest_stores_a_batch_over_every_shard_once_with_or_without_a_key() {
 async fn rollup_workers_on_a_cluster_count_every_event_once() {
     // six Redis nodes and a server: not beside the browser and crash tests
     let _heavy = common::heavy().await;
-    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
-        .await
-        .expect("cluster");
-    let mut env = common::TestEnv::new("clusterrollup");
-    let prefix = env.settings.redis.prefix.clone();
-    env.settings.redis = cluster_config(&cluster, &prefix);
+    let (_cluster, env) = on_cluster("clusterrollup").await;
     env.migrate().await;
     // two workers racing for the 8 shards' leases
     let a = env.start("ingest,rollup").await;
@@ -315,12 +312,7 @@ async fn every_role_on_a_cluster_live_view_and_status() {
     let _heavy = common::heavy().await;
     use common::ws;
     use std::time::Duration;
-    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
-        .await
-        .expect("cluster");
-    let mut env = common::TestEnv::new("clusterhub");
-    let prefix = env.settings.redis.prefix.clone();
-    env.settings.redis = cluster_config(&cluster, &prefix);
+    let (_cluster, env) = on_cluster("clusterhub").await;
     env.migrate().await;
     let server = env.start("ingest,api,rollup,hub").await;
     ws::hub_ticking(&server).await;
@@ -398,12 +390,7 @@ async fn post_until_accepted(client: &reqwest::Client, url: &str, key: &str, bod
 async fn a_master_killed_during_ingest_doubles_nothing_and_the_loss_is_measured() {
     // six Redis nodes and a server: not beside the browser and crash tests
     let _heavy = common::heavy().await;
-    let mut cluster = tokio::task::spawn_blocking(RedisCluster::start)
-        .await
-        .expect("cluster");
-    let mut env = common::TestEnv::new("clusterfailover");
-    let prefix = env.settings.redis.prefix.clone();
-    env.settings.redis = cluster_config(&cluster, &prefix);
+    let (mut cluster, env) = on_cluster("clusterfailover").await;
     env.migrate().await;
     let server = env.start("ingest,rollup").await;
     let client = common::http_client();
