@@ -121,13 +121,13 @@ impl FromStr for Roles {
     }
 }
 
-/// Redis and the key layout of the config (for the CLI's stream commands).
+/// Redis and the keys of the config, with the stored shard layout if there
+/// is one (for the CLI's stream commands).
 pub async fn redis_and_keys(settings: &Settings) -> Result<(Redis, Keys), AppError> {
     let redis = crate::stream::connect(&settings.redis).await?;
-    Ok((
-        redis,
-        Keys::new(settings.redis.prefix.clone(), settings.redis.shards),
-    ))
+    let keys = Keys::new(settings.redis.prefix.clone(), settings.redis.shards);
+    crate::stream::layout::load_into(&redis, &keys).await?;
+    Ok((redis, keys))
 }
 
 /// The figures of `GET /v1/status`, read straight from Redis and MySQL (for
@@ -265,8 +265,23 @@ pub async fn serve(
         &settings.paths.processors,
         &schemas,
     )?);
-    let redis = crate::stream::connect(&settings.redis).await?;
-    let keys = Keys::new(settings.redis.prefix.clone(), settings.redis.shards);
+    let (redis, keys) = redis_and_keys(&settings).await?;
+    let layout = keys.layout();
+    if layout.is_stored() && layout.current().shards != settings.redis.shards {
+        tracing::info!(
+            configured = settings.redis.shards,
+            layout = %crate::stream::layout::describe(&layout),
+            "redis.shards differs from the stored shard layout (flowmeter shards); the stored layout is used"
+        );
+    }
+    let tracker = TaskTracker::new();
+    // workers, hubs and backpressure follow a change of the layout
+    tracker.spawn(crate::stream::layout::follow(
+        redis.clone(),
+        keys.clone(),
+        Duration::from_millis(settings.redis.layout_refresh_ms),
+        shutdown.child_token(),
+    ));
     // read (and checked) by every role, as the processors are
     let views = Arc::new(crate::view::Views::load(
         &settings.paths.processors,
@@ -280,7 +295,6 @@ pub async fn serve(
     } else {
         None
     };
-    let tracker = TaskTracker::new();
 
     if roles.has(Role::Rollup) {
         let store = store.clone().ok_or_else(|| {
@@ -300,8 +314,10 @@ pub async fn serve(
         tracker.spawn(crate::retention::run(
             redis.clone(),
             keys.clone(),
-            crate::retention::all_streams(&keys, &schemas),
+            schemas.clone(),
             settings.retention.clone(),
+            i64::try_from(settings.ingest.idempotency_window_secs.saturating_mul(1000))
+                .unwrap_or(i64::MAX),
             ctx.worker_id.clone(),
             shutdown.child_token(),
         ));
@@ -437,9 +453,11 @@ pub async fn http_state(
         // Backpressure decides on figures a background task refreshes.
         let streams = crate::retention::all_streams(&keys, &schemas);
         let backlog = crate::stream::pressure::Backlog::new(streams);
+        let (watched, known) = (keys.clone(), schemas.clone());
         tracker.spawn(crate::stream::pressure::watch(
             redis.clone(),
             backlog.clone(),
+            move || crate::retention::all_streams(&watched, &known),
             settings.ingest.max_backlog_entries,
             Duration::from_millis(settings.ingest.backlog_poll_ms),
             shutdown.child_token(),

@@ -181,9 +181,15 @@ pub struct RedisConfig {
     /// Every key flowmeter writes starts with this prefix, so tests and
     /// tenants can share one server.
     pub prefix: String,
-    /// Shard streams per event kind (`{prefix}:{kind:0}` … `{prefix}:{kind:S-1}`).
-    /// Changing it on a live system strands entries in the removed shards.
+    /// Shard streams per event kind (`{prefix}:{kind:0}` … `{prefix}:{kind:S-1}`)
+    /// until a layout is stored in Redis. To change it on a live system, use
+    /// `flowmeter shards set N` (docs/operations.md, "Changing the shard
+    /// count"): once a layout is stored, it wins over this setting.
     pub shards: u32,
+    /// How often workers, hubs and ingest's backpressure re-read the stored
+    /// shard layout (a change reaches them within this; writers move on at
+    /// once when they meet a sealed set).
+    pub layout_refresh_ms: u64,
     /// Timeout for one Redis command or pipeline; past it the caller gets an
     /// error (ingest answers 503 with Retry-After).
     pub command_timeout_ms: u64,
@@ -205,6 +211,7 @@ impl Default for RedisConfig {
             cluster_nodes: Vec::new(),
             prefix: "fm".into(),
             shards: 4,
+            layout_refresh_ms: 1_000,
             command_timeout_ms: 5_000,
             tls_ca_file: None,
             tls_cert_file: None,
@@ -737,6 +744,9 @@ impl Settings {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
         if self.redis.shards == 0 || self.redis.shards > 1024 {
             return bad("redis.shards must be between 1 and 1024");
+        }
+        if self.redis.layout_refresh_ms == 0 {
+            return bad("redis.layout_refresh_ms must be above 0");
         }
         if self.redis.prefix.is_empty() || self.redis.prefix.contains(['{', '}', ' ']) {
             return bad("redis.prefix must be non-empty, without braces or spaces");

@@ -148,6 +148,7 @@ pub async fn retry(
     letters: &[DeadLetter],
 ) -> Result<usize, StreamError> {
     let mut moved = 0;
+    crate::stream::layout::load_into(redis, keys).await?;
     for d in letters {
         let Some(kind) = kind_of(&d.stream) else {
             return Err(StreamError::Protocol(format!(
@@ -159,10 +160,16 @@ pub async fn retry(
             .ok()
             .and_then(|e| e.get("v").and_then(serde_json::Value::as_u64))
             .unwrap_or(1);
+        // a stream of a sealed shard set takes nothing more: the entry goes
+        // to the shard of the same position in the set written to now
+        let target = keys
+            .shard_of_stream(&d.stream)
+            .map(|s| keys.stream(&keys.rewrite_target(&s)))
+            .unwrap_or_else(|| d.stream.clone());
         let mut pipe = redis::pipe();
         pipe.atomic();
         pipe.cmd("XADD")
-            .arg(&d.stream)
+            .arg(&target)
             .arg("*")
             .arg("kind")
             .arg(kind)

@@ -78,26 +78,44 @@ pub fn streams_for(
     Ok(out)
 }
 
+/// One consumer group of a stream, as `XINFO GROUPS` tells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupOn {
+    pub name: String,
+    pub last_delivered: String,
+    pub pending: u64,
+    /// Entries not yet delivered, when Redis can tell (7.0+).
+    pub lag: Option<u64>,
+}
+
+/// The groups of `stream` (none when it does not exist).
+pub async fn groups_on(redis: &Redis, stream: &str) -> Result<Vec<GroupOn>, StreamError> {
+    let Some(Value::Array(gs)) = crate::stream::xinfo(redis, "GROUPS", stream).await? else {
+        return Ok(Vec::new());
+    };
+    Ok(gs
+        .into_iter()
+        .map(to_map)
+        .map(|g| GroupOn {
+            name: text(g.get("name")).unwrap_or_default(),
+            last_delivered: text(g.get("last-delivered-id")).unwrap_or_else(|| "0-0".into()),
+            pending: int(g.get("pending")).unwrap_or(0),
+            lag: int(g.get("lag")),
+        })
+        .collect())
+}
+
 /// (last-delivered id, pending) of `group` on `stream`, None when it has no such group.
 async fn group_on(
     redis: &Redis,
     stream: &str,
     group: &str,
 ) -> Result<Option<(String, u64)>, StreamError> {
-    let Some(groups) = crate::stream::xinfo(redis, "GROUPS", stream).await? else {
-        return Ok(None);
-    };
-    let Value::Array(gs) = groups else {
-        return Ok(None);
-    };
-    Ok(gs.into_iter().map(to_map).find_map(|g| {
-        (text(g.get("name")).as_deref() == Some(group)).then(|| {
-            (
-                text(g.get("last-delivered-id")).unwrap_or_else(|| "0-0".into()),
-                int(g.get("pending")).unwrap_or(0),
-            )
-        })
-    }))
+    Ok(groups_on(redis, stream)
+        .await?
+        .into_iter()
+        .find(|g| g.name == group)
+        .map(|g| (g.last_delivered, g.pending)))
 }
 
 /// Creates `group` at `start` on every stream (creating empty streams).

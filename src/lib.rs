@@ -25,6 +25,7 @@
 //! | [`sketch`] | mergeable quantile (DDSketch) and distinct-count (HyperLogLog) sketches |
 //! | [`expr`] | the small filter/value expression language of processor definitions |
 //! | [`groups`] | consumer-group administration: `flowmeter groups create/reset/delete` |
+//! | [`shards`] | changing the shard count live: shard sets added, sealed, drained, retired (`flowmeter shards`) |
 //! | [`retention`] | safe trimming by age and length, never past what a group still needs |
 //! | [`dlq`] | dead-letter streams: entries a group could not process, and `flowmeter dlq` |
 //! | [`status`] | the figures of `GET /v1/status` and `flowmeter status` |
@@ -53,6 +54,7 @@ pub mod groups;
 pub mod hub;
 pub mod processor;
 pub mod retention;
+pub mod shards;
 pub mod sketch;
 pub mod status;
 pub mod store;

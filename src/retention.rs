@@ -311,7 +311,7 @@ pub fn all_streams(keys: &Keys, schemas: &SchemaRegistry) -> Vec<String> {
     schemas
         .kinds()
         .iter()
-        .flat_map(|k| keys.shards_of(&k.name))
+        .flat_map(|k| keys.all_shards_of(&k.name))
         .map(|s| keys.stream(&s))
         .collect()
 }
@@ -367,15 +367,19 @@ async fn each_stream(
 
 /// Runs a pass every `retention.interval_ms` until `shutdown`. Among several
 /// workers one pass per interval runs (a short Redis lock), so they do not
-/// repeat each other's scans.
+/// repeat each other's scans. Each pass first moves older shard sets along
+/// ([`crate::shards::advance`]: seal, retire, drop), then plans every
+/// stream of the layout in use.
 pub async fn run(
     redis: Redis,
     keys: Keys,
-    streams: Vec<String>,
+    schemas: std::sync::Arc<SchemaRegistry>,
     cfg: RetentionConfig,
+    keep_sets_ms: i64,
     owner: String,
     shutdown: CancellationToken,
 ) {
+    let kinds: Vec<String> = schemas.kinds().iter().map(|k| k.name.clone()).collect();
     let interval = std::time::Duration::from_millis(cfg.interval_ms.max(100));
     loop {
         tokio::select! {
@@ -402,6 +406,11 @@ pub async fn run(
                 continue;
             }
         }
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        if let Err(e) = crate::shards::advance(&redis, &keys, &kinds, keep_sets_ms, now_ms).await {
+            tracing::warn!(error = %e, "shard sets: cannot move older sets along; retrying next interval");
+        }
+        let streams = all_streams(&keys, &schemas);
         if let Err(e) = pass(&redis, &keys, &streams, &cfg).await {
             tracing::warn!(error = %e, "retention pass failed; retrying next interval");
         }

@@ -55,6 +55,8 @@ pub struct GroupSummary {
 pub struct StreamStatus {
     pub stream: String,
     pub kind: String,
+    /// The shard set (0 unless the shard count was changed: `flowmeter shards`).
+    pub set: u32,
     pub shard: u32,
     pub length: u64,
     pub first_id: Option<String>,
@@ -190,6 +192,7 @@ pub async fn gather(
             streams.push(StreamStatus {
                 stream: key,
                 kind: kind.name.clone(),
+                set: shard.set,
                 shard: shard.index,
                 length: int(info.get("length")).unwrap_or(0),
                 first_id: entry_id(info.get("first-entry")),

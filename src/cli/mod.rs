@@ -34,6 +34,7 @@ pub mod migrate;
 pub mod query;
 pub mod replay;
 pub mod serve;
+pub mod shards;
 pub mod status;
 pub mod table;
 pub mod trim;
@@ -103,6 +104,11 @@ enum Command {
     /// widen to whole windows (hours, days). Refuses when retention has
     /// already dropped entries the range needs.
     Replay(replay::ReplayArgs),
+    /// Show the shard layout, or change the shard count live (`shards set
+    /// N`): new events go to a new set of shards, the old set is sealed,
+    /// read to the end by every group and retired; nothing is stranded or
+    /// counted twice.
+    Shards(shards::ShardsArgs),
     /// Apply retention once now (the rollup role does it every
     /// retention.interval_ms): trim each stream by age and length, never past
     /// what a group still needs, except for retention.hard_max_len.
@@ -163,6 +169,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Groups(args) => groups::run(&settings()?, args).await?,
         Command::Replay(args) => replay::run(&settings()?, args).await?,
         Command::Trim(args) => trim::run(&settings()?, args).await?,
+        Command::Shards(args) => shards::run(&settings()?, args).await?,
         Command::Query(args) => query::run(&settings()?, args).await?,
         Command::Status(args) => return status::run(&settings()?, args).await,
         Command::Loadgen(_) => return forward::run("loadgen"),

@@ -255,23 +255,31 @@ impl Hub {
         schemas: Arc<SchemaRegistry>,
         shutdown: CancellationToken,
     ) {
-        let streams: Vec<(Feed, String)> = state::view_kinds(&self.views)
+        // the shard streams of every kind a view reads, in every shard set
+        // read, then the alerts stream; again whenever the layout changes
+        let kinds: Vec<(usize, String)> = state::view_kinds(&self.views)
             .into_iter()
             .enumerate()
             .filter(|(_, (k, _))| schemas.kind_index(k).is_some())
-            .flat_map(|(i, (k, _))| {
-                let feed = Feed::Kind(i);
-                keys.shards_of(&k).into_iter().map(move |s| (feed, s))
-            })
-            .map(|(f, s)| (f, keys.stream(&s)))
-            .chain(std::iter::once((Feed::Alerts, keys.alerts())))
+            .map(|(i, (k, _))| (i, k))
             .collect();
+        let plan = move |keys: &Keys| -> Vec<(Feed, String)> {
+            kinds
+                .iter()
+                .flat_map(|(i, k)| {
+                    let feed = Feed::Kind(*i);
+                    keys.shards_of(k).into_iter().map(move |s| (feed, s))
+                })
+                .map(|(f, s)| (f, keys.stream(&s)))
+                .chain(std::iter::once((Feed::Alerts, keys.alerts())))
+                .collect()
+        };
         let clock = {
             let hub = self.clone();
             let stop = shutdown.clone();
             tokio::spawn(async move { hub.clock(stop).await })
         };
-        self.feed(redis, streams, shutdown).await;
+        self.feed(redis, keys, plan, shutdown).await;
         let _ = clock.await;
     }
 
@@ -299,7 +307,15 @@ impl Hub {
         }
     }
 
-    async fn feed(&self, redis: Redis, streams: Vec<(Feed, String)>, shutdown: CancellationToken) {
+    async fn feed(
+        &self,
+        redis: Redis,
+        keys: Keys,
+        plan: impl Fn(&Keys) -> Vec<(Feed, String)>,
+        shutdown: CancellationToken,
+    ) {
+        let mut layout = keys.layout().version;
+        let mut streams = plan(&keys);
         let start_ms = chrono::Utc::now().timestamp_millis() - self.cfg.rebuild_secs as i64 * 1000;
         // the alert stream is read whole (it is capped), so alerts opened
         // before the rebuild window still count as open
@@ -323,6 +339,24 @@ impl Hub {
         loop {
             if shutdown.is_cancelled() {
                 return;
+            }
+            if keys.layout().version != layout {
+                // a shard set was added (read from its start: it was created
+                // empty) or retired (read to its end)
+                layout = keys.layout().version;
+                let next = plan(&keys);
+                ids = next
+                    .iter()
+                    .map(|(_, s)| {
+                        streams
+                            .iter()
+                            .position(|(_, old)| old == s)
+                            .and_then(|i| ids.get(i).cloned())
+                            .unwrap_or_else(|| "0-0".to_string())
+                    })
+                    .collect();
+                streams = next;
+                tracing::info!(streams = streams.len(), "hub: shard layout changed");
             }
             match self.read_once(&redis, &streams, &mut ids).await {
                 Ok(0) => {

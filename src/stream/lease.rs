@@ -147,6 +147,13 @@ impl LeaseManager {
         &self.owned
     }
 
+    /// The shards to share from now on (the shard layout changed). Owned
+    /// shards no longer among them are offered back as surplus by the next
+    /// [`LeaseManager::tick`].
+    pub fn set_shards(&mut self, shards: Vec<Shard>) {
+        self.shards = shards;
+    }
+
     /// Heartbeat, renew, and acquire or surrender shards toward the fair share.
     pub async fn tick(&mut self) -> Result<Vec<LeaseOutcome>, StreamError> {
         let mut out = Vec::new();
@@ -177,14 +184,24 @@ impl LeaseManager {
                 out.push(LeaseOutcome::Lost(shard));
             }
         }
+        // shards of a retired set: handed back, and not counted below
+        let gone: Vec<Shard> = self
+            .owned
+            .iter()
+            .filter(|s| !self.shards.contains(s))
+            .cloned()
+            .collect();
+        out.extend(gone.iter().cloned().map(LeaseOutcome::Surplus));
+        let kept = self.owned.len() - gone.len();
         let live = usize::try_from(live.max(1)).unwrap_or(1);
         let fair = self.shards.len().div_ceil(live);
-        if self.owned.len() < fair {
+        if kept < fair {
             // Start at a worker-specific offset so workers do not all race for shard 0.
             let n = self.shards.len().max(1);
             let start = (xxhash_rust::xxh3::xxh3_64(self.worker.as_bytes()) % n as u64) as usize;
+            let mut kept = kept;
             for i in 0..n {
-                if self.owned.len() >= fair {
+                if kept >= fair {
                     break;
                 }
                 let shard = &self.shards[(start + i) % n];
@@ -205,12 +222,19 @@ impl LeaseManager {
                     .await?;
                 if got.is_some() {
                     self.owned.insert(shard.clone());
+                    kept += 1;
                     out.push(LeaseOutcome::Acquired(shard.clone()));
                 }
             }
-        } else if self.owned.len() > fair {
-            let surplus = self.owned.len() - fair;
-            for shard in self.owned.iter().rev().take(surplus) {
+        } else if kept > fair {
+            let surplus = kept - fair;
+            for shard in self
+                .owned
+                .iter()
+                .rev()
+                .filter(|s| !gone.contains(s))
+                .take(surplus)
+            {
                 out.push(LeaseOutcome::Surplus(shard.clone()));
             }
         }

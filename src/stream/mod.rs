@@ -13,8 +13,8 @@ mod lease;
 mod start;
 
 pub use flowmeter_core::stream::{
-    pressure, resp, xinfo, Idempotency, Keys, Producer, Redis, RedisTls, Shard, StreamError,
-    SubmitError, Submitted,
+    layout, pressure, resp, xinfo, Idempotency, Keys, Layout, Producer, Redis, RedisTls, SetState,
+    Shard, ShardSet, StreamError, SubmitError, Submitted,
 };
 
 pub use consumer::{ack, ensure_group, range, Entry, GroupReader, ReadOutcome, StreamId};

@@ -453,3 +453,11 @@ async fn a_master_killed_during_ingest_doubles_nothing_and_the_loss_is_measured(
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_the_shard_count_live_on_a_cluster_strands_and_doubles_nothing() {
+    // six Redis nodes and two servers: not beside the browser and crash tests
+    let _heavy = common::heavy().await;
+    let (_cluster, env) = on_cluster("clustershards").await;
+    crate::shards::live_change(env).await;
+}

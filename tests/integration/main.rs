@@ -37,6 +37,7 @@ mod replay;
 mod retention;
 mod router;
 mod servers_smoke;
+mod shards;
 mod status;
 mod tls_stores;
 mod verify;

@@ -198,8 +198,13 @@ pub struct Spec {
     pub group: String,
     /// Noun for the start and stop logs (`rollup`, `sink`).
     pub role: &'static str,
-    /// Every shard it reads, with its stream key.
+    /// Every shard it reads, with its stream key: the shards of `kinds` in
+    /// every shard set read (see [`Spec::refresh`]), then `extra`.
     pub shards: Vec<(Shard, String)>,
+    pub kinds: Vec<String>,
+    /// Streams besides the kinds' shards (each the single shard of a
+    /// pseudo-kind, e.g. the alerts stream).
+    pub extra: Vec<(Shard, String)>,
     /// The `XGROUP CREATE` id of a new group.
     pub start: String,
     pub cadence: Cadence,
@@ -227,6 +232,17 @@ impl Spec {
             })
             .chain(extra.iter().cloned())
             .collect()
+    }
+
+    /// Recomputes `shards` from the layout `keys` has now (a shard set was
+    /// added or retired); whether they changed.
+    pub fn refresh(&mut self, keys: &Keys) -> bool {
+        let now = Self::shards(keys, &self.kinds, &self.extra);
+        if now == self.shards {
+            return false;
+        }
+        self.shards = now;
+        true
     }
 }
 

@@ -15,6 +15,13 @@ use crate::stream::{ensure_group, LeaseOutcome, Shard, StreamId};
 
 impl<H: ShardHandler> Runner<H> {
     pub(super) async fn on_lease_tick(&mut self) {
+        if self.spec.refresh(&self.ctx.keys) {
+            // a shard set was added (its shards are taken like any other)
+            // or retired (its shards, read to the end, are handed back)
+            tracing::info!(shards = self.spec.shards.len(), "shard layout changed");
+            self.leases
+                .set_shards(self.spec.shards.iter().map(|(s, _)| s.clone()).collect());
+        }
         let outcomes = match self.leases.tick().await {
             Ok(o) => o,
             Err(e) => {

@@ -96,6 +96,8 @@ impl RollupProcessor {
             group: self.def.group.clone(),
             role: "rollup",
             shards: Spec::shards(&self.ctx.keys, &self.def.kinds, &[]),
+            kinds: self.def.kinds.clone(),
+            extra: Vec::new(),
             start: self
                 .def
                 .start()

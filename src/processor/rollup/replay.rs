@@ -119,7 +119,8 @@ impl RollupProcessor {
             .def
             .kinds
             .iter()
-            .flat_map(|k| ctx.keys.shards_of(k))
+            // every set's streams: a retired set still holds entries of the range
+            .flat_map(|k| ctx.keys.all_shards_of(k))
             .map(|s| ctx.keys.stream(&s))
             .collect();
 

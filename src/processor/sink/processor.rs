@@ -45,6 +45,8 @@ pub fn processor<S: Sink>(
         group: head.group.to_string(),
         role: "sink",
         shards: Spec::shards(&ctx.keys, head.kinds, &extra_streams),
+        kinds: head.kinds.to_vec(),
+        extra: extra_streams.clone(),
         start,
         cadence: Cadence {
             tick: (max_wait / 4).max(Duration::from_millis(10)),

@@ -4,13 +4,15 @@
 //! shard leases (`flowmeter::stream`).
 //!
 //! Layout: kind `K` goes to `S` shard streams `{prefix}:{K:0}` …
-//! `{prefix}:{K:S-1}`. The braces are a Redis Cluster hash tag; every key that
+//! `{prefix}:{K:S-1}` (and, after the shard count was changed live, to
+//! the streams of a later shard set: [`layout`]). The braces are a Redis Cluster hash tag; every key that
 //! belongs to one shard (its lease, the idempotency records of requests whose
 //! home it is) carries the same tag, so scripts touching a shard and its
 //! lease stay in one slot. Entries have the fields `kind`, `v`
 //! and `data` (the event JSON), readable by any Redis client.
 
 mod keys;
+pub mod layout;
 pub mod pressure;
 mod producer;
 pub mod resp;
@@ -19,6 +21,7 @@ mod tls;
 use std::time::Duration;
 
 pub use keys::{Keys, Shard};
+pub use layout::{Layout, SetState, ShardSet};
 pub use producer::{Idempotency, Producer, SubmitError, Submitted};
 pub use tls::RedisTls;
 

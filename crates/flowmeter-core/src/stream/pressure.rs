@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use redis::Value;
@@ -26,10 +26,11 @@ use super::resp::{int, text, to_map};
 use super::{xinfo, Redis, StreamError};
 
 /// The unacknowledged backlog of every shard stream, shared between the
-/// [`watch`] task (writer) and ingest (reader).
+/// [`watch`] task (writer) and ingest (reader). The streams change with the
+/// shard layout ([`Backlog::set_streams`]).
 #[derive(Clone, Default)]
 pub struct Backlog {
-    inner: Arc<Inner>,
+    inner: Arc<RwLock<Arc<Inner>>>,
 }
 
 #[derive(Default)]
@@ -38,6 +39,33 @@ struct Inner {
     index: HashMap<String, usize>,
     keys: Vec<String>,
     figures: Vec<AtomicU64>,
+}
+
+impl Inner {
+    /// Figures for `keys`, those also in `before` as they were there.
+    fn new(keys: Vec<String>, before: &Inner) -> Self {
+        let index = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.clone(), i))
+            .collect();
+        let figures = keys
+            .iter()
+            .map(|k| {
+                let was = before
+                    .index
+                    .get(k)
+                    .and_then(|&i| before.figures.get(i))
+                    .map_or(0, |f| f.load(Ordering::Relaxed));
+                AtomicU64::new(was)
+            })
+            .collect();
+        Self {
+            index,
+            keys,
+            figures,
+        }
+    }
 }
 
 /// The largest backlog of one stream over its groups.
@@ -54,28 +82,41 @@ impl Backlog {
     /// Figures for `streams` (every shard stream of every kind), all 0 until
     /// the first refresh.
     pub fn new(streams: impl IntoIterator<Item = String>) -> Self {
-        let keys: Vec<String> = streams.into_iter().collect();
-        let index = keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| (k.clone(), i))
-            .collect();
-        let figures = keys.iter().map(|_| AtomicU64::new(0)).collect();
         Self {
-            inner: Arc::new(Inner {
-                index,
-                keys,
-                figures,
-            }),
+            inner: Arc::new(RwLock::new(Arc::new(Inner::new(
+                streams.into_iter().collect(),
+                &Inner::default(),
+            )))),
+        }
+    }
+
+    fn current(&self) -> Arc<Inner> {
+        match self.inner.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Watches `streams` from now on (a stream kept keeps its figure).
+    pub fn set_streams(&self, streams: Vec<String>) {
+        let now = self.current();
+        if now.keys == streams {
+            return;
+        }
+        let next = Arc::new(Inner::new(streams, &now));
+        match self.inner.write() {
+            Ok(mut g) => *g = next,
+            Err(p) => *p.into_inner() = next,
         }
     }
 
     /// The last known backlog of `stream` (0 for a stream not watched).
     pub fn of(&self, stream: &str) -> u64 {
-        self.inner
+        let inner = self.current();
+        inner
             .index
             .get(stream)
-            .and_then(|&i| self.inner.figures.get(i))
+            .and_then(|&i| inner.figures.get(i))
             .map_or(0, |f| f.load(Ordering::Relaxed))
     }
 
@@ -86,7 +127,8 @@ impl Backlog {
         redis: &Redis,
     ) -> Result<Vec<(String, StreamBacklog)>, StreamError> {
         let mut out = Vec::new();
-        for (key, figure) in self.inner.keys.iter().zip(&self.inner.figures) {
+        let inner = self.current();
+        for (key, figure) in inner.keys.iter().zip(&inner.figures) {
             let worst = stream_backlog(redis, key).await?;
             figure.store(worst.as_ref().map_or(0, |w| w.entries), Ordering::Relaxed);
             out.extend(worst.map(|w| (key.clone(), w)));
@@ -142,6 +184,7 @@ pub async fn stream_backlog(
 pub async fn watch(
     redis: Redis,
     backlog: Backlog,
+    streams: impl Fn() -> Vec<String> + Send,
     limit: u64,
     interval: Duration,
     shutdown: CancellationToken,
@@ -157,11 +200,13 @@ pub async fn watch(
     let mut over: HashMap<String, bool> = HashMap::new();
     let mut failing = false;
     loop {
+        // the shard layout may have changed
+        backlog.set_streams(streams());
         match backlog.refresh(&redis).await {
             Ok(figures) => {
                 failing = false;
                 let now: HashMap<String, StreamBacklog> = figures.into_iter().collect();
-                for key in backlog.inner.keys.iter() {
+                for key in backlog.current().keys.iter() {
                     let b = now.get(key);
                     let is_over = limit > 0 && b.is_some_and(|b| b.entries > limit);
                     let was_over = over.insert(key.clone(), is_over).unwrap_or(false);
@@ -335,7 +380,7 @@ mod tests {
         let b = Backlog::new(["fm:{http:0}".to_string()]);
         assert_eq!(b.of("fm:{http:0}"), 0);
         assert_eq!(b.of("fm:{http:9}"), 0);
-        b.inner.figures[0].store(7, Ordering::Relaxed);
+        b.current().figures[0].store(7, Ordering::Relaxed);
         assert_eq!(b.of("fm:{http:0}"), 7);
     }
 }

@@ -26,6 +26,14 @@
 //! a slot: a request over several shards is written one transaction (or
 //! script, with a record per shard in its slot) per shard, and a failure
 //! after some were written is `Unknown` (docs/guarantees.md).
+//!
+//! **Across shard sets** (the shard count changed live, see
+//! [`super::layout`]): events go to the oldest set not known to be sealed.
+//! A sealed stream refuses the XADDs of a MULTI/EXEC one by one (those
+//! events, and only those, are written again to the next set) and makes the
+//! idempotent script write nothing. A writer that meets a seal seals the rest
+//! of that set, reloads the layout and moves on ([`MAX_SET_HOPS`] at most);
+//! a keyed request first looks for its records in the older, sealed sets.
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -33,6 +41,7 @@ use std::time::Duration;
 
 use crate::event::{KindNames, ValidEvent};
 
+use super::layout::{self, ShardSet};
 use super::pressure::Backlog;
 use super::{Keys, Redis, StreamError};
 
@@ -101,14 +110,17 @@ impl SubmitError {
 }
 
 /// Check-and-append of an idempotent request; see the module doc.
-/// KEYS[1]: the record; KEYS[2..]: the shard streams. ARGV[1]: the record's
-/// value, ARGV[2]: its lifetime (ms), then four per event: its stream's
-/// position in KEYS, kind, version, data. Returns the existing record, or
-/// nil once written.
+/// KEYS[1]: the record; then the `n` shard streams; then their `n` seal
+/// markers. ARGV[1]: the record's value, ARGV[2]: its lifetime (ms),
+/// ARGV[3]: `n`, then four per event: its stream's position in KEYS, kind,
+/// version, data. Returns the existing record; 1 (writing nothing) when a
+/// stream is sealed; nil once written.
 const IDEMPOTENT_APPEND: &str = r"
 local seen = redis.call('GET', KEYS[1])
 if seen then return seen end
-for i = 3, #ARGV, 4 do
+local n = tonumber(ARGV[3])
+if redis.call('EXISTS', unpack(KEYS, n + 2, 2 * n + 1)) > 0 then return 1 end
+for i = 4, #ARGV, 4 do
   redis.call('XADD', KEYS[tonumber(ARGV[i])], '*', 'kind', ARGV[i + 1], 'v', ARGV[i + 2], 'data', ARGV[i + 3])
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
@@ -117,12 +129,21 @@ return false
 
 static SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(IDEMPOTENT_APPEND));
 
-/// A request's entries: the distinct stream keys (with their shards), and
-/// per event (position in `streams`, kind, version, data).
+/// Most shard sets one write moves through (each move: the set written to
+/// was sealed meanwhile). A named bound: more means sets are being
+/// changed faster than a request is written.
+pub const MAX_SET_HOPS: usize = 4;
+
+/// One row of a request: its stream's position in `streams`, kind,
+/// version, data, and the event's position in the request.
+type Row<'a> = (usize, &'a str, u32, &'a str, usize);
+
+/// A request's entries in one shard set: the distinct stream keys (with
+/// their shards) and the rows.
 struct Entries<'a> {
     streams: Vec<String>,
     shards: Vec<super::Shard>,
-    rows: Vec<(usize, &'a str, u32, &'a str)>,
+    rows: Vec<Row<'a>>,
 }
 
 impl<'a> Entries<'a> {
@@ -139,11 +160,27 @@ impl<'a> Entries<'a> {
                     .rows
                     .iter()
                     .filter(|r| r.0 == i)
-                    .map(|&(_, k, v, d)| (0, k, v, d))
+                    .map(|&(_, k, v, d, e)| (0, k, v, d, e))
                     .collect(),
             })
             .collect()
     }
+
+    /// The events (positions in the request) of these entries.
+    fn events(&self) -> Vec<usize> {
+        self.rows.iter().map(|r| r.4).collect()
+    }
+}
+
+/// What one transaction or script did.
+enum Outcome {
+    /// Every row was appended.
+    Written,
+    /// The key's record exists (the rows were written before).
+    Replayed(String),
+    /// These events (positions in the request) were not written: their
+    /// stream is sealed. The others were.
+    Sealed(Vec<usize>),
 }
 
 impl Producer {
@@ -166,26 +203,30 @@ impl Producer {
         &self.keys
     }
 
+    /// The entries of `events` (those at positions `todo`) in `set`.
     fn entries<'a, K: KindNames + ?Sized>(
         &self,
         kinds: &'a K,
         events: &'a [ValidEvent],
+        todo: &[usize],
+        set: &ShardSet,
     ) -> Result<Entries<'a>, StreamError> {
         let mut streams = Vec::new();
         let mut shards = Vec::new();
         let mut at: HashMap<(usize, u32), usize> = HashMap::new();
-        let mut rows = Vec::with_capacity(events.len());
-        for e in events {
+        let mut rows = Vec::with_capacity(todo.len());
+        for &n in todo {
+            let Some(e) = events.get(n) else { continue };
             let kind = kinds
                 .kind_name(e.kind)
                 .ok_or_else(|| StreamError::Protocol(format!("unknown kind index {}", e.kind)))?;
-            let shard = self.keys.shard_for(kind, e.partition);
+            let shard = self.keys.shard_in(set, kind, e.partition);
             let i = *at.entry((e.kind, shard.index)).or_insert_with(|| {
                 streams.push(self.keys.stream(&shard));
                 shards.push(shard.clone());
                 streams.len() - 1
             });
-            rows.push((i, kind, e.version, e.data.as_str()));
+            rows.push((i, kind, e.version, e.data.as_str(), n));
         }
         Ok(Entries {
             streams,
@@ -194,33 +235,59 @@ impl Producer {
         })
     }
 
-    /// Appends all events atomically; returns once Redis has acknowledged
-    /// them. `kinds` names the kinds the events' [`ValidEvent::kind`] index.
+    /// Appends all events (atomically on one Redis server); returns once
+    /// Redis has acknowledged them. `kinds` names the kinds the events'
+    /// [`ValidEvent::kind`] index. On a Redis Cluster a batch over several
+    /// shards is one transaction per shard: a failure past the first
+    /// leaves the earlier shards written (see docs/guarantees.md).
     pub async fn append<K: KindNames + ?Sized>(
         &self,
         kinds: &K,
         events: &[ValidEvent],
     ) -> Result<(), StreamError> {
-        if events.is_empty() {
-            return Ok(());
-        }
-        let entries = self.entries(kinds, events)?;
-        if self.redis.is_cluster() && entries.streams.len() > 1 {
-            // one transaction per slot; a failure past the first leaves the
-            // earlier shards written (callers retrying the batch may
-            // duplicate them: see docs/guarantees.md, "Redis Cluster")
-            for one in entries.per_stream() {
-                self.exec(&one).await?;
+        let mut todo: Vec<usize> = (0..events.len()).collect();
+        for _ in 0..MAX_SET_HOPS {
+            if todo.is_empty() {
+                return Ok(());
             }
+            let set = self.keys.write_set();
+            let entries = self.entries(kinds, events, &todo, &set)?;
+            let mut sealed = Vec::new();
+            for one in self.transactions(entries) {
+                if let Outcome::Sealed(left) = self.exec(&one).await? {
+                    sealed.extend(left);
+                }
+            }
+            if !sealed.is_empty() {
+                self.met_seal(kinds, &set).await?;
+            }
+            todo = sealed;
+        }
+        if todo.is_empty() {
             return Ok(());
         }
-        self.exec(&entries).await
+        Err(StreamError::Protocol(format!(
+            "{} events not written: the shard set changed {MAX_SET_HOPS} times while writing them",
+            todo.len()
+        )))
     }
 
-    async fn exec(&self, entries: &Entries<'_>) -> Result<(), StreamError> {
+    /// The transactions `entries` is written in: one, or one per stream
+    /// on a Redis Cluster (a transaction cannot span slots there).
+    fn transactions<'a>(&self, entries: Entries<'a>) -> Vec<Entries<'a>> {
+        if self.redis.is_cluster() && entries.streams.len() > 1 {
+            entries.per_stream()
+        } else {
+            vec![entries]
+        }
+    }
+
+    /// One MULTI/EXEC of XADDs. A sealed stream refuses its XADDs (and only
+    /// those): their events come back in `Outcome::Sealed`.
+    async fn exec(&self, entries: &Entries<'_>) -> Result<Outcome, StreamError> {
         let mut pipe = redis::pipe();
-        pipe.atomic();
-        for &(i, kind, version, data) in &entries.rows {
+        pipe.atomic().ignore_errors();
+        for &(i, kind, version, data, _) in &entries.rows {
             let stream = entries.streams.get(i).map_or("", String::as_str);
             pipe.cmd("XADD")
                 .arg(stream)
@@ -230,11 +297,65 @@ impl Producer {
                 .arg("v")
                 .arg(version)
                 .arg("data")
-                .arg(data)
-                .ignore();
+                .arg(data);
         }
         let mut conn = self.redis.conn.clone();
-        self.redis.run(pipe.query_async::<()>(&mut conn)).await
+        let replies: Vec<redis::Value> = self.redis.run(pipe.query_async(&mut conn)).await?;
+        let mut sealed = Vec::new();
+        for (row, reply) in entries.rows.iter().zip(&replies) {
+            if let redis::Value::ServerError(e) = reply {
+                let e = redis::RedisError::from(e.clone());
+                if !layout::is_sealed_error(&e) {
+                    return Err(StreamError::Redis(e));
+                }
+                sealed.push(row.4);
+            }
+        }
+        if replies.len() != entries.rows.len() {
+            return Err(StreamError::Protocol(format!(
+                "{} replies to a transaction of {} XADDs",
+                replies.len(),
+                entries.rows.len()
+            )));
+        }
+        Ok(if sealed.is_empty() {
+            Outcome::Written
+        } else {
+            Outcome::Sealed(sealed)
+        })
+    }
+
+    /// A write met a seal in `set`: seal the rest of the set (every stream
+    /// of the kinds known here and in the layout), so that nothing more can
+    /// land in it whoever writes, then write to the next set from now on.
+    /// Sealing first is what lets an idempotent retry trust a lookup in
+    /// the older set (see `older_records`).
+    async fn met_seal<K: KindNames + ?Sized>(
+        &self,
+        kinds: &K,
+        set: &ShardSet,
+    ) -> Result<(), StreamError> {
+        let stored = layout::load(&self.redis, &self.keys.layout_key()).await?;
+        let mut names: Vec<String> = stored.as_ref().map(|l| l.kinds.clone()).unwrap_or_default();
+        names.extend((0..).map_while(|i| kinds.kind_name(i)).map(str::to_string));
+        names.sort();
+        names.dedup();
+        for kind in &names {
+            for shard in self.keys.shards_in(set, kind) {
+                layout::seal(
+                    &self.redis,
+                    &self.keys.stream(&shard),
+                    &self.keys.sealed(&shard),
+                )
+                .await?;
+            }
+        }
+        tracing::info!(set = set.set, "shard set sealed: writing to the next set");
+        self.keys.mark_sealed(set.set);
+        if let Some(l) = stored {
+            self.keys.set_layout(l);
+        }
+        Ok(())
     }
 
     /// Appends a request's events (all or nothing) behind backpressure, once
@@ -249,31 +370,21 @@ impl Producer {
         if events.is_empty() {
             return Ok(Submitted::Written);
         }
-        let entries = self
-            .entries(kinds, events)
+        let all: Vec<usize> = (0..events.len()).collect();
+        let first = self
+            .entries(kinds, events, &all, &self.keys.write_set())
             .map_err(SubmitError::NotWritten)?;
-        let first_kind = entries.rows.first().map_or("", |r| r.1);
-        let record = idempotency.map(|idem| {
-            // on a cluster the record shares the slot of the shard it guards
-            // (the first: each shard of a request has its own, see
-            // `submit_per_slot`)
-            let home = match entries.shards.first() {
-                Some(s) if self.redis.is_cluster() => s.clone(),
-                _ => self.keys.home_shard(first_kind, idem.key),
-            };
-            self.keys.idempotency(&home, idem.key)
-        });
         if let Some((backlog, limit)) = &self.backlog {
-            let over = entries
+            let over = first
                 .streams
                 .iter()
                 .map(|s| (s, backlog.of(s)))
                 .find(|(_, n)| *limit > 0 && n > limit);
             if let Some((stream, n)) = over {
                 // A retry of a request already written is answered even now.
-                if let (Some(idem), Some(record)) = (idempotency, &record) {
-                    if let Some(seen) = self.record(record).await {
-                        return replayed(&seen, &idem.fingerprint);
+                if let Some(idem) = idempotency {
+                    if let Some(done) = self.written_before(kinds, events, idem).await {
+                        return done;
                     }
                 }
                 return Err(SubmitError::Backlog {
@@ -283,103 +394,229 @@ impl Producer {
                 });
             }
         }
-        if self.redis.is_cluster() && entries.streams.len() > 1 {
-            return self
-                .submit_per_slot(&entries, events.len(), idempotency)
-                .await;
-        }
-        let (Some(idem), Some(record)) = (idempotency, record) else {
-            return self
-                .exec(&entries)
+        drop(first);
+        let mut todo = all;
+        // whether this call wrote part of the request, and whether part of
+        // it is stored (written now or found written before)
+        let mut wrote = false;
+        let mut stored = false;
+        let mut replayed: Option<u64> = None;
+        for _ in 0..MAX_SET_HOPS {
+            let set = self.keys.write_set();
+            if let Some(idem) = idempotency {
+                match self.older_records(kinds, events, &todo, &set, idem).await {
+                    Ok((left, seen)) => {
+                        if let Some(accepted) = seen {
+                            replayed = Some(accepted);
+                        }
+                        if left.is_empty() {
+                            return Ok(Submitted::Replayed {
+                                accepted: replayed.unwrap_or(events.len() as u64),
+                            });
+                        }
+                        todo = left;
+                    }
+                    Err(e) => return Err(partial(e, stored)),
+                }
+            }
+            let entries = self
+                .entries(kinds, events, &todo, &set)
+                .map_err(|e| partial(SubmitError::NotWritten(e), stored))?;
+            let mut sealed = Vec::new();
+            let mut failed: Option<SubmitError> = None;
+            let mut written = 0usize;
+            for one in self.transactions(entries) {
+                let outcome = match idempotency {
+                    Some(idem) => {
+                        let record = self.record_key(&one, &set, idem.key);
+                        self.exec_idempotent(&one, &record, idem, events.len())
+                            .await
+                    }
+                    None => self.exec(&one).await.map_err(classify),
+                };
+                match outcome {
+                    Ok(Outcome::Written) => written += 1,
+                    Ok(Outcome::Replayed(value)) => {
+                        let Submitted::Replayed { accepted } = replayed_from(&value, idempotency)?
+                        else {
+                            continue;
+                        };
+                        replayed = Some(accepted);
+                    }
+                    Ok(Outcome::Sealed(left)) => {
+                        written += usize::from(left.len() < one.rows.len());
+                        sealed.extend(left);
+                    }
+                    Err(SubmitError::KeyReused) => return Err(SubmitError::KeyReused),
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
+                }
+            }
+            wrote |= written > 0;
+            stored |= wrote || replayed.is_some();
+            if let Some(e) = failed {
+                return Err(partial(e, stored));
+            }
+            if sealed.is_empty() {
+                return Ok(match (wrote, replayed) {
+                    (false, Some(accepted)) => Submitted::Replayed { accepted },
+                    _ => Submitted::Written,
+                });
+            }
+            self.met_seal(kinds, &set)
                 .await
-                .map(|()| Submitted::Written)
-                .map_err(classify);
-        };
-        self.submit_idempotent(&entries, &record, idem, events.len())
-            .await
+                .map_err(|e| partial(classify(e), stored))?;
+            todo = sealed;
+        }
+        Err(partial(
+            SubmitError::NotWritten(StreamError::Protocol(format!(
+                "the shard set changed {MAX_SET_HOPS} times while writing the request"
+            ))),
+            stored,
+        ))
     }
 
-    /// A request whose events go to several shards on a Redis Cluster, where
-    /// one transaction cannot span slots: one transaction (or idempotent
-    /// script, its record in that shard's slot) per shard. All written:
-    /// `Written`. None: the first error, classified. Some: `Unknown`, since
-    /// part of the request is stored: a retry with the same idempotency key
-    /// writes only the shards still missing; without a key it may count
-    /// the written part twice.
-    async fn submit_per_slot(
+    /// The record guarding `entries` in `set`: on one server the request's
+    /// home shard's (one record for the whole request); on a cluster the
+    /// record of the one shard `entries` writes to, in its slot.
+    fn record_key(&self, entries: &Entries<'_>, set: &ShardSet, key: &str) -> String {
+        match (self.redis.is_cluster(), entries.shards.first()) {
+            (true, Some(shard)) => self.keys.idempotency(shard, key),
+            _ => {
+                let first_kind = entries.rows.first().map_or("", |r| r.1);
+                self.keys
+                    .idempotency(&self.keys.home_shard(set, first_kind, key), key)
+            }
+        }
+    }
+
+    /// Whether a keyed request is already stored whole (for an answer
+    /// without writing, under backpressure): its record in the set written
+    /// to, or in older sealed sets.
+    async fn written_before<K: KindNames + ?Sized>(
         &self,
-        entries: &Entries<'_>,
-        total: usize,
-        idempotency: Option<&Idempotency<'_>>,
-    ) -> Result<Submitted, SubmitError> {
-        let mut written = 0usize;
-        let mut replayed: Option<u64> = None;
-        let mut failed: Option<SubmitError> = None;
-        let mut unknown = false;
-        for one in entries.per_stream() {
-            let outcome = match (idempotency, one.shards.first()) {
-                (Some(idem), Some(shard)) => {
-                    let record = self.keys.idempotency(shard, idem.key);
-                    self.submit_idempotent(&one, &record, idem, total).await
-                }
-                _ => self
-                    .exec(&one)
-                    .await
-                    .map(|()| Submitted::Written)
-                    .map_err(classify),
+        kinds: &K,
+        events: &[ValidEvent],
+        idem: &Idempotency<'_>,
+    ) -> Option<Result<Submitted, SubmitError>> {
+        let all: Vec<usize> = (0..events.len()).collect();
+        let set = self.keys.write_set();
+        let (left, seen) = self
+            .older_records(kinds, events, &all, &set, idem)
+            .await
+            .ok()?;
+        if left.is_empty() {
+            return Some(Ok(Submitted::Replayed {
+                accepted: seen.unwrap_or(events.len() as u64),
+            }));
+        }
+        if left.len() < all.len() {
+            return None;
+        }
+        let entries = self.entries(kinds, events, &all, &set).ok()?;
+        let key = self.record_key(&entries, &set, idem.key);
+        let value = self.record(&key).await?;
+        Some(replayed(&value, &idem.fingerprint))
+    }
+
+    /// The events of `todo` not yet stored by an earlier attempt in an
+    /// older, sealed set (none can be written there any more, so what its
+    /// records say is final), and the accepted count such a record holds.
+    /// On one server a record covers the whole request; on a cluster each
+    /// shard's record covers the events that shard took.
+    async fn older_records<K: KindNames + ?Sized>(
+        &self,
+        kinds: &K,
+        events: &[ValidEvent],
+        todo: &[usize],
+        set: &ShardSet,
+        idem: &Idempotency<'_>,
+    ) -> Result<(Vec<usize>, Option<u64>), SubmitError> {
+        let layout = self.keys.layout();
+        let sealed = self.keys.sealed_sets();
+        let mut left = todo.to_vec();
+        let mut accepted = None;
+        for older in layout
+            .sets
+            .iter()
+            .filter(|s| s.set < set.set && sealed.contains(&s.set))
+        {
+            if left.is_empty() {
+                break;
+            }
+            let entries = self
+                .entries(kinds, events, &left, older)
+                .map_err(SubmitError::NotWritten)?;
+            let parts = if self.redis.is_cluster() {
+                entries.per_stream()
+            } else {
+                vec![entries]
             };
-            match outcome {
-                Ok(Submitted::Written) => written += 1,
-                Ok(Submitted::Replayed { accepted }) => replayed = Some(accepted),
-                Err(SubmitError::KeyReused) => return Err(SubmitError::KeyReused),
-                Err(e) => {
-                    unknown |= matches!(e, SubmitError::Unknown(_));
-                    failed.get_or_insert(e);
+            for part in parts {
+                let key = self.record_key(&part, older, idem.key);
+                let mut conn = self.redis.conn.clone();
+                let value: Option<String> = self
+                    .redis
+                    .run(redis::cmd("GET").arg(&key).query_async(&mut conn))
+                    .await
+                    .map_err(SubmitError::NotWritten)?;
+                if let Some(value) = value {
+                    if let Submitted::Replayed { accepted: n } =
+                        replayed(&value, &idem.fingerprint)?
+                    {
+                        accepted = Some(n);
+                    }
+                    let done = part.events();
+                    left.retain(|e| !done.contains(e));
                 }
             }
         }
-        let some_stored = unknown || written > 0 || replayed.is_some();
-        match (failed, written, replayed) {
-            (None, 0, Some(accepted)) => Ok(Submitted::Replayed { accepted }),
-            (None, _, _) => Ok(Submitted::Written),
-            (Some(SubmitError::NotWritten(e) | SubmitError::Unknown(e)), _, _) if some_stored => {
-                Err(SubmitError::Unknown(e))
-            }
-            (Some(e), _, _) => Err(e),
-        }
+        Ok((left, accepted))
     }
 
     /// Runs the idempotent append of `entries` under `record`.
-    async fn submit_idempotent(
+    async fn exec_idempotent(
         &self,
         entries: &Entries<'_>,
         record: &str,
         idem: &Idempotency<'_>,
         total: usize,
-    ) -> Result<Submitted, SubmitError> {
+    ) -> Result<Outcome, SubmitError> {
         let mut inv = SCRIPT.prepare_invoke();
         inv.key(record);
         for s in &entries.streams {
             inv.key(s);
         }
-        inv.arg(format!("{} {}", idem.fingerprint, total)).arg(
-            u64::try_from(idem.window.as_millis())
-                .unwrap_or(u64::MAX)
-                .max(1),
-        );
-        for &(i, kind, version, data) in &entries.rows {
+        for shard in &entries.shards {
+            inv.key(self.keys.sealed(shard));
+        }
+        inv.arg(format!("{} {}", idem.fingerprint, total))
+            .arg(
+                u64::try_from(idem.window.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+            )
+            .arg(entries.streams.len());
+        for &(i, kind, version, data, _) in &entries.rows {
             // KEYS is 1-based and starts with the record.
             inv.arg(i + 2).arg(kind).arg(version).arg(data);
         }
         let mut conn = self.redis.conn.clone();
-        let seen: Option<String> = self
+        let reply: redis::Value = self
             .redis
             .run(inv.invoke_async(&mut conn))
             .await
             .map_err(classify)?;
-        match seen {
-            None => Ok(Submitted::Written),
-            Some(value) => replayed(&value, &idem.fingerprint),
+        match reply {
+            redis::Value::Nil => Ok(Outcome::Written),
+            redis::Value::Int(1) => Ok(Outcome::Sealed(entries.events())),
+            redis::Value::BulkString(b) => {
+                Ok(Outcome::Replayed(String::from_utf8_lossy(&b).into_owned()))
+            }
+            other => Err(SubmitError::Unknown(StreamError::Protocol(format!(
+                "unexpected reply to the idempotent append: {other:?}"
+            )))),
         }
     }
 
@@ -391,6 +628,26 @@ impl Producer {
             .await
             .ok()
             .flatten()
+    }
+}
+
+/// A failure once part of the request may be stored is `Unknown`: a retry
+/// with the same key writes only what is missing.
+fn partial(e: SubmitError, stored: bool) -> SubmitError {
+    match e {
+        SubmitError::NotWritten(e) if stored => SubmitError::Unknown(e),
+        other => other,
+    }
+}
+
+/// The outcome a record found while writing means (with a key).
+fn replayed_from(
+    value: &str,
+    idempotency: Option<&Idempotency<'_>>,
+) -> Result<Submitted, SubmitError> {
+    match idempotency {
+        Some(idem) => replayed(value, &idem.fingerprint),
+        None => Ok(Submitted::Written),
     }
 }
 
