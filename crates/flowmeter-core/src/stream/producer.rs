@@ -233,8 +233,9 @@ impl Producer {
                 .arg(data)
                 .ignore();
         }
-        let mut conn = self.redis.conn.clone();
-        self.redis.run(pipe.query_async::<()>(&mut conn)).await
+        // on a cluster, `entries` is one stream (one slot): see `append`
+        let first = entries.streams.first().map_or("", String::as_str);
+        self.redis.transaction(&pipe, first).await
     }
 
     /// Appends a request's events (all or nothing) behind backpressure, once
