@@ -453,3 +453,227 @@ async fn a_master_killed_during_ingest_doubles_nothing_and_the_loss_is_measured(
     );
     server.stop().await;
 }
+
+/// Entries of `stream` whose `data` is `data` (through the cluster client).
+async fn entries_with_data(redis: &flowmeter::stream::Redis, stream: &str, data: &str) -> usize {
+    flowmeter::stream::range(redis, stream, "-", "+", 100_000)
+        .await
+        .expect("XRANGE")
+        .iter()
+        .filter(|e| e.data.as_deref() == Some(data))
+        .count()
+}
+
+/// Dead letters of group `rollup`.
+async fn dead_letters(redis: &flowmeter::stream::Redis, keys: &Keys) -> u64 {
+    flowmeter::dlq::len(redis, keys, "rollup")
+        .await
+        .expect("XLEN")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_commands_work_on_a_cluster() {
+    // six Redis nodes and a server: not beside the browser and crash tests
+    let _heavy = common::heavy().await;
+    use common::{cli, cli_ok, scalar, wait_until};
+    use std::time::Duration;
+    let (_cluster, mut env) = on_cluster("clustercli").await;
+    env.settings.redis.shards = 8; // spread over the 3 masters
+    env.migrate().await;
+    let prefix = env.settings.redis.prefix.clone();
+    let redis = flowmeter::stream::connect(&env.settings.redis)
+        .await
+        .expect("connects");
+    let keys = Keys::new(prefix.as_str(), env.settings.redis.shards);
+    let server = env.start("ingest,rollup").await;
+    let client = common::http_client();
+    let t0 = 1_772_359_200_000i64; // 2026-03-01T10:00:00Z
+    common::post_http_range(&client, &server.url("/v1/events"), 0..600, t0, 3_600_000).await;
+    let store = env.store().await;
+    let total = || {
+        let s = store.clone();
+        async move { scalar(&s, "SELECT COALESCE(SUM(requests), 0) FROM http_hourly").await }
+    };
+    wait_until(Duration::from_secs(60), || async { total().await == 600 }).await;
+    // a poison entry in one shard: the rollup dead-letters it
+    let stream = keys.stream(&keys.shards_of("http")[1]);
+    let poison = "{not json";
+    let mut conn = redis.conn.clone();
+    let _: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("kind")
+        .arg("http")
+        .arg("v")
+        .arg(1)
+        .arg("data")
+        .arg(poison)
+        .query_async(&mut conn)
+        .await
+        .expect("XADD");
+    wait_until(Duration::from_secs(20), || async {
+        dead_letters(&redis, &keys).await == 1
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = env.write_config(dir.path());
+
+    // status: every shard stream (each on its node), the rollup group, its dead letter
+    let status: serde_json::Value =
+        serde_json::from_str(&cli_ok(&config, &["status", "--json"])).expect("status JSON");
+    let streams = status["streams"].as_array().expect("streams");
+    assert_eq!(streams.len(), 2 * keys.shard_count() as usize, "{status}");
+    let http_len: u64 = streams
+        .iter()
+        .filter(|s| s["kind"] == "http")
+        .filter_map(|s| s["length"].as_u64())
+        .sum();
+    assert_eq!(http_len, 601, "600 events and the poison entry");
+    let rollup = status["groups"]
+        .as_array()
+        .and_then(|g| g.iter().find(|g| g["group"] == "rollup"))
+        .expect("rollup group");
+    assert_eq!(rollup["dead_letters"], 1, "{rollup}");
+    assert_eq!(rollup["lag"], 0, "{rollup}");
+    assert!(
+        status["redis"]["warning"].is_null(),
+        "every node noeviction: {status}"
+    );
+    let text = cli_ok(&config, &["status"]);
+    assert!(text.contains(&stream), "{text}");
+
+    // groups: create, list, reset, delete an external group on every http shard
+    let out = cli_ok(
+        &config,
+        &[
+            "groups",
+            "create",
+            "ext",
+            "--from",
+            "beginning",
+            "--kind",
+            "http",
+        ],
+    );
+    assert!(out.contains("group ext created on 8 streams"), "{out}");
+    let list = cli_ok(&config, &["groups", "list", "--json"]);
+    let groups: serde_json::Value = serde_json::from_str(&list).expect("groups JSON");
+    let ext = groups
+        .as_array()
+        .and_then(|g| g.iter().find(|g| g["group"] == "ext"))
+        .expect("ext listed");
+    assert_eq!(ext["shards"], 8, "{ext}");
+    assert_eq!(ext["lag"], 601, "{ext}");
+    let out = cli_ok(
+        &config,
+        &["groups", "reset", "ext", "--to", "now", "--kind", "http"],
+    );
+    assert!(out.contains("moved to now on 8 streams"), "{out}");
+    let list = cli_ok(&config, &["groups", "list", "--json"]);
+    assert!(list.contains("\"ext\""), "{list}");
+    let groups: serde_json::Value = serde_json::from_str(&list).expect("groups JSON");
+    let ext = groups
+        .as_array()
+        .and_then(|g| g.iter().find(|g| g["group"] == "ext"))
+        .expect("ext listed");
+    assert_eq!(ext["lag"], 0, "{ext}");
+    let out = cli_ok(&config, &["groups", "delete", "ext", "--kind", "http"]);
+    assert!(out.contains("group ext deleted from 8 streams"), "{out}");
+    let refused = cli(&config, &["groups", "delete", "ext", "--kind", "http"]);
+    assert!(!refused.status.success(), "ext is gone");
+
+    // dlq: list, retry (the entry comes back, still poison), and a retry
+    // that died between its two writes, run again: appended once
+    let list = cli_ok(&config, &["dlq", "list"]);
+    assert!(list.contains("1 of 1 dead letters"), "{list}");
+    assert!(list.contains(&stream), "{list}");
+    let out = cli_ok(&config, &["dlq", "retry", "--all"]);
+    assert!(out.contains("1 dead letters re-appended"), "{out}");
+    wait_until(Duration::from_secs(20), || async {
+        entries_with_data(&redis, &stream, poison).await == 2
+            && dead_letters(&redis, &keys).await == 1
+    })
+    .await;
+    let letters = flowmeter::dlq::list(&redis, &keys, "rollup", "-", 10)
+        .await
+        .expect("dlq list");
+    let [letter] = letters.as_slice() else {
+        panic!("one dead letter: {letters:?}")
+    };
+    let ttl = flowmeter::dlq::RETRY_MARKER_TTL;
+    assert!(
+        flowmeter::dlq::reappend_once(&redis, &keys, "rollup", letter, ttl)
+            .await
+            .expect("re-append"),
+        "appended"
+    );
+    // (the process "dies" here: the dead letter is still listed; the
+    // re-appended entry is dead-lettered again meanwhile)
+    wait_until(Duration::from_secs(20), || async {
+        dead_letters(&redis, &keys).await == 2
+    })
+    .await;
+    let out = cli_ok(&config, &["dlq", "retry", "--all"]);
+    assert!(out.contains("2 dead letters re-appended"), "{out}");
+    wait_until(Duration::from_secs(20), || async {
+        dead_letters(&redis, &keys).await == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        entries_with_data(&redis, &stream, poison).await,
+        4,
+        "the original, the first retry, the interrupted one, and the second run's other letter: the interrupted one was not appended again"
+    );
+    assert_eq!(dead_letters(&redis, &keys).await, 1);
+    let refused = cli(&config, &["dlq", "purge"]);
+    assert!(!refused.status.success(), "purge needs --yes");
+    let out = cli_ok(&config, &["dlq", "purge", "--yes"]);
+    assert!(
+        out.contains("1 dead letters of group rollup deleted"),
+        "{out}"
+    );
+    assert_eq!(dead_letters(&redis, &keys).await, 0);
+
+    // replay: damaged rows rebuilt from every shard's stream
+    sqlx::query("UPDATE http_hourly SET requests = requests + 1000")
+        .execute(store.pool())
+        .await
+        .expect("damage");
+    let out = cli_ok(
+        &config,
+        &[
+            "replay",
+            "--processor",
+            "http_rollup",
+            "--from",
+            "2026-03-01T10:00:00Z",
+            "--to",
+            "2026-03-01T11:00:00Z",
+            "--quiet",
+        ],
+    );
+    assert!(
+        out.contains("http_hourly") && out.contains("8 streams"),
+        "{out}"
+    );
+    assert_eq!(total().await, 600, "rebuilt: {out}");
+
+    // trim: the plan of every shard stream, then a pass (the defaults keep everything here)
+    let out = cli_ok(&config, &["trim", "--dry-run"]);
+    for shard in keys
+        .shards_of("http")
+        .iter()
+        .chain(&keys.shards_of("webrtc"))
+    {
+        assert!(out.contains(&keys.stream(shard)), "{out}");
+    }
+    let out = cli_ok(&config, &["trim"]);
+    assert!(out.contains(&stream), "{out}");
+    assert_eq!(
+        entries_in(&redis, &keys, &["http"]).await,
+        604,
+        "600 events and 4 poison entries, nothing trimmed"
+    );
+    server.stop().await;
+}
