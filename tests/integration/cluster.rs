@@ -361,26 +361,44 @@ async fn every_role_on_a_cluster_live_view_and_status() {
     server.stop().await;
 }
 
-/// Posts `body` with `key` until a 202 (a 503 is retried with the same key,
-/// for at most 60 s); the events it carries are then accepted once.
-async fn post_until_accepted(client: &reqwest::Client, url: &str, key: &str, body: &str) {
+/// Posts `body` until a 202, for at most 60 s, and returns how many
+/// attempts were refused first. With an idempotency `key` a 503 or a lost
+/// request is retried with the same key, so its events are accepted once;
+/// without one only a 503 saying nothing was written is retried (any other
+/// failure fails the test: a retry could count the batch twice).
+async fn post_until_accepted(
+    client: &reqwest::Client,
+    url: &str,
+    key: Option<&str>,
+    body: &str,
+) -> u32 {
     let start = std::time::Instant::now();
+    let mut refused = 0;
     loop {
-        let r = client
+        let mut request = client
             .post(url)
             .header("content-type", "application/x-ndjson")
-            .header("idempotency-key", key)
-            .body(body.to_string())
-            .send()
-            .await;
-        match r.map(|r| r.status().as_u16()) {
-            Ok(202) => return,
-            Ok(503) | Err(_) => {}
-            Ok(other) => panic!("batch {key}: {other}"),
+            .body(body.to_string());
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        match request.send().await {
+            Ok(r) if r.status() == 202 => return refused,
+            Ok(r) if r.status() == 503 => {
+                let reply: serde_json::Value = r.json().await.unwrap_or_default();
+                let safe = key.is_some() || reply["outcome"] == "not_written";
+                assert!(safe, "batch {key:?}: 503 {reply}");
+                refused += 1;
+            }
+            Err(e) => {
+                assert!(key.is_some(), "unkeyed batch: {e}");
+                refused += 1;
+            }
+            Ok(r) => panic!("batch {key:?}: {}", r.status()),
         }
         assert!(
             start.elapsed() < std::time::Duration::from_secs(60),
-            "batch {key} not accepted within 60 s"
+            "batch {key:?} not accepted within 60 s"
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
@@ -417,7 +435,7 @@ async fn a_master_killed_during_ingest_doubles_nothing_and_the_loss_is_measured(
             cluster.kill(master);
             killed = Some(master);
         }
-        post_until_accepted(&client, &url, &format!("failover-{b}"), &batch(b)).await;
+        post_until_accepted(&client, &url, Some(&format!("failover-{b}")), &batch(b)).await;
     }
     let accepted = (BATCHES * 100) as i64;
     let ingest_secs = started.elapsed().as_secs_f64();
@@ -676,4 +694,246 @@ async fn cli_commands_work_on_a_cluster() {
         "600 events and 4 poison entries, nothing trimmed"
     );
     server.stop().await;
+}
+
+/// Which master holds each shard stream under `prefix` (`{prefix}:{…}`).
+async fn stream_homes(
+    cluster: &RedisCluster,
+    prefix: &str,
+) -> std::collections::BTreeMap<String, u16> {
+    let mut homes = std::collections::BTreeMap::new();
+    for (url, port) in cluster.urls().iter().zip(&cluster.ports) {
+        let (streams, master) = keys_on(url, &format!("{prefix}:{{*}}")).await;
+        if master {
+            homes.extend(streams.into_iter().map(|s| (s, *port)));
+        }
+    }
+    homes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resharding_during_ingest_and_rollups_loses_and_doubles_nothing() {
+    // six Redis nodes, two workers and redis-cli: not beside the browser and crash tests
+    let _heavy = common::heavy().await;
+    use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    let (cluster, mut env) = on_cluster("clusterreshard").await;
+    env.settings.redis.shards = 8; // spread over the 3 masters
+    env.migrate().await;
+    let prefix = env.settings.redis.prefix.clone();
+    let a = env.start("ingest,rollup").await;
+    let b = env.start("rollup").await;
+    let client = common::http_client();
+    let url = a.url("/v1/events");
+    let base = 1_772_359_200_000i64; // 2026-03-01T10:00:00Z
+    let event = move |service: String, i: usize| {
+        serde_json::json!({"kind": "http", "ts": base + (i as i64 % 3_600) * 1000, "service": service,
+            "endpoint": "/a", "method": "GET", "status": 200, "req_bytes": 1,
+            "resp_bytes": 2, "duration_ms": 3.0})
+        .to_string()
+    };
+    // The feeder: keyed batches over every shard (one idempotent script per
+    // shard) and unkeyed batches of one service (one MULTI/EXEC on one
+    // shard), until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let accepted = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU32::new(0));
+    let feeder = {
+        let (stop, accepted, refused, client, url) = (
+            stop.clone(),
+            accepted.clone(),
+            refused.clone(),
+            client.clone(),
+            url.clone(),
+        );
+        tokio::spawn(async move {
+            let mut b = 0usize;
+            while !stop.load(Ordering::SeqCst) {
+                let keyed: Vec<String> = (0..100)
+                    .map(|i| event(format!("s{}", (b + i) % 29), i))
+                    .collect();
+                let n = post_until_accepted(
+                    &client,
+                    &url,
+                    Some(&format!("reshard-{b}")),
+                    &keyed.join("\n"),
+                )
+                .await;
+                refused.fetch_add(n, Ordering::SeqCst);
+                let one: Vec<String> = (0..50).map(|i| event(format!("u{}", b % 7), i)).collect();
+                let n = post_until_accepted(&client, &url, None, &one.join("\n")).await;
+                refused.fetch_add(n, Ordering::SeqCst);
+                accepted.fetch_add(150, Ordering::SeqCst);
+                b += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = stream_homes(&cluster, &prefix).await;
+    assert_eq!(
+        before.len(),
+        16,
+        "every shard stream of both kinds: {before:?}"
+    );
+    let (moved_before, ask_before) = (cluster.errors_sent("MOVED"), cluster.errors_sent("ASK"));
+    // wave 1: every slot of the master holding the most shard streams goes
+    // to another (which leaves it a replica: Redis 7 turns a master without
+    // slots into one); wave 2: as many slots go from there to the third
+    let masters = cluster.masters();
+    let from = *masters
+        .iter()
+        .max_by_key(|m| before.values().filter(|p| p == m).count())
+        .expect("a master");
+    let to = *masters
+        .iter()
+        .find(|m| **m != from)
+        .expect("another master");
+    let third = *masters
+        .iter()
+        .find(|m| **m != from && **m != to)
+        .expect("a third master");
+    let slots = cluster.slot_count(from);
+    let started = Instant::now();
+    let cluster = Arc::new(cluster);
+    let c = cluster.clone();
+    tokio::task::spawn_blocking(move || c.reshard(from, to, slots))
+        .await
+        .expect("wave 1");
+    let wave1 = started.elapsed();
+    let middle = stream_homes(&cluster, &prefix).await;
+    assert_eq!(
+        cluster.slot_count(from),
+        0,
+        "wave 1 moved every slot of {from}"
+    );
+    let c = cluster.clone();
+    tokio::task::spawn_blocking(move || c.reshard(to, third, slots))
+        .await
+        .expect("wave 2");
+    let resharding = started.elapsed();
+    let after = stream_homes(&cluster, &prefix).await;
+    // a second more of ingest on the new layout
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::SeqCst);
+    feeder.await.expect("feeder");
+    let accepted = accepted.load(Ordering::SeqCst) as i64;
+    let moved_streams = before
+        .iter()
+        .filter(|(s, p)| middle.get(*s) != Some(p))
+        .count();
+    assert!(
+        moved_streams > 0,
+        "wave 1 moved shard streams: {before:?} → {middle:?}"
+    );
+    let (moved, ask) = (
+        cluster.errors_sent("MOVED") - moved_before,
+        cluster.errors_sent("ASK") - ask_before,
+    );
+    assert!(moved + ask > 0, "clients met MOVED or ASK");
+    let store = env.store().await;
+    let sql = "SELECT COALESCE(SUM(requests), 0) FROM http_hourly";
+    common::wait_until(Duration::from_secs(120), || {
+        let s = store.clone();
+        async move { common::scalar(&s, sql).await >= accepted }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let committed = common::scalar(&store, sql).await;
+    println!(
+        "resharding: {slots} slots {from} → {to} in {:.1} s, as many {to} → {third}, {:.1} s in all; {moved_streams} of 16 shard streams moved in wave 1 ({} after both); {moved} MOVED and {ask} ASK replies; {accepted} events accepted ({} attempts refused first), {committed} committed",
+        wave1.as_secs_f64(),
+        resharding.as_secs_f64(),
+        before.iter().filter(|(s, p)| after.get(*s) != Some(p)).count(),
+        refused.load(Ordering::SeqCst),
+    );
+    assert_eq!(committed, accepted, "no loss, no double count");
+    b.stop().await;
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_whose_slot_moved_is_sent_again() {
+    use flowmeter::stream::{ClusterRetry, Redis};
+    use std::time::Duration;
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .expect("cluster");
+    let key = "fmtx:{http:0}";
+    let xadd = || {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.cmd("XADD").arg(key).arg("*").arg("n").arg(1).ignore();
+        pipe
+    };
+    let timeout = Duration::from_secs(5);
+    let urls = cluster.urls();
+    let retrying = Redis::connect_cluster(&urls, timeout, ClusterRetry::default())
+        .await
+        .expect("connects");
+    let once = ClusterRetry {
+        retries: 0,
+        ..ClusterRetry::default()
+    };
+    let not_retrying = Redis::connect_cluster(&urls, timeout, once)
+        .await
+        .expect("connects");
+    // both learn where the key's slot is
+    for r in [&retrying, &not_retrying] {
+        r.transaction::<()>(&xadd(), key)
+            .await
+            .expect("first write");
+    }
+    let slot = cluster.slot_of(key);
+    let mut masters = Vec::new();
+    for (url, port) in urls.iter().zip(&cluster.ports) {
+        let (keys, master) = keys_on(url, "fmtx:*").await;
+        if master {
+            masters.push((*port, !keys.is_empty()));
+        }
+    }
+    let from = masters
+        .iter()
+        .find(|m| m.1)
+        .map(|m| m.0)
+        .expect("the key's master");
+    let to = masters
+        .iter()
+        .find(|m| !m.1)
+        .map(|m| m.0)
+        .expect("another master");
+
+    // mid-migration: the key is on `to`, `from` answers ASK inside MULTI,
+    // and the transaction is aborted (EXECABORT, which redis-rs does not retry)
+    cluster.begin_slot_move(slot, from, to);
+    let err = not_retrying
+        .transaction::<()>(&xadd(), key)
+        .await
+        .expect_err("ASK inside MULTI aborts the transaction");
+    assert!(err.to_string().contains("Ask"), "{err}");
+    // once the slot is `to`'s: MOVED inside MULTI, aborted as well…
+    cluster.finish_slot_move(slot, to);
+    let err = not_retrying
+        .transaction::<()>(&xadd(), key)
+        .await
+        .expect_err("MOVED inside MULTI aborts the transaction");
+    assert!(err.to_string().contains("Moved"), "{err}");
+    // …and sent again by a client that retries: written once
+    retrying
+        .transaction::<()>(&xadd(), key)
+        .await
+        .expect("retried on the slot's new master");
+    let mut conn = retrying.conn.clone();
+    let len: u64 = redis::cmd("XLEN")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .expect("XLEN");
+    assert_eq!(
+        len, 3,
+        "two first writes and the retried one; the aborted ones wrote nothing"
+    );
+    let (on_to, _) = keys_on(&format!("redis://127.0.0.1:{to}"), "fmtx:*").await;
+    assert_eq!(on_to, vec![key.to_string()], "the key moved to {to}");
 }

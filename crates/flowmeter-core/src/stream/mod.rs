@@ -381,7 +381,7 @@ mod tests {
             max_wait: Duration::from_millis(100),
         };
         for n in 1..=8 {
-            let upper = (10u64 << n).min(100).max(CLUSTER_MIN_RETRY_WAIT_MS + 1);
+            let upper = (10u64 << n).clamp(CLUSTER_MIN_RETRY_WAIT_MS + 1, 100);
             for _ in 0..50 {
                 let w = r.wait(n).as_millis() as u64;
                 assert!(
