@@ -491,12 +491,9 @@ async fn dead_letters(redis: &flowmeter::stream::Redis, keys: &Keys) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_commands_work_on_a_cluster() {
-    // six Redis nodes and a server: not beside the browser and crash tests
-    let _heavy = common::heavy().await;
     use common::{cli, cli_ok, scalar, wait_until};
     use std::time::Duration;
-    let (_cluster, mut env) = on_cluster("clustercli").await;
-    env.settings.redis.shards = 8; // spread over the 3 masters
+    let (_heavy, _cluster, env) = heavy_on_cluster("clustercli").await;
     env.migrate().await;
     let prefix = env.settings.redis.prefix.clone();
     let redis = flowmeter::stream::connect(&env.settings.redis)
@@ -713,13 +710,10 @@ async fn stream_homes(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resharding_during_ingest_and_rollups_loses_and_doubles_nothing() {
-    // six Redis nodes, two workers and redis-cli: not beside the browser and crash tests
-    let _heavy = common::heavy().await;
     use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
     use std::sync::Arc;
     use std::time::{Duration, Instant};
-    let (cluster, mut env) = on_cluster("clusterreshard").await;
-    env.settings.redis.shards = 8; // spread over the 3 masters
+    let (_heavy, cluster, env) = heavy_on_cluster("clusterreshard").await;
     env.migrate().await;
     let prefix = env.settings.redis.prefix.clone();
     let a = env.start("ingest,rollup").await;
@@ -936,4 +930,46 @@ async fn a_transaction_whose_slot_moved_is_sent_again() {
     );
     let (on_to, _) = keys_on(&format!("redis://127.0.0.1:{to}"), "fmtx:*").await;
     assert_eq!(on_to, vec![key.to_string()], "the key moved to {to}");
+}
+
+// The single-node tests of crashes, replay, the hub and the golden rows,
+// run on a cluster: the same bodies, only the environment differs.
+
+/// The heavy-test lock (six Redis nodes beside a server), a fresh cluster,
+/// and an environment `name` on it with 8 shards (spread over the masters).
+async fn heavy_on_cluster(
+    name: &str,
+) -> (
+    tokio::sync::MutexGuard<'static, ()>,
+    RedisCluster,
+    common::TestEnv,
+) {
+    let heavy = common::heavy().await;
+    let (cluster, mut env) = on_cluster(name).await;
+    env.settings.redis.shards = 8;
+    (heavy, cluster, env)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_moments_on_a_cluster() {
+    let (_heavy, _cluster, env) = heavy_on_cluster("clustercrash").await;
+    crate::exactly_once::sigkill_cycles(env, 25).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_on_a_cluster_equals_a_fresh_computation() {
+    let (_heavy, _cluster, env) = heavy_on_cluster("clusterreplay").await;
+    crate::replay::replay_twice_during_live_ingest(env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_snapshot_and_resume_on_a_cluster() {
+    let (_heavy, _cluster, env) = heavy_on_cluster("clusterhublive").await;
+    crate::hub::snapshot_live_and_resume(env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn golden_rows_on_a_cluster() {
+    let (_heavy, _cluster, env) = heavy_on_cluster("clustergolden").await;
+    crate::golden::golden_rows_match(env).await;
 }
