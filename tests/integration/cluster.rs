@@ -1,13 +1,15 @@
-//! Redis Cluster (issue 16), first step: `redis.cluster = true` connects
-//! through redis-rs' cluster client, behind the same `Redis` type every
-//! module uses, to a real 3-master / 3-replica cluster started for the test.
-//! A shard's commands (XADD, the group's XREADGROUP / XACK / XPENDING, the
-//! lease script) reach the node owning its slot, and the shards spread over
-//! the masters. Ingest writes a batch over every shard with one transaction
-//! per slot, idempotent per shard; two rollup workers count it exactly; the
-//! hub reads each shard stream on its own and the live view counts every
-//! event once; status reads every shard. Failover, resharding and a live
-//! shard-count change are the next steps.
+//! Redis Cluster (issue 16): `redis.cluster = true` connects through
+//! redis-rs' cluster client, behind the same `Redis` type every module
+//! uses, to a real 3-master / 3-replica cluster started for each test
+//! (`common::servers::RedisCluster`). A shard's commands reach the node
+//! owning its slot and the shards spread over the masters; ingest writes a
+//! batch over every shard with one transaction per slot, idempotent per
+//! shard; rollup workers count exactly; the hub reads each shard stream on
+//! its own; status and the CLI commands read and change every shard; a
+//! killed master's replica takes over; slots move under ingest and rollups
+//! (`redis-cli --cluster reshard`) without loss or double count; and the
+//! single-node crash, replay, hub and golden tests run here on the same
+//! bodies. A live shard-count change is the next step.
 
 use crate::common;
 
