@@ -178,6 +178,14 @@ pub struct RedisConfig {
     /// With `cluster`: further nodes to learn the cluster from when `url`'s
     /// is down.
     pub cluster_nodes: Vec<String>,
+    /// With `cluster`: retries of one command after TRYAGAIN, CLUSTERDOWN,
+    /// LOADING or a lost node connection (MOVED and ASK are followed at
+    /// once), and of a transaction aborted because its slot moved. Each
+    /// call, retries included, stays within `command_timeout_ms`.
+    pub cluster_retries: u32,
+    /// With `cluster`: the longest wait between two such retries (ms); the
+    /// waits grow as 10·2^n ms, jittered, up to this.
+    pub cluster_max_retry_wait_ms: u64,
     /// Every key flowmeter writes starts with this prefix, so tests and
     /// tenants can share one server.
     pub prefix: String,
@@ -191,7 +199,9 @@ pub struct RedisConfig {
     /// once when they meet a sealed set).
     pub layout_refresh_ms: u64,
     /// Timeout for one Redis command or pipeline; past it the caller gets an
-    /// error (ingest answers 503 with Retry-After).
+    /// error (ingest answers 503 with Retry-After). On a cluster it bounds
+    /// each attempt and the command with its retries: flowmeter sends no
+    /// blocking reads, so no answer legitimately takes longer.
     pub command_timeout_ms: u64,
     /// `rediss://` only: PEM file with the CA certificate(s) the server's
     /// certificate must be signed by. Unset: the system's trust store.
@@ -209,6 +219,8 @@ impl Default for RedisConfig {
             url: "redis://127.0.0.1:6379".into(),
             cluster: false,
             cluster_nodes: Vec::new(),
+            cluster_retries: 4,
+            cluster_max_retry_wait_ms: 500,
             prefix: "fm".into(),
             shards: 4,
             layout_refresh_ms: 1_000,
@@ -747,6 +759,9 @@ impl Settings {
         }
         if self.redis.layout_refresh_ms == 0 {
             return bad("redis.layout_refresh_ms must be above 0");
+        }
+        if self.redis.cluster && self.redis.cluster_max_retry_wait_ms == 0 {
+            return bad("redis.cluster_max_retry_wait_ms must be > 0");
         }
         if self.redis.prefix.is_empty() || self.redis.prefix.contains(['{', '}', ' ']) {
             return bad("redis.prefix must be non-empty, without braces or spaces");

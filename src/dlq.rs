@@ -6,6 +6,8 @@
 //!
 //! `flowmeter dlq list|show|retry|purge` manage them.
 
+use std::time::Duration;
+
 use serde::Serialize;
 
 use crate::stream::{Keys, Redis, StreamError, StreamId};
@@ -54,8 +56,7 @@ pub async fn append(
             .arg(l.data.unwrap_or(""))
             .ignore();
     }
-    let mut conn = redis.conn.clone();
-    redis.run(pipe.query_async::<()>(&mut conn)).await?;
+    redis.transaction::<()>(&pipe, key).await?;
     crate::telemetry::metrics::DEAD_LETTERED.add(letters.len() as u64);
     Ok(())
 }
@@ -138,52 +139,145 @@ fn kind_of(stream: &str) -> Option<&str> {
     Some(tag.rsplit_once(':')?.0)
 }
 
+/// How long `dlq retry` on a Redis Cluster remembers that it re-appended a
+/// dead letter (the default of `flowmeter dlq retry --marker-ttl-secs`): a
+/// run that died between re-appending and removing a dead letter, repeated
+/// within this time, does not append it again.
+pub const RETRY_MARKER_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Re-appends a dead letter to its stream on a Redis Cluster, where the
+/// stream and the dead-letter stream are in different slots: once per
+/// marker (KEYS[1], in the stream's slot), which it sets with the append.
+/// KEYS[2]: the stream; ARGV: marker lifetime (ms), kind, v, data. Returns
+/// 1 when it appended, 0 when the marker says an earlier run did.
+const REAPPEND_ONCE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('XADD', KEYS[2], '*', 'kind', ARGV[2], 'v', ARGV[3], 'data', ARGV[4])
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+return 1
+";
+
+/// Re-appends a dead letter and removes it from the dead-letter stream, on
+/// one server (one script: both or neither). KEYS: the stream, the
+/// dead-letter stream; ARGV: kind, v, data, the dead letter's id.
+const MOVE_BACK: &str = r"
+redis.call('XADD', KEYS[1], '*', 'kind', ARGV[1], 'v', ARGV[2], 'data', ARGV[3])
+redis.call('XDEL', KEYS[2], ARGV[4])
+return 1
+";
+
+/// The kind and schema version a dead letter is re-appended with.
+fn kind_and_version(d: &DeadLetter) -> Result<(&str, u64), StreamError> {
+    let Some(kind) = kind_of(&d.stream) else {
+        return Err(StreamError::Protocol(format!(
+            "dead letter {}: {:?} is not a flowmeter shard stream",
+            d.dlq_id, d.stream
+        )));
+    };
+    let v = serde_json::from_str::<serde_json::Value>(&d.data)
+        .ok()
+        .and_then(|e| e.get("v").and_then(serde_json::Value::as_u64))
+        .unwrap_or(1);
+    Ok((kind, v))
+}
+
+/// The first half of [`retry`] on a Redis Cluster: re-appends `d` to its
+/// stream unless its marker says that was done (then `false`), and sets
+/// the marker, for `marker_ttl`, in the same script.
+pub async fn reappend_once(
+    redis: &Redis,
+    keys: &Keys,
+    group: &str,
+    d: &DeadLetter,
+    marker_ttl: Duration,
+) -> Result<bool, StreamError> {
+    let (kind, v) = kind_and_version(d)?;
+    let marker = keys
+        .dlq_retried(group, &d.stream, &d.dlq_id)
+        .ok_or_else(|| {
+            StreamError::Protocol(format!(
+                "dead letter {}: {:?} has no hash tag",
+                d.dlq_id, d.stream
+            ))
+        })?;
+    let mut conn = redis.conn.clone();
+    let appended: i64 = redis
+        .run(
+            redis::Script::new(REAPPEND_ONCE)
+                .key(&marker)
+                .key(&d.stream)
+                .arg(
+                    u64::try_from(marker_ttl.as_millis())
+                        .unwrap_or(u64::MAX)
+                        .max(1),
+                )
+                .arg(kind)
+                .arg(v)
+                .arg(&d.data)
+                .invoke_async(&mut conn),
+        )
+        .await?;
+    Ok(appended == 1)
+}
+
 /// Re-appends dead letters to their original streams (new ids, so every
 /// group reading that stream sees them again) and removes them from the
-/// dead-letter stream, each in one MULTI/EXEC. Returns how many moved.
+/// dead-letter stream. Returns how many moved.
+///
+/// On one server each moves in one MULTI/EXEC. On a Redis Cluster the two
+/// streams are in different slots, so no transaction holds both: each is
+/// re-appended by [`reappend_once`] (append and marker in the stream's
+/// slot), then removed. A run that dies in between leaves the dead letter
+/// and its marker; run again (within `marker_ttl`), it skips the append and
+/// removes it. No dead letter is lost, none appended twice.
 pub async fn retry(
     redis: &Redis,
     keys: &Keys,
     group: &str,
     letters: &[DeadLetter],
+    marker_ttl: Duration,
 ) -> Result<usize, StreamError> {
     let mut moved = 0;
     crate::stream::layout::load_into(redis, keys).await?;
     for d in letters {
-        let Some(kind) = kind_of(&d.stream) else {
-            return Err(StreamError::Protocol(format!(
-                "dead letter {}: {:?} is not a flowmeter shard stream",
-                d.dlq_id, d.stream
-            )));
-        };
-        let v = serde_json::from_str::<serde_json::Value>(&d.data)
-            .ok()
-            .and_then(|e| e.get("v").and_then(serde_json::Value::as_u64))
-            .unwrap_or(1);
+        let (kind, v) = kind_and_version(d)?;
         // a stream of a sealed shard set takes nothing more: the entry goes
         // to the shard of the same position in the set written to now
-        let target = keys
-            .shard_of_stream(&d.stream)
-            .map(|s| keys.stream(&keys.rewrite_target(&s)))
-            .unwrap_or_else(|| d.stream.clone());
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        pipe.cmd("XADD")
-            .arg(&target)
-            .arg("*")
-            .arg("kind")
-            .arg(kind)
-            .arg("v")
-            .arg(v)
-            .arg("data")
-            .arg(&d.data)
-            .ignore();
-        pipe.cmd("XDEL")
-            .arg(keys.dlq(group))
-            .arg(&d.dlq_id)
-            .ignore();
-        let mut conn = redis.conn.clone();
-        redis.run(pipe.query_async::<()>(&mut conn)).await?;
+        let letter = DeadLetter {
+            stream: keys
+                .shard_of_stream(&d.stream)
+                .map(|s| keys.stream(&keys.rewrite_target(&s)))
+                .unwrap_or_else(|| d.stream.clone()),
+            ..d.clone()
+        };
+        if redis.is_cluster() {
+            reappend_once(redis, keys, group, &letter, marker_ttl).await?;
+            let mut conn = redis.conn.clone();
+            let _: u64 = redis
+                .run(
+                    redis::cmd("XDEL")
+                        .arg(keys.dlq(group))
+                        .arg(&d.dlq_id)
+                        .query_async(&mut conn),
+                )
+                .await?;
+        } else {
+            // one script: a refused XADD (the stream was sealed meanwhile)
+            // stops it before the XDEL, so the dead letter stays
+            let mut conn = redis.conn.clone();
+            let _: i64 = redis
+                .run(
+                    redis::Script::new(MOVE_BACK)
+                        .key(&letter.stream)
+                        .key(keys.dlq(group))
+                        .arg(kind)
+                        .arg(v)
+                        .arg(&d.data)
+                        .arg(&d.dlq_id)
+                        .invoke_async(&mut conn),
+                )
+                .await?;
+        }
         moved += 1;
     }
     Ok(moved)

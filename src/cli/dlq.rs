@@ -31,6 +31,11 @@ enum DlqAction {
         dlq_ids: Vec<String>,
         #[arg(long)]
         all: bool,
+        /// On a Redis Cluster: how long a re-appended dead letter is
+        /// remembered, so a run that died before removing it, repeated
+        /// within this time, does not append it twice.
+        #[arg(long, default_value_t = dlq::RETRY_MARKER_TTL.as_secs())]
+        marker_ttl_secs: u64,
     },
     /// Delete every dead letter of the group.
     Purge {
@@ -59,7 +64,11 @@ pub async fn run(settings: &Settings, args: DlqArgs) -> anyhow::Result<()> {
                 ),
             }
         }
-        DlqAction::Retry { dlq_ids, all } => {
+        DlqAction::Retry {
+            dlq_ids,
+            all,
+            marker_ttl_secs,
+        } => {
             let letters = if all {
                 dlq::list(&redis, &keys, &group, "-", usize::MAX >> 1).await?
             } else if dlq_ids.is_empty() {
@@ -75,7 +84,8 @@ pub async fn run(settings: &Settings, args: DlqArgs) -> anyhow::Result<()> {
                 }
                 v
             };
-            let n = dlq::retry(&redis, &keys, &group, &letters).await?;
+            let ttl = std::time::Duration::from_secs(marker_ttl_secs.max(1));
+            let n = dlq::retry(&redis, &keys, &group, &letters, ttl).await?;
             println!("{n} dead letters re-appended to their streams");
         }
         DlqAction::Purge { yes } => {

@@ -13,8 +13,8 @@ mod lease;
 mod start;
 
 pub use flowmeter_core::stream::{
-    layout, pressure, resp, xinfo, Idempotency, Keys, Layout, Producer, Redis, RedisTls, SetState,
-    Shard, ShardSet, StreamError, SubmitError, Submitted,
+    layout, pressure, resp, xinfo, ClusterRetry, Idempotency, Keys, Layout, Producer, Redis,
+    RedisTls, SetState, Shard, ShardSet, StreamError, SubmitError, Submitted,
 };
 
 pub use consumer::{ack, ensure_group, range, Entry, GroupReader, ReadOutcome, StreamId};
@@ -40,7 +40,11 @@ pub async fn connect(cfg: &RedisConfig) -> Result<Redis, StreamError> {
     if cfg.cluster {
         let mut nodes = vec![cfg.url.clone()];
         nodes.extend(cfg.cluster_nodes.iter().cloned());
-        return Redis::connect_cluster(&nodes, timeout).await;
+        let retry = ClusterRetry {
+            retries: cfg.cluster_retries,
+            max_wait: Duration::from_millis(cfg.cluster_max_retry_wait_ms),
+        };
+        return Redis::connect_cluster(&nodes, timeout, retry).await;
     }
     Redis::connect_with(
         &cfg.url,

@@ -1,13 +1,15 @@
-//! Redis Cluster (issue 16), first step: `redis.cluster = true` connects
-//! through redis-rs' cluster client, behind the same `Redis` type every
-//! module uses, to a real 3-master / 3-replica cluster started for the test.
-//! A shard's commands (XADD, the group's XREADGROUP / XACK / XPENDING, the
-//! lease script) reach the node owning its slot, and the shards spread over
-//! the masters. Ingest writes a batch over every shard with one transaction
-//! per slot, idempotent per shard; two rollup workers count it exactly; the
-//! hub reads each shard stream on its own and the live view counts every
-//! event once; status reads every shard. Failover, resharding and a live
-//! shard-count change are the next steps.
+//! Redis Cluster (issue 16): `redis.cluster = true` connects through
+//! redis-rs' cluster client, behind the same `Redis` type every module
+//! uses, to a real 3-master / 3-replica cluster started for each test
+//! (`common::servers::RedisCluster`). A shard's commands reach the node
+//! owning its slot and the shards spread over the masters; ingest writes a
+//! batch over every shard with one transaction per slot, idempotent per
+//! shard; rollup workers count exactly; the hub reads each shard stream on
+//! its own; status and the CLI commands read and change every shard; a
+//! killed master's replica takes over; slots move under ingest and rollups
+//! (`redis-cli --cluster reshard`) without loss or double count; and the
+//! single-node crash, replay, hub and golden tests run here on the same
+//! bodies. A live shard-count change is the next step.
 
 use crate::common;
 
@@ -361,26 +363,44 @@ async fn every_role_on_a_cluster_live_view_and_status() {
     server.stop().await;
 }
 
-/// Posts `body` with `key` until a 202 (a 503 is retried with the same key,
-/// for at most 60 s); the events it carries are then accepted once.
-async fn post_until_accepted(client: &reqwest::Client, url: &str, key: &str, body: &str) {
+/// Posts `body` until a 202, for at most 60 s, and returns how many
+/// attempts were refused first. With an idempotency `key` a 503 or a lost
+/// request is retried with the same key, so its events are accepted once;
+/// without one only a 503 saying nothing was written is retried (any other
+/// failure fails the test: a retry could count the batch twice).
+async fn post_until_accepted(
+    client: &reqwest::Client,
+    url: &str,
+    key: Option<&str>,
+    body: &str,
+) -> u32 {
     let start = std::time::Instant::now();
+    let mut refused = 0;
     loop {
-        let r = client
+        let mut request = client
             .post(url)
             .header("content-type", "application/x-ndjson")
-            .header("idempotency-key", key)
-            .body(body.to_string())
-            .send()
-            .await;
-        match r.map(|r| r.status().as_u16()) {
-            Ok(202) => return,
-            Ok(503) | Err(_) => {}
-            Ok(other) => panic!("batch {key}: {other}"),
+            .body(body.to_string());
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        match request.send().await {
+            Ok(r) if r.status() == 202 => return refused,
+            Ok(r) if r.status() == 503 => {
+                let reply: serde_json::Value = r.json().await.unwrap_or_default();
+                let safe = key.is_some() || reply["outcome"] == "not_written";
+                assert!(safe, "batch {key:?}: 503 {reply}");
+                refused += 1;
+            }
+            Err(e) => {
+                assert!(key.is_some(), "unkeyed batch: {e}");
+                refused += 1;
+            }
+            Ok(r) => panic!("batch {key:?}: {}", r.status()),
         }
         assert!(
             start.elapsed() < std::time::Duration::from_secs(60),
-            "batch {key} not accepted within 60 s"
+            "batch {key:?} not accepted within 60 s"
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
@@ -417,7 +437,7 @@ async fn a_master_killed_during_ingest_doubles_nothing_and_the_loss_is_measured(
             cluster.kill(master);
             killed = Some(master);
         }
-        post_until_accepted(&client, &url, &format!("failover-{b}"), &batch(b)).await;
+        post_until_accepted(&client, &url, Some(&format!("failover-{b}")), &batch(b)).await;
     }
     let accepted = (BATCHES * 100) as i64;
     let ingest_secs = started.elapsed().as_secs_f64();
@@ -454,10 +474,511 @@ async fn a_master_killed_during_ingest_doubles_nothing_and_the_loss_is_measured(
     server.stop().await;
 }
 
+/// Entries of `stream` whose `data` is `data` (through the cluster client).
+async fn entries_with_data(redis: &flowmeter::stream::Redis, stream: &str, data: &str) -> usize {
+    flowmeter::stream::range(redis, stream, "-", "+", 100_000)
+        .await
+        .expect("XRANGE")
+        .iter()
+        .filter(|e| e.data.as_deref() == Some(data))
+        .count()
+}
+
+/// Dead letters of group `rollup`.
+async fn dead_letters(redis: &flowmeter::stream::Redis, keys: &Keys) -> u64 {
+    flowmeter::dlq::len(redis, keys, "rollup")
+        .await
+        .expect("XLEN")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_commands_work_on_a_cluster() {
+    use common::{cli, cli_ok, scalar, wait_until};
+    use std::time::Duration;
+    let (_heavy, _cluster, env) = heavy_on_cluster("clustercli").await;
+    env.migrate().await;
+    let prefix = env.settings.redis.prefix.clone();
+    let redis = flowmeter::stream::connect(&env.settings.redis)
+        .await
+        .expect("connects");
+    let keys = Keys::new(prefix.as_str(), env.settings.redis.shards);
+    let server = env.start("ingest,rollup").await;
+    let client = common::http_client();
+    let t0 = 1_772_359_200_000i64; // 2026-03-01T10:00:00Z
+    common::post_http_range(&client, &server.url("/v1/events"), 0..600, t0, 3_600_000).await;
+    let store = env.store().await;
+    let total = || {
+        let s = store.clone();
+        async move { scalar(&s, "SELECT COALESCE(SUM(requests), 0) FROM http_hourly").await }
+    };
+    wait_until(Duration::from_secs(60), || async { total().await == 600 }).await;
+    // a poison entry in one shard: the rollup dead-letters it
+    let stream = keys.stream(&keys.shards_of("http")[1]);
+    let poison = "{not json";
+    let mut conn = redis.conn.clone();
+    let _: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("kind")
+        .arg("http")
+        .arg("v")
+        .arg(1)
+        .arg("data")
+        .arg(poison)
+        .query_async(&mut conn)
+        .await
+        .expect("XADD");
+    wait_until(Duration::from_secs(20), || async {
+        dead_letters(&redis, &keys).await == 1
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = env.write_config(dir.path());
+
+    // status: every shard stream (each on its node), the rollup group, its dead letter
+    let status: serde_json::Value =
+        serde_json::from_str(&cli_ok(&config, &["status", "--json"])).expect("status JSON");
+    let streams = status["streams"].as_array().expect("streams");
+    assert_eq!(streams.len(), 2 * keys.shard_count() as usize, "{status}");
+    let http_len: u64 = streams
+        .iter()
+        .filter(|s| s["kind"] == "http")
+        .filter_map(|s| s["length"].as_u64())
+        .sum();
+    assert_eq!(http_len, 601, "600 events and the poison entry");
+    let rollup = status["groups"]
+        .as_array()
+        .and_then(|g| g.iter().find(|g| g["group"] == "rollup"))
+        .expect("rollup group");
+    assert_eq!(rollup["dead_letters"], 1, "{rollup}");
+    assert_eq!(rollup["lag"], 0, "{rollup}");
+    assert!(
+        status["redis"]["warning"].is_null(),
+        "every node noeviction: {status}"
+    );
+    let text = cli_ok(&config, &["status"]);
+    assert!(text.contains(&stream), "{text}");
+
+    // groups: create, list, reset, delete an external group on every http shard
+    let out = cli_ok(
+        &config,
+        &[
+            "groups",
+            "create",
+            "ext",
+            "--from",
+            "beginning",
+            "--kind",
+            "http",
+        ],
+    );
+    assert!(out.contains("group ext created on 8 streams"), "{out}");
+    let list = cli_ok(&config, &["groups", "list", "--json"]);
+    let groups: serde_json::Value = serde_json::from_str(&list).expect("groups JSON");
+    let ext = groups
+        .as_array()
+        .and_then(|g| g.iter().find(|g| g["group"] == "ext"))
+        .expect("ext listed");
+    assert_eq!(ext["shards"], 8, "{ext}");
+    assert_eq!(ext["lag"], 601, "{ext}");
+    let out = cli_ok(
+        &config,
+        &["groups", "reset", "ext", "--to", "now", "--kind", "http"],
+    );
+    assert!(out.contains("moved to now on 8 streams"), "{out}");
+    let list = cli_ok(&config, &["groups", "list", "--json"]);
+    assert!(list.contains("\"ext\""), "{list}");
+    let groups: serde_json::Value = serde_json::from_str(&list).expect("groups JSON");
+    let ext = groups
+        .as_array()
+        .and_then(|g| g.iter().find(|g| g["group"] == "ext"))
+        .expect("ext listed");
+    assert_eq!(ext["lag"], 0, "{ext}");
+    let out = cli_ok(&config, &["groups", "delete", "ext", "--kind", "http"]);
+    assert!(out.contains("group ext deleted from 8 streams"), "{out}");
+    let refused = cli(&config, &["groups", "delete", "ext", "--kind", "http"]);
+    assert!(!refused.status.success(), "ext is gone");
+
+    // dlq: list, retry (the entry comes back, still poison), and a retry
+    // that died between its two writes, run again: appended once
+    let list = cli_ok(&config, &["dlq", "list"]);
+    assert!(list.contains("1 of 1 dead letters"), "{list}");
+    assert!(list.contains(&stream), "{list}");
+    let out = cli_ok(&config, &["dlq", "retry", "--all"]);
+    assert!(out.contains("1 dead letters re-appended"), "{out}");
+    wait_until(Duration::from_secs(20), || async {
+        entries_with_data(&redis, &stream, poison).await == 2
+            && dead_letters(&redis, &keys).await == 1
+    })
+    .await;
+    let letters = flowmeter::dlq::list(&redis, &keys, "rollup", "-", 10)
+        .await
+        .expect("dlq list");
+    let [letter] = letters.as_slice() else {
+        panic!("one dead letter: {letters:?}")
+    };
+    let ttl = flowmeter::dlq::RETRY_MARKER_TTL;
+    assert!(
+        flowmeter::dlq::reappend_once(&redis, &keys, "rollup", letter, ttl)
+            .await
+            .expect("re-append"),
+        "appended"
+    );
+    // (the process "dies" here: the dead letter is still listed; the
+    // re-appended entry is dead-lettered again meanwhile)
+    wait_until(Duration::from_secs(20), || async {
+        dead_letters(&redis, &keys).await == 2
+    })
+    .await;
+    let out = cli_ok(&config, &["dlq", "retry", "--all"]);
+    assert!(out.contains("2 dead letters re-appended"), "{out}");
+    wait_until(Duration::from_secs(20), || async {
+        dead_letters(&redis, &keys).await == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        entries_with_data(&redis, &stream, poison).await,
+        4,
+        "the original, the first retry, the interrupted one, and the second run's other letter: the interrupted one was not appended again"
+    );
+    assert_eq!(dead_letters(&redis, &keys).await, 1);
+    let refused = cli(&config, &["dlq", "purge"]);
+    assert!(!refused.status.success(), "purge needs --yes");
+    let out = cli_ok(&config, &["dlq", "purge", "--yes"]);
+    assert!(
+        out.contains("1 dead letters of group rollup deleted"),
+        "{out}"
+    );
+    assert_eq!(dead_letters(&redis, &keys).await, 0);
+
+    // replay: damaged rows rebuilt from every shard's stream
+    sqlx::query("UPDATE http_hourly SET requests = requests + 1000")
+        .execute(store.pool())
+        .await
+        .expect("damage");
+    let out = cli_ok(
+        &config,
+        &[
+            "replay",
+            "--processor",
+            "http_rollup",
+            "--from",
+            "2026-03-01T10:00:00Z",
+            "--to",
+            "2026-03-01T11:00:00Z",
+            "--quiet",
+        ],
+    );
+    assert!(
+        out.contains("http_hourly") && out.contains("8 streams"),
+        "{out}"
+    );
+    assert_eq!(total().await, 600, "rebuilt: {out}");
+
+    // trim: the plan of every shard stream, then a pass (the defaults keep everything here)
+    let out = cli_ok(&config, &["trim", "--dry-run"]);
+    for shard in keys
+        .shards_of("http")
+        .iter()
+        .chain(&keys.shards_of("webrtc"))
+    {
+        assert!(out.contains(&keys.stream(shard)), "{out}");
+    }
+    let out = cli_ok(&config, &["trim"]);
+    assert!(out.contains(&stream), "{out}");
+    assert_eq!(
+        entries_in(&redis, &keys, &["http"]).await,
+        604,
+        "600 events and 4 poison entries, nothing trimmed"
+    );
+    server.stop().await;
+}
+
+/// Which master holds each shard stream under `prefix` (`{prefix}:{…}`).
+async fn stream_homes(
+    cluster: &RedisCluster,
+    prefix: &str,
+) -> std::collections::BTreeMap<String, u16> {
+    let mut homes = std::collections::BTreeMap::new();
+    for (url, port) in cluster.urls().iter().zip(&cluster.ports) {
+        let (streams, master) = keys_on(url, &format!("{prefix}:{{*}}")).await;
+        if master {
+            homes.extend(streams.into_iter().map(|s| (s, *port)));
+        }
+    }
+    homes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resharding_during_ingest_and_rollups_loses_and_doubles_nothing() {
+    use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    let (_heavy, cluster, env) = heavy_on_cluster("clusterreshard").await;
+    env.migrate().await;
+    let prefix = env.settings.redis.prefix.clone();
+    let a = env.start("ingest,rollup").await;
+    let b = env.start("rollup").await;
+    let client = common::http_client();
+    let url = a.url("/v1/events");
+    let base = 1_772_359_200_000i64; // 2026-03-01T10:00:00Z
+    let event = move |service: String, i: usize| {
+        serde_json::json!({"kind": "http", "ts": base + (i as i64 % 3_600) * 1000, "service": service,
+            "endpoint": "/a", "method": "GET", "status": 200, "req_bytes": 1,
+            "resp_bytes": 2, "duration_ms": 3.0})
+        .to_string()
+    };
+    // The feeder: keyed batches over every shard (one idempotent script per
+    // shard) and unkeyed batches of one service (one MULTI/EXEC on one
+    // shard), until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let accepted = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU32::new(0));
+    let feeder = {
+        let (stop, accepted, refused, client, url) = (
+            stop.clone(),
+            accepted.clone(),
+            refused.clone(),
+            client.clone(),
+            url.clone(),
+        );
+        tokio::spawn(async move {
+            let mut b = 0usize;
+            while !stop.load(Ordering::SeqCst) {
+                let keyed: Vec<String> = (0..100)
+                    .map(|i| event(format!("s{}", (b + i) % 29), i))
+                    .collect();
+                let n = post_until_accepted(
+                    &client,
+                    &url,
+                    Some(&format!("reshard-{b}")),
+                    &keyed.join("\n"),
+                )
+                .await;
+                refused.fetch_add(n, Ordering::SeqCst);
+                let one: Vec<String> = (0..50).map(|i| event(format!("u{}", b % 7), i)).collect();
+                let n = post_until_accepted(&client, &url, None, &one.join("\n")).await;
+                refused.fetch_add(n, Ordering::SeqCst);
+                accepted.fetch_add(150, Ordering::SeqCst);
+                b += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = stream_homes(&cluster, &prefix).await;
+    assert_eq!(
+        before.len(),
+        16,
+        "every shard stream of both kinds: {before:?}"
+    );
+    let (moved_before, ask_before) = (cluster.errors_sent("MOVED"), cluster.errors_sent("ASK"));
+    // wave 1: every slot of the master holding the most shard streams goes
+    // to another (which leaves it a replica: Redis 7 turns a master without
+    // slots into one); wave 2: as many slots go from there to the third
+    let masters = cluster.masters();
+    let from = *masters
+        .iter()
+        .max_by_key(|m| before.values().filter(|p| p == m).count())
+        .expect("a master");
+    let to = *masters
+        .iter()
+        .find(|m| **m != from)
+        .expect("another master");
+    let third = *masters
+        .iter()
+        .find(|m| **m != from && **m != to)
+        .expect("a third master");
+    let slots = cluster.slot_count(from);
+    let started = Instant::now();
+    let cluster = Arc::new(cluster);
+    let c = cluster.clone();
+    tokio::task::spawn_blocking(move || c.reshard(from, to, slots))
+        .await
+        .expect("wave 1");
+    let wave1 = started.elapsed();
+    let middle = stream_homes(&cluster, &prefix).await;
+    assert_eq!(
+        cluster.slot_count(from),
+        0,
+        "wave 1 moved every slot of {from}"
+    );
+    let c = cluster.clone();
+    tokio::task::spawn_blocking(move || c.reshard(to, third, slots))
+        .await
+        .expect("wave 2");
+    let resharding = started.elapsed();
+    let after = stream_homes(&cluster, &prefix).await;
+    // a second more of ingest on the new layout
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::SeqCst);
+    feeder.await.expect("feeder");
+    let accepted = accepted.load(Ordering::SeqCst) as i64;
+    let moved_streams = before
+        .iter()
+        .filter(|(s, p)| middle.get(*s) != Some(p))
+        .count();
+    assert!(
+        moved_streams > 0,
+        "wave 1 moved shard streams: {before:?} → {middle:?}"
+    );
+    let (moved, ask) = (
+        cluster.errors_sent("MOVED") - moved_before,
+        cluster.errors_sent("ASK") - ask_before,
+    );
+    assert!(moved + ask > 0, "clients met MOVED or ASK");
+    let store = env.store().await;
+    let sql = "SELECT COALESCE(SUM(requests), 0) FROM http_hourly";
+    common::wait_until(Duration::from_secs(120), || {
+        let s = store.clone();
+        async move { common::scalar(&s, sql).await >= accepted }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let committed = common::scalar(&store, sql).await;
+    println!(
+        "resharding: {slots} slots {from} → {to} in {:.1} s, as many {to} → {third}, {:.1} s in all; {moved_streams} of 16 shard streams moved in wave 1 ({} after both); {moved} MOVED and {ask} ASK replies; {accepted} events accepted ({} attempts refused first), {committed} committed",
+        wave1.as_secs_f64(),
+        resharding.as_secs_f64(),
+        before.iter().filter(|(s, p)| after.get(*s) != Some(p)).count(),
+        refused.load(Ordering::SeqCst),
+    );
+    assert_eq!(committed, accepted, "no loss, no double count");
+    b.stop().await;
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_whose_slot_moved_is_sent_again() {
+    use flowmeter::stream::{ClusterRetry, Redis};
+    use std::time::Duration;
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .expect("cluster");
+    let key = "fmtx:{http:0}";
+    let xadd = || {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.cmd("XADD").arg(key).arg("*").arg("n").arg(1).ignore();
+        pipe
+    };
+    let timeout = Duration::from_secs(5);
+    let urls = cluster.urls();
+    let retrying = Redis::connect_cluster(&urls, timeout, ClusterRetry::default())
+        .await
+        .expect("connects");
+    let once = ClusterRetry {
+        retries: 0,
+        ..ClusterRetry::default()
+    };
+    let not_retrying = Redis::connect_cluster(&urls, timeout, once)
+        .await
+        .expect("connects");
+    // both learn where the key's slot is
+    for r in [&retrying, &not_retrying] {
+        r.transaction::<()>(&xadd(), key)
+            .await
+            .expect("first write");
+    }
+    let slot = cluster.slot_of(key);
+    let mut masters = Vec::new();
+    for (url, port) in urls.iter().zip(&cluster.ports) {
+        let (keys, master) = keys_on(url, "fmtx:*").await;
+        if master {
+            masters.push((*port, !keys.is_empty()));
+        }
+    }
+    let from = masters
+        .iter()
+        .find(|m| m.1)
+        .map(|m| m.0)
+        .expect("the key's master");
+    let to = masters
+        .iter()
+        .find(|m| !m.1)
+        .map(|m| m.0)
+        .expect("another master");
+
+    // mid-migration: the key is on `to`, `from` answers ASK inside MULTI,
+    // and the transaction is aborted (EXECABORT, which redis-rs does not retry)
+    cluster.begin_slot_move(slot, from, to);
+    let err = not_retrying
+        .transaction::<()>(&xadd(), key)
+        .await
+        .expect_err("ASK inside MULTI aborts the transaction");
+    assert!(err.to_string().contains("Ask"), "{err}");
+    // once the slot is `to`'s: MOVED inside MULTI, aborted as well…
+    cluster.finish_slot_move(slot, to);
+    let err = not_retrying
+        .transaction::<()>(&xadd(), key)
+        .await
+        .expect_err("MOVED inside MULTI aborts the transaction");
+    assert!(err.to_string().contains("Moved"), "{err}");
+    // …and sent again by a client that retries: written once
+    retrying
+        .transaction::<()>(&xadd(), key)
+        .await
+        .expect("retried on the slot's new master");
+    let mut conn = retrying.conn.clone();
+    let len: u64 = redis::cmd("XLEN")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .expect("XLEN");
+    assert_eq!(
+        len, 3,
+        "two first writes and the retried one; the aborted ones wrote nothing"
+    );
+    let (on_to, _) = keys_on(&format!("redis://127.0.0.1:{to}"), "fmtx:*").await;
+    assert_eq!(on_to, vec![key.to_string()], "the key moved to {to}");
+}
+
+// The single-node tests of crashes, replay, the hub and the golden rows,
+// run on a cluster: the same bodies, only the environment differs.
+
+/// The heavy-test lock (six Redis nodes beside a server), a fresh cluster,
+/// and an environment `name` on it with 8 shards (spread over the masters).
+async fn heavy_on_cluster(
+    name: &str,
+) -> (
+    tokio::sync::MutexGuard<'static, ()>,
+    RedisCluster,
+    common::TestEnv,
+) {
+    let heavy = common::heavy().await;
+    let (cluster, mut env) = on_cluster(name).await;
+    env.settings.redis.shards = 8;
+    (heavy, cluster, env)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_moments_on_a_cluster() {
+    let (_heavy, _cluster, env) = heavy_on_cluster("clustercrash").await;
+    crate::exactly_once::sigkill_cycles(env, 25).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_on_a_cluster_equals_a_fresh_computation() {
+    let (_heavy, _cluster, env) = heavy_on_cluster("clusterreplay").await;
+    crate::replay::replay_twice_during_live_ingest(env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_snapshot_and_resume_on_a_cluster() {
+    let (_heavy, _cluster, env) = heavy_on_cluster("clusterhublive").await;
+    crate::hub::snapshot_live_and_resume(env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn golden_rows_on_a_cluster() {
+    let (_heavy, _cluster, env) = heavy_on_cluster("clustergolden").await;
+    crate::golden::golden_rows_match(env).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changing_the_shard_count_live_on_a_cluster_strands_and_doubles_nothing() {
     // six Redis nodes and two servers: not beside the browser and crash tests
-    let _heavy = common::heavy().await;
-    let (_cluster, env) = on_cluster("clustershards").await;
+    let (_heavy, _cluster, env) = heavy_on_cluster("clustershards").await;
     crate::shards::live_change(env).await;
 }

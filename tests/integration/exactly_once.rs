@@ -169,10 +169,17 @@ async fn two_workers_racing_on_one_shard_count_once() {
 /// A `flowmeter serve --roles rollup` child is killed with SIGKILL at random
 /// moments (25 cycles) while events stream in through a separate ingest child;
 /// afterwards the MySQL totals equal exactly the events accepted with 202.
+/// `cluster::sigkill_at_random_moments_on_a_cluster` runs the same on a Redis Cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_loses_and_doubles_nothing() {
     let _heavy = common::heavy().await;
-    let mut env = TestEnv::new("crash");
+    sigkill_cycles(TestEnv::new("crash"), 25).await;
+}
+
+/// The body of the SIGKILL test on `env`'s Redis (one server or a cluster):
+/// `cycles` rollup children killed at random moments during ingest, then
+/// one left alone must commit exactly the events accepted.
+pub(crate) async fn sigkill_cycles(mut env: TestEnv, cycles: usize) {
     env.settings.rollup.lease_ms = 800;
     env.settings.rollup.flush_interval_ms = 100;
     env.settings.rollup.read_count = 200;
@@ -213,7 +220,7 @@ async fn sigkill_at_random_moments_loses_and_doubles_nothing() {
             }
         })
     };
-    let cycles = 25;
+    let started = Instant::now();
     for _ in 0..cycles {
         let kid = spawn_flowmeter(&config, "rollup", "127.0.0.1:0");
         let ms: u64 = rand::rng().random_range(150..1500);
@@ -224,6 +231,7 @@ async fn sigkill_at_random_moments_loses_and_doubles_nothing() {
     stop.store(true, Ordering::Relaxed);
     feeder.await.expect("feeder");
     let accepted = accepted.load(Ordering::Relaxed);
+    let killing = started.elapsed();
     assert!(accepted > 10_000, "only {accepted} events were sent");
 
     // One last worker, left alone, must converge on exactly the accepted
@@ -252,6 +260,10 @@ async fn sigkill_at_random_moments_loses_and_doubles_nothing() {
         total(&store).await,
         accepted,
         "MySQL must hold exactly the accepted events"
+    );
+    println!(
+        "{cycles} SIGKILL cycles in {:.1} s: {accepted} events accepted, {accepted} committed",
+        killing.as_secs_f64()
     );
     let expected_bytes: i64 = scalar(&store, "SELECT SUM(bytes_in) FROM http_hourly").await;
     assert!(expected_bytes > 0);

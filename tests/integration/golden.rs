@@ -82,9 +82,14 @@ async fn compare(
     problems
 }
 
+/// `cluster::golden_rows_on_a_cluster` runs the same on a Redis Cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn golden_rows_match_the_independent_computation() {
-    let env = TestEnv::new("golden");
+    golden_rows_match(TestEnv::new("golden")).await;
+}
+
+/// The body of the golden test on `env`'s Redis (one server or a cluster).
+pub(crate) async fn golden_rows_match(env: TestEnv) {
     env.migrate().await;
     let server = env.start("ingest,api,rollup").await;
     let client = http_client();

@@ -30,10 +30,19 @@ fn requests_in(points: &Value) -> u64 {
     field_total(points, "requests")
 }
 
+/// `cluster::hub_snapshot_and_resume_on_a_cluster` runs the same on a
+/// Redis Cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_live_updates_and_resume_without_holes() {
     let mut env = TestEnv::new("hub_live");
     env.settings.redis.shards = 2;
+    snapshot_live_and_resume(env).await;
+}
+
+/// The body of the snapshot/resume test on `env`'s Redis (one server or a
+/// cluster): a snapshot, live updates without holes, a resume after a
+/// disconnect with exactly the missed events, a fresh snapshot past the ring.
+pub(crate) async fn snapshot_live_and_resume(mut env: TestEnv) {
     env.settings.hub.tick_grace_ms = 200;
     env.migrate().await; // the alert evaluator of processors/alerts.toml reads its table
     let server = env.start("ingest,hub").await;

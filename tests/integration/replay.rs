@@ -15,11 +15,20 @@ use flowmeter::processor::rollup::{ReplayError, ReplayOptions};
 const T0: i64 = 1_772_359_200_000; // 2026-03-01T10:00:00Z
 const HOUR: i64 = 3_600_000;
 
+/// `cluster::replay_on_a_cluster_equals_a_fresh_computation` runs the same
+/// on a Redis Cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_twice_during_live_ingest_equals_a_fresh_computation() {
-    let dir = tempfile::tempdir().expect("tempdir");
     let mut env = TestEnv::new("replay");
     env.settings.redis.shards = 2;
+    replay_twice_during_live_ingest(env).await;
+}
+
+/// The body of the replay test on `env`'s Redis (one server or a cluster):
+/// rows damaged, replayed twice (library and CLI) during live ingest, end
+/// equal to an independent rollup's.
+pub(crate) async fn replay_twice_during_live_ingest(mut env: TestEnv) {
+    let dir = tempfile::tempdir().expect("tempdir");
     use_copied_definitions(&mut env, dir.path());
     // late_rollup computes the same tables independently, from the start
     add_shadow_rollup(dir.path(), "beginning");

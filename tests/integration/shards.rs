@@ -1,5 +1,5 @@
 //! Changing the shard count live (issue 16): `flowmeter shards set N` while
-//! events arrive, twice (4 → 8 → 2), with two rollup workers reading. Every
+//! events arrive, twice (4 → 8 → 2, or 8 → 12 → 2 on the cluster), with two rollup workers reading. Every
 //! event answered 202 is counted exactly once in MySQL; the older sets are
 //! sealed (a writer holding the old layout lands in the new set), read to
 //! the end and retired; a keyed request retried across the change is
@@ -91,11 +91,16 @@ pub(crate) async fn live_change(env: common::TestEnv) {
         let redis = flowmeter::stream::connect(&env.settings.redis)
             .await
             .expect("redis");
-        Producer::new(redis, Keys::new(env.settings.redis.prefix.clone(), 4))
+        Producer::new(
+            redis,
+            Keys::new(env.settings.redis.prefix.clone(), env.settings.redis.shards),
+        )
     };
 
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let out = common::cli_ok(&config, &["shards", "set", "8"]);
+    // more shards, then fewer (the env has 4, or 8 on the cluster)
+    let more = (env.settings.redis.shards + 4).to_string();
+    let out = common::cli_ok(&config, &["shards", "set", &more]);
     assert!(out.contains("current"), "{out}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let out = common::cli_ok(&config, &["shards", "set", "2"]);

@@ -803,25 +803,13 @@ impl RedisCluster {
     /// Whether the node on `port` is a master, or a replica whose link to
     /// its master is up.
     fn replica_synced(&self, port: u16) -> bool {
-        let info = Command::new("redis-cli")
-            .arg("-p")
-            .arg(port.to_string())
-            .args(["info", "replication"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
+        let info = Self::cli(port, &["info", "replication"]);
         info.contains("role:master") || info.contains("master_link_status:up")
     }
 
     /// `CLUSTER INFO` of the node on `port`.
     pub fn info(&self, port: u16) -> String {
-        Command::new("redis-cli")
-            .arg("-p")
-            .arg(port.to_string())
-            .args(["cluster", "info"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
+        Self::cli(port, &["cluster", "info"])
     }
 
     /// Ports of the nodes that are masters now.
@@ -829,16 +817,147 @@ impl RedisCluster {
         self.ports
             .iter()
             .copied()
-            .filter(|p| {
-                Command::new("redis-cli")
-                    .arg("-p")
-                    .arg(p.to_string())
-                    .arg("role")
-                    .output()
-                    .map(|o| String::from_utf8_lossy(&o.stdout).starts_with("master"))
-                    .unwrap_or(false)
-            })
+            .filter(|p| Self::cli(*p, &["role"]).starts_with("master"))
             .collect()
+    }
+
+    /// `redis-cli -p port …`'s output (empty when it cannot run).
+    fn cli(port: u16, args: &[&str]) -> String {
+        Command::new("redis-cli")
+            .arg("-p")
+            .arg(port.to_string())
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The cluster node id of the node on `port`.
+    pub fn node_id(&self, port: u16) -> String {
+        Self::cli(port, &["cluster", "myid"]).trim().to_string()
+    }
+
+    /// How many hash slots the node on `port` serves.
+    pub fn slot_count(&self, port: u16) -> u32 {
+        let id = self.node_id(port);
+        let nodes = Self::cli(port, &["cluster", "nodes"]);
+        let Some(line) = nodes.lines().find(|l| l.starts_with(&id)) else {
+            return 0;
+        };
+        // fields 9.. are slots or ranges ("0-5460"); migrating ones are "[…]"
+        line.split_whitespace()
+            .skip(8)
+            .filter(|r| !r.starts_with('['))
+            .map(|r| match r.split_once('-') {
+                Some((a, b)) => match (a.parse::<u32>(), b.parse::<u32>()) {
+                    (Ok(a), Ok(b)) => b - a + 1,
+                    _ => 0,
+                },
+                None => u32::from(r.parse::<u32>().is_ok()),
+            })
+            .sum()
+    }
+
+    /// Moves `slots` hash slots from the master on `from` to the master on
+    /// `to` with `redis-cli --cluster reshard` (keys and all, each slot
+    /// migrating while clients keep writing: they meet ASK, then MOVED);
+    /// returns when it is done.
+    pub fn reshard(&self, from: u16, to: u16, slots: u32) {
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("reshard")
+            .arg(format!("127.0.0.1:{from}"))
+            .args(["--cluster-from", &self.node_id(from)])
+            .args(["--cluster-to", &self.node_id(to)])
+            .args(["--cluster-slots", &slots.to_string()])
+            .arg("--cluster-yes")
+            .output()
+            .expect("redis-cli --cluster reshard");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster reshard {from} → {to} ({slots} slots): {}{}",
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .rev()
+                .take(10)
+                .collect::<Vec<_>>()
+                .join("\n"),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The hash slot of `key`.
+    pub fn slot_of(&self, key: &str) -> u16 {
+        let port = self.ports.first().copied().unwrap_or_default();
+        Self::cli(port, &["cluster", "keyslot", key])
+            .trim()
+            .parse()
+            .expect("CLUSTER KEYSLOT")
+    }
+
+    /// Starts moving `slot` from the master on `from` to the master on `to`
+    /// by hand, as `redis-cli --cluster reshard` does, and moves its keys:
+    /// until [`RedisCluster::finish_slot_move`], `from` answers ASK for them.
+    pub fn begin_slot_move(&self, slot: u16, from: u16, to: u16) {
+        let slot = slot.to_string();
+        let ok = |port: u16, args: &[&str]| {
+            let out = Self::cli(port, args);
+            assert!(out.trim() == "OK", "redis-cli -p {port} {args:?}: {out}");
+        };
+        ok(
+            to,
+            &[
+                "cluster",
+                "setslot",
+                &slot,
+                "importing",
+                &self.node_id(from),
+            ],
+        );
+        ok(
+            from,
+            &["cluster", "setslot", &slot, "migrating", &self.node_id(to)],
+        );
+        let keys = Self::cli(from, &["cluster", "getkeysinslot", &slot, "1000"]);
+        let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+        if !keys.is_empty() {
+            let port = to.to_string();
+            let mut args = vec!["migrate", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+            args.extend(keys);
+            ok(from, &args);
+        }
+    }
+
+    /// Ends a move begun by [`RedisCluster::begin_slot_move`]: every master
+    /// learns that `to` owns `slot`, and clients sent elsewhere get MOVED.
+    pub fn finish_slot_move(&self, slot: u16, to: u16) {
+        let (slot, id) = (slot.to_string(), self.node_id(to));
+        for m in self.masters() {
+            let out = Self::cli(m, &["cluster", "setslot", &slot, "node", &id]);
+            assert!(out.trim() == "OK", "setslot node on {m}: {out}");
+        }
+    }
+
+    /// Error replies of `code` (e.g. `MOVED`, `ASK`) every node has sent
+    /// since it started (`INFO errorstats`).
+    pub fn errors_sent(&self, code: &str) -> u64 {
+        let prefix = format!("errorstat_{code}:count=");
+        self.ports
+            .iter()
+            .map(|p| Self::cli(*p, &["info", "errorstats"]))
+            .flat_map(|info| {
+                info.lines()
+                    .filter_map(|l| {
+                        l.trim()
+                            .strip_prefix(&prefix)?
+                            .split(',')
+                            .next()?
+                            .parse::<u64>()
+                            .ok()
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .sum()
     }
 
     /// kill -9 of the node on `port`.

@@ -257,6 +257,18 @@ impl Keys {
         format!("{}:dlq:{}", self.prefix, group)
     }
 
+    /// Marker that dead letter `dlq_id` of `group` was re-appended to
+    /// `stream` (`flowmeter dlq retry` on a Redis Cluster):
+    /// `{prefix}:dlqretry:{group}:{tag}:{dlq_id}`, with the stream's hash
+    /// tag, so it lives in the stream's slot. `None` for a key without a tag.
+    pub fn dlq_retried(&self, group: &str, stream: &str, dlq_id: &str) -> Option<String> {
+        let open = stream.find('{')?;
+        let tag = stream.get(open..)?;
+        let close = tag.find('}')?;
+        let tag = tag.get(..=close).filter(|t| t.len() > 2)?;
+        Some(format!("{}:dlqretry:{group}:{tag}:{dlq_id}", self.prefix))
+    }
+
     /// Hash of per-worker runner statistics of a processor.
     pub fn stats(&self, processor: &str) -> String {
         format!("{}:stats:{}", self.prefix, processor)
@@ -274,6 +286,12 @@ mod tests {
         assert_eq!(k.stream(&s), "fm:{http:2}");
         assert_eq!(k.lease("rollup", &s), "fm:lease:rollup:{http:2}");
         assert_eq!(k.shards_of("webrtc").len(), 4);
+        assert_eq!(
+            k.dlq_retried("rollup", "fm:{http:2}", "5-1").as_deref(),
+            Some("fm:dlqretry:rollup:{http:2}:5-1")
+        );
+        assert_eq!(k.dlq_retried("rollup", "fm:dlq:rollup", "5-1"), None);
+        assert_eq!(k.dlq_retried("rollup", "fm:{}", "5-1"), None);
     }
 
     #[test]

@@ -111,11 +111,67 @@ impl redis::aio::ConnectionLike for Conn {
     }
 }
 
+/// The shortest wait before a retry of the cluster client (ms). The waits
+/// grow as 10·2^n ms (jittered, from this) up to
+/// [`ClusterRetry::max_wait`]; redis-rs' own floor (1280 ms) would make
+/// every wait 1.28 s whatever the maximum.
+pub const CLUSTER_MIN_RETRY_WAIT_MS: u64 = 10;
+
+/// How a Redis Cluster connection retries (`redis.cluster_retries`,
+/// `redis.cluster_max_retry_wait_ms`). The cluster client retries one
+/// command after TRYAGAIN, CLUSTERDOWN, LOADING or a lost node connection
+/// (MOVED and ASK are followed at once, within the same budget); a
+/// transaction aborted by a redirect is retried by
+/// [`Redis::transaction`] with the same bounds. Every call stays within
+/// `redis.command_timeout_ms` overall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterRetry {
+    /// Retries of one command or transaction.
+    pub retries: u32,
+    /// Longest wait between two retries.
+    pub max_wait: Duration,
+}
+
+impl Default for ClusterRetry {
+    fn default() -> Self {
+        Self {
+            retries: 4,
+            max_wait: Duration::from_millis(500),
+        }
+    }
+}
+
+impl ClusterRetry {
+    /// The wait before retry `n` (1-based): up to 10·2^n ms, at most
+    /// `max_wait`, jittered from [`CLUSTER_MIN_RETRY_WAIT_MS`] (the cluster
+    /// client's formula, with this crate's floor).
+    fn wait(&self, n: u32) -> Duration {
+        let max = u64::try_from(self.max_wait.as_millis()).unwrap_or(u64::MAX);
+        let upper = 2u64
+            .saturating_pow(n)
+            .saturating_mul(10)
+            .min(max)
+            .max(CLUSTER_MIN_RETRY_WAIT_MS + 1);
+        Duration::from_millis(rand_between(CLUSTER_MIN_RETRY_WAIT_MS, upper))
+    }
+}
+
+/// A number in `[lo, hi)` from the clock's nanoseconds: enough jitter to
+/// spread retries, no random-number dependency.
+fn rand_between(lo: u64, hi: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()));
+    lo + nanos % hi.saturating_sub(lo).max(1)
+}
+
 /// A Redis connection (one server or a cluster), plus the per-call timeout.
 #[derive(Clone)]
 pub struct Redis {
     pub conn: Conn,
     pub timeout: Duration,
+    /// The retries of a cluster connection (unused on one server).
+    retry: ClusterRetry,
 }
 
 impl Redis {
@@ -159,6 +215,7 @@ impl Redis {
         Ok(Self {
             conn: Conn::Single(conn),
             timeout,
+            retry: ClusterRetry::default(),
         })
     }
 
@@ -166,9 +223,19 @@ impl Redis {
     /// than one in case some are down) belong to. The first connection
     /// must succeed. Each command goes to the node owning its key's slot;
     /// MOVED and ASK redirects are followed, TRYAGAIN and CLUSTERDOWN
-    /// retried (`redis-rs`'s cluster client). TLS (`rediss://`) is not
-    /// supported on a cluster yet.
-    pub async fn connect_cluster(nodes: &[String], timeout: Duration) -> Result<Self, StreamError> {
+    /// retried (`redis-rs`'s cluster client) as `retry` says. TLS
+    /// (`rediss://`) is not supported on a cluster yet.
+    ///
+    /// `timeout` bounds connecting, each attempt of a command, and a
+    /// command with all its retries. flowmeter sends no blocking command
+    /// (no `XREAD … BLOCK`: the hub and the rollup poll), so no answer
+    /// legitimately takes longer, and a blocked read can never make the
+    /// client abandon a `>` read and strand its entries as pending.
+    pub async fn connect_cluster(
+        nodes: &[String],
+        timeout: Duration,
+        retry: ClusterRetry,
+    ) -> Result<Self, StreamError> {
         let shown = nodes
             .iter()
             .map(|n| crate::mask_url(n))
@@ -189,8 +256,14 @@ impl Redis {
         let client = redis::cluster::ClusterClient::builder(nodes.to_vec())
             .connection_timeout(timeout)
             .response_timeout(timeout)
-            .retries(4)
-            .max_retry_wait(500)
+            .overall_response_timeout(Some(timeout))
+            .retries(retry.retries)
+            .min_retry_wait(CLUSTER_MIN_RETRY_WAIT_MS)
+            .max_retry_wait(
+                u64::try_from(retry.max_wait.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(CLUSTER_MIN_RETRY_WAIT_MS + 1),
+            )
             .build()
             .map_err(|e| bad(e.to_string()))?;
         // `get_async_connection` can hang on a node that accepts and never
@@ -202,12 +275,44 @@ impl Redis {
         Ok(Self {
             conn: Conn::Cluster(conn),
             timeout,
+            retry,
         })
     }
 
     /// Whether this is a Redis Cluster connection.
     pub fn is_cluster(&self) -> bool {
         matches!(self.conn, Conn::Cluster(_))
+    }
+
+    /// Runs `pipe`, an atomic (MULTI/EXEC) pipeline whose keys share the
+    /// slot of `key`, under the timeout. On a Redis Cluster a slot that
+    /// moves while the transaction is queued (MOVED, or ASK during a
+    /// migration) aborts it with EXECABORT, which the cluster client does
+    /// not retry. Nothing of an aborted transaction was applied, so it is
+    /// sent again here: first one keyed command to the slot (following the
+    /// redirect refreshes the client's slot map), then the transaction,
+    /// at most [`ClusterRetry::retries`] times with the client's waits.
+    pub async fn transaction<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+        key: &str,
+    ) -> Result<T, StreamError> {
+        let mut attempt = 0;
+        loop {
+            let mut conn = self.conn.clone();
+            match self.run(pipe.query_async::<T>(&mut conn)).await {
+                Err(StreamError::Redis(e))
+                    if self.is_cluster() && attempt < self.retry.retries && redirected(&e) =>
+                {
+                    attempt += 1;
+                    let _: Result<redis::Value, _> = self
+                        .run(redis::cmd("TYPE").arg(key).query_async(&mut conn))
+                        .await;
+                    tokio::time::sleep(self.retry.wait(attempt)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Runs one command or pipeline future under the timeout.
@@ -220,6 +325,30 @@ impl Redis {
             Err(_) => Err(StreamError::Timeout(self.timeout)),
         }
     }
+}
+
+/// Whether `e` is a transaction aborted because its slot moved or is
+/// moving (every error queued in it is a redirect or TRYAGAIN).
+fn redirected(e: &redis::RedisError) -> bool {
+    if !matches!(
+        e.kind(),
+        redis::ErrorKind::Server(redis::ServerErrorKind::ExecAbort)
+    ) {
+        return false;
+    }
+    e.clone().into_server_errors().is_some_and(|errs| {
+        !errs.is_empty()
+            && errs.iter().all(|(_, s)| {
+                matches!(
+                    s.kind(),
+                    Some(
+                        redis::ServerErrorKind::Moved
+                            | redis::ServerErrorKind::Ask
+                            | redis::ServerErrorKind::TryAgain
+                    )
+                )
+            })
+    })
 }
 
 /// `XINFO <what> <key>` (`STREAM` or `GROUPS`); `None` when the stream does not exist.
@@ -241,5 +370,49 @@ pub async fn xinfo(
         Ok(v) => Ok(Some(v)),
         Err(StreamError::Redis(e)) if e.to_string().contains("no such key") => Ok(None),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_retry_waits_grow_up_to_the_maximum() {
+        let r = ClusterRetry {
+            retries: 8,
+            max_wait: Duration::from_millis(100),
+        };
+        for n in 1..=8 {
+            let upper = (10u64 << n).clamp(CLUSTER_MIN_RETRY_WAIT_MS + 1, 100);
+            for _ in 0..50 {
+                let w = r.wait(n).as_millis() as u64;
+                assert!(
+                    (CLUSTER_MIN_RETRY_WAIT_MS..upper).contains(&w),
+                    "retry {n}: {w} ms"
+                );
+            }
+        }
+        // a maximum under the floor still waits the floor, never panics
+        let tiny = ClusterRetry {
+            retries: 1,
+            max_wait: Duration::from_millis(1),
+        };
+        assert_eq!(tiny.wait(1).as_millis() as u64, CLUSTER_MIN_RETRY_WAIT_MS);
+    }
+
+    #[test]
+    fn only_aborted_transactions_are_redirects() {
+        let server = |reply: &str| {
+            redis::parse_redis_value(format!("-{reply}\r\n").as_bytes())
+                .and_then(redis::Value::extract_error)
+                .expect_err("an error reply")
+        };
+        // a plain MOVED is the cluster client's to follow, EXECABORT alone
+        // (a queued command refused for another reason) is not retried
+        assert!(!redirected(&server("MOVED 3999 127.0.0.1:6381")));
+        assert!(!redirected(&server(
+            "EXECABORT Transaction discarded because of previous errors."
+        )));
     }
 }

@@ -299,8 +299,9 @@ impl Producer {
                 .arg("data")
                 .arg(data);
         }
-        let mut conn = self.redis.conn.clone();
-        let replies: Vec<redis::Value> = self.redis.run(pipe.query_async(&mut conn)).await?;
+        // on a cluster, `entries` is one stream (one slot): see `transactions`
+        let first = entries.streams.first().map_or("", String::as_str);
+        let replies: Vec<redis::Value> = self.redis.transaction(&pipe, first).await?;
         let mut sealed = Vec::new();
         for (row, reply) in entries.rows.iter().zip(&replies) {
             if let redis::Value::ServerError(e) = reply {
