@@ -241,6 +241,7 @@ async fn the_using_it_commands_work_as_printed() {
                     "config" | "status" => &[&env.name],
                     "groups" => &["rollup"],
                     "replay" => &["http_rollup"],
+                    "shards" => &["current", "redis.shards"],
                     "loadgen" => &["accepted"],
                     _ => &[],
                 };
