@@ -180,3 +180,85 @@ async fn changing_the_shard_count_live_strands_and_doubles_nothing() {
     let _heavy = common::heavy().await;
     live_change(common::TestEnv::new("shardslive")).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_of_a_sealed_set_is_retried_into_the_current_set() {
+    let env = common::TestEnv::new("shardsdlq");
+    let redis = flowmeter::stream::connect(&env.settings.redis)
+        .await
+        .expect("redis");
+    let prefix = env.settings.redis.prefix.clone();
+    let keys = Keys::new(prefix.as_str(), 4);
+    let old = keys.stream(&flowmeter::stream::Shard::new("http", 3));
+    let letter = |dlq_id: &str| flowmeter::dlq::DeadLetter {
+        dlq_id: dlq_id.into(),
+        stream: old.clone(),
+        id: "1-0".into(),
+        processor: "http_rollup".into(),
+        error: "test".into(),
+        data: common::http_event(1, 1_772_359_200_000).to_string(),
+    };
+    let mut conn = env.redis().await;
+    let dlq = keys.dlq("rollup");
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let id: String = redis::cmd("XADD")
+            .arg(&dlq)
+            .arg("*")
+            .arg("x")
+            .arg("1")
+            .query_async(&mut conn)
+            .await
+            .expect("xadd");
+        ids.push(id);
+    }
+    // before any change: back to its own stream
+    let n = flowmeter::dlq::retry(
+        &redis,
+        &keys,
+        "rollup",
+        &[letter(&ids[0])],
+        Duration::from_secs(60),
+    )
+    .await
+    .expect("retried");
+    assert_eq!(n, 1);
+    let len = |key: String| {
+        let mut c = conn.clone();
+        async move {
+            redis::cmd("XLEN")
+                .arg(key)
+                .query_async::<u64>(&mut c)
+                .await
+                .expect("xlen")
+        }
+    };
+    assert_eq!(len(old.clone()).await, 1);
+
+    // after a change set 0 is sealed: the letter goes to the new set
+    flowmeter::shards::change(&redis, &keys, &["http".into()], &["rollup".into()], 2, 1)
+        .await
+        .expect("changed");
+    let n = flowmeter::dlq::retry(
+        &redis,
+        &keys,
+        "rollup",
+        &[letter(&ids[1])],
+        Duration::from_secs(60),
+    )
+    .await
+    .expect("retried");
+    assert_eq!(n, 1);
+    assert_eq!(
+        len(old.clone()).await,
+        1,
+        "nothing more in the sealed stream"
+    );
+    let new = keys.stream(&flowmeter::stream::Shard::in_set("http", 1, 1));
+    assert_eq!(
+        len(new).await,
+        1,
+        "in the current set, same position modulo its count"
+    );
+    assert_eq!(len(dlq).await, 0, "both dead letters removed");
+}
