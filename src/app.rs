@@ -35,6 +35,8 @@ pub enum AppError {
     },
     #[error(transparent)]
     Exposed(#[from] crate::auth::ExposedError),
+    #[error("shard layout: {0}")]
+    Shards(#[from] crate::shards::ShardsError),
     #[error(transparent)]
     Server(#[from] crate::api::server::ServerError),
     #[error("unknown role {0:?}; roles are ingest, api, rollup, hub")]
@@ -273,6 +275,12 @@ pub async fn serve(
             layout = %crate::stream::layout::describe(&layout),
             "redis.shards differs from the stored shard layout (flowmeter shards); the stored layout is used"
         );
+    }
+    if layout.is_stored() {
+        // the layout lists every kind any process writes, so a change seals
+        // and retires the streams of kinds its own host does not know
+        let kinds: Vec<String> = schemas.kinds().iter().map(|k| k.name.clone()).collect();
+        crate::shards::add_kinds(&redis, &keys, &kinds).await?;
     }
     let tracker = TaskTracker::new();
     // workers, hubs and backpressure follow a change of the layout

@@ -181,22 +181,57 @@ async fn store(
     Ok(stored)
 }
 
-/// Starts a change to `shards` shards per kind: creates the new set's
-/// streams with every consumer group of the current set at `0`, stores
-/// the layout (new set current, old one sealing), seals the old set and
-/// stores it draining. The old set is retired by [`advance`] once every
-/// group has read it to the end. `kinds`: every kind of the schemas;
-/// `groups`: the enabled processors' groups (created on the new set too,
-/// even where no worker has created them on the old one yet).
+/// The highest shard index of set 0 that has a stream, for any of `kinds`
+/// (probing up to [`crate::stream::layout::MAX_SHARDS`]): what set 0
+/// really is before a layout was ever stored.
+async fn set0_extent(redis: &Redis, keys: &Keys, kinds: &[String]) -> Result<u32, StreamError> {
+    let mut extent = 0;
+    for kind in kinds {
+        let mut i = layout::MAX_SHARDS;
+        while i > extent {
+            let stream = keys.stream(&crate::stream::Shard::new(kind.as_str(), i - 1));
+            let mut conn = redis.conn.clone();
+            let exists: bool = redis
+                .run(redis::cmd("EXISTS").arg(&stream).query_async(&mut conn))
+                .await?;
+            if exists {
+                extent = i;
+                break;
+            }
+            i -= 1;
+        }
+    }
+    Ok(extent)
+}
+
+/// Starts a change to `shards` shards per kind: stores the layout (new set
+/// current, old one sealing), creates the new set's streams with the
+/// groups reading each kind at `0`, seals the old set and stores it
+/// draining. The old set is retired by [`advance`] once every group has
+/// read it to the end. `kinds`: every kind of the schemas; `groups`: the
+/// enabled processors' (group, kind) pairs, created on the new set even
+/// where no worker has created them on the old one yet.
 pub async fn change(
     redis: &Redis,
     keys: &Keys,
     kinds: &[String],
-    groups: &[String],
+    groups: &[(String, String)],
     shards: u32,
     now_ms: i64,
 ) -> Result<Layout, ShardsError> {
     let before = layout::load_into(redis, keys).await?;
+    if !before.is_stored() {
+        // the first change: set 0 must be what the streams say, not what
+        // this host's redis.shards says
+        let extent = set0_extent(redis, keys, &kinds_of(&before, kinds)).await?;
+        if extent > before.current().shards {
+            return Err(ShardsError::Refused(format!(
+                "set 0 has streams up to shard {} but redis.shards here is {}: set redis.shards = {extent} (what the servers run) and run the command again",
+                extent - 1,
+                before.current().shards
+            )));
+        }
+    }
     let before = before
         .as_ref()
         .clone()
@@ -212,20 +247,52 @@ pub async fn change(
     let new = next.current().clone();
     let old = before.current().clone();
     let all_kinds = kinds_of(&next, kinds);
-    // every group of the current set, on every new stream, from the start
-    let mut groups: BTreeSet<String> = groups.iter().cloned().collect();
-    for (stream, _) in streams_of(keys, &old, &all_kinds) {
-        groups.extend(groups_on(redis, &stream).await?.into_iter().map(|g| g.name));
-    }
-    for (stream, _) in streams_of(keys, &new, &all_kinds) {
-        for group in &groups {
-            crate::stream::ensure_group(redis, &stream, group, "0").await?;
+    // stored first: a racing change loses here, before it created anything.
+    // Nothing is written to the new set before the old one is sealed, so a
+    // worker that creates its group there first (at its `start_from`)
+    // misses nothing.
+    let stored = store(redis, keys, &before, next).await?;
+    for kind in &all_kinds {
+        // per kind: the groups on its old streams, and the processors reading it
+        let mut wanted: BTreeSet<String> = groups
+            .iter()
+            .filter(|(_, k)| k == kind)
+            .map(|(g, _)| g.clone())
+            .collect();
+        for shard in keys.shards_in(&old, kind) {
+            let stream = keys.stream(&shard);
+            wanted.extend(groups_on(redis, &stream).await?.into_iter().map(|g| g.name));
+        }
+        for shard in keys.shards_in(&new, kind) {
+            let stream = keys.stream(&shard);
+            for group in &wanted {
+                crate::stream::ensure_group(redis, &stream, group, "0").await?;
+            }
         }
     }
-    let stored = store(redis, keys, &before, next).await?;
     seal_set(redis, keys, &old, &all_kinds).await?;
     let draining = stored.with_state(old.set, SetState::Draining, now_ms);
     store(redis, keys, &stored, draining).await
+}
+
+/// Adds `kinds` to the stored layout's list (a stored layout only), so
+/// changes seal and retire their streams too.
+pub async fn add_kinds(redis: &Redis, keys: &Keys, kinds: &[String]) -> Result<(), ShardsError> {
+    for _ in 0..MAX_RACES {
+        let l = layout::load_into(redis, keys).await?;
+        if !l.is_stored() || kinds.iter().all(|k| l.kinds.contains(k)) {
+            return Ok(());
+        }
+        let next = l
+            .as_ref()
+            .clone()
+            .with_kinds(kinds.iter().map(String::as_str));
+        match store(redis, keys, &l, next).await {
+            Err(ShardsError::Raced) => continue,
+            other => return other.map(|_| ()),
+        }
+    }
+    Err(ShardsError::Raced)
 }
 
 /// Seals every stream of `set` (idempotent).
@@ -250,10 +317,16 @@ pub enum Advanced {
 }
 
 /// Moves older sets along: seals a set left `Sealing` for
-/// [`SEALING_GRACE_MS`], retires a `Draining` set every group has read and
-/// acknowledged to the end, drops a `Retired` set whose streams are empty
-/// (retention trimmed them) once `keep_ms` (the idempotency window) has
-/// passed since it was sealed, deleting its keys.
+/// [`SEALING_GRACE_MS`]; retires a `Draining` set once every group has read
+/// and acknowledged it to the end (sealing it again first, so a seal lost
+/// in a failover is restored before the check, and counting a stream that
+/// still has entries but lacks a group its kind has elsewhere as unread);
+/// drops a `Retired` set whose streams are empty (retention trimmed them)
+/// once `keep_ms` (the idempotency window) has passed. A dropped set's
+/// empty, sealed streams and markers stay as tombstones (a few hundred
+/// bytes each), so a writer that never learnt of the change still meets a
+/// seal. A change stored meanwhile by another process is read and the pass
+/// goes on with it.
 pub async fn advance(
     redis: &Redis,
     keys: &Keys,
@@ -262,23 +335,61 @@ pub async fn advance(
     now_ms: i64,
 ) -> Result<Vec<Advanced>, ShardsError> {
     let mut done = Vec::new();
+    for _ in 0..MAX_RACES {
+        match advance_once(redis, keys, kinds, keep_ms, now_ms, &mut done).await {
+            Err(ShardsError::Raced) => continue,
+            other => return other.map(|()| done),
+        }
+    }
+    Err(ShardsError::Raced)
+}
+
+/// Times [`advance`] reloads the layout after losing a compare-and-set.
+const MAX_RACES: usize = 5;
+
+async fn advance_once(
+    redis: &Redis,
+    keys: &Keys,
+    kinds: &[String],
+    keep_ms: i64,
+    now_ms: i64,
+    done: &mut Vec<Advanced>,
+) -> Result<(), ShardsError> {
     let mut l = layout::load_into(redis, keys).await?.as_ref().clone();
     if !l.is_stored() {
-        return Ok(done);
+        return Ok(());
     }
     let all_kinds = kinds_of(&l, kinds);
     for set in l.sets.clone() {
         match set.state {
-            SetState::Sealing if now_ms - set.since_ms >= SEALING_GRACE_MS => {
+            SetState::Sealing if now_ms.saturating_sub(set.since_ms) >= SEALING_GRACE_MS => {
                 seal_set(redis, keys, &set, &all_kinds).await?;
                 let next = l.with_state(set.set, SetState::Draining, now_ms);
                 l = store(redis, keys, &l, next).await?;
                 done.push(Advanced::Sealed(set.set));
             }
             SetState::Draining => {
+                seal_set(redis, keys, &set, &all_kinds).await?;
                 let mut left = 0;
-                for (stream, _) in streams_of(keys, &set, &all_kinds) {
-                    left += unread(redis, &stream).await?.1;
+                for kind in &all_kinds {
+                    // the groups of this kind on any stream still read
+                    let mut expected = BTreeSet::new();
+                    for s in keys.shards_of(kind) {
+                        let stream = keys.stream(&s);
+                        expected
+                            .extend(groups_on(redis, &stream).await?.into_iter().map(|g| g.name));
+                    }
+                    for shard in keys.shards_in(&set, kind) {
+                        let stream = keys.stream(&shard);
+                        let (length, unread_here) = unread(redis, &stream).await?;
+                        let present: BTreeSet<String> = groups_on(redis, &stream)
+                            .await?
+                            .into_iter()
+                            .map(|g| g.name)
+                            .collect();
+                        let missing = expected.difference(&present).count() as u64;
+                        left += unread_here + if length > 0 { missing * length } else { 0 };
+                    }
                 }
                 if left == 0 {
                     let next = l.with_state(set.set, SetState::Retired, now_ms);
@@ -290,7 +401,7 @@ pub async fn advance(
                     done.push(Advanced::Retired(set.set));
                 }
             }
-            SetState::Retired if now_ms - set.since_ms >= keep_ms => {
+            SetState::Retired if now_ms.saturating_sub(set.since_ms) >= keep_ms => {
                 let mut length = 0;
                 for (stream, _) in streams_of(keys, &set, &all_kinds) {
                     length += unread(redis, &stream).await?.0;
@@ -298,17 +409,9 @@ pub async fn advance(
                 if length == 0 {
                     let next = l.without(set.set);
                     l = store(redis, keys, &l, next).await?;
-                    for (stream, marker) in streams_of(keys, &set, &all_kinds) {
-                        let mut conn = redis.conn.clone();
-                        for key in [&stream, &marker] {
-                            redis
-                                .run(redis::cmd("DEL").arg(key).query_async::<i64>(&mut conn))
-                                .await?;
-                        }
-                    }
                     tracing::info!(
                         set = set.set,
-                        "retired shard set emptied by retention: dropped"
+                        "retired shard set emptied by retention: dropped (its sealed, empty streams stay)"
                     );
                     done.push(Advanced::Dropped(set.set));
                 }
@@ -316,5 +419,5 @@ pub async fn advance(
             _ => {}
         }
     }
-    Ok(done)
+    Ok(())
 }

@@ -150,7 +150,17 @@ pub async fn gather(
                     .collect(),
                 _ => Vec::new(),
             };
-            let last_id = text(info.get("last-generated-id")).filter(|s| s != "0-0");
+            // a sealed stream's last id is the largest there is: its last
+            // entry is what a person (and the lag age) wants
+            let last_id = text(info.get("last-generated-id"))
+                .filter(|s| s != "0-0")
+                .and_then(|s| {
+                    if s == crate::stream::layout::SEALED_ID {
+                        crate::stream::resp::entry_id(info.get("last-entry"))
+                    } else {
+                        Some(s)
+                    }
+                });
             let mut groups = groups;
             for g in &mut groups {
                 g.oldest_unacked_id = oldest_unacked(redis, &key, g).await?;

@@ -66,9 +66,9 @@ pub async fn run(settings: &Settings, args: ShardsArgs) -> anyhow::Result<()> {
             timeout_secs,
         } => {
             let processors = ProcessorRegistry::load(&settings.paths.processors, &schemas)?;
-            let mut groups: Vec<String> = processors
+            let mut groups: Vec<(String, String)> = processors
                 .enabled()
-                .map(|p| p.group().to_string())
+                .flat_map(|p| p.kinds().iter().map(|k| (p.group().to_string(), k.clone())))
                 .collect();
             groups.sort();
             groups.dedup();
@@ -86,7 +86,11 @@ pub async fn run(settings: &Settings, args: ShardsArgs) -> anyhow::Result<()> {
         let deadline = std::time::Instant::now() + Duration::from_secs(timeout_secs);
         loop {
             let now = chrono::Utc::now().timestamp_millis();
-            shards::advance(&redis, &keys, &kinds, keep_ms, now).await?;
+            match shards::advance(&redis, &keys, &kinds, keep_ms, now).await {
+                // a retention pass stores its moves too: look again
+                Ok(_) | Err(shards::ShardsError::Raced) => {}
+                Err(e) => return Err(e.into()),
+            }
             let l = keys.layout();
             if l.sets
                 .iter()

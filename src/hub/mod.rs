@@ -256,7 +256,11 @@ impl Hub {
         shutdown: CancellationToken,
     ) {
         // the shard streams of every kind a view reads, in every shard set
-        // read, then the alerts stream; again whenever the layout changes
+        // (retired ones too: a hub that had not read a set's tail when it
+        // retired, or rebuilds its windows after a restart, still finds the
+        // entries there; a retired set gets nothing new, so reading it costs
+        // an empty answer), then the alerts stream; again whenever the
+        // layout changes
         let kinds: Vec<(usize, String)> = state::view_kinds(&self.views)
             .into_iter()
             .enumerate()
@@ -268,7 +272,7 @@ impl Hub {
                 .iter()
                 .flat_map(|(i, k)| {
                     let feed = Feed::Kind(*i);
-                    keys.shards_of(k).into_iter().map(move |s| (feed, s))
+                    keys.all_shards_of(k).into_iter().map(move |s| (feed, s))
                 })
                 .map(|(f, s)| (f, keys.stream(&s)))
                 .chain(std::iter::once((Feed::Alerts, keys.alerts())))
@@ -342,7 +346,7 @@ impl Hub {
             }
             if keys.layout().version != layout {
                 // a shard set was added (read from its start: it was created
-                // empty) or retired (read to its end)
+                // empty) or dropped (empty by then)
                 layout = keys.layout().version;
                 let next = plan(&keys);
                 ids = next

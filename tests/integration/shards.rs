@@ -1,5 +1,5 @@
 //! Changing the shard count live (issue 16): `flowmeter shards set N` while
-//! events arrive, twice (4 → 8 → 2, or 8 → 12 → 2 on the cluster), with two rollup workers reading. Every
+//! events arrive, twice (4 → 32 → 2, or 8 → 36 → 2 on the cluster), with two rollup workers reading. Every
 //! event answered 202 is counted exactly once in MySQL; the older sets are
 //! sealed (a writer holding the old layout lands in the new set), read to
 //! the end and retired; a keyed request retried across the change is
@@ -98,8 +98,10 @@ pub(crate) async fn live_change(env: common::TestEnv) {
     };
 
     tokio::time::sleep(Duration::from_secs(2)).await;
-    // more shards, then fewer (the env has 4, or 8 on the cluster)
-    let more = (env.settings.redis.shards + 4).to_string();
+    // more shards, then fewer (the env has 4, or 8 on the cluster); the
+    // batches' 15 subjects leave most of 32 shards empty, so sealed streams
+    // that never had an entry are part of it
+    let more = (env.settings.redis.shards + 28).to_string();
     let out = common::cli_ok(&config, &["shards", "set", &more]);
     assert!(out.contains("current"), "{out}");
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -171,6 +173,36 @@ pub(crate) async fn live_change(env: common::TestEnv) {
         .filter_map(|s| s["length"].as_u64())
         .sum();
     assert_eq!(lengths as i64, total, "every entry in exactly one stream");
+
+    // a replay reads every set, sealed and retired ones included, and
+    // rebuilds the same rows; status reads sealed streams' real last entry
+    let out = common::cli_ok(
+        &config,
+        &[
+            "replay",
+            "--processor",
+            "http_rollup",
+            "--from",
+            "2026-03-01T10:00:00Z",
+            "--to",
+            "2026-03-01T11:00:00Z",
+        ],
+    );
+    assert!(out.contains("http_rollup"), "{out}");
+    assert_eq!(
+        common::scalar(&store, "SELECT SUM(requests) FROM http_hourly").await,
+        total,
+        "the replay over three shard sets rebuilt the same totals"
+    );
+    let status = common::cli(&config, &["status", "--max-lag-secs", "60"]);
+    assert_eq!(
+        status.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&status.stdout),
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&status.stdout).contains("18446744073709551615"));
     b.stop().await;
     a.stop().await;
 }
@@ -179,6 +211,30 @@ pub(crate) async fn live_change(env: common::TestEnv) {
 async fn changing_the_shard_count_live_strands_and_doubles_nothing() {
     let _heavy = common::heavy().await;
     live_change(common::TestEnv::new("shardslive")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_change_refuses_a_shard_count_below_the_streams() {
+    let env = common::TestEnv::new("shardsfirst");
+    let redis = flowmeter::stream::connect(&env.settings.redis)
+        .await
+        .expect("redis");
+    // the servers ran 8 shards; this host's redis.shards says 4
+    let keys = Keys::new(env.settings.redis.prefix.as_str(), 4);
+    let mut conn = env.redis().await;
+    let _: String = redis::cmd("XADD")
+        .arg(keys.stream(&flowmeter::stream::Shard::new("http", 6)))
+        .arg("*")
+        .arg("a")
+        .arg("1")
+        .query_async(&mut conn)
+        .await
+        .expect("xadd");
+    let err = flowmeter::shards::change(&redis, &keys, &["http".into()], &[], 2, 1)
+        .await
+        .expect_err("refused");
+    assert!(err.to_string().contains("redis.shards = 7"), "{err}");
+    assert!(!keys.layout().is_stored(), "nothing stored");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -236,9 +292,16 @@ async fn a_dead_letter_of_a_sealed_set_is_retried_into_the_current_set() {
     assert_eq!(len(old.clone()).await, 1);
 
     // after a change set 0 is sealed: the letter goes to the new set
-    flowmeter::shards::change(&redis, &keys, &["http".into()], &["rollup".into()], 2, 1)
-        .await
-        .expect("changed");
+    flowmeter::shards::change(
+        &redis,
+        &keys,
+        &["http".into()],
+        &[("rollup".into(), "http".into())],
+        2,
+        1,
+    )
+    .await
+    .expect("changed");
     let n = flowmeter::dlq::retry(
         &redis,
         &keys,
@@ -261,4 +324,71 @@ async fn a_dead_letter_of_a_sealed_set_is_retried_into_the_current_set() {
         "in the current set, same position modulo its count"
     );
     assert_eq!(len(dlq).await, 0, "both dead letters removed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_after_a_change_reads_sealed_streams_and_their_real_end() {
+    let env = common::TestEnv::new("shardsreplay");
+    env.migrate().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = env.write_config(dir.path());
+    let server = env.start("ingest,rollup").await;
+    let client = common::http_client();
+    // one subject: one shard of set 0 gets the events, the others stay empty
+    let body = (0..20u64)
+        .map(|i| {
+            let mut e = common::http_event(0, 1_772_359_200_000 + i as i64);
+            e["req_bytes"] = serde_json::json!(i);
+            e.to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let (code, reply) = common::post_ndjson(&client, &server.url("/v1/events"), body).await;
+    assert_eq!(code, 202, "{reply}");
+    common::cli_ok(&config, &["shards", "set", "2"]);
+    let store = env.store().await;
+    common::wait_until(Duration::from_secs(30), || {
+        let s = store.clone();
+        async move {
+            common::scalar(&s, "SELECT COALESCE(SUM(requests), 0) FROM http_hourly").await == 20
+        }
+    })
+    .await;
+    let replay = [
+        "replay",
+        "--processor",
+        "http_rollup",
+        "--from",
+        "2026-03-01T10:00:00Z",
+        "--to",
+        "2026-03-01T11:00:00Z",
+    ];
+    let out = common::cli_ok(&config, &replay);
+    assert!(out.contains("http_rollup"), "{out}");
+    assert_eq!(
+        common::scalar(&store, "SELECT SUM(requests) FROM http_hourly").await,
+        20
+    );
+    // retention empties the sealed stream that held the events: the replay
+    // is refused, naming when they were dropped (the stream's last entry,
+    // kept in its seal marker), not the sealed stream's last id
+    let mut conn = env.redis().await;
+    let mut trimmed = 0u64;
+    for i in 0..4 {
+        let n: u64 = redis::cmd("XTRIM")
+            .arg(format!("{}:{{http:{i}}}", env.name))
+            .arg("MAXLEN")
+            .arg(0)
+            .query_async(&mut conn)
+            .await
+            .expect("xtrim");
+        trimmed += n;
+    }
+    assert_eq!(trimmed, 20);
+    let refused = common::cli(&config, &replay);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{err}");
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    assert!(err.contains(&today) && !err.contains("1969"), "{err}");
+    server.stop().await;
 }

@@ -294,6 +294,35 @@ impl RollupProcessor {
 /// When entries were removed from `stream` (trimmed, or deleted): the id
 /// below which they may have been, and the first retained id. `None` when
 /// the stream holds every entry ever added.
+/// The last id a stream generated; for a sealed stream (whose last id was
+/// moved to the largest there is) the one it had when it was sealed, kept
+/// in its seal marker.
+async fn last_generated(
+    ctx: &crate::processor::ProcessorContext,
+    stream: &str,
+    reported: Option<StreamId>,
+) -> Result<StreamId, StreamError> {
+    let sealed = crate::stream::layout::SEALED_ID.parse::<StreamId>().ok();
+    if reported.is_none() || reported != sealed {
+        return Ok(reported.unwrap_or(StreamId::ZERO));
+    }
+    let Some(shard) = ctx.keys.shard_of_stream(stream) else {
+        return Ok(StreamId::ZERO);
+    };
+    let mut conn = ctx.redis.conn.clone();
+    let before: Option<String> = ctx
+        .redis
+        .run(
+            redis::cmd("GET")
+                .arg(ctx.keys.sealed(&shard))
+                .query_async(&mut conn),
+        )
+        .await?;
+    Ok(before
+        .and_then(|b| b.parse::<StreamId>().ok())
+        .unwrap_or(StreamId::ZERO))
+}
+
 async fn trimmed_gap(
     ctx: &crate::processor::ProcessorContext,
     stream: &str,
@@ -315,7 +344,9 @@ async fn trimmed_gap(
     // first retained entry (or up to the last id when none is left).
     let below = match first {
         Some(f) => f,
-        None => id("last-generated-id").unwrap_or(StreamId::ZERO).next(),
+        None => last_generated(ctx, stream, id("last-generated-id"))
+            .await?
+            .next(),
     };
     Ok(Some((below.max(deleted.next()), first)))
 }

@@ -172,10 +172,13 @@ impl Keys {
     }
 
     /// Where an entry of `shard` goes when it is written again (a dead
-    /// letter retried): the shard itself unless its set is sealed, else the
-    /// shard of the same position in the set written to now.
+    /// letter retried): the shard itself unless its set is sealed (or
+    /// dropped), else the shard of the same position in the set written to
+    /// now.
     pub fn rewrite_target(&self, shard: &Shard) -> Shard {
-        if !self.sealed_sets().contains(&shard.set) {
+        // a set no longer listed was dropped: sealed too
+        let listed = self.layout().get(shard.set).is_some();
+        if listed && !self.sealed_sets().contains(&shard.set) {
             return shard.clone();
         }
         let set = self.write_set();

@@ -19,9 +19,10 @@
 //!    no write can land in a sealed stream, so its content is final;
 //! 3. the old set is `Draining`: workers read it to the end;
 //! 4. once every group has read and acknowledged every entry of every
-//!    stream of the set, it is `Retired`: workers and hubs stop reading it;
-//!    it is kept for replays (its entries leave with retention) and for
-//!    idempotency lookups, then dropped.
+//!    stream of the set, it is `Retired`: workers stop reading it (hubs and
+//!    replays still do); it is kept while retention empties it and for
+//!    idempotency lookups, then dropped from the layout, its empty sealed
+//!    streams left as tombstones.
 //!
 //! The layout is stored as JSON at `{prefix}:layout` and changed only by
 //! compare-and-set on its `version`. No stored layout means one set 0 of
@@ -44,8 +45,9 @@ pub enum SetState {
     Sealing,
     /// Sealed (nothing can be written any more); workers read it to the end.
     Draining,
-    /// Sealed and read to the end by every group: no longer read, kept for
-    /// replays and idempotency lookups until it is empty.
+    /// Sealed and read to the end by every group: no longer read by
+    /// workers (hubs and replays still read it), kept for idempotency
+    /// lookups until it is empty.
     Retired,
 }
 
@@ -201,7 +203,10 @@ impl Layout {
             ));
         }
         let mut next = self.clone();
-        let number = self.sets.last().map_or(0, |s| s.set + 1);
+        let number = self.sets.last().map_or(0, |s| s.set.saturating_add(1));
+        if number == u32::MAX {
+            return Err("no shard set number left".into());
+        }
         for s in &mut next.sets {
             if s.state == SetState::Current {
                 s.state = SetState::Sealing;
@@ -354,17 +359,30 @@ return 1
     Ok(done == 1)
 }
 
-/// Seals one stream: sets `marker` and moves the stream's last id to the
-/// largest there is (creating the stream, empty, if it does not exist), in
-/// one script in the stream's slot. Idempotent.
+/// The last id of a sealed stream: the largest there is.
+pub const SEALED_ID: &str = "18446744073709551615-18446744073709551615";
+
+/// Seals one stream: moves its last id to [`SEALED_ID`] (creating the
+/// stream, empty, if it does not exist) and sets `marker` to the last id it
+/// had before (what replays and status show as its end), in one script in
+/// the stream's slot. Idempotent: sealing again keeps the first marker.
 pub async fn seal(redis: &Redis, stream: &str, marker: &str) -> Result<(), StreamError> {
     const SEAL: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('XADD', KEYS[1], '0-1', 'sealed', '1')
   redis.call('XDEL', KEYS[1], '0-1')
 end
-redis.call('XSETID', KEYS[1], '18446744073709551615-18446744073709551615')
-redis.call('SET', KEYS[2], '1')
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+local last = '0-0'
+for i = 1, #info, 2 do
+  if info[i] == 'last-generated-id' then last = info[i + 1] end
+end
+if last ~= ARGV[1] then
+  redis.call('XSETID', KEYS[1], ARGV[1])
+end
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('SET', KEYS[2], last)
+end
 return 1
 ";
     let mut conn = redis.conn.clone();
@@ -373,6 +391,7 @@ return 1
             redis::Script::new(SEAL)
                 .key(stream)
                 .key(marker)
+                .arg(SEALED_ID)
                 .invoke_async(&mut conn),
         )
         .await?;

@@ -36,7 +36,7 @@
 //! a keyed request first looks for its records in the older, sealed sets.
 
 use std::collections::HashMap;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use crate::event::{KindNames, ValidEvent};
@@ -54,6 +54,13 @@ pub struct Producer {
     keys: Keys,
     /// Backpressure: the figures and the limit (0 = off).
     backlog: Option<(Backlog, u64)>,
+    /// The stored shard layout is read before the first write (a writer
+    /// built with `Keys::new` alone must not write to shards of a count
+    /// the layout does not have).
+    loaded: Arc<tokio::sync::OnceCell<()>>,
+    /// One seal sweep at a time in this process (requests meeting the same
+    /// seal at once wait for the first one's sweep).
+    sealing: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The idempotency part of a request.
@@ -189,7 +196,19 @@ impl Producer {
             redis,
             keys,
             backlog: None,
+            loaded: Arc::default(),
+            sealing: Arc::default(),
         }
+    }
+
+    /// Reads the stored layout into the keys, once.
+    async fn load_layout(&self) -> Result<(), StreamError> {
+        self.loaded
+            .get_or_try_init(|| async {
+                layout::load_into(&self.redis, &self.keys).await.map(|_| ())
+            })
+            .await
+            .map(|_| ())
     }
 
     /// Refuses [`Producer::submit`]s to streams whose backlog passes `limit`
@@ -235,16 +254,22 @@ impl Producer {
         })
     }
 
-    /// Appends all events (atomically on one Redis server); returns once
-    /// Redis has acknowledged them. `kinds` names the kinds the events'
-    /// [`ValidEvent::kind`] index. On a Redis Cluster a batch over several
-    /// shards is one transaction per shard: a failure past the first
-    /// leaves the earlier shards written (see docs/guarantees.md).
+    /// Appends all events; returns once Redis has acknowledged them. `kinds`
+    /// names the kinds the events' [`ValidEvent::kind`] index. On one Redis
+    /// server the batch is one transaction, except when the shard set
+    /// changes under it: the XADDs a seal refused are written to the next
+    /// set, so an error after that leaves part of the batch written. On a
+    /// Redis Cluster a batch over several shards is one transaction per
+    /// shard: a failure past the first leaves the earlier shards written.
+    /// A caller that retries a failed batch may therefore write part of it
+    /// twice; one that must not uses [`Producer::submit`] with an
+    /// idempotency key (see docs/guarantees.md).
     pub async fn append<K: KindNames + ?Sized>(
         &self,
         kinds: &K,
         events: &[ValidEvent],
     ) -> Result<(), StreamError> {
+        self.load_layout().await?;
         let mut todo: Vec<usize> = (0..events.len()).collect();
         for _ in 0..MAX_SET_HOPS {
             if todo.is_empty() {
@@ -336,25 +361,42 @@ impl Producer {
         kinds: &K,
         set: &ShardSet,
     ) -> Result<(), StreamError> {
-        let stored = layout::load(&self.redis, &self.keys.layout_key()).await?;
-        let mut names: Vec<String> = stored.as_ref().map(|l| l.kinds.clone()).unwrap_or_default();
-        names.extend((0..).map_while(|i| kinds.kind_name(i)).map(str::to_string));
-        names.sort();
-        names.dedup();
-        for kind in &names {
-            for shard in self.keys.shards_in(set, kind) {
-                layout::seal(
-                    &self.redis,
-                    &self.keys.stream(&shard),
-                    &self.keys.sealed(&shard),
-                )
-                .await?;
+        let _one = self.sealing.lock().await;
+        if !self.keys.sealed_sets().contains(&set.set) {
+            let stored = layout::load(&self.redis, &self.keys.layout_key()).await?;
+            let mut names: Vec<String> =
+                stored.as_ref().map(|l| l.kinds.clone()).unwrap_or_default();
+            names.extend((0..).map_while(|i| kinds.kind_name(i)).map(str::to_string));
+            names.sort();
+            names.dedup();
+            // the set as stored (its shard count), else as this writer knew it
+            let sealed = stored
+                .as_ref()
+                .and_then(|l| l.get(set.set).cloned())
+                .unwrap_or_else(|| set.clone());
+            for kind in &names {
+                for shard in self.keys.shards_in(&sealed, kind) {
+                    layout::seal(
+                        &self.redis,
+                        &self.keys.stream(&shard),
+                        &self.keys.sealed(&shard),
+                    )
+                    .await?;
+                }
+            }
+            tracing::info!(set = set.set, "shard set sealed: writing to the next set");
+            self.keys.mark_sealed(set.set);
+            if let Some(l) = stored {
+                self.keys.set_layout(l);
             }
         }
-        tracing::info!(set = set.set, "shard set sealed: writing to the next set");
-        self.keys.mark_sealed(set.set);
-        if let Some(l) = stored {
-            self.keys.set_layout(l);
+        let next = self.keys.write_set();
+        if next.set <= set.set {
+            return Err(StreamError::Protocol(format!(
+                "shard set {} is sealed and the stored layout ({}) names no newer set: see `flowmeter shards` (was the layout key deleted or lost in a failover?)",
+                set.set,
+                self.keys.layout_key()
+            )));
         }
         Ok(())
     }
@@ -371,6 +413,7 @@ impl Producer {
         if events.is_empty() {
             return Ok(Submitted::Written);
         }
+        self.load_layout().await.map_err(SubmitError::NotWritten)?;
         let all: Vec<usize> = (0..events.len()).collect();
         let first = self
             .entries(kinds, events, &all, &self.keys.write_set())
@@ -538,11 +581,16 @@ impl Producer {
         let sealed = self.keys.sealed_sets();
         let mut left = todo.to_vec();
         let mut accepted = None;
-        for older in layout
-            .sets
-            .iter()
-            .filter(|s| s.set < set.set && sealed.contains(&s.set))
-        {
+        // a set sealed longer ago than the window holds no record still valid
+        let window_ms = i64::try_from(idem.window.as_millis()).unwrap_or(i64::MAX);
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        for older in layout.sets.iter().filter(|s| {
+            s.set < set.set
+                && sealed.contains(&s.set)
+                // `since_ms` is when it was sealed (draining) or retired,
+                // later still: either way no earlier than the seal
+                && now_ms.saturating_sub(s.since_ms) <= window_ms.saturating_add(60_000)
+        }) {
             if left.is_empty() {
                 break;
             }
