@@ -12,6 +12,15 @@
 //!   taken every event: the collector's whole CPU cost per request.
 //!
 //! Also prints heap allocations per request with and without the layer.
+//!
+//! `collector_send/{plain,exact}` time the requests *and* their sending,
+//! until Redis has acknowledged every event (sender on the same thread):
+//! `plain` with `idempotency_window` zero (one MULTI/EXEC per batch, a
+//! retried batch may be stored twice), `exact` with the default (every
+//! batch under its id, one idempotent script per batch and its record);
+//! `…_batches_of_1` send every event as its own batch (one round trip
+//! each: the per-batch cost).
+//!
 //! Run with `cargo bench --bench collector`; results are in BENCHMARKS.md.
 
 use std::time::{Duration, Instant};
@@ -180,5 +189,57 @@ fn overhead(c: &mut Criterion) {
     rt.block_on(wipe());
 }
 
-criterion_group!(benches, overhead);
+/// Requests and their sending until Redis acknowledged them: plain
+/// MULTI/EXEC against the idempotent path (see the module doc).
+fn send_cost(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut g = c.benchmark_group("collector_send");
+    let exact = CollectorConfig::new("bench").idempotency_window;
+    // (name, window, events per batch: the default's, or one, the
+    // per-batch cost of a service too quiet to fill batches)
+    for (name, window, batch) in [
+        ("plain", Duration::ZERO, None),
+        ("exact", exact, None),
+        ("plain_batches_of_1", Duration::ZERO, Some(1)),
+        ("exact_batches_of_1", exact, Some(1)),
+    ] {
+        let mut cfg = config();
+        cfg.idempotency_window = window;
+        if let Some(n) = batch {
+            (cfg.batch_size, cfg.max_pipeline) = (n, n);
+        }
+        let m = rt.block_on(async { MetricsLayer::new(cfg).expect("collector") });
+        let app = router().layer(m.clone());
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let target = m.collector().stats().recorded + iters;
+                    let start = Instant::now();
+                    for i in 0..iters {
+                        one(&app).await;
+                        if i % 64 == 63 {
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                    while m.collector().stats().sent < target {
+                        tokio::task::yield_now().await;
+                    }
+                    let t = start.elapsed();
+                    wipe().await;
+                    t
+                })
+            })
+        });
+        rt.block_on(m.collector().shutdown());
+        let s = m.collector().stats();
+        assert_eq!(s.recorded, s.sent, "the bench lost events: {s:?}");
+    }
+    g.finish();
+    rt.block_on(wipe());
+}
+
+criterion_group!(benches, overhead, send_cost);
 criterion_main!(benches);

@@ -200,6 +200,7 @@ async fn loadgen_incident_trips_the_shipped_error_rate_rule() {
         truth: None,
         progress: None,
         incident: Some(Duration::from_secs(600)),
+        hot: None,
     };
     let stop = CancellationToken::new();
     let settings = env.settings.clone();

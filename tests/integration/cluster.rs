@@ -982,3 +982,11 @@ async fn changing_the_shard_count_live_on_a_cluster_strands_and_doubles_nothing(
     let (_heavy, _cluster, env) = heavy_on_cluster("clustershards").await;
     crate::shards::live_change(env).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collector_batches_failing_on_one_shard_are_retried_exactly() {
+    // six Redis nodes: not beside the browser and crash tests
+    let _heavy = common::heavy().await;
+    let (_cluster, env) = on_cluster("clustercollector").await;
+    crate::collector::partial_failure_is_retried_exactly(env).await;
+}

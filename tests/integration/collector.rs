@@ -17,6 +17,7 @@ use axum::Router;
 use bytes::Bytes;
 use common::*;
 use flowmeter::collector::{CollectorConfig, MetricsLayer};
+use flowmeter::stream::{Keys, Redis};
 use futures::StreamExt;
 use serde_json::Value;
 
@@ -365,16 +366,209 @@ async fn disk_bound_drops_are_counted_and_shutdown_spill_is_replayed_after_resta
     // A new process with Redis reachable replays the file on start.
     let mut cfg2 = config(&env, REDIS_URL);
     cfg2.spill_dir = Some(dir.path().to_path_buf());
-    let metrics2 = MetricsLayer::new(cfg2).expect("layer");
-    wait_until(Duration::from_secs(20), || {
-        let c = metrics2.collector().clone();
-        async move { c.stats().replayed == s.spilled }
-    })
-    .await;
-    metrics2.collector().shutdown().await;
+    replay_in_new_process(cfg2, s.spilled).await;
     let total: usize = stream_events(&env, "http").await.iter().map(Vec::len).sum();
     assert_eq!(total as u64, s.spilled);
     env.cleanup().await;
+}
+
+/// 32 routes, `/r0` … `/r31`: one endpoint each, so a batch spreads over every shard.
+fn routes(metrics: MetricsLayer) -> Router {
+    let mut r = Router::new();
+    for i in 0..32 {
+        r = r.route(&format!("/r{i}"), get(|| async { "ok" }));
+    }
+    r.layer(metrics)
+}
+
+/// GETs `/r{seq % 32}` with `x-seq: seq` (the event's `user_id`), one after the other.
+async fn send_seqs(client: &reqwest::Client, addr: SocketAddr, seqs: std::ops::Range<u32>) {
+    for i in seqs {
+        client
+            .get(format!("http://{addr}/r{}", i % 32))
+            .header("x-seq", format!("{i:06}"))
+            .send()
+            .await
+            .expect("request");
+    }
+}
+
+/// The `user_id` of every `http` entry of `service` in the streams
+/// (through `redis`, one server or a cluster).
+async fn seqs_stored(redis: &Redis, keys: &Keys, service: &str) -> Vec<String> {
+    let mut conn = redis.conn.clone();
+    let mut out = Vec::new();
+    for shard in keys.shards_of("http") {
+        let entries: Vec<(String, Vec<(String, String)>)> = match redis::cmd("XRANGE")
+            .arg(keys.stream(&shard))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+        {
+            Ok(entries) => entries,
+            // the stream the test broke
+            Err(e) if e.code() == Some("WRONGTYPE") => continue,
+            Err(e) => panic!("XRANGE: {e}"),
+        };
+        for (_, fields) in entries {
+            let Some((_, data)) = fields.into_iter().find(|(k, _)| k == "data") else {
+                continue;
+            };
+            let ev: Value = serde_json::from_str(&data).expect("data is JSON");
+            if ev["service"] == service {
+                out.push(ev["user_id"].as_str().expect("seq").to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Events the first batch holds in [`partial_failure_is_retried_exactly`].
+const FIRST_BATCH: u32 = 400;
+
+/// A batch whose write failed on one shard is sent again under its id,
+/// from memory and, after a shutdown, from the spill file by a new
+/// process: every event ends up in the streams exactly once. The failure
+/// is deterministic: one shard stream (the one the batch reaches last)
+/// holds a string, so its XADD fails. On a Redis Cluster the batch's other shards are
+/// written meanwhile (one transaction per shard: a partial write); on one
+/// server the script checks every stream before its first write and
+/// writes nothing. `cluster.rs` runs this on a cluster.
+pub(crate) async fn partial_failure_is_retried_exactly(env: TestEnv) {
+    let rc = &env.settings.redis;
+    let redis = flowmeter::stream::connect(rc).await.expect("redis");
+    let keys = Keys::new(rc.prefix.as_str(), rc.shards);
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cfg = config(&env, &rc.url);
+    cfg.prefix = rc.prefix.clone();
+    if rc.cluster {
+        cfg = cfg.with_cluster(std::iter::once(&rc.url).chain(&rc.cluster_nodes).cloned());
+    }
+    // The first batch is the first FIRST_BATCH events exactly (nothing
+    // is flushed on a timer); each later request sets off a retry.
+    cfg.batch_size = FIRST_BATCH as usize;
+    cfg.flush_interval = Duration::from_secs(600);
+    cfg.spill_dir = Some(dir.path().to_path_buf());
+    cfg.shutdown_timeout = Duration::from_millis(300);
+    cfg.user_header = Some("x-seq".into());
+    let client = http_client();
+    let mut conn = redis.conn.clone();
+    for (round, service) in [(0u32, "shop"), (1, "shop2")] {
+        cfg.service = service.into();
+        // the shard the batch reaches last (a cluster writes the others first)
+        let shard_of = |i: u32| {
+            let r = flowmeter::collector::HttpRecord {
+                ts_ms: 0,
+                endpoint: format!("/r{i}").into(),
+                method: http::Method::GET,
+                status: 200,
+                req_bytes: 0,
+                resp_bytes: 0,
+                req_header_bytes: 0,
+                resp_header_bytes: 0,
+                duration_ms: 0.0,
+                user_id: None,
+            };
+            keys.shard_for("http", r.to_event(service).expect("valid").partition)
+        };
+        let mut order = Vec::new();
+        for i in 0..32 {
+            let shard = shard_of(i);
+            if !order.contains(&shard) {
+                order.push(shard);
+            }
+        }
+        let broken = keys.stream(order.last().expect("a shard"));
+        let _: () = redis::cmd("SET")
+            .arg(&broken)
+            .arg("not a stream")
+            .query_async(&mut conn)
+            .await
+            .expect("SET");
+        let metrics = MetricsLayer::new(cfg.clone()).expect("layer");
+        let c = metrics.collector().clone();
+        let addr = serve(routes(metrics.clone())).await;
+        // the sender's timer ticks once as it starts: let it pass first
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let from = round * 10_000;
+        send_seqs(&client, addr, from..from + FIRST_BATCH).await;
+        let mut next = from + FIRST_BATCH;
+        let start = std::time::Instant::now();
+        while c.stats().send_errors < 3 {
+            assert!(start.elapsed() < Duration::from_secs(30), "{:?}", c.stats());
+            send_seqs(&client, addr, next..next + 1).await;
+            next += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(c.stats().sent, 0, "the first batch failed: {:?}", c.stats());
+        let written = seqs_stored(&redis, &keys, service).await.len();
+        if rc.cluster {
+            assert!(written > 0, "the batch's other shards are written");
+        } else {
+            assert_eq!(written, 0, "one server: the script wrote nothing");
+        }
+        if round == 0 {
+            // retried from memory
+            let _: () = redis::cmd("DEL")
+                .arg(&broken)
+                .query_async(&mut conn)
+                .await
+                .expect("DEL");
+            let start = std::time::Instant::now();
+            while c.stats().sent < u64::from(next - from) {
+                assert!(start.elapsed() < Duration::from_secs(30), "{:?}", c.stats());
+                send_seqs(&client, addr, next..next + 1).await;
+                next += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            c.shutdown().await;
+        } else {
+            // spilled at shutdown, replayed by the next process
+            c.shutdown().await;
+            let s = c.stats();
+            assert_eq!(s.spilled, u64::from(next - from), "{s:?}");
+            let _: () = redis::cmd("DEL")
+                .arg(&broken)
+                .query_async(&mut conn)
+                .await
+                .expect("DEL");
+            let mut cfg2 = cfg.clone();
+            cfg2.flush_interval = Duration::from_millis(5);
+            replay_in_new_process(cfg2, s.spilled).await;
+        }
+        let mut stored = seqs_stored(&redis, &keys, service).await;
+        stored.sort();
+        let expected: Vec<String> = (from..next).map(|i| format!("{i:06}")).collect();
+        let mut distinct = stored.clone();
+        distinct.dedup();
+        assert_eq!(
+            stored.len(),
+            distinct.len(),
+            "{service}: {} entries for {} events",
+            stored.len(),
+            distinct.len()
+        );
+        assert_eq!(stored, expected, "{service}: every event once");
+    }
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_failure_is_retried_exactly_on_one_server() {
+    partial_failure_is_retried_exactly(TestEnv::new("collector_exact")).await;
+}
+
+/// A new collector on `cfg`'s spill file: waits until it has replayed
+/// `spilled` events, then shuts it down.
+async fn replay_in_new_process(cfg: CollectorConfig, spilled: u64) {
+    let metrics = MetricsLayer::new(cfg).expect("layer");
+    wait_until(Duration::from_secs(30), || {
+        let c = metrics.collector().clone();
+        async move { c.stats().replayed == spilled }
+    })
+    .await;
+    metrics.collector().shutdown().await;
 }
 
 /// The collector builds its events from typed fields, with no JSON Schema:

@@ -27,6 +27,7 @@ async fn truth_equals_the_rollup_tables() {
         truth: None,
         progress: None,
         incident: None,
+        hot: None,
     };
     let report = flowmeter_bench::loadgen::run(&env.settings, &opts, CancellationToken::new())
         .await

@@ -30,10 +30,13 @@
 //!
 //! The request path never blocks and never fails: the event goes into a
 //! bounded queue (`queue_capacity`; when it is full the event is dropped and
-//! counted). The sender task (see `sender`) XADDs in pipelined batches; while
-//! Redis is unreachable it keeps up to `memory_max_events` in memory, then
-//! spills to an append-only file in `spill_dir` (at most `spill_max_bytes`)
-//! and replays it in order once Redis is back. Beyond the disk bound events
+//! counted). The sender task (see `sender`) writes batches, each under an
+//! id it keeps through its retries, with the producer's idempotent script
+//! (one Redis server, or a Redis Cluster: [`CollectorConfig::with_cluster`]),
+//! so a batch sent again is stored once; while Redis is unreachable it
+//! keeps up to `memory_max_events` in memory, then spills whole batches to
+//! an append-only file in `spill_dir` (at most `spill_max_bytes`) and
+//! replays them in order once Redis is back. Beyond the disk bound events
 //! are dropped, and every drop is counted in [`CollectorStats`].
 //!
 //! Events are built from typed fields ([`HttpRecord::to_event`]); the limits
@@ -55,6 +58,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use event::{HttpKind, HttpRecord, InvalidHttpEvent, HTTP_KIND, HTTP_VERSION};
+pub use flowmeter_core::stream::ClusterRetry;
 pub use layer::{MetricsLayer, MetricsService, RequestBody, ResponseBody, UserId};
 pub use spill::SpillError;
 
@@ -63,8 +67,23 @@ pub use spill::SpillError;
 pub struct CollectorConfig {
     /// The `service` field of every event.
     pub service: String,
-    /// Redis of the flowmeter deployment.
+    /// Redis of the flowmeter deployment; with `cluster`, any one node of
+    /// the Redis Cluster.
     pub redis_url: String,
+    /// A Redis Cluster rather than one server (the server's
+    /// `redis.cluster`): each batch is written one transaction per shard,
+    /// in that shard's slot. `redis://` only (no TLS on a cluster yet).
+    /// [`CollectorConfig::with_cluster`] sets this and the seed nodes.
+    pub cluster: bool,
+    /// With `cluster`: further nodes to learn the cluster from when
+    /// `redis_url`'s is down (the server's `redis.cluster_nodes`).
+    pub cluster_nodes: Vec<String>,
+    /// With `cluster`: retries of one command after TRYAGAIN, CLUSTERDOWN,
+    /// LOADING or a lost node connection, and the longest wait between two
+    /// (the server's `redis.cluster_retries`, default 4, and
+    /// `redis.cluster_max_retry_wait_ms`, default 500 ms). Every call,
+    /// retries included, stays within `redis_timeout`.
+    pub cluster_retry: ClusterRetry,
     /// Key prefix and shard count: must match the ingest side (`redis.prefix`, `redis.shards`).
     pub prefix: String,
     pub shards: u32,
@@ -76,8 +95,9 @@ pub struct CollectorConfig {
     pub queue_capacity: usize,
     /// A batch is sent as soon as this many events wait.
     pub batch_size: usize,
-    /// At most this many events per XADD pipeline (one round trip); a
-    /// backlog goes out in pipelines this big, so throughput is not bounded
+    /// At most this many events per batch (one round trip, one per shard
+    /// on a cluster; the larger of this and `batch_size` is the bound); a
+    /// backlog goes out in batches this big, so throughput is not bounded
     /// by `batch_size` per round trip.
     pub max_pipeline: usize,
     /// A partial batch is sent after this long.
@@ -91,6 +111,15 @@ pub struct CollectorConfig {
     pub spill_max_bytes: u64,
     /// Timeout of one Redis command.
     pub redis_timeout: Duration,
+    /// How long Redis keeps the record of a batch (one key per batch on
+    /// one server, one per shard the batch touched on a cluster, about
+    /// 150 bytes each). Every batch carries an id that survives its
+    /// retries and the spill file, and is written by the producer's
+    /// idempotent script: a batch sent again within this window, after a
+    /// timeout or a partial write, adds only what is missing. Zero turns
+    /// the records off: plain MULTI/EXEC, and a retried batch may be
+    /// stored twice (docs/guarantees.md, section 4).
+    pub idempotency_window: Duration,
     /// Retry backoff while Redis is unreachable: from `min` doubling to `max`.
     pub backoff_min: Duration,
     pub backoff_max: Duration,
@@ -105,6 +134,9 @@ impl CollectorConfig {
         Self {
             service: service.into(),
             redis_url: "redis://127.0.0.1:6379".into(),
+            cluster: false,
+            cluster_nodes: Vec::new(),
+            cluster_retry: ClusterRetry::default(),
             prefix: "fm".into(),
             shards: 4,
             unmatched_endpoint: "unmatched".into(),
@@ -117,10 +149,47 @@ impl CollectorConfig {
             spill_dir: None,
             spill_max_bytes: 256 * 1024 * 1024,
             redis_timeout: Duration::from_secs(2),
+            idempotency_window: Duration::from_secs(600),
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(5),
         }
+    }
+
+    /// Sends to the Redis Cluster that `seeds` belong to (any of its
+    /// nodes; more than one in case some are down): the first becomes
+    /// `redis_url`, the others `cluster_nodes`.
+    pub fn with_cluster<S: Into<String>>(mut self, seeds: impl IntoIterator<Item = S>) -> Self {
+        let mut seeds = seeds.into_iter().map(Into::into);
+        if let Some(first) = seeds.next() {
+            self.redis_url = first;
+        }
+        self.cluster_nodes = seeds.collect();
+        self.cluster = true;
+        self
+    }
+
+    /// The checks [`Collector::start`] makes before anything runs.
+    fn check(&self) -> Result<(), CollectorError> {
+        if self.service.is_empty() || self.service.len() > 128 {
+            return Err(CollectorError::Config(
+                "service must be 1 to 128 characters".into(),
+            ));
+        }
+        if self.queue_capacity == 0 || self.batch_size == 0 || self.max_pipeline == 0 {
+            return Err(CollectorError::Config(
+                "queue_capacity, batch_size and max_pipeline must be positive".into(),
+            ));
+        }
+        let tls = std::iter::once(&self.redis_url)
+            .chain(&self.cluster_nodes)
+            .any(|u| u.starts_with("rediss://"));
+        if self.cluster && tls {
+            return Err(CollectorError::Config(
+                "TLS (rediss://) is not supported on a Redis Cluster yet".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -169,7 +238,7 @@ pub struct CollectorStats {
     /// Dropped because the event would fail the `http` schema (e.g. a route
     /// template over 255 characters), or a spilled line could not be read back.
     pub dropped_invalid: u64,
-    /// Failed XADD pipelines (each retried).
+    /// Failed batch writes (each retried).
     pub send_errors: u64,
     /// Events waiting in memory.
     pub in_memory: u64,
@@ -214,16 +283,7 @@ impl Collector {
     pub fn start(config: CollectorConfig) -> Result<Self, CollectorError> {
         let handle =
             tokio::runtime::Handle::try_current().map_err(|_| CollectorError::NoRuntime)?;
-        if config.service.is_empty() || config.service.len() > 128 {
-            return Err(CollectorError::Config(
-                "service must be 1 to 128 characters".into(),
-            ));
-        }
-        if config.queue_capacity == 0 || config.batch_size == 0 || config.max_pipeline == 0 {
-            return Err(CollectorError::Config(
-                "queue_capacity, batch_size and max_pipeline must be positive".into(),
-            ));
-        }
+        config.check()?;
         let spill = match &config.spill_dir {
             Some(dir) => Some(spill::Spill::open(
                 dir,

@@ -1,11 +1,30 @@
-//! The collector's background task: batches records, XADDs them through the
-//! same [`Producer`] as the ingest API (same streams, same entry fields, same
-//! partitioning), and rides out Redis outages with memory, then disk.
+//! The collector's background task: batches records, writes them through
+//! the same [`Producer`] as the ingest API (same streams, same entry
+//! fields, same partitioning), and rides out Redis outages with memory,
+//! then disk.
 //!
 //! Order is kept: while the spill file has a backlog, new events go behind it
 //! (into memory, then the file), and the backlog is replayed first.
+//!
+//! **Exact retries.** Each batch gets an id when it is formed
+//! ([`BatchIds`]: random per process, then a sequence number) and keeps it
+//! and its events through every retry and through the spill file. It is
+//! written with [`Producer::submit`] under that id as idempotency key: one
+//! script per transaction that appends only if the id's record is absent
+//! and stores the record with the entries (one record per batch on one
+//! server; on a Redis Cluster one per shard, in its slot, written with
+//! that shard's entries). A retry after a timeout, a lost connection or a
+//! cluster write that failed on some shards therefore adds only what is
+//! missing, as long as it comes within `idempotency_window`.
+//!
+//! The record's fingerprint is the same for every batch: an id names one
+//! batch, and what is sent again under it is that batch or, after the
+//! spill file's bound cut its tail, the first part of it. Since a shard's
+//! record means "every event this batch has for this shard is stored", a
+//! part sent again is as exact as the whole.
 
 use std::collections::VecDeque;
+use std::hash::BuildHasher;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,18 +34,57 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use flowmeter_core::event::ValidEvent;
-use flowmeter_core::stream::{Keys, Producer, Redis};
+use flowmeter_core::stream::{Idempotency, Keys, Producer, Redis, SubmitError};
 
 use crate::event::{HttpKind, HttpRecord};
 use crate::spill::Spill;
 use crate::{CollectorConfig, Counters};
 
+/// The fingerprint of every batch's record (see the module doc).
+const FINGERPRINT: &str = "collector-batch";
+
+/// Ids of batches: `fmc-{random}-{n}`, unique across processes (64 random
+/// bits each, from the standard library's hasher seeding) and within one.
+struct BatchIds {
+    process: u64,
+    next: u64,
+}
+
+impl BatchIds {
+    fn new() -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        Self {
+            process: std::collections::hash_map::RandomState::new()
+                .hash_one((nanos, std::process::id())),
+            next: 0,
+        }
+    }
+
+    fn next(&mut self) -> String {
+        self.next += 1;
+        format!("fmc-{:016x}-{}", self.process, self.next)
+    }
+}
+
+/// Events sent (and retried) together under one id.
+struct Batch {
+    id: String,
+    events: Vec<ValidEvent>,
+    /// Handed to the producer at least once: no event joins it any more.
+    tried: bool,
+}
+
 struct Sender {
     cfg: CollectorConfig,
     producer: Option<Producer>,
     spill: Option<Spill>,
-    /// Validated events not yet acknowledged, oldest first.
-    memory: VecDeque<ValidEvent>,
+    /// Batches of validated events not yet acknowledged, oldest first.
+    memory: VecDeque<Batch>,
+    /// Events in `memory`.
+    held: usize,
+    ids: BatchIds,
     counters: Arc<Counters>,
     backoff: Duration,
     retry_at: Option<Instant>,
@@ -50,6 +108,8 @@ pub(crate) async fn run(
         producer: None,
         spill,
         memory: VecDeque::new(),
+        held: 0,
+        ids: BatchIds::new(),
         counters,
         retry_at: None,
     };
@@ -63,13 +123,13 @@ pub(crate) async fn run(
                 Some(r) => {
                     s.accept(r);
                     // take what is already queued without waiting
-                    while s.memory.len() < s.cfg.max_pipeline {
+                    while s.held < s.cfg.max_pipeline {
                         match rx.try_recv() {
                             Ok(r) => s.accept(r),
                             Err(_) => break,
                         }
                     }
-                    if s.memory.len() >= s.cfg.batch_size {
+                    if s.held >= s.cfg.batch_size {
                         s.flush().await;
                     }
                 }
@@ -86,7 +146,7 @@ pub(crate) async fn run(
         s.accept(r);
     }
     let deadline = Instant::now() + s.cfg.shutdown_timeout;
-    while (!s.memory.is_empty() || s.backlog() > 0) && Instant::now() < deadline {
+    while (s.held > 0 || s.backlog() > 0) && Instant::now() < deadline {
         s.retry_at = None;
         if !s.flush().await {
             tokio::time::sleep(s.backoff.min(deadline - Instant::now())).await;
@@ -106,11 +166,21 @@ impl Sender {
     }
 
     /// Takes a record: its event (serialized straight from the typed record,
-    /// partitioned like ingest does; see `event`) goes behind the others.
+    /// partitioned like ingest does; see `event`) goes behind the others,
+    /// into the last batch unless that one was tried or is full.
     fn accept(&mut self, r: HttpRecord) {
         match r.to_event(&self.cfg.service) {
             Ok(ev) => {
-                self.memory.push_back(ev);
+                let cap = self.cfg.max_pipeline.max(self.cfg.batch_size);
+                match self.memory.back_mut() {
+                    Some(b) if !b.tried && b.events.len() < cap => b.events.push(ev),
+                    _ => self.memory.push_back(Batch {
+                        id: self.ids.next(),
+                        events: vec![ev],
+                        tried: false,
+                    }),
+                }
+                self.held += 1;
                 self.counters.in_memory.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
@@ -120,20 +190,24 @@ impl Sender {
                 tracing::warn!(endpoint = %r.endpoint, error = %e, "collector: event dropped");
             }
         }
-        if self.memory.len() > self.cfg.memory_max_events {
-            self.spill_oldest(self.memory.len() - self.cfg.memory_max_events);
+        while self.held > self.cfg.memory_max_events {
+            self.spill_oldest();
         }
     }
 
-    /// Moves the `n` oldest in-memory events to the spill file (or drops and
-    /// counts them when there is no room).
-    fn spill_oldest(&mut self, n: usize) {
-        let batch: Vec<ValidEvent> = self.memory.drain(..n.min(self.memory.len())).collect();
+    /// Moves the oldest batch in memory, whole and with its id, to the
+    /// spill file (or drops and counts what does not fit).
+    fn spill_oldest(&mut self) {
+        let Some(batch) = self.memory.pop_front() else {
+            return;
+        };
+        let n = batch.events.len();
+        self.held -= n;
         self.counters
             .in_memory
-            .fetch_sub(batch.len() as u64, Ordering::Relaxed);
+            .fetch_sub(n as u64, Ordering::Relaxed);
         let written = match &mut self.spill {
-            Some(sp) => match sp.append(batch.iter().map(|e| e.data.as_str())) {
+            Some(sp) => match sp.append(&batch.id, batch.events.iter().map(|e| e.data.as_str())) {
                 Ok(w) => w,
                 Err(e) => {
                     tracing::warn!(error = %e, "collector: cannot spill");
@@ -145,7 +219,7 @@ impl Sender {
         self.counters
             .spilled
             .fetch_add(written as u64, Ordering::Relaxed);
-        let dropped = (batch.len() - written) as u64;
+        let dropped = (n - written) as u64;
         if dropped > 0 {
             self.counters
                 .dropped_disk_full
@@ -157,15 +231,21 @@ impl Sender {
     }
 
     fn spill_all(&mut self) {
-        let n = self.memory.len();
-        if n > 0 {
-            self.spill_oldest(n);
+        while !self.memory.is_empty() {
+            self.spill_oldest();
         }
     }
 
     async fn producer(&mut self) -> Option<Producer> {
         if self.producer.is_none() {
-            match Redis::connect(&self.cfg.redis_url, self.cfg.redis_timeout).await {
+            let connected = if self.cfg.cluster {
+                let mut nodes = vec![self.cfg.redis_url.clone()];
+                nodes.extend(self.cfg.cluster_nodes.iter().cloned());
+                Redis::connect_cluster(&nodes, self.cfg.redis_timeout, self.cfg.cluster_retry).await
+            } else {
+                Redis::connect(&self.cfg.redis_url, self.cfg.redis_timeout).await
+            };
+            match connected {
                 Ok(r) => {
                     self.producer = Some(Producer::new(
                         r,
@@ -180,10 +260,10 @@ impl Sender {
         self.producer.clone()
     }
 
-    /// Sends the spill backlog, then memory, in batches. Returns false when a
-    /// send failed (the next try waits for the backoff).
+    /// Sends the spill backlog, then memory, batch by batch. Returns false
+    /// when a send failed (the next try waits for the backoff).
     async fn flush(&mut self) -> bool {
-        if self.memory.is_empty() && self.backlog() == 0 {
+        if self.held == 0 && self.backlog() == 0 {
             return true;
         }
         if self.retry_at.is_some_and(|t| Instant::now() < t) {
@@ -195,8 +275,9 @@ impl Sender {
         // 1. the spill backlog, in order
         while self.backlog() > 0 {
             let Some(sp) = &self.spill else { break };
-            let (lines, next) = match sp.peek(self.cfg.max_pipeline.max(1)) {
-                Ok(x) => x,
+            let (batch, next) = match sp.peek(self.cfg.max_pipeline) {
+                Ok(Some(x)) => x,
+                Ok(None) => break, // only a torn line is left
                 Err(e) => {
                     tracing::warn!(error = %e, "collector: cannot read the spill file");
                     return self.failed();
@@ -204,8 +285,8 @@ impl Sender {
             };
             // Each line is checked again as it is read back: the file may be
             // a predecessor's, or damaged.
-            let mut events = Vec::with_capacity(lines.len());
-            for l in &lines {
+            let mut events = Vec::with_capacity(batch.lines.len());
+            for l in &batch.lines {
                 match HttpRecord::from_json(l).and_then(|(svc, r)| r.to_event(&svc)) {
                     Ok(ev) => events.push(ev),
                     Err(e) => {
@@ -216,8 +297,10 @@ impl Sender {
                     }
                 }
             }
-            if let Err(e) = producer.append(&HttpKind, &events).await {
-                tracing::debug!(error = %e, "collector: replay failed");
+            // lines without a header (an older collector's) get an id now:
+            // exact against retries from here on, not across a crash
+            let mut id = batch.id.unwrap_or_else(|| self.ids.next());
+            if !self.send(&producer, &mut id, &events).await {
                 return self.failed();
             }
             let n = events.len() as u64;
@@ -231,34 +314,56 @@ impl Sender {
             self.counters
                 .spill_backlog_bytes
                 .store(self.backlog(), Ordering::Relaxed);
-            if lines.is_empty() {
-                break; // only a torn line is left
-            }
         }
         // 2. memory
-        while !self.memory.is_empty() {
-            let n = self
-                .memory
-                .len()
-                .min(self.cfg.max_pipeline.max(self.cfg.batch_size));
-            let batch = self.memory.make_contiguous();
-            match producer.append(&HttpKind, &batch[..n]).await {
-                Ok(()) => {
-                    self.memory.drain(..n);
-                    self.counters
-                        .in_memory
-                        .fetch_sub(n as u64, Ordering::Relaxed);
-                    self.counters.sent.fetch_add(n as u64, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "collector: XADD failed");
-                    return self.failed();
-                }
+        while let Some(mut batch) = self.memory.pop_front() {
+            batch.tried = true;
+            if !self.send(&producer, &mut batch.id, &batch.events).await {
+                self.memory.push_front(batch);
+                return self.failed();
             }
+            let n = batch.events.len();
+            self.held -= n;
+            self.counters
+                .in_memory
+                .fetch_sub(n as u64, Ordering::Relaxed);
+            self.counters.sent.fetch_add(n as u64, Ordering::Relaxed);
         }
         self.backoff = self.cfg.backoff_min;
         self.retry_at = None;
         true
+    }
+
+    /// Writes one batch under its id; false when it must be sent again.
+    async fn send(&mut self, producer: &Producer, id: &mut String, events: &[ValidEvent]) -> bool {
+        if self.cfg.idempotency_window.is_zero() {
+            return match producer.append(&HttpKind, events).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::debug!(error = %e, "collector: XADD failed");
+                    false
+                }
+            };
+        }
+        let idem = Idempotency {
+            key: id,
+            fingerprint: FINGERPRINT.into(),
+            window: self.cfg.idempotency_window,
+        };
+        match producer.submit(&HttpKind, events, Some(&idem)).await {
+            Ok(_) => true,
+            Err(SubmitError::KeyReused) => {
+                // Another writer used this id (random 64 bits: not expected);
+                // the batch goes again under a new one.
+                tracing::warn!(id = %id, "collector: batch id in use elsewhere, taking a new one");
+                *id = self.ids.next();
+                false
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "collector: batch not written");
+                false
+            }
+        }
     }
 
     fn failed(&mut self) -> bool {

@@ -612,6 +612,7 @@ async fn latency_phase(
         truth: None,
         progress: opts.progress,
         incident: None,
+        hot: None,
     };
     let commits_before = commits(store).await?;
     let start = Instant::now();

@@ -137,6 +137,7 @@ pub async fn run(base: &Settings, opts: &WsBenchOptions) -> Result<WsBenchReport
             truth: None,
             progress: None,
             incident: None,
+            hot: None,
         };
         tokio::spawn(async move { crate::loadgen::run(&settings, &opts, stop).await })
     };

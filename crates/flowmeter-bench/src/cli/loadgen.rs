@@ -48,6 +48,10 @@ pub struct LoadgenArgs {
     /// demo, e.g. `--rate 50 --kind http --duration 120 --incident 90`.
     #[arg(long, value_name = "SECS")]
     incident: Option<f64>,
+    /// A skewed workload: this share (0 to 1) of the http events goes to
+    /// one subject, svc-0's /api/r0/:id (all of them on one shard).
+    #[arg(long, value_name = "SHARE")]
+    hot: Option<f64>,
 }
 
 pub async fn run(settings: &Settings, args: LoadgenArgs) -> anyhow::Result<()> {
@@ -74,6 +78,11 @@ pub async fn run(settings: &Settings, args: LoadgenArgs) -> anyhow::Result<()> {
             Some(s) => {
                 anyhow::bail!("--incident {s}: give the outage's length in seconds, more than 0")
             }
+            None => None,
+        },
+        hot: match args.hot {
+            Some(s) if (0.0..=1.0).contains(&s) => Some(s),
+            Some(s) => anyhow::bail!("--hot {s}: give a share from 0 to 1"),
             None => None,
         },
     };

@@ -45,6 +45,9 @@ pub struct GenConfig {
     /// An outage to trip an alert on purpose (`flowmeter loadgen
     /// --incident`): events stamped in `[from, until)` ms are made by it.
     pub incident: Option<Incident>,
+    /// A skewed workload (`flowmeter loadgen --hot`): this share of the
+    /// http events is [`HOT_SERVICE`]'s [`HOT_ENDPOINT`], one subject.
+    pub hot: Option<f64>,
 }
 
 /// An outage of [`INCIDENT_SERVICE`] between two event times (unix ms):
@@ -59,6 +62,11 @@ pub struct Incident {
 /// The service that fails during an [`Incident`].
 pub const INCIDENT_SERVICE: &str = "svc-0";
 
+/// The hot subject of a skewed workload ([`GenConfig::hot`]): service
+/// `svc-0`'s most popular endpoint.
+pub const HOT_SERVICE: usize = 0;
+pub const HOT_ENDPOINT: usize = 0;
+
 impl Default for GenConfig {
     fn default() -> Self {
         Self {
@@ -71,6 +79,7 @@ impl Default for GenConfig {
             peers_per_meeting: 6,
             relay_share: 0.2,
             incident: None,
+            hot: None,
         }
     }
 }
@@ -161,9 +170,18 @@ impl Generator {
     }
 
     fn http(&mut self, ts_ms: i64) -> Value {
+        let hot = self
+            .cfg
+            .hot
+            .is_some_and(|share| self.rng.random_bool(share.clamp(0.0, 1.0)));
         let u: f64 = self.rng.random();
         let ep = self.zipf_cdf.partition_point(|&c| c < u);
         let service = self.rng.random_range(0..self.cfg.services.max(1));
+        let (ep, service) = if hot {
+            (HOT_ENDPOINT, HOT_SERVICE)
+        } else {
+            (ep, service)
+        };
         if self.burst == 0 && self.rng.random_ratio(1, 20_000) {
             self.burst = self.rng.random_range(50..500);
         }
@@ -295,5 +313,21 @@ mod tests {
         // Zipf: the most popular endpoint gets far more than the median one.
         let hits = |ep: &str| a.iter().filter(|e| e["endpoint"] == ep).count();
         assert!(hits("/api/r0/:id") > 5 * hits("/api/r25/:id").max(1));
+    }
+
+    #[test]
+    fn a_hot_share_goes_to_one_subject() {
+        let mut g = Generator::new(GenConfig {
+            kind: KindMix::Http,
+            hot: Some(0.8),
+            ..GenConfig::default()
+        });
+        let evs: Vec<Value> = (0..10_000).map(|i| g.next_event(i)).collect();
+        let hot = evs
+            .iter()
+            .filter(|e| e["service"] == "svc-0" && e["endpoint"] == "/api/r0/:id")
+            .count();
+        // 80 % by choice, plus the subject's own share of the other 20 %
+        assert!((8_000..8_500).contains(&hot), "{hot}");
     }
 }

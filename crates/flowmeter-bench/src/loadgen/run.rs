@@ -63,6 +63,9 @@ pub struct LoadOptions {
     /// first this-long of the run: trips the shipped `http_error_rate`
     /// alert on purpose (see docs/alerts.md).
     pub incident: Option<Duration>,
+    /// A skewed workload: this share (0 to 1) of the http events belongs
+    /// to one subject, [`super::HOT_SERVICE`] [`super::HOT_ENDPOINT`].
+    pub hot: Option<f64>,
 }
 
 /// What a run did.
@@ -255,6 +258,7 @@ pub async fn run(
             from_ms,
             until_ms: from_ms.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
         }),
+        hot: opts.hot,
         ..GenConfig::default()
     });
     let period = Duration::from_secs_f64(opts.batch as f64 / opts.rate);

@@ -1,8 +1,9 @@
 //! The producer: appends validated events to their shard streams.
 //!
 //! Two ways in:
-//! - [`Producer::append`] (the collector, loadgen): one MULTI/EXEC pipeline;
-//! - [`Producer::submit`] (`POST /v1/events`): the same, behind backpressure
+//! - [`Producer::append`] (loadgen, tools): one MULTI/EXEC pipeline;
+//! - [`Producer::submit`] (`POST /v1/events`, and the collector with a batch
+//!   id as idempotency key): the same, behind backpressure
 //!   (refused before anything is sent while a target stream's backlog is past
 //!   `ingest.max_backlog_entries`), optionally idempotent, and with every
 //!   failure classified as "nothing was written" or "outcome unknown".
@@ -121,12 +122,20 @@ impl SubmitError {
 /// markers. ARGV[1]: the record's value, ARGV[2]: its lifetime (ms),
 /// ARGV[3]: `n`, then four per event: its stream's position in KEYS, kind,
 /// version, data. Returns the existing record; 1 (writing nothing) when a
-/// stream is sealed; nil once written.
+/// stream is sealed; nil once written. A stream key holding another type
+/// fails the script before its first write (a script is not rolled back:
+/// an XADD failing midway would leave the earlier ones without a record).
 const IDEMPOTENT_APPEND: &str = r"
 local seen = redis.call('GET', KEYS[1])
 if seen then return seen end
 local n = tonumber(ARGV[3])
 if redis.call('EXISTS', unpack(KEYS, n + 2, 2 * n + 1)) > 0 then return 1 end
+for i = 2, n + 1 do
+  local t = redis.call('TYPE', KEYS[i])['ok']
+  if t ~= 'stream' and t ~= 'none' then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. t .. ', not a stream')
+  end
+end
 for i = 4, #ARGV, 4 do
   redis.call('XADD', KEYS[tonumber(ARGV[i])], '*', 'kind', ARGV[i + 1], 'v', ARGV[i + 2], 'data', ARGV[i + 3])
 end
