@@ -13,8 +13,8 @@ mod lease;
 mod start;
 
 pub use flowmeter_core::stream::{
-    pressure, resp, xinfo, Idempotency, Keys, Producer, Redis, RedisTls, Shard, StreamError,
-    SubmitError, Submitted,
+    pressure, replication, resp, xinfo, Idempotency, Keys, Producer, Redis, RedisTls, Shard,
+    StreamError, SubmitError, Submitted,
 };
 
 pub use consumer::{ack, ensure_group, range, Entry, GroupReader, ReadOutcome, StreamId};

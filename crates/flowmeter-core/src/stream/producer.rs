@@ -26,6 +26,10 @@
 //! a slot: a request over several shards is written one transaction (or
 //! script, with a record per shard in its slot) per shard, and a failure
 //! after some were written is `Unknown` (docs/guarantees.md).
+//!
+//! **Replicas.** With [`Producer::with_wait_replicas`], a written (or
+//! replayed) request is confirmed only once `WAIT` says enough replicas
+//! have it ([`super::replication`]); fewer is [`SubmitError::NotReplicated`].
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -34,6 +38,7 @@ use std::time::Duration;
 use crate::event::{KindNames, ValidEvent};
 
 use super::pressure::Backlog;
+use super::replication::{self, WaitReplicas};
 use super::{Keys, Redis, StreamError};
 
 /// Appends events with XADD. One request = one MULTI/EXEC pipeline (or one
@@ -45,6 +50,8 @@ pub struct Producer {
     keys: Keys,
     /// Backpressure: the figures and the limit (0 = off).
     backlog: Option<(Backlog, u64)>,
+    /// Replicas a submitted write must reach before it is confirmed.
+    wait: Option<WaitReplicas>,
 }
 
 /// The idempotency part of a request.
@@ -90,6 +97,17 @@ pub enum SubmitError {
     /// use a new key for a new request.
     #[error("the idempotency key was used with another body")]
     KeyReused,
+    /// Written (or replayed), but fewer than `wanted` replicas confirmed
+    /// having it within `timeout` ([`Producer::with_wait_replicas`]): the
+    /// events are stored on the master and lost if it fails before a replica
+    /// has them. Retry with the same idempotency key (the retry writes
+    /// nothing and waits again); without one a retry counts them twice.
+    #[error("written, but {confirmed} of {wanted} replicas confirmed it within {timeout:?}")]
+    NotReplicated {
+        confirmed: u32,
+        wanted: u32,
+        timeout: Duration,
+    },
 }
 
 impl SubmitError {
@@ -152,7 +170,15 @@ impl Producer {
             redis,
             keys,
             backlog: None,
+            wait: None,
         }
+    }
+
+    /// Confirms a [`Producer::submit`] only once `replicas` replicas have its
+    /// write (`WAIT`, at most `timeout`); 0 = off. See [`super::replication`].
+    pub fn with_wait_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.wait = (replicas > 0).then_some(WaitReplicas { replicas, timeout });
+        self
     }
 
     /// Refuses [`Producer::submit`]s to streams whose backlog passes `limit`
@@ -252,6 +278,37 @@ impl Producer {
         let entries = self
             .entries(kinds, events)
             .map_err(SubmitError::NotWritten)?;
+        let submitted = self.write(&entries, events.len(), idempotency).await?;
+        self.confirm(&entries.streams).await?;
+        Ok(submitted)
+    }
+
+    /// `ingest.wait_replicas`: WAIT until enough replicas have the writes to
+    /// `streams` just made (or, for a replay, this connection's latest).
+    async fn confirm(&self, streams: &[String]) -> Result<(), SubmitError> {
+        let Some(wait) = self.wait else {
+            return Ok(());
+        };
+        match replication::confirmed(&self.redis, streams, wait).await {
+            Ok(n) if n >= wait.replicas => Ok(()),
+            Ok(n) => Err(SubmitError::NotReplicated {
+                confirmed: n,
+                wanted: wait.replicas,
+                timeout: wait.timeout,
+            }),
+            // the write is stored; whether it reached a replica is unknown
+            Err(e) => Err(SubmitError::Unknown(e)),
+        }
+    }
+
+    /// The write of [`Producer::submit`]: backpressure, then one transaction
+    /// (or script), or one per slot on a cluster.
+    async fn write(
+        &self,
+        entries: &Entries<'_>,
+        total: usize,
+        idempotency: Option<&Idempotency<'_>>,
+    ) -> Result<Submitted, SubmitError> {
         let first_kind = entries.rows.first().map_or("", |r| r.1);
         let record = idempotency.map(|idem| {
             // on a cluster the record shares the slot of the shard it guards
@@ -284,19 +341,16 @@ impl Producer {
             }
         }
         if self.redis.is_cluster() && entries.streams.len() > 1 {
-            return self
-                .submit_per_slot(&entries, events.len(), idempotency)
-                .await;
+            return self.submit_per_slot(entries, total, idempotency).await;
         }
         let (Some(idem), Some(record)) = (idempotency, record) else {
             return self
-                .exec(&entries)
+                .exec(entries)
                 .await
                 .map(|()| Submitted::Written)
                 .map_err(classify);
         };
-        self.submit_idempotent(&entries, &record, idem, events.len())
-            .await
+        self.submit_idempotent(entries, &record, idem, total).await
     }
 
     /// A request whose events go to several shards on a Redis Cluster, where
