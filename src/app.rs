@@ -465,6 +465,14 @@ pub async fn http_state(
         Some(s) => QueryCatalog::build(&processors, s).await?,
         None => QueryCatalog::default(),
     };
+    // WAIT holds the connection it is sent on until the replicas confirm
+    // (up to its timeout): with ingest.wait_replicas, ingest writes on a
+    // connection of its own, so the other roles' commands do not queue
+    // behind it
+    let ingest_redis = match (roles.has(Role::Ingest), settings.ingest.wait_replicas) {
+        (true, 1..) => crate::stream::connect(&settings.redis).await?,
+        _ => redis.clone(),
+    };
     let producer = roles.has(Role::Ingest).then(|| {
         // Backpressure decides on figures a background task refreshes.
         let streams = crate::retention::all_streams(&keys, &schemas);
@@ -476,7 +484,7 @@ pub async fn http_state(
             Duration::from_millis(settings.ingest.backlog_poll_ms),
             shutdown.child_token(),
         ));
-        Producer::new(redis.clone(), keys.clone())
+        Producer::new(ingest_redis, keys.clone())
             .with_backpressure(backlog, settings.ingest.max_backlog_entries)
             .with_wait_replicas(
                 settings.ingest.wait_replicas,
