@@ -39,6 +39,9 @@ pub enum AppError {
     Shards(#[from] crate::shards::ShardsError),
     #[error(transparent)]
     Server(#[from] crate::api::server::ServerError),
+    /// `ingest.wait_replicas` asks more of a single Redis than it has.
+    #[error("ingest.wait_replicas = {wanted}, but this Redis has {connected} connected replica(s) (INFO replication): every request would wait ingest.wait_replicas_timeout_ms and be answered 503; attach replicas (replicaof) or lower ingest.wait_replicas (0 = off)")]
+    TooFewReplicas { wanted: u32, connected: u32 },
     #[error("unknown role {0:?}; roles are ingest, api, rollup, hub")]
     UnknownRole(String),
     #[error("no processor named {0:?} in processors/; the names are: {1}")]
@@ -268,6 +271,9 @@ pub async fn serve(
         &schemas,
     )?);
     let (redis, keys) = redis_and_keys(&settings).await?;
+    if roles.has(Role::Ingest) && settings.ingest.wait_replicas > 0 {
+        check_replicas(&redis, settings.ingest.wait_replicas).await?;
+    }
     let layout = keys.layout();
     if layout.is_stored() && layout.current().shards != settings.redis.shards {
         tracing::info!(
@@ -421,6 +427,32 @@ pub async fn serve(
     Ok(())
 }
 
+/// `ingest.wait_replicas` against the replicas connected now. A single
+/// Redis with too few is refused: every request would wait the timeout and
+/// get 503. On a cluster a master short of them is warned about: requests
+/// to its slots get 503 until it has them again (a failover leaves the new
+/// master without a replica until the old one returns), the others are
+/// served.
+async fn check_replicas(redis: &Redis, wanted: u32) -> Result<(), AppError> {
+    let masters = crate::stream::replication::masters(redis).await?;
+    if !redis.is_cluster() {
+        let connected = masters.first().map_or(0, |m| m.replicas);
+        if connected < wanted {
+            return Err(AppError::TooFewReplicas { wanted, connected });
+        }
+        return Ok(());
+    }
+    for m in masters.iter().filter(|m| m.replicas < wanted) {
+        tracing::warn!(
+            node = %m.node,
+            replicas = m.replicas,
+            wanted,
+            "a cluster master has fewer connected replicas than ingest.wait_replicas: requests writing to its slots are answered 503 until it has them"
+        );
+    }
+    Ok(())
+}
+
 /// What every role shares: the event schemas, the processor definitions,
 /// the Redis connection and its key names.
 #[derive(Clone)]
@@ -457,6 +489,14 @@ pub async fn http_state(
         Some(s) => QueryCatalog::build(&processors, s).await?,
         None => QueryCatalog::default(),
     };
+    // WAIT holds the connection it is sent on until the replicas confirm
+    // (up to its timeout): with ingest.wait_replicas, ingest writes on a
+    // connection of its own, so the other roles' commands do not queue
+    // behind it
+    let ingest_redis = match (roles.has(Role::Ingest), settings.ingest.wait_replicas) {
+        (true, 1..) => crate::stream::connect(&settings.redis).await?,
+        _ => redis.clone(),
+    };
     let producer = roles.has(Role::Ingest).then(|| {
         // Backpressure decides on figures a background task refreshes.
         let streams = crate::retention::all_streams(&keys, &schemas);
@@ -470,8 +510,12 @@ pub async fn http_state(
             Duration::from_millis(settings.ingest.backlog_poll_ms),
             shutdown.child_token(),
         ));
-        Producer::new(redis.clone(), keys.clone())
+        Producer::new(ingest_redis, keys.clone())
             .with_backpressure(backlog, settings.ingest.max_backlog_entries)
+            .with_wait_replicas(
+                settings.ingest.wait_replicas,
+                Duration::from_millis(settings.ingest.wait_replicas_timeout_ms),
+            )
     });
     Ok(AppState {
         producer,

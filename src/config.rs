@@ -389,6 +389,19 @@ pub struct IngestConfig {
     pub cors_origins: Vec<String>,
     /// How long browsers may cache a preflight answer (`Access-Control-Max-Age`).
     pub cors_max_age_secs: u64,
+    /// Replicas that must confirm a request's write before it is answered
+    /// 202: after the write, ingest sends `WAIT wait_replicas
+    /// wait_replicas_timeout_ms` to the master that took it (on a cluster,
+    /// to each master the request wrote to). Fewer within the timeout: 503
+    /// `"outcome": "unknown"` (the events are stored on the master; a retry
+    /// with the same `Idempotency-Key` writes nothing). It narrows the
+    /// window in which a failover loses acknowledged events; it does not
+    /// close it (docs/guarantees.md, "Redis Cluster"). 0 = off (default).
+    pub wait_replicas: u32,
+    /// How long one `WAIT` may take (ms); below `redis.command_timeout_ms`.
+    /// Every request waits this long while a master has fewer replicas
+    /// than `wait_replicas`.
+    pub wait_replicas_timeout_ms: u64,
 }
 
 impl Default for IngestConfig {
@@ -407,6 +420,8 @@ impl Default for IngestConfig {
             backlog_poll_ms: 1_000,
             cors_origins: Vec::new(),
             cors_max_age_secs: 600,
+            wait_replicas: 0,
+            wait_replicas_timeout_ms: 1_000,
         }
     }
 }
@@ -829,6 +844,12 @@ impl Settings {
         if self.ingest.backlog_poll_ms < 10 {
             return bad("ingest.backlog_poll_ms must be at least 10");
         }
+        if self.ingest.wait_replicas > 0
+            && (self.ingest.wait_replicas_timeout_ms == 0
+                || self.ingest.wait_replicas_timeout_ms >= self.redis.command_timeout_ms)
+        {
+            return bad("with ingest.wait_replicas > 0, ingest.wait_replicas_timeout_ms must be > 0 and below redis.command_timeout_ms (WAIT is one Redis command)");
+        }
         Ok(())
     }
 
@@ -1063,6 +1084,27 @@ mod tests {
         let err = Settings::load_from(None, env(&[("FLOWMETER__RDIS__URL", "x")]))
             .expect_err("must fail");
         assert!(err.to_string().contains("rdis"), "{err}");
+    }
+
+    #[test]
+    fn wait_replicas_needs_a_timeout_below_the_command_timeout() {
+        let load = |pairs: &[(&str, &str)]| Settings::load_from(None, env(pairs));
+        let on = ("FLOWMETER__INGEST__WAIT_REPLICAS", "1");
+        assert!(
+            load(&[on]).is_ok(),
+            "1 replica, 1 s of the 5 s command timeout"
+        );
+        let err = load(&[on, ("FLOWMETER__INGEST__WAIT_REPLICAS_TIMEOUT_MS", "0")])
+            .expect_err("no timeout");
+        assert!(
+            err.to_string().contains("wait_replicas_timeout_ms"),
+            "{err}"
+        );
+        let err = load(&[on, ("FLOWMETER__REDIS__COMMAND_TIMEOUT_MS", "1000")])
+            .expect_err("WAIT would outlast the command timeout");
+        assert!(err.to_string().contains("command_timeout_ms"), "{err}");
+        // off: the timeout is not looked at
+        assert!(load(&[("FLOWMETER__INGEST__WAIT_REPLICAS_TIMEOUT_MS", "0")]).is_ok());
     }
 
     #[test]

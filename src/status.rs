@@ -24,6 +24,16 @@ pub struct Status {
     pub processors: Vec<ProcessorStatus>,
     /// Redis' memory settings; `warning` when accepted events could be evicted.
     pub redis: RedisMemory,
+    /// What ingest processes counted in Redis.
+    pub ingest: IngestFigures,
+}
+
+/// Figures every ingest process adds to (kept in Redis, never reset).
+#[derive(Debug, Default, Serialize)]
+pub struct IngestFigures {
+    /// Requests stored but answered 503 `"outcome": "unknown"` because
+    /// fewer replicas than `ingest.wait_replicas` confirmed them in time.
+    pub not_replicated: u64,
 }
 
 /// One consumer group summed over the shards it exists on.
@@ -261,6 +271,15 @@ pub async fn gather(
         });
     }
     let groups = summarize(redis, keys, &streams, processors).await?;
+    let mut conn = redis.conn.clone();
+    let not_replicated: Option<u64> = redis
+        .run(
+            redis::cmd("HGET")
+                .arg(keys.ingest_figures())
+                .arg("not_replicated")
+                .query_async(&mut conn),
+        )
+        .await?;
     Ok(Status {
         streams,
         groups,
@@ -273,6 +292,9 @@ pub async fn gather(
                 )),
                 ..RedisMemory::default()
             }),
+        ingest: IngestFigures {
+            not_replicated: not_replicated.unwrap_or(0),
+        },
     })
 }
 

@@ -107,6 +107,10 @@ pub mod metrics {
         "flowmeter_ingest_requests_outcome_unknown_total",
         "ingest requests answered 503 \"outcome\": \"unknown\" (Redis did not confirm a write it may have applied)",
     );
+    pub static REQUESTS_NOT_REPLICATED: Counter = Counter::new(
+        "flowmeter_ingest_requests_not_replicated_total",
+        "ingest requests stored but answered 503 \"outcome\": \"unknown\" because fewer replicas than ingest.wait_replicas confirmed them in time (also counted in outcome_unknown)",
+    );
     pub static IDEMPOTENT_REPLAYS: Counter = Counter::new(
         "flowmeter_ingest_idempotent_replays_total",
         "ingest requests whose Idempotency-Key was already written (answered the first outcome, wrote nothing)",
@@ -265,6 +269,7 @@ pub mod metrics {
         &REQUESTS_UNAVAILABLE,
         &REQUESTS_BACKPRESSURE,
         &REQUESTS_OUTCOME_UNKNOWN,
+        &REQUESTS_NOT_REPLICATED,
         &IDEMPOTENT_REPLAYS,
         &EVENTS_INGESTED,
         &EVENTS_APPLIED,

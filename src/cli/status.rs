@@ -151,6 +151,12 @@ pub fn render(status: &Status) -> String {
     if let Some(w) = &status.redis.warning {
         out.push_str(&format!("WARNING: {w}\n\n"));
     }
+    if status.ingest.not_replicated > 0 {
+        out.push_str(&format!(
+            "INGEST: {} requests were stored but answered 503 \"unknown\": fewer replicas than ingest.wait_replicas confirmed them in time\n\n",
+            status.ingest.not_replicated
+        ));
+    }
     out.push_str("STREAMS\n");
     out.push_str(&table(&streams));
     out.push_str("\nGROUPS\n");

@@ -13,8 +13,8 @@ mod lease;
 mod start;
 
 pub use flowmeter_core::stream::{
-    layout, pressure, resp, xinfo, ClusterRetry, Idempotency, Keys, Layout, Producer, Redis,
-    RedisTls, SetState, Shard, ShardSet, StreamError, SubmitError, Submitted,
+    layout, pressure, replication, resp, xinfo, ClusterRetry, Idempotency, Keys, Layout, Producer,
+    Redis, RedisTls, SetState, Shard, ShardSet, StreamError, SubmitError, Submitted,
 };
 
 pub use consumer::{ack, ensure_group, range, Entry, GroupReader, ReadOutcome, StreamId};

@@ -126,6 +126,56 @@ async fn ws_bench_measures_lag_memory_and_a_stalled_client() {
     env.cleanup().await;
 }
 
+#[tokio::test]
+async fn cluster_bench_sets_a_cluster_beside_the_single_redis() {
+    // starts six Redis nodes and its children: not beside the heavy tests
+    let _heavy = common::heavy().await;
+    let env = TestEnv::new("benchcluster");
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = env.write_config(dir.path());
+    // every run checks its totals: a case that lost or doubled an event fails
+    let stdout = cli_ok(
+        &config,
+        &[
+            "bench",
+            "cluster",
+            "--events",
+            "3000",
+            "--batch",
+            "500",
+            "--runs",
+            "1",
+            "--workers",
+            "1,2",
+            "--reference-entries",
+            "2000",
+            "--quiet",
+            "--prefix",
+            &env.name,
+        ],
+    );
+    let rows = |first: &str| -> Vec<Vec<String>> {
+        stdout
+            .lines()
+            .filter(|l| l.starts_with(first))
+            .map(|l| l.split_whitespace().map(str::to_owned).collect())
+            .collect()
+    };
+    // end to end: single, cluster with wait_replicas 0 and 1; rollup alone:
+    // 1 and 2 workers on each
+    let (single, cluster) = (rows("single "), rows("cluster "));
+    assert_eq!((single.len(), cluster.len()), (3, 4), "{stdout}");
+    let wait: Vec<&str> = cluster.iter().take(2).map(|r| r[1].as_str()).collect();
+    assert_eq!(wait, ["0", "1"], "{stdout}");
+    let rate: f64 = single[1][2].parse().unwrap_or(0.0);
+    assert!(rate > 0.0, "a rollup rate:\n{stdout}");
+    let cpu: f64 = single[1][4].parse().unwrap_or(0.0);
+    assert!(cpu > 0.0, "the workers' CPU per event:\n{stdout}");
+    assert!(stdout.contains("wait_replicas 1 against 0"), "{stdout}");
+    assert!(stdout.contains("load average"), "{stdout}");
+    env.cleanup().await;
+}
+
 /// `bin` (a `flowmeter`) with `args`, without a config.
 fn flowmeter(bin: &std::path::Path, args: &[&str]) -> std::process::Output {
     Command::new(bin)

@@ -247,3 +247,96 @@ async fn tokens_guard_every_route_but_health() {
     stop.cancel();
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_no_replica_confirms_is_stored_and_answered_unknown() {
+    // the shared Redis has no replica: WAIT 1 answers 0 once its timeout passes
+    let mut env = TestEnv::new("router_wait");
+    env.settings.ingest.wait_replicas = 1;
+    env.settings.ingest.wait_replicas_timeout_ms = 150;
+    env.migrate().await;
+    let (api, stop) = router(&env, "ingest,api").await;
+    let now = chrono::Utc::now().timestamp_millis();
+    let body: String =
+        Value::Array((0..3).map(|i| common::http_event(i, now)).collect()).to_string();
+    let send = |key: Option<&str>| {
+        let mut req = Request::post("/v1/events").header("content-type", "application/json");
+        if let Some(k) = key {
+            req = req.header("idempotency-key", k);
+        }
+        let req = req.body(Body::from(body.clone())).expect("request");
+        let api = api.clone();
+        async move {
+            let started = std::time::Instant::now();
+            let resp = api.oneshot(req).await.expect("infallible");
+            let retry_after = resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let status = resp.status();
+            let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+                .await
+                .expect("body");
+            let json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            (status, retry_after, json, started.elapsed())
+        }
+    };
+    let mut r = env.redis().await;
+
+    // stored, but answered 503 unknown after the WAIT timeout, with Retry-After
+    let (status, retry_after, v, took) = send(Some("wait-1")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_eq!(v["outcome"], "unknown", "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("0 of the 1 replicas") && e.contains("Idempotency-Key")),
+        "{v}"
+    );
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    assert!(took >= std::time::Duration::from_millis(150), "{took:?}");
+    assert_eq!(common::stream_total_on(&mut r, &env).await, 3, "stored");
+
+    // a retry with the key writes nothing and waits again; without a key it
+    // is a new request (stored a second time, as the answer said)
+    let (status, _, v, _) = send(Some("wait-1")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_eq!(common::stream_total_on(&mut r, &env).await, 3, "replayed");
+    let (status, _, v, _) = send(None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_eq!(common::stream_total_on(&mut r, &env).await, 6);
+
+    // counted in /metrics (this process) and in status (Redis, all processes)
+    let (_, text) = call(&api, get("/metrics")).await;
+    let counted = flowmeter::telemetry::metrics::value_in(
+        text.as_str().unwrap_or_default(),
+        "flowmeter_ingest_requests_not_replicated_total",
+    );
+    assert!(counted.is_some_and(|n| n >= 3.0), "{text}");
+    let (s, v) = call(&api, get("/v1/status")).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["ingest"]["not_replicated"], 3, "{}", v["ingest"]);
+    stop.cancel();
+
+    // and `serve` refuses the setting on this Redis at start, saying why
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let roles: Roles = "ingest".parse().expect("roles");
+    let stop = CancellationToken::new();
+    let _stop_on_drop = stop.clone().drop_guard();
+    let err = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        app::serve(env.settings.clone(), roles, Some(listener), stop),
+    )
+    .await
+    .expect("serve returns")
+    .expect_err("serve refuses wait_replicas on a Redis without replicas");
+    assert!(
+        err.to_string()
+            .contains("ingest.wait_replicas = 1, but this Redis has 0 connected replica"),
+        "{err}"
+    );
+    env.cleanup().await;
+}

@@ -34,6 +34,15 @@ fn the_ws_bench_has_its_own_help() {
 }
 
 #[test]
+fn the_cluster_bench_has_its_own_help() {
+    let (ok, stdout, stderr) = run(&["bench", "cluster", "--help"]);
+    assert!(ok, "{stderr}");
+    for word in ["--workers", "--cluster-nodes", "--masters"] {
+        assert!(stdout.contains(word), "no {word} in:\n{stdout}");
+    }
+}
+
+#[test]
 fn a_missing_config_file_is_an_error_naming_it() {
     let (ok, _, stderr) = run(&[
         "--config",

@@ -12,7 +12,9 @@
 //! - A 503 says whether anything may have been written: `"outcome":
 //!   "not_written"` (Redis refused or was unreachable, or backpressure) or
 //!   `"unknown"` (Redis did not confirm a write it may have applied: retry
-//!   with the same key).
+//!   with the same key). With `ingest.wait_replicas`, a write fewer
+//!   replicas confirmed in time is `"unknown"` too: stored on the master,
+//!   maybe lost if it fails over.
 //! - The bodies being read hold `ingest.max_inflight_body_bytes` between
 //!   them ([`BodyBudget`]); a body past it gets 503 + `Retry-After` unread.
 //! - Once the write is sent to Redis, `server.request_timeout_ms` no longer
@@ -143,7 +145,31 @@ async fn handle(
             metrics::IDEMPOTENT_REPLAYS.inc();
             Ok(accepted(n, true))
         }
-        Err(e) => Err(failed(e, key, cfg.retry_after_secs)),
+        Err(e) => {
+            if matches!(e, SubmitError::NotReplicated { .. }) {
+                count_not_replicated(st).await;
+            }
+            Err(failed(e, key, cfg.retry_after_secs))
+        }
+    }
+}
+
+/// Adds one to the `not_replicated` figure `status` shows (all ingest
+/// processes together); a failure only costs the figure.
+async fn count_not_replicated(st: &AppState) {
+    let mut conn = st.redis.conn.clone();
+    let added = st
+        .redis
+        .run(
+            redis::cmd("HINCRBY")
+                .arg(st.keys.ingest_figures())
+                .arg("not_replicated")
+                .arg(1)
+                .query_async::<i64>(&mut conn),
+        )
+        .await;
+    if let Err(e) = added {
+        tracing::warn!(error = %e, "cannot count a write short of replicas in Redis");
     }
 }
 
@@ -159,6 +185,26 @@ fn accepted(n: u64, replayed: bool) -> Response {
             .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
     }
     resp
+}
+
+/// A `503 "outcome": "unknown"` saying `what` happened and what to do: with
+/// a key, retry with it (`retry.0` says what that does); without one,
+/// `retry.1` says the risk.
+fn unknown(what: String, key: Option<&str>, retry: (&str, &str), retry_after: u64) -> ApiError {
+    metrics::REQUESTS_OUTCOME_UNKNOWN.inc();
+    let advice = match key {
+        Some(_) => format!("retry with the same {} header: {}", key::HEADER, retry.0),
+        None => format!(
+            "{}; send an {} header to make retries safe",
+            retry.1,
+            key::HEADER
+        ),
+    };
+    ApiError::WriteFailed {
+        reason: format!("{what}; {advice}"),
+        retry_after,
+        unknown: true,
+    }
 }
 
 /// The answer to a request the producer did not (or may not have) written.
@@ -187,24 +233,29 @@ fn failed(e: SubmitError, key: Option<&str>, retry_after: u64) -> ApiError {
         }
         SubmitError::Unknown(e) => {
             tracing::warn!(error = %e, keyed = key.is_some(), "ingest: the outcome of a write is unknown");
-            metrics::REQUESTS_OUTCOME_UNKNOWN.inc();
-            let advice = match key {
-                Some(_) => format!(
-                    "retry with the same {} header: the events are then written at most once",
-                    key::HEADER
-                ),
-                None => format!(
-                    "a retry may count them twice; send an {} header to make retries safe",
-                    key::HEADER
-                ),
-            };
-            ApiError::WriteFailed {
-                reason: format!(
-                    "the event store (Redis) did not confirm the write in time: the events may or may not have been stored; {advice}"
-                ),
+            unknown(
+                "the event store (Redis) did not confirm the write in time: the events may or may not have been stored".into(),
+                key,
+                ("the events are then written at most once", "a retry may count them twice"),
                 retry_after,
-                unknown: true,
-            }
+            )
+        }
+        SubmitError::NotReplicated {
+            confirmed,
+            wanted,
+            timeout,
+        } => {
+            tracing::warn!(confirmed, wanted, keyed = key.is_some(), "ingest: fewer replicas than ingest.wait_replicas confirmed a write in time");
+            metrics::REQUESTS_NOT_REPLICATED.inc();
+            unknown(
+                format!(
+                    "the events were stored, but {confirmed} of the {wanted} replicas ingest.wait_replicas asks for confirmed them within {} ms: they are lost if the master fails before a replica has them",
+                    timeout.as_millis()
+                ),
+                key,
+                ("the retry writes nothing and waits for the replicas again", "a retry counts them twice"),
+                retry_after,
+            )
         }
         SubmitError::KeyReused => ApiError::Conflict {
             header: key::HEADER,

@@ -732,26 +732,10 @@ impl RedisCluster {
             let p = free_cluster_port(&ports);
             ports.push(p);
         }
-        let mut children = Vec::new();
-        for p in &ports {
-            let node_dir = dir.path().join(p.to_string());
-            std::fs::create_dir_all(&node_dir).expect("node dir");
-            let child = Command::new("redis-server")
-                .arg("--port")
-                .arg(p.to_string())
-                .args(["--bind", "127.0.0.1", "--cluster-enabled", "yes"])
-                .arg("--cluster-config-file")
-                .arg(node_dir.join("nodes.conf"))
-                .args(["--cluster-node-timeout", "2000"])
-                .args(["--appendonly", "yes", "--save", ""])
-                .arg("--dir")
-                .arg(&node_dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server (Debian package redis-server)");
-            children.push(Some(child));
-        }
+        let children = ports
+            .iter()
+            .map(|p| Some(Self::spawn_node(dir.path(), *p)))
+            .collect();
         let cluster = Self {
             ports,
             dir,
@@ -800,11 +784,66 @@ impl RedisCluster {
         cluster
     }
 
+    /// The node on `port`, its files under `dir/port` (its `nodes.conf`
+    /// keeps its identity and place in the cluster across a restart).
+    fn spawn_node(dir: &Path, port: u16) -> Child {
+        let node_dir = dir.join(port.to_string());
+        std::fs::create_dir_all(&node_dir).expect("node dir");
+        Command::new("redis-server")
+            .arg("--port")
+            .arg(port.to_string())
+            .args(["--bind", "127.0.0.1", "--cluster-enabled", "yes"])
+            .arg("--cluster-config-file")
+            .arg(node_dir.join("nodes.conf"))
+            .args(["--cluster-node-timeout", "2000"])
+            .args(["--appendonly", "yes", "--save", ""])
+            .arg("--dir")
+            .arg(&node_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian package redis-server)")
+    }
+
+    /// Starts the node on `port` again after [`RedisCluster::kill`] and the
+    /// failover that followed: the old master comes back as a replica of the
+    /// one promoted in its place. Returns once it has synced with it.
+    pub fn restart(&mut self, port: u16) {
+        let Some(at) = self.ports.iter().position(|p| *p == port) else {
+            panic!("no node on port {port}");
+        };
+        let Some(slot) = self.children.get_mut(at) else {
+            panic!("no child slot for port {port}");
+        };
+        *slot = Some(Self::spawn_node(self.dir.path(), port));
+        wait_port(
+            port,
+            true,
+            Duration::from_secs(30),
+            "redis-server (cluster node)",
+        );
+        let start = Instant::now();
+        while !(self.info(port).contains("cluster_state:ok")
+            && self.replication(port).contains("master_link_status:up"))
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the restarted node on {port} did not rejoin and sync in 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Whether the node on `port` is a master, or a replica whose link to
     /// its master is up.
     fn replica_synced(&self, port: u16) -> bool {
-        let info = Self::cli(port, &["info", "replication"]);
+        let info = self.replication(port);
         info.contains("role:master") || info.contains("master_link_status:up")
+    }
+
+    /// `INFO replication` of the node on `port`.
+    fn replication(&self, port: u16) -> String {
+        Self::cli(port, &["info", "replication"])
     }
 
     /// `CLUSTER INFO` of the node on `port`.

@@ -40,7 +40,11 @@ use flowmeter::config::Settings;
 use flowmeter::sketch::DdSketch;
 use flowmeter::store::Store;
 
+pub mod cluster;
+pub mod nodes;
 pub mod ws;
+
+use nodes::{masters, plain_redis};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -215,30 +219,37 @@ fn generate(opts: &BenchOptions) -> (Vec<Bytes>, Truth, TruthTable) {
     (bodies, g.truth, table)
 }
 
-/// Wipes the bench's keys and database and applies the migrations.
+/// Wipes the bench's keys (on every master, on a cluster) and database and
+/// applies the migrations.
 async fn reset(settings: &Settings) -> Result<(), BenchError> {
-    let mut r = bench_redis(settings).await?;
     let pattern = format!("{}:*", settings.redis.prefix);
-    let keys: Vec<String> = {
-        use futures::StreamExt;
-        let iter: redis::AsyncIter<String> = redis::cmd("SCAN")
-            .cursor_arg(0)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .clone()
-            .iter_async(&mut r)
-            .await
-            .map_err(|e| BenchError::Setup(format!("SCAN: {e}")))?;
-        iter.filter_map(|k| async move { k.ok() }).collect().await
-    };
-    for chunk in keys.chunks(500) {
-        let _: () = redis::cmd("DEL")
-            .arg(chunk)
-            .query_async(&mut r)
-            .await
-            .map_err(|e| BenchError::Setup(format!("DEL: {e}")))?;
+    for url in masters(settings).await? {
+        let mut r = plain_redis(&url).await?;
+        let keys: Vec<String> = {
+            use futures::StreamExt;
+            let iter: redis::AsyncIter<String> = redis::cmd("SCAN")
+                .cursor_arg(0)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .clone()
+                .iter_async(&mut r)
+                .await
+                .map_err(|e| BenchError::Setup(format!("SCAN: {e}")))?;
+            iter.filter_map(|k| async move { k.ok() }).collect().await
+        };
+        for chunk in keys.chunks(500) {
+            // one UNLINK per key: a cluster node's keys lie in many slots
+            let mut pipe = redis::pipe();
+            for key in chunk {
+                pipe.cmd("UNLINK").arg(key).ignore();
+            }
+            let _: () = pipe
+                .query_async(&mut r)
+                .await
+                .map_err(|e| BenchError::Setup(format!("UNLINK: {e}")))?;
+        }
     }
     let store = Store::create_from_config(&settings.mysql, 2).await?;
     store.drop_database().await?;
@@ -246,12 +257,42 @@ async fn reset(settings: &Settings) -> Result<(), BenchError> {
     Ok(())
 }
 
-/// A child `flowmeter serve` process.
+/// The child `flowmeter serve` processes: one with the ingest and api roles,
+/// and rollup workers.
 struct Stack {
     ingest: Child,
-    rollup: Child,
+    rollups: Vec<Child>,
     url: String,
     config: TempConfig,
+}
+
+impl Stack {
+    /// Starts `n` more rollup workers.
+    fn add_rollups(&mut self, n: usize) -> Result<(), BenchError> {
+        for _ in 0..n {
+            let listen = format!("127.0.0.1:{}", free_port()?);
+            self.rollups
+                .push(spawn_serve(&self.config.0, "rollup", &listen)?);
+        }
+        Ok(())
+    }
+
+    /// An error when a rollup worker has exited.
+    fn check_rollups(&mut self) -> Result<(), BenchError> {
+        for w in &mut self.rollups {
+            if let Ok(Some(status)) = w.try_wait() {
+                return Err(BenchError::Run(format!("a rollup worker exited: {status}")));
+            }
+        }
+        Ok(())
+    }
+
+    async fn kill(mut self) {
+        let _ = self.ingest.kill().await;
+        for w in &mut self.rollups {
+            let _ = w.kill().await;
+        }
+    }
 }
 
 struct TempConfig(PathBuf);
@@ -314,12 +355,16 @@ fn spawn_serve(config: &Path, roles: &str, listen: &str) -> Result<Child, BenchE
         .map_err(|e| BenchError::Setup(format!("cannot start `serve --roles {roles}`: {e}")))
 }
 
-async fn start_stack(settings: &Settings, http: &reqwest::Client) -> Result<Stack, BenchError> {
+/// The ingest process (answering `/healthz`) and `rollups` rollup workers.
+async fn start_stack(
+    settings: &Settings,
+    http: &reqwest::Client,
+    rollups: usize,
+) -> Result<Stack, BenchError> {
     let config = TempConfig::write(settings)?;
     let port = free_port()?;
     let listen = format!("127.0.0.1:{port}");
     let ingest = spawn_serve(&config.0, "ingest,api", &listen)?;
-    let rollup = spawn_serve(&config.0, "rollup", &format!("127.0.0.1:{}", free_port()?))?;
     let url = format!("http://{listen}");
     let deadline = Instant::now() + Duration::from_secs(30);
     while http.get(format!("{url}/healthz")).send().await.is_err() {
@@ -330,12 +375,14 @@ async fn start_stack(settings: &Settings, http: &reqwest::Client) -> Result<Stac
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Ok(Stack {
+    let mut stack = Stack {
         ingest,
-        rollup,
+        rollups: Vec::new(),
         url,
         config,
-    })
+    };
+    stack.add_rollups(rollups)?;
+    Ok(stack)
 }
 
 /// SIGTERM (graceful: flush, ack, release leases) and wait.
@@ -365,6 +412,33 @@ fn proc_mb(pid: u32, field: &str) -> f64 {
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// CPU time (user + system) process `pid` has used, in seconds, from
+/// /proc (Linux); `None` when it cannot be read.
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // fields after the command name, which is in parentheses and may hold spaces
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of proc(5), 12 and 13 after the name
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / clock_ticks())
+}
+
+/// Clock ticks per second of /proc's CPU times (`getconf CLK_TCK`, 100 on
+/// every usual Linux).
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .filter(|t: &f64| *t > 0.0)
+            .unwrap_or(100.0)
+    })
 }
 
 /// Peak resident set of a child, in MB.
@@ -414,10 +488,6 @@ fn truth_array(t: &Truth) -> [u64; 6] {
     ]
 }
 
-fn bar(opts: &BenchOptions, len: u64, what: &str) -> ProgressBar {
-    spinner(opts.progress, len, what)
-}
-
 /// A progress bar of `len` steps (hidden without a `BarMaker`).
 fn spinner(progress: Option<BarMaker>, len: u64, what: &str) -> ProgressBar {
     progress.map_or_else(ProgressBar::hidden, |bar| {
@@ -434,24 +504,99 @@ async fn one_run(
     keyed: bool,
 ) -> Result<RunFigures, BenchError> {
     reset(settings).await?;
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(opts.concurrency)
-        .timeout(Duration::from_secs(60))
-        .build()
-        .map_err(|e| BenchError::Setup(format!("http client: {e}")))?;
-    let mut stack = start_stack(settings, &http).await?;
+    let http = http_client(opts.concurrency)?;
+    let mut stack = start_stack(settings, &http, 1).await?;
     let store = Store::from_config(&settings.mysql, 2).await?;
     let commits_before = commits(&store).await?;
 
     let total = truth.events();
-    let sent_bar = bar(opts, total, "ingested");
+    let start = Instant::now();
+    let how = Sending {
+        concurrency: opts.concurrency,
+        keyed,
+        events: total,
+    };
+    let posted = post_all(&http, &stack, bodies, how, opts.progress).await?;
+    if posted.accepted != total {
+        return Err(BenchError::Run(format!(
+            "{} of {total} events accepted",
+            posted.accepted
+        )));
+    }
+    wait_committed(&store, &mut stack, total, opts.stall_timeout, opts.progress).await?;
+    let e2e_secs = start.elapsed().as_secs_f64();
+    let commits_after = commits(&store).await?;
+    let mut figures = RunFigures {
+        keyed,
+        events: total,
+        ingest_eps: total as f64 / posted.secs,
+        e2e_eps: total as f64 / e2e_secs,
+        ingest_p50_ms: posted.latency.quantile(0.5).unwrap_or(0.0),
+        ingest_p99_ms: posted.latency.quantile(0.99).unwrap_or(0.0),
+        rollup_rss_mb: stack.rollups.iter().map(peak_rss_mb).fold(0.0, f64::max),
+        ingest_rss_mb: peak_rss_mb(&stack.ingest),
+        commits_per_min: (commits_after - commits_before) / (e2e_secs / 60.0),
+        ..RunFigures::default()
+    };
+    check_truth(&store, &truth, table).await?;
+    if !opts.latency_duration.is_zero() {
+        latency_phase(settings, opts, &mut stack, &store, total, &mut figures).await?;
+    }
+    stack.kill().await;
+    Ok(figures)
+}
+
+fn http_client(concurrency: usize) -> Result<reqwest::Client, BenchError> {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| BenchError::Setup(format!("http client: {e}")))
+}
+
+/// What [`post_all`] measured.
+struct Posted {
+    /// Events the 202s accepted.
+    accepted: u64,
+    /// First POST to the last 202.
+    secs: f64,
+    /// Per request, in ms.
+    latency: DdSketch,
+}
+
+/// How [`post_all`] sends.
+#[derive(Debug, Clone, Copy)]
+struct Sending {
+    /// Concurrent POSTs.
+    concurrency: usize,
+    /// Each POST with its own `Idempotency-Key`.
+    keyed: bool,
+    /// Events in all bodies (the progress bar's length).
+    events: u64,
+}
+
+/// POSTs every body to the stack's ingest process; any answer but 202
+/// fails the run.
+async fn post_all(
+    http: &reqwest::Client,
+    stack: &Stack,
+    bodies: &[Bytes],
+    how: Sending,
+    progress: Option<BarMaker>,
+) -> Result<Posted, BenchError> {
+    let Sending {
+        concurrency,
+        keyed,
+        events,
+    } = how;
+    let sent_bar = spinner(progress, events, "ingested");
     let next = Arc::new(AtomicUsize::new(0));
     let accepted = Arc::new(AtomicU64::new(0));
     let bodies: Arc<Vec<Bytes>> = Arc::new(bodies.to_vec());
     let url = format!("{}/v1/events", stack.url);
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..opts.concurrency {
+    for _ in 0..concurrency {
         let (next, accepted, bodies, http, url, pb) = (
             next.clone(),
             accepted.clone(),
@@ -498,21 +643,29 @@ async fn one_run(
             .map_err(BenchError::Run)?;
         latency.merge(&sketch);
     }
-    let ingest_secs = start.elapsed().as_secs_f64();
+    let secs = start.elapsed().as_secs_f64();
     sent_bar.finish_and_clear();
-    let accepted = accepted.load(Ordering::Relaxed);
-    if accepted != total {
-        return Err(BenchError::Run(format!(
-            "{accepted} of {total} events accepted"
-        )));
-    }
+    Ok(Posted {
+        accepted: accepted.load(Ordering::Relaxed),
+        secs,
+        latency,
+    })
+}
 
-    let commit_bar = bar(opts, total, "committed");
+/// Waits until the hourly tables hold `total` events; fails when MySQL makes
+/// no progress for `stall` or a rollup worker exits.
+async fn wait_committed(
+    store: &Store,
+    stack: &mut Stack,
+    total: u64,
+    stall: Duration,
+    progress: Option<BarMaker>,
+) -> Result<(), BenchError> {
+    let commit_bar = spinner(progress, total, "committed");
     let mut last = 0;
     let mut last_progress = Instant::now();
-    let want = truth_array(&truth);
     loop {
-        let got = totals(&store, true).await?;
+        let got = totals(store, true).await?;
         let done = got[0] + got[3];
         commit_bar.set_position(done.min(total));
         if done >= total {
@@ -521,39 +674,26 @@ async fn one_run(
         if done > last {
             last = done;
             last_progress = Instant::now();
-        } else if last_progress.elapsed() > opts.stall_timeout {
+        } else if last_progress.elapsed() > stall {
             return Err(BenchError::Run(format!(
-                "MySQL stopped at {done} of {total} events for {:?}",
-                opts.stall_timeout
+                "MySQL stopped at {done} of {total} events for {stall:?}"
             )));
         }
-        if let Ok(Some(status)) = stack.rollup.try_wait() {
-            return Err(BenchError::Run(format!(
-                "the rollup worker exited: {status}"
-            )));
-        }
+        stack.check_rollups()?;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let e2e_secs = start.elapsed().as_secs_f64();
     commit_bar.finish_and_clear();
-    let commits_after = commits(&store).await?;
-    let figures = RunFigures {
-        keyed,
-        events: total,
-        ingest_eps: total as f64 / ingest_secs,
-        e2e_eps: total as f64 / e2e_secs,
-        ingest_p50_ms: latency.quantile(0.5).unwrap_or(0.0),
-        ingest_p99_ms: latency.quantile(0.99).unwrap_or(0.0),
-        rollup_rss_mb: peak_rss_mb(&stack.rollup),
-        ingest_rss_mb: peak_rss_mb(&stack.ingest),
-        commits_per_min: (commits_after - commits_before) / (e2e_secs / 60.0),
-        ..RunFigures::default()
-    };
-    // Let a late flush land (there must be none: totals already match), then
-    // check every sum of the hourly and daily tables against the truth.
+    Ok(())
+}
+
+/// Lets a late flush land (there must be none: the totals already match),
+/// then checks every sum of the hourly and daily tables and every hourly
+/// row against what was sent.
+async fn check_truth(store: &Store, truth: &Truth, table: &TruthTable) -> Result<(), BenchError> {
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let want = truth_array(truth);
     for hourly in [true, false] {
-        let got = totals(&store, hourly).await?;
+        let got = totals(store, hourly).await?;
         if got != want {
             return Err(BenchError::Mismatch(format!(
                 "{} tables: got {got:?}, sent {want:?} (requests, bytes_in, bytes_out, samples, bytes_sent, bytes_received)",
@@ -562,23 +702,16 @@ async fn one_run(
         }
     }
     let diffs = table
-        .compare(&store)
+        .compare(store)
         .await
         .map_err(|e| BenchError::Run(format!("comparing with the truth: {e}")))?;
-    if !diffs.is_empty() {
+    if let Some(first) = diffs.first() {
         return Err(BenchError::Mismatch(format!(
-            "{} hourly rows differ from the truth, first: {}",
-            diffs.len(),
-            diffs[0]
+            "{} hourly rows differ from the truth, first: {first}",
+            diffs.len()
         )));
     }
-    let mut figures = figures;
-    if !opts.latency_duration.is_zero() {
-        latency_phase(settings, opts, &mut stack, &store, total, &mut figures).await?;
-    }
-    let _ = stack.ingest.kill().await;
-    let _ = stack.rollup.kill().await;
-    Ok(figures)
+    Ok(())
 }
 
 /// Steady load at `latency_share` of the measured rate through a fresh
@@ -593,13 +726,12 @@ async fn latency_phase(
 ) -> Result<(), BenchError> {
     // A fresh worker, so its latency figures cover this phase only; SIGTERM
     // releases the leases at once.
-    terminate(&mut stack.rollup).await;
+    for w in &mut stack.rollups {
+        terminate(w).await;
+    }
+    stack.rollups.clear();
     forget_worker_stats(settings).await?;
-    stack.rollup = spawn_serve(
-        &stack.config.0,
-        "rollup",
-        &format!("127.0.0.1:{}", free_port()?),
-    )?;
+    stack.add_rollups(1)?;
     let rate = (figures.e2e_eps * opts.latency_share).max(100.0);
     let load = crate::loadgen::LoadOptions {
         rate,
@@ -665,10 +797,9 @@ async fn latency_phase(
 
 const ROLLUPS: [&str; 2] = ["http_rollup", "webrtc_rollup"];
 
-async fn bench_redis(settings: &Settings) -> Result<redis::aio::MultiplexedConnection, BenchError> {
-    redis::Client::open(settings.redis.url.as_str())
-        .map_err(|e| BenchError::Setup(format!("redis.url: {e}")))?
-        .get_multiplexed_async_connection()
+/// The bench's Redis as the server connects to it (one server or a cluster).
+async fn bench_redis(settings: &Settings) -> Result<flowmeter::stream::Redis, BenchError> {
+    flowmeter::stream::connect(&settings.redis)
         .await
         .map_err(|e| BenchError::Run(format!("Redis: {e}")))
 }
@@ -676,7 +807,8 @@ async fn bench_redis(settings: &Settings) -> Result<redis::aio::MultiplexedConne
 /// Drops the published stats of stopped workers, so the next figures are the
 /// fresh worker's alone.
 async fn forget_worker_stats(settings: &Settings) -> Result<(), BenchError> {
-    let mut r = bench_redis(settings).await?;
+    let redis = bench_redis(settings).await?;
+    let mut r = redis.conn.clone();
     let keys = flowmeter::stream::Keys::new(settings.redis.prefix.clone(), settings.redis.shards);
     for name in ROLLUPS {
         let _: () = redis::cmd("DEL")
@@ -690,7 +822,8 @@ async fn forget_worker_stats(settings: &Settings) -> Result<(), BenchError> {
 
 /// The largest XADD-to-commit p50 and p99 among the rollup workers' stats.
 async fn worker_latency(settings: &Settings) -> Result<(f64, f64), BenchError> {
-    let mut r = bench_redis(settings).await?;
+    let redis = bench_redis(settings).await?;
+    let mut r = redis.conn.clone();
     let keys = flowmeter::stream::Keys::new(settings.redis.prefix.clone(), settings.redis.shards);
     let (mut p50, mut p99) = (0.0f64, 0.0f64);
     for name in ROLLUPS {
@@ -709,7 +842,9 @@ async fn worker_latency(settings: &Settings) -> Result<(f64, f64), BenchError> {
     Ok((p50, p99))
 }
 
-/// redis-benchmark's pipelined XADD rate for an entry shaped like ours.
+/// redis-benchmark's pipelined XADD rate for an entry shaped like ours; on
+/// a cluster (`--cluster`) into one stream per master (`{tag}` stands for a
+/// hash tag of each node's).
 async fn reference_xadd(settings: &Settings, opts: &BenchOptions) -> Result<f64, String> {
     let url = url::Url::parse(&settings.redis.url).map_err(|e| e.to_string())?;
     let host = url.host_str().unwrap_or("127.0.0.1").to_string();
@@ -720,13 +855,22 @@ async fn reference_xadd(settings: &Settings, opts: &BenchOptions) -> Result<f64,
         ..GenConfig::default()
     });
     let payload = g.next_event(1_772_323_200_000).to_string();
-    let key = format!("{}:reference", settings.redis.prefix);
+    let cluster = settings.redis.cluster;
+    let key = match cluster {
+        true => format!("{}:reference:{{tag}}", settings.redis.prefix),
+        false => format!("{}:reference", settings.redis.prefix),
+    };
+    let mode = if cluster { "--cluster " } else { "" };
     eprintln!(
-        "reference: redis-benchmark -P 64 -c 4 -n {} XADD … ({} byte entry)",
+        "reference: redis-benchmark {mode}-P 64 -c 4 -n {} XADD … ({} byte entry)",
         opts.reference_entries,
         payload.len()
     );
-    let out = Command::new("redis-benchmark")
+    let mut cmd = Command::new("redis-benchmark");
+    if cluster {
+        cmd.arg("--cluster");
+    }
+    let out = cmd
         .args(["-h", &host, "-p", &port, "-q", "-P", "64", "-c", "4", "-n"])
         .arg(opts.reference_entries.to_string())
         .args([
@@ -735,10 +879,9 @@ async fn reference_xadd(settings: &Settings, opts: &BenchOptions) -> Result<f64,
         .output()
         .await
         .map_err(|e| format!("cannot run redis-benchmark (apt-get install redis-tools): {e}"))?;
-    if let Ok(client) = redis::Client::open(settings.redis.url.as_str()) {
-        if let Ok(mut r) = client.get_multiplexed_async_connection().await {
-            let _: Result<(), _> = redis::cmd("DEL").arg(&key).query_async(&mut r).await;
-        }
+    // on a cluster the streams are the next reset's to remove
+    if let (false, Ok(mut r)) = (cluster, plain_redis(&settings.redis.url).await) {
+        let _: Result<(), _> = redis::cmd("DEL").arg(&key).query_async(&mut r).await;
     }
     parse_redis_benchmark(&String::from_utf8_lossy(&out.stdout))
         .ok_or_else(|| "could not read redis-benchmark's output".to_string())
@@ -752,7 +895,8 @@ fn parse_redis_benchmark(out: &str) -> Option<f64> {
     before.rsplit([' ', ':']).next()?.trim().parse().ok()
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median of `v` (0 when empty).
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     match v.len() {
         0 => 0.0,
@@ -804,6 +948,14 @@ mod tests {
                    XADD fm:ref * kind http v 1 data {\"a\":1}: 412371.12 requests per second, p50=0.559 msec\n";
         assert_eq!(parse_redis_benchmark(out), Some(412371.12));
         assert_eq!(parse_redis_benchmark("garbage"), None);
+    }
+
+    #[test]
+    fn reads_this_process_cpu_time() {
+        let pid = std::process::id();
+        let spent = cpu_secs(pid).expect("/proc/self/stat");
+        assert!(spent >= 0.0);
+        assert_eq!(cpu_secs(u32::MAX), None);
     }
 
     #[test]

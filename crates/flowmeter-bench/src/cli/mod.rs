@@ -59,7 +59,8 @@ enum Command {
     /// Uses its own key prefix and database (--prefix), wiped at every run.
     /// Build with --release: the children are the `flowmeter` binary next
     /// to this one (`flowmeter serve`).
-    /// `flowmeter bench ws` benchmarks the WebSocket hub instead.
+    /// `flowmeter bench ws` benchmarks the WebSocket hub instead, and
+    /// `flowmeter bench cluster` a Redis Cluster beside the single Redis.
     Bench(bench::BenchArgs),
 }
 

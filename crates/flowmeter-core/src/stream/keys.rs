@@ -230,6 +230,13 @@ impl Keys {
         format!("{}:retention", self.prefix)
     }
 
+    /// Hash of ingest figures every ingest process adds to
+    /// (`not_replicated`: requests fewer replicas than `ingest.wait_replicas`
+    /// confirmed in time).
+    pub fn ingest_figures(&self) -> String {
+        format!("{}:ingest", self.prefix)
+    }
+
     /// Stream of alert announcements (fired / resolved), tailed by every hub.
     pub fn alerts(&self) -> String {
         format!("{}:alerts", self.prefix)

@@ -1,6 +1,6 @@
 //! Redis Streams: every key name, the connection (TLS), the producer
-//! (idempotent and behind backpressure for ingest), and the memory-pressure
-//! figures ([`pressure`]). The server adds fenced consumer-group reads and
+//! (idempotent and behind backpressure for ingest), the memory-pressure
+//! figures ([`pressure`]), and `WAIT` for replicas ([`replication`]). The server adds fenced consumer-group reads and
 //! shard leases (`flowmeter::stream`).
 //!
 //! Layout: kind `K` goes to `S` shard streams `{prefix}:{K:0}` …
@@ -15,6 +15,7 @@ mod keys;
 pub mod layout;
 pub mod pressure;
 mod producer;
+pub mod replication;
 pub mod resp;
 mod tls;
 
@@ -23,6 +24,7 @@ use std::time::Duration;
 pub use keys::{Keys, Shard};
 pub use layout::{Layout, SetState, ShardSet};
 pub use producer::{Idempotency, Producer, SubmitError, Submitted};
+pub use replication::WaitReplicas;
 pub use tls::RedisTls;
 
 /// Errors talking to Redis. `retryable()` tells callers whether waiting helps.

@@ -35,6 +35,10 @@
 //! idempotent script write nothing. A writer that meets a seal seals the rest
 //! of that set, reloads the layout and moves on ([`MAX_SET_HOPS`] at most);
 //! a keyed request first looks for its records in the older, sealed sets.
+//!
+//! **Replicas.** With [`Producer::with_wait_replicas`], a written (or
+//! replayed) request is confirmed only once `WAIT` says enough replicas
+//! have it ([`super::replication`]); fewer is [`SubmitError::NotReplicated`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
@@ -44,6 +48,7 @@ use crate::event::{KindNames, ValidEvent};
 
 use super::layout::{self, ShardSet};
 use super::pressure::Backlog;
+use super::replication::{self, WaitReplicas};
 use super::{Keys, Redis, StreamError};
 
 /// Appends events with XADD. One request = one MULTI/EXEC pipeline (or one
@@ -62,6 +67,8 @@ pub struct Producer {
     /// One seal sweep at a time in this process (requests meeting the same
     /// seal at once wait for the first one's sweep).
     sealing: Arc<tokio::sync::Mutex<()>>,
+    /// Replicas a submitted write must reach before it is confirmed.
+    wait: Option<WaitReplicas>,
 }
 
 /// The idempotency part of a request.
@@ -107,6 +114,17 @@ pub enum SubmitError {
     /// use a new key for a new request.
     #[error("the idempotency key was used with another body")]
     KeyReused,
+    /// Written (or replayed), but fewer than `wanted` replicas confirmed
+    /// having it within `timeout` ([`Producer::with_wait_replicas`]): the
+    /// events are stored on the master and lost if it fails before a replica
+    /// has them. Retry with the same idempotency key (the retry writes
+    /// nothing and waits again); without one a retry counts them twice.
+    #[error("written, but {confirmed} of {wanted} replicas confirmed it within {timeout:?}")]
+    NotReplicated {
+        confirmed: u32,
+        wanted: u32,
+        timeout: Duration,
+    },
 }
 
 impl SubmitError {
@@ -207,7 +225,15 @@ impl Producer {
             backlog: None,
             loaded: Arc::default(),
             sealing: Arc::default(),
+            wait: None,
         }
+    }
+
+    /// Confirms a [`Producer::submit`] only once `replicas` replicas have its
+    /// write (`WAIT`, at most `timeout`); 0 = off. See [`super::replication`].
+    pub fn with_wait_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.wait = (replicas > 0).then_some(WaitReplicas { replicas, timeout });
+        self
     }
 
     /// Reads the stored layout into the keys, once.
@@ -422,6 +448,43 @@ impl Producer {
         if events.is_empty() {
             return Ok(Submitted::Written);
         }
+        let mut touched = Vec::new();
+        let submitted = self
+            .write_request(kinds, events, idempotency, &mut touched)
+            .await?;
+        self.confirm(&touched).await?;
+        Ok(submitted)
+    }
+
+    /// `ingest.wait_replicas`: WAIT until enough replicas have the writes to
+    /// `streams` just made (or, for a replay, this connection's latest).
+    async fn confirm(&self, streams: &[String]) -> Result<(), SubmitError> {
+        let Some(wait) = self.wait else {
+            return Ok(());
+        };
+        match replication::confirmed(&self.redis, streams, wait).await {
+            Ok(n) if n >= wait.replicas => Ok(()),
+            Ok(n) => Err(SubmitError::NotReplicated {
+                confirmed: n,
+                wanted: wait.replicas,
+                timeout: wait.timeout,
+            }),
+            // the write is stored; whether it reached a replica is unknown
+            Err(e) => Err(SubmitError::Unknown(e)),
+        }
+    }
+
+    /// The write of [`Producer::submit`]: backpressure, then the request's
+    /// transactions (or scripts) in the set written to, moving on to the
+    /// next set when one is sealed. `touched`: the streams it wrote to (or
+    /// would have, for a replay).
+    async fn write_request<K: KindNames + ?Sized>(
+        &self,
+        kinds: &K,
+        events: &[ValidEvent],
+        idempotency: Option<&Idempotency<'_>>,
+        touched: &mut Vec<String>,
+    ) -> Result<Submitted, SubmitError> {
         self.load_layout().await.map_err(SubmitError::NotWritten)?;
         let all: Vec<usize> = (0..events.len()).collect();
         let first = self
@@ -447,6 +510,7 @@ impl Producer {
                 });
             }
         }
+        touched.extend(first.streams.iter().cloned());
         drop(first);
         let mut todo = all;
         // whether this call wrote part of the request, and whether part of
@@ -478,6 +542,11 @@ impl Producer {
             let mut sealed = Vec::new();
             let mut failed: Option<SubmitError> = None;
             let mut written = 0usize;
+            for s in &entries.streams {
+                if !touched.contains(s) {
+                    touched.push(s.clone());
+                }
+            }
             for one in self.transactions(entries) {
                 let outcome = match idempotency {
                     Some(idem) => {
