@@ -189,8 +189,10 @@ async fn wait_replicas_asks_only_the_masters_a_request_wrote_to() {
         .and_then(|p| p.parse().ok())
         .expect("the replica's master");
     cluster.kill(replica);
-    let producer = Producer::new(redis, keys.clone())
-        .with_wait_replicas(1, std::time::Duration::from_millis(300));
+    // long enough for a replica on a busy machine; the master without one
+    // waits it out each time
+    let producer =
+        Producer::new(redis, keys.clone()).with_wait_replicas(1, std::time::Duration::from_secs(2));
     // an event for shard `i` (the middle of its partition range)
     let event = |i: u64| ValidEvent {
         kind: 0,
