@@ -487,8 +487,9 @@ impl Producer {
     ) -> Result<Submitted, SubmitError> {
         self.load_layout().await.map_err(SubmitError::NotWritten)?;
         let all: Vec<usize> = (0..events.len()).collect();
+        let first_set = self.keys.write_set();
         let first = self
-            .entries(kinds, events, &all, &self.keys.write_set())
+            .entries(kinds, events, &all, &first_set)
             .map_err(SubmitError::NotWritten)?;
         if let Some((backlog, limit)) = &self.backlog {
             let over = first
@@ -511,7 +512,9 @@ impl Producer {
             }
         }
         touched.extend(first.streams.iter().cloned());
-        drop(first);
+        // the first hop writes the entries just routed, unless the set
+        // changed meanwhile or an older set already holds part of them
+        let mut routed = Some((first_set.set, first));
         let mut todo = all;
         // whether this call wrote part of the request, and whether part of
         // it is stored (written now or found written before)
@@ -536,17 +539,23 @@ impl Producer {
                     Err(e) => return Err(partial(e, stored)),
                 }
             }
-            let entries = self
-                .entries(kinds, events, &todo, &set)
-                .map_err(|e| partial(SubmitError::NotWritten(e), stored))?;
+            let entries = match routed.take() {
+                Some((n, e)) if n == set.set && todo.len() == events.len() => e,
+                _ => {
+                    let e = self
+                        .entries(kinds, events, &todo, &set)
+                        .map_err(|e| partial(SubmitError::NotWritten(e), stored))?;
+                    for s in &e.streams {
+                        if !touched.contains(s) {
+                            touched.push(s.clone());
+                        }
+                    }
+                    e
+                }
+            };
             let mut sealed = Vec::new();
             let mut failed: Option<SubmitError> = None;
             let mut written = 0usize;
-            for s in &entries.streams {
-                if !touched.contains(s) {
-                    touched.push(s.clone());
-                }
-            }
             for one in self.transactions(entries) {
                 let outcome = match idempotency {
                     Some(idem) => {
