@@ -15,6 +15,17 @@ use crate::common;
 use flowmeter::event::SchemaRegistry;
 use flowmeter::stream::{Keys, Producer};
 
+/// `flowmeter replay` of http_rollup over the hour the tests' events are in.
+const REPLAY_HOUR: [&str; 7] = [
+    "replay",
+    "--processor",
+    "http_rollup",
+    "--from",
+    "2026-03-01T10:00:00Z",
+    "--to",
+    "2026-03-01T11:00:00Z",
+];
+
 /// A batch of `n` http events numbered from `first`, at `ts`.
 fn batch(first: u64, n: u64, ts: i64) -> String {
     (first..first + n)
@@ -176,18 +187,7 @@ pub(crate) async fn live_change(env: common::TestEnv) {
 
     // a replay reads every set, sealed and retired ones included, and
     // rebuilds the same rows; status reads sealed streams' real last entry
-    let out = common::cli_ok(
-        &config,
-        &[
-            "replay",
-            "--processor",
-            "http_rollup",
-            "--from",
-            "2026-03-01T10:00:00Z",
-            "--to",
-            "2026-03-01T11:00:00Z",
-        ],
-    );
+    let out = common::cli_ok(&config, &REPLAY_HOUR);
     assert!(out.contains("http_rollup"), "{out}");
     assert_eq!(
         common::scalar(&store, "SELECT SUM(requests) FROM http_hourly").await,
@@ -235,6 +235,19 @@ async fn the_first_change_refuses_a_shard_count_below_the_streams() {
         .expect_err("refused");
     assert!(err.to_string().contains("redis.shards = 7"), "{err}");
     assert!(!keys.layout().is_stored(), "nothing stored");
+    // a set has 1 to 1024 shards (layout::MAX_SHARDS)
+    let keys = Keys::new(env.settings.redis.prefix.as_str(), 8);
+    for bad in [0, flowmeter::stream::layout::MAX_SHARDS + 1] {
+        let err = flowmeter::shards::change(&redis, &keys, &["http".into()], &[], bad, 1)
+            .await
+            .expect_err("refused");
+        assert!(err.to_string().contains("1 to 1024"), "{err}");
+    }
+    assert!(!keys.layout().is_stored(), "nothing stored");
+    flowmeter::shards::change(&redis, &keys, &["http".into()], &[], 1024, 1)
+        .await
+        .expect("the largest set");
+    assert_eq!(keys.layout().current().shards, 1024);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -269,16 +282,15 @@ async fn a_dead_letter_of_a_sealed_set_is_retried_into_the_current_set() {
         ids.push(id);
     }
     // before any change: back to its own stream
-    let n = flowmeter::dlq::retry(
-        &redis,
-        &keys,
-        "rollup",
-        &[letter(&ids[0])],
-        Duration::from_secs(60),
-    )
-    .await
-    .expect("retried");
-    assert_eq!(n, 1);
+    let retry = |dlq_id: String| {
+        let (redis, keys, letter) = (redis.clone(), keys.clone(), letter(&dlq_id));
+        async move {
+            flowmeter::dlq::retry(&redis, &keys, "rollup", &[letter], Duration::from_secs(60))
+                .await
+                .expect("retried")
+        }
+    };
+    assert_eq!(retry(ids[0].clone()).await, 1);
     let len = |key: String| {
         let mut c = conn.clone();
         async move {
@@ -302,16 +314,7 @@ async fn a_dead_letter_of_a_sealed_set_is_retried_into_the_current_set() {
     )
     .await
     .expect("changed");
-    let n = flowmeter::dlq::retry(
-        &redis,
-        &keys,
-        "rollup",
-        &[letter(&ids[1])],
-        Duration::from_secs(60),
-    )
-    .await
-    .expect("retried");
-    assert_eq!(n, 1);
+    assert_eq!(retry(ids[1].clone()).await, 1);
     assert_eq!(
         len(old.clone()).await,
         1,
@@ -354,16 +357,7 @@ async fn a_replay_after_a_change_reads_sealed_streams_and_their_real_end() {
         }
     })
     .await;
-    let replay = [
-        "replay",
-        "--processor",
-        "http_rollup",
-        "--from",
-        "2026-03-01T10:00:00Z",
-        "--to",
-        "2026-03-01T11:00:00Z",
-    ];
-    let out = common::cli_ok(&config, &replay);
+    let out = common::cli_ok(&config, &REPLAY_HOUR);
     assert!(out.contains("http_rollup"), "{out}");
     assert_eq!(
         common::scalar(&store, "SELECT SUM(requests) FROM http_hourly").await,
@@ -385,7 +379,7 @@ async fn a_replay_after_a_change_reads_sealed_streams_and_their_real_end() {
         trimmed += n;
     }
     assert_eq!(trimmed, 20);
-    let refused = common::cli(&config, &replay);
+    let refused = common::cli(&config, &REPLAY_HOUR);
     let err = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(1), "{err}");
     let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
