@@ -253,12 +253,7 @@ pub struct RedisMemory {
 impl RedisMemory {
     /// From the text of `INFO memory`.
     pub fn parse(info: &str) -> Self {
-        let field = |name: &str| {
-            info.lines()
-                .filter_map(|l| l.trim_end().split_once(':'))
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| v.to_string())
-        };
+        let field = |name: &str| super::resp::info_field(info, name).map(str::to_string);
         let num = |name: &str| field(name).and_then(|v| v.parse().ok()).unwrap_or(0);
         let mut m = Self {
             maxmemory_policy: field("maxmemory_policy"),

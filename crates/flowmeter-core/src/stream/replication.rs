@@ -106,12 +106,7 @@ pub async fn masters(redis: &Redis) -> Result<Vec<MasterReplicas>, StreamError> 
 
 /// `connected_slaves` of an `INFO replication` text, when the node is a master.
 fn parse(info: &str) -> Option<u32> {
-    let field = |name: &str| {
-        info.lines()
-            .filter_map(|l| l.trim_end().split_once(':'))
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v)
-    };
+    let field = |name: &str| super::resp::info_field(info, name);
     if field("role") != Some("master") {
         return None;
     }

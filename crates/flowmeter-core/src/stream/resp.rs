@@ -4,6 +4,14 @@ use std::collections::HashMap;
 
 use redis::Value;
 
+/// The value of `name` in the text of an `INFO` section (`name:value` lines).
+pub fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
+    info.lines()
+        .filter_map(|l| l.trim_end().split_once(':'))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
 /// A RESP2 flat key/value array (or RESP3 map) as a map.
 pub fn to_map(v: Value) -> HashMap<String, Value> {
     let mut out = HashMap::new();
