@@ -39,6 +39,8 @@ pub enum AppError {
     Shards(#[from] crate::shards::ShardsError),
     #[error(transparent)]
     Server(#[from] crate::api::server::ServerError),
+    #[error(transparent)]
+    Metrics(#[from] crate::telemetry::exposition::ExpositionError),
     /// `ingest.wait_replicas` asks more of a single Redis than it has.
     #[error("ingest.wait_replicas = {wanted}, but this Redis has {connected} connected replica(s) (INFO replication): every request would wait ingest.wait_replicas_timeout_ms and be answered 503; attach replicas (replicaof) or lower ingest.wait_replicas (0 = off)")]
     TooFewReplicas { wanted: u32, connected: u32 },
@@ -66,6 +68,18 @@ pub enum Role {
     Rollup,
     /// The realtime WebSocket hub (`GET /v1/ws`).
     Hub,
+}
+
+impl Role {
+    /// Its name in `--roles` (and the `role` label of `flowmeter_build_info`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Ingest => "ingest",
+            Role::Api => "api",
+            Role::Rollup => "rollup",
+            Role::Hub => "hub",
+        }
+    }
 }
 
 impl FromStr for Role {
@@ -517,7 +531,21 @@ pub async fn http_state(
                 Duration::from_millis(settings.ingest.wait_replicas_timeout_ms),
             )
     });
+    let role_names: Vec<&str> = roles.0.iter().map(|r| r.name()).collect();
+    let metrics = crate::api::MetricsEndpoint::new(
+        &settings.metrics,
+        &role_names,
+        Some(crate::api::PipelineSource {
+            redis: redis.clone(),
+            keys: keys.clone(),
+            schemas: schemas.clone(),
+            processors: processors.clone(),
+            retention: settings.retention.clone(),
+        }),
+        hub.clone(),
+    )?;
     Ok(AppState {
+        metrics: Arc::new(metrics),
         producer,
         // The query API's own pool: queries never take the connections
         // the processors flush with.

@@ -87,9 +87,13 @@ pub struct GroupStatus {
     /// The group's oldest entry not yet acknowledged: the oldest pending one,
     /// else the first not yet delivered; null when the group is caught up.
     pub oldest_unacked_id: Option<String>,
-    /// Seconds from that entry to the stream's newest one (entry-id clocks):
-    /// how far behind the group is in time. 0 when caught up.
+    /// Seconds from that entry (its id's clock: when it was appended) to
+    /// now: how far behind the group is in time, growing while the group is
+    /// stuck even with no new traffic. 0 when caught up.
     pub lag_age_secs: f64,
+    /// Seconds from the oldest entry delivered but not yet acknowledged to
+    /// now; 0 when nothing is pending.
+    pub oldest_pending_age_secs: f64,
     /// Seconds since a consumer of the group last interacted with this
     /// stream; null without consumers.
     pub idle_secs: Option<f64>,
@@ -154,6 +158,7 @@ pub async fn gather(
                         last_delivered_id: text(g.get("last-delivered-id")),
                         oldest_unacked_id: None,
                         lag_age_secs: 0.0,
+                        oldest_pending_age_secs: 0.0,
                         idle_secs: None,
                         consumer_names: Vec::new(),
                     })
@@ -194,15 +199,16 @@ pub async fn gather(
                         }
                     }
                 }
-                g.lag_age_secs = match (&g.oldest_unacked_id, &last_id) {
-                    (Some(old), Some(new)) => {
-                        match (old.parse::<StreamId>(), new.parse::<StreamId>()) {
-                            (Ok(o), Ok(n)) => n.ms.saturating_sub(o.ms) as f64 / 1000.0,
-                            _ => 0.0,
-                        }
-                    }
-                    _ => 0.0,
-                };
+                g.lag_age_secs = g
+                    .oldest_unacked_id
+                    .as_deref()
+                    .and_then(|id| id.parse::<StreamId>().ok())
+                    .map_or(0.0, |o| now_ms.saturating_sub(o.ms) as f64 / 1000.0);
+                // pending entries are older than undelivered ones: with any
+                // pending, the oldest unacknowledged entry is the oldest pending
+                if g.pending > 0 {
+                    g.oldest_pending_age_secs = g.lag_age_secs;
+                }
             }
             let retention = if info.is_empty() {
                 None

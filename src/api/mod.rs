@@ -19,6 +19,7 @@ mod error;
 mod events;
 mod ingest;
 mod limits;
+mod metrics;
 pub mod params;
 mod rate;
 mod rollups;
@@ -35,6 +36,7 @@ pub use error::ApiError;
 pub use events::EventSearch;
 pub use ingest::{parse_body, BodyBudget, ErrorReport, ReportLimits};
 pub use limits::QueryLimits;
+pub use metrics::{MetricsEndpoint, PipelineSource};
 pub use rate::RateLimiter;
 pub use rollups::{QueryCatalog, RollupTable};
 
@@ -71,6 +73,8 @@ pub struct AppState {
     pub events: Option<EventSearch>,
     /// `server.ingest_rate_limit` on `POST /v1/events`.
     pub ingest_limit: Arc<RateLimiter>,
+    /// What `GET /metrics` writes.
+    pub metrics: Arc<MetricsEndpoint>,
 }
 
 /// The WebSocket handler's part of the state (the hub takes only what it
@@ -90,7 +94,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/metrics",
-            get(status::metrics).route_layer(from_fn_with_state(state.clone(), access::metrics)),
+            get(metrics::metrics).route_layer(from_fn_with_state(state.clone(), access::metrics)),
         )
         .merge(crate::web::router());
     if state.producer.is_some() {

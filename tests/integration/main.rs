@@ -29,6 +29,7 @@ mod hub;
 mod ingest;
 mod kafka_bridge;
 mod loadgen;
+mod metrics;
 mod new_kind;
 mod outage;
 mod processors;
