@@ -6,12 +6,14 @@
 //! scrape's `Accept` asks for it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
+use fastmetrics::metrics::counter::LazyCounter;
 use fastmetrics::metrics::gauge::LazyGauge;
 
 use super::{ApiError, AppState};
@@ -64,6 +66,8 @@ struct Pipeline {
     /// The last read attempt; held while reading, so concurrent scrapes
     /// wait for one read instead of each making its own.
     attempted: tokio::sync::Mutex<Option<Instant>>,
+    /// Reads made (`flowmeter_metrics_pipeline_reads_total`).
+    reads: AtomicU64,
     current: RwLock<Arc<Snapshot>>,
 }
 
@@ -84,6 +88,7 @@ impl Pipeline {
             return;
         }
         *attempted = Some(Instant::now());
+        self.reads.fetch_add(1, Ordering::Relaxed);
         let s = &self.source;
         match crate::status::gather(
             &s.redis,
@@ -185,6 +190,7 @@ impl MetricsEndpoint {
                 refresh: Duration::from_millis(cfg.pipeline_refresh_ms),
                 max_streams: cfg.max_streams,
                 attempted: tokio::sync::Mutex::new(None),
+                reads: AtomicU64::new(0),
                 current: RwLock::new(Arc::new(Snapshot::default())),
             })
         });
@@ -204,6 +210,12 @@ impl MetricsEndpoint {
                 "flowmeter_metrics_streams_skipped",
                 "shard streams whose series the last read left out (metrics.max_streams)",
                 LazyGauge::new(move || p1.current().skipped as i64),
+            )?;
+            let p3 = p.clone();
+            registry.register(
+                "flowmeter_metrics_pipeline_reads_total",
+                "reads of the pipeline gauges from Redis by this server (at most one per metrics.pipeline_refresh_ms, however many scrapes)",
+                LazyCounter::new(move || p3.reads.load(Ordering::Relaxed)),
             )?;
             let p2 = p.clone();
             registry.register(
@@ -251,5 +263,62 @@ pub async fn metrics(State(st): State<AppState>, headers: HeaderMap) -> Response
     match st.metrics.render(format).await {
         Ok(body) => ([(header::CONTENT_TYPE, format.content_type())], body).into_response(),
         Err(e) => ApiError::Internal(e.to_string()).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{GroupStatus, IngestFigures, StreamStatus};
+
+    fn stream(i: u32, groups: &[&str]) -> StreamStatus {
+        StreamStatus {
+            stream: format!("fm:{{http:{i}}}"),
+            kind: "http".into(),
+            set: 0,
+            shard: i,
+            length: 10 + u64::from(i),
+            first_id: None,
+            last_id: None,
+            groups: groups
+                .iter()
+                .map(|g| GroupStatus {
+                    group: g.to_string(),
+                    consumers: 1,
+                    pending: 2,
+                    lag: Some(3),
+                    last_delivered_id: None,
+                    oldest_unacked_id: None,
+                    lag_age_secs: 4.0,
+                    oldest_pending_age_secs: 4.0,
+                    idle_secs: None,
+                    consumer_names: Vec::new(),
+                })
+                .collect(),
+            retention: None,
+        }
+    }
+
+    #[test]
+    fn streams_past_max_streams_are_left_out_and_counted() {
+        let st = Status {
+            streams: (0..5).map(|i| stream(i, &["rollup", "archive"])).collect(),
+            groups: Vec::new(),
+            processors: Vec::new(),
+            redis: Default::default(),
+            ingest: IngestFigures::default(),
+        };
+        let snap = snapshot(&st, 2);
+        assert_eq!(snap.skipped, 3);
+        let count = |name: &str| snap.series.get(name).map_or(0, Vec::len);
+        assert_eq!(count("flowmeter_stream_length"), 2);
+        assert_eq!(count("flowmeter_group_lag"), 4, "2 streams × 2 groups");
+        assert_eq!(count("flowmeter_group_lag_age_seconds"), 4);
+        let all = snapshot(&st, 1_024);
+        assert_eq!(
+            (all.skipped, all.series["flowmeter_stream_length"].len()),
+            (0, 5)
+        );
+        assert_eq!(snapshot(&st, 0).series.get("flowmeter_stream_length"), None);
     }
 }

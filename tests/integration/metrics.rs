@@ -278,5 +278,27 @@ async fn every_role_serves_the_contract_and_promtool_accepts_it() {
     for s in servers {
         s.stop().await;
     }
+
+    // a scrape storm costs Redis one read per metrics.pipeline_refresh_ms
+    let mut slow = env.settings.clone();
+    slow.metrics.pipeline_refresh_ms = 60_000;
+    let api = start_with(slow, "api").await;
+    let storm: Vec<_> = (0..30)
+        .map(|_| {
+            let (c, url) = (client.clone(), api.url("/metrics"));
+            tokio::spawn(async move { c.get(url).send().await.map(|r| r.status().as_u16()) })
+        })
+        .collect();
+    for s in storm {
+        assert_eq!(s.await.expect("scrape task").ok(), Some(200));
+    }
+    let (_, text) = scrape(&client, &api, None).await;
+    assert_eq!(
+        value_in(&text, "flowmeter_metrics_pipeline_reads_total"),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(value_in(&text, "flowmeter_metrics_pipeline_age_seconds").is_some_and(|a| a >= 0.0));
+    api.stop().await;
     env.cleanup().await;
 }
