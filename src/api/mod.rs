@@ -119,6 +119,8 @@ pub fn router(state: AppState) -> Router {
                 .route_layer(from_fn_with_state(state.clone(), access::read)),
         );
     }
-    r.fallback(|| async { ApiError::NotFound("no such endpoint; see docs/api.md".into()) })
-        .with_state(state)
+    error::with_json_errors(
+        r.fallback(|| async { ApiError::NotFound("no such endpoint; see docs/api.md".into()) })
+            .with_state(state),
+    )
 }

@@ -7,7 +7,7 @@
 use crate::common;
 
 use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::{header, HeaderMap, Request, StatusCode};
 use axum::Router;
 use common::TestEnv;
 use flowmeter::app::{self, Roles, Shared};
@@ -41,18 +41,24 @@ async fn router(env: &TestEnv, roles: &str) -> (Router, CancellationToken) {
     (flowmeter::api::router(state), stop)
 }
 
-/// Status and body (JSON when it parses, else the text as a JSON string).
-async fn call(r: &Router, req: Request<Body>) -> (StatusCode, Value) {
+/// Status, headers and body (JSON when it parses, else the text as a JSON
+/// string).
+async fn answer(r: &Router, req: Request<Body>) -> (StatusCode, HeaderMap, Value) {
     let resp = r.clone().oneshot(req).await.expect("infallible");
-    let status = resp.status();
-    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
-        .await
-        .expect("body");
+    let (parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, 1 << 20).await.expect("body");
     let text = String::from_utf8_lossy(&bytes).to_string();
     (
-        status,
+        parts.status,
+        parts.headers,
         serde_json::from_str(&text).unwrap_or(Value::String(text)),
     )
+}
+
+/// Status and body (JSON when it parses, else the text as a JSON string).
+async fn call(r: &Router, req: Request<Body>) -> (StatusCode, Value) {
+    let (status, _, body) = answer(r, req).await;
+    (status, body)
 }
 
 fn get(uri: &str) -> Request<Body> {
@@ -113,6 +119,41 @@ async fn routes_follow_the_roles() {
         call(&worker, post("/v1/events", "[]")).await.0,
         StatusCode::NOT_FOUND
     );
+    stop.cancel();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_method_a_route_lacks_gets_405_as_a_json_error_with_allow() {
+    let env = TestEnv::new("router_405");
+    env.migrate().await;
+    let (api, stop) = router(&env, "ingest,api").await;
+    for (method, uri, allow) in [
+        ("GET", "/v1/events", "POST,OPTIONS"),
+        ("POST", "/v1/status", "GET,HEAD"),
+        ("DELETE", "/v1/rollups/hourly?kind=http", "GET,HEAD"),
+        ("PUT", "/healthz", "GET,HEAD"),
+    ] {
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::empty())
+            .expect("request");
+        let (s, h, v) = answer(&api, req).await;
+        assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED, "{method} {uri}: {v}");
+        assert_eq!(h[header::ALLOW], allow, "{method} {uri}");
+        assert_eq!(
+            h[header::CONTENT_TYPE],
+            "application/json",
+            "{method} {uri}"
+        );
+        let error = v["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(&format!("method {method} is not allowed"))
+                && error.contains(&allow.replace(',', ", ")),
+            "{method} {uri}: {v}"
+        );
+    }
     stop.cancel();
     env.cleanup().await;
 }
