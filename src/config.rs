@@ -302,7 +302,10 @@ pub struct QueryConfig {
     pub max_hourly_range_days: u64,
     /// Widest `from`..`to` of one daily rollup or alerts query.
     pub max_daily_range_days: u64,
-    /// Seconds a client is told to wait (Retry-After) when every query slot is taken.
+    /// Seconds a client is told to wait (`Retry-After`, and
+    /// `retry_after_secs` in the body) when every query slot is taken or a
+    /// read endpoint's store cannot answer (Redis for `/v1/status`, MySQL,
+    /// the archive).
     pub retry_after_secs: u64,
 }
 

@@ -80,9 +80,13 @@ pub async fn list(
     let mut rows = Box::pin(store.alerts(open, from, to, before, limit + 1));
     let mut last = None;
     let mut truncated = false;
-    while let Some(a) = rows.try_next().await.map_err(|e| ApiError::Unavailable {
-        reason: format!("cannot read alerts from MySQL: {e}"),
-        retry_after: st.queries.cfg.retry_after_secs,
+    while let Some(a) = rows.try_next().await.map_err(|e| {
+        // MySQL's own text stays in the log
+        tracing::warn!(error = %e, "GET /v1/alerts: cannot read alerts from MySQL");
+        ApiError::Unavailable {
+            reason: "cannot read alerts from MySQL right now (the server log says why); retry after Retry-After seconds".into(),
+            retry_after: st.queries.cfg.retry_after_secs,
+        }
     })? {
         if body.rows() as u64 == limit {
             truncated = true;

@@ -58,7 +58,9 @@ pub enum ApiError {
     TooLarge { limit: usize },
     #[error("{0}")]
     TooManyEvents(String),
-    /// A dependency is down; the client should retry after `retry_after` seconds.
+    /// A dependency is down or busy; the client should retry after
+    /// `retry_after` seconds. `reason` is shown to the client: say what and
+    /// what to do, and log the dependency's own error text instead.
     #[error("{reason}")]
     Unavailable { reason: String, retry_after: u64 },
     #[error("{0}")]
@@ -117,13 +119,23 @@ impl IntoResponse for ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 json!({"error": self.to_string(), "header": header, "accepted": 0}),
             ),
-            ApiError::WriteFailed { unknown: true, .. } => (
+            ApiError::WriteFailed {
+                unknown: true,
+                retry_after,
+                ..
+            } => (
                 StatusCode::SERVICE_UNAVAILABLE,
-                json!({"error": self.to_string(), "outcome": "unknown"}),
+                json!({"error": self.to_string(), "outcome": "unknown",
+                       "retry_after_secs": retry_after}),
             ),
-            ApiError::WriteFailed { unknown: false, .. } => (
+            ApiError::WriteFailed {
+                unknown: false,
+                retry_after,
+                ..
+            } => (
                 StatusCode::SERVICE_UNAVAILABLE,
-                json!({"error": self.to_string(), "outcome": "not_written", "accepted": 0}),
+                json!({"error": self.to_string(), "outcome": "not_written", "accepted": 0,
+                       "retry_after_secs": retry_after}),
             ),
             ApiError::BadParam { param, reason } => (
                 StatusCode::BAD_REQUEST,
@@ -136,9 +148,9 @@ impl IntoResponse for ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 json!({"error": self.to_string(), "accepted": 0}),
             ),
-            ApiError::Unavailable { .. } => (
+            ApiError::Unavailable { retry_after, .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,
-                json!({"error": self.to_string(), "accepted": 0}),
+                json!({"error": self.to_string(), "retry_after_secs": retry_after}),
             ),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, json!({"error": m})),
             ApiError::Auth(e) => (e.status(), json!({"error": self.to_string()})),

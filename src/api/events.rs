@@ -163,8 +163,8 @@ pub async fn search(
                 // ClickHouse's text and the SQL stay in the log
                 tracing::warn!(error = %e, table = %s.table, "archive search failed");
                 ApiError::Unavailable {
-                    reason: "the event archive cannot answer right now; retry later".into(),
-                    retry_after: 5,
+                    reason: "the event archive cannot answer right now (the server log says why); retry after Retry-After seconds".into(),
+                    retry_after: st.queries.cfg.retry_after_secs,
                 }
             }
         })?;

@@ -242,7 +242,7 @@ async fn query(
     while let Some(r) = rows
         .try_next()
         .await
-        .map_err(|e| query_failed(&table.table, e))?
+        .map_err(|e| query_failed(&table.table, e, st.queries.cfg.retry_after_secs))?
     {
         if body.rows() as u64 == limit {
             truncated = true;
@@ -279,12 +279,13 @@ async fn query(
     Ok(resp)
 }
 
-/// A failed rollup query: a busy pool is worth retrying, the rest is logged.
-fn query_failed(table: &str, e: sqlx::Error) -> ApiError {
+/// A failed rollup query: a busy pool is worth retrying (after
+/// `retry_after` seconds), the rest is logged.
+fn query_failed(table: &str, e: sqlx::Error, retry_after: u64) -> ApiError {
     match e {
         sqlx::Error::PoolTimedOut => ApiError::Unavailable {
             reason: "every MySQL connection of the query API is busy (query.max_connections); retry shortly".into(),
-            retry_after: 1,
+            retry_after,
         },
         e => ApiError::Internal(format!("rollup query on {table}: {e}")),
     }

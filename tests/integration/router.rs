@@ -381,3 +381,36 @@ async fn a_write_no_replica_confirms_is_stored_and_answered_unknown() {
     );
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_answers_a_plain_503_with_retry_after_when_redis_does_not() {
+    // Redis through a proxy that can hold its replies back
+    let proxy =
+        common::TcpProxy::start("127.0.0.1:0", "127.0.0.1:6379".parse().expect("addr")).await;
+    let mut env = TestEnv::new("router_status_503");
+    env.settings.redis.url = format!("redis://{}", proxy.addr);
+    env.settings.redis.command_timeout_ms = 400;
+    env.settings.query.retry_after_secs = 7;
+    env.migrate().await;
+    let (api, stop) = router(&env, "api").await;
+    assert_eq!(call(&api, get("/v1/status")).await.0, StatusCode::OK);
+
+    proxy.hold_replies(true);
+    let (s, h, v) = answer(&api, get("/v1/status")).await;
+    proxy.hold_replies(false);
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_eq!(h[header::RETRY_AFTER], "7", "query.retry_after_secs");
+    assert_eq!(v["retry_after_secs"], 7, "{v}");
+    // a generic reason (Redis' own text is logged), and nothing of ingest
+    assert_eq!(
+        v["error"],
+        "cannot read the streams' status from Redis right now (the server log says why); retry after Retry-After seconds"
+    );
+    let keys: Vec<&str> = v
+        .as_object()
+        .map(|o| o.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    assert_eq!(keys, ["error", "retry_after_secs"], "{v}");
+    stop.cancel();
+    env.cleanup().await;
+}

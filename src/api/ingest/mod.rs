@@ -82,11 +82,12 @@ async fn handle(
             ReadError::TooLarge { limit } => ApiError::TooLarge { limit },
             ReadError::Budget { held, max } => {
                 metrics::INGEST_BODY_BUDGET_REFUSED.inc();
-                ApiError::Unavailable {
+                ApiError::WriteFailed {
                     reason: format!(
                         "request bodies in flight hold {held} of {max} bytes (ingest.max_inflight_body_bytes); this body was not read and nothing was written: retry after Retry-After, or raise ingest.max_inflight_body_bytes"
                     ),
                     retry_after: cfg.retry_after_secs,
+                    unknown: false,
                 }
             }
             ReadError::Broken(e) => ErrorReport::new(&limits)
