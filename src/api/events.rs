@@ -30,7 +30,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::error::{bad_param, ParamErrors};
-use super::params::{FromParam, Limit, Order, Param, Params, Time};
+use super::params::{echo_time, now_secs, FromParam, Limit, Order, Param, Params, Time};
 use super::{ApiError, AppState};
 
 /// What the search needs: the archive and its table per kind.
@@ -129,7 +129,7 @@ pub async fn search(
         }
         Some(kind) => errs.take(es.table(&kind).map_err(|reason| bad_param("kind", reason))),
     };
-    let to = to.map_or_else(chrono::Utc::now, |t| t.0);
+    let to = to.map_or_else(now_secs, |t| t.0);
     let from = from.map_or(to - chrono::Duration::hours(1), |t| t.0);
     if from >= to && times_parse {
         errs.add("from", "must be before to");
@@ -170,7 +170,7 @@ pub async fn search(
         })?;
         // the rows are spliced in as ClickHouse wrote them: one copy
         let head = json!({
-            "table": table, "from": from.to_rfc3339(), "to": to.to_rfc3339(),
+            "table": table, "from": echo_time(from), "to": echo_time(to),
             "total": found.total, "columns": found.columns, "truncated": found.truncated,
             "count": found.rows.len(),
         })

@@ -164,6 +164,19 @@ fn rejected(text: &str) -> ApiError {
     super::error::bad_param("query", capped(text, MAX_ECHOED_CHARS))
 }
 
+/// Now, to the whole second: a default `to` the answer can echo exactly.
+pub fn now_secs() -> chrono::DateTime<chrono::Utc> {
+    use chrono::SubsecRound;
+    chrono::Utc::now().trunc_subsecs(0)
+}
+
+/// A time as answers write it (`from`, `to`): RFC 3339 in UTC with `Z`, to
+/// the second like the rows' times (`2026-03-01T10:00:00Z`), with a fraction
+/// only when the request gave one.
+pub fn echo_time(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}
+
 /// A query time: RFC 3339 (`2026-03-01T10:00:00Z`, any offset) or a date
 /// (`2026-03-01`, midnight UTC). An offset whose `+` a URL turned into a
 /// space (`…T10:00:00 01:00`) is refused with a hint to write `%2B`.
@@ -259,6 +272,16 @@ mod tests {
         assert_eq!(errs.param("format", p.format), Some(Some(Format::Csv)));
         assert!(errs.finish().is_ok());
         assert_eq!(Limit::<500, 10_000>::or_default(Some(None)), 500);
+    }
+
+    #[test]
+    fn times_are_echoed_with_z_to_the_second() {
+        let t = |s: &str| echo_time(parse_time(s).expect("time"));
+        assert_eq!(t("2026-03-01T11:00:00+01:00"), "2026-03-01T10:00:00Z");
+        assert_eq!(t("2026-03-01"), "2026-03-01T00:00:00Z");
+        assert_eq!(t("2026-03-01T10:00:00.250Z"), "2026-03-01T10:00:00.250Z");
+        let now = echo_time(now_secs());
+        assert!(now.ends_with('Z') && now.len() == 20, "{now}");
     }
 
     #[test]

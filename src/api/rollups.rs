@@ -29,7 +29,7 @@ use sqlx::{MySql, QueryBuilder, Row};
 
 use super::error::{bad_param, ParamErrors};
 use super::limits::{decode_cursor, encode_cursor, json_page, page_headers, CappedBody};
-use super::params::{Format, Limit, Param, Params, Time};
+use super::params::{echo_time, now_secs, Format, Limit, Param, Params, Time};
 use super::{ApiError, AppState};
 use crate::processor::rollup::Window;
 use crate::processor::ProcessorRegistry;
@@ -168,7 +168,7 @@ async fn query(
     // only a range whose ends both parse can be checked
     let (from, to) = match (from, to) {
         (Some(from), Some(to)) => {
-            let to = to.map_or_else(|| Utc::now() + chrono::Duration::hours(1), |t| t.0);
+            let to = to.map_or_else(|| now_secs() + chrono::Duration::hours(1), |t| t.0);
             let from = from.map_or(to - span, |t| t.0);
             if from > to {
                 errs.add("from", "must not be after `to`");
@@ -225,7 +225,7 @@ async fn query(
         head.push('\n');
         CappedBody::new(st.queries.cfg.max_response_bytes, head.as_bytes())
     } else {
-        let head = json!({"table": table.table, "from": from.to_rfc3339(), "to": to.to_rfc3339(),
+        let head = json!({"table": table.table, "from": echo_time(from), "to": echo_time(to),
                           "time_column": table.time_column, "dimensions": table.dims,
                           "columns": names})
         .to_string();

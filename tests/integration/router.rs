@@ -206,8 +206,31 @@ async fn query_parameters_are_typed_and_every_bad_one_is_named() {
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    assert_eq!(v["from"], "2026-03-01T00:00:00+00:00");
     assert_eq!(v["rows"], Value::Array(vec![]));
+    // in the rows' format: Z, to the second
+    assert_eq!(
+        (v["from"].as_str(), v["to"].as_str()),
+        (Some("2026-03-01T00:00:00Z"), Some("2026-03-02T00:00:00Z"))
+    );
+    let (_, v) = call(
+        &api,
+        get("/v1/rollups/hourly?kind=http&from=2026-03-01T11:00:00%2B01:00&to=2026-03-01T12:00:00.5Z"),
+    )
+    .await;
+    assert_eq!(
+        (v["from"].as_str(), v["to"].as_str()),
+        (
+            Some("2026-03-01T10:00:00Z"),
+            Some("2026-03-01T12:00:00.500Z")
+        ),
+        "{v}"
+    );
+    // the defaults are whole seconds
+    let (_, v) = call(&api, get("/v1/rollups/hourly?kind=http")).await;
+    for end in ["from", "to"] {
+        let t = v[end].as_str().unwrap_or_default();
+        assert!(t.len() == 20 && t.ends_with('Z'), "{end}: {v}");
+    }
 
     let (s, v) = call(&api, get("/v1/alerts?state=burning&limit=99999999&since=1")).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
