@@ -30,7 +30,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::error::{bad_param, ParamErrors};
-use super::params::{echo_time, now_secs, FromParam, Limit, Order, Param, Params, Time};
+use super::params::{echo_time, now_secs, FromParam, Limit, Order, Param, Params, Rest, Time};
 use super::{ApiError, AppState};
 
 /// What the search needs: the archive and its table per kind.
@@ -85,7 +85,7 @@ pub struct SearchParams {
     order_by: Option<String>,
     order: Option<Param<Order>>,
     #[serde(flatten)]
-    filters: BTreeMap<String, String>,
+    filters: Rest,
 }
 
 pub async fn search(
@@ -110,7 +110,7 @@ pub async fn search(
     let mut filters = Vec::new();
     let mut min = Vec::new();
     // a map in name order: filters and errors come out sorted
-    for (k, v) in p.filters {
+    for (k, v) in errs.rest(p.filters) {
         if k == "token" {
             continue;
         }

@@ -17,8 +17,6 @@
 //! with `truncated: true` and a `cursor`: the key of the last row, from
 //! which the same request continues (keyset pagination, every row once).
 
-use std::collections::BTreeMap;
-
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -29,7 +27,7 @@ use sqlx::{MySql, QueryBuilder, Row};
 
 use super::error::{bad_param, ParamErrors};
 use super::limits::{decode_cursor, encode_cursor, json_page, page_headers, CappedBody};
-use super::params::{echo_time, now_secs, Format, Limit, Param, Params, Time};
+use super::params::{echo_time, now_secs, Format, Limit, Param, Params, Rest, Time};
 use super::{ApiError, AppState};
 use crate::processor::rollup::Window;
 use crate::processor::ProcessorRegistry;
@@ -111,7 +109,7 @@ pub struct RollupParams {
     format: Option<Param<Format>>,
     cursor: Option<String>,
     #[serde(flatten)]
-    filters: BTreeMap<String, String>,
+    filters: Rest,
 }
 
 pub async fn hourly(st: State<AppState>, q: Params<RollupParams>) -> Result<Response, ApiError> {
@@ -184,15 +182,16 @@ async fn query(
     // the rest are filters on the table's dimensions; a map in name order,
     // so the answer lists unknown parameters in a stable order
     let mut filters = Vec::new();
+    let given = errs.rest(p.filters);
     if let Some(t) = table {
         let dims: Vec<&str> = t.dims.iter().map(String::as_str).collect();
         errs.unknown(
-            &p.filters,
+            &given,
             &dims,
             &format!("filters for this table: {}", t.dims.join(", ")),
         );
         filters.extend(
-            p.filters
+            given
                 .into_iter()
                 .filter(|(k, _)| dims.contains(&k.as_str())),
         );

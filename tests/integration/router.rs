@@ -198,6 +198,20 @@ async fn query_parameters_are_typed_and_every_bad_one_is_named() {
         (v["param"].as_str(), v["reason"].as_str()),
         (Some("from"), Some("is given more than once"))
     );
+    // so is a filter given twice: it is not an OR, and the last does not win
+    for uri in [
+        "/v1/rollups/hourly?kind=http&service=a&service=b",
+        "/v1/alerts?colour=a&colour=b",
+    ] {
+        let (s, v) = call(&api, get(uri)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{uri}: {v}");
+        assert!(
+            v["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("is given more than once")),
+            "{uri}: {v}"
+        );
+    }
 
     // dimension filters and dates pass; the answer names its range
     let (s, v) = call(
