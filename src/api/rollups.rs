@@ -221,7 +221,7 @@ async fn query(
     let names: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
     let mut body = if csv {
         let mut head = csv_line(names.iter().map(|n| Value::from(*n)));
-        head.push('\n');
+        head.push_str(CSV_EOL);
         CappedBody::new(st.queries.cfg.max_response_bytes, head.as_bytes())
     } else {
         let head = json!({"table": table.table, "from": echo_time(from), "to": echo_time(to),
@@ -254,7 +254,7 @@ async fn query(
         } else {
             json_object(&mut piece, &names, &values);
         }
-        if !body.push_row(if csv { b"\n" } else { b"," }, &piece) {
+        if !body.push_row(if csv { CSV_EOL.as_bytes() } else { b"," }, &piece) {
             truncated = true;
             break;
         }
@@ -268,7 +268,11 @@ async fn query(
     if !csv {
         return Ok(json_page(body, truncated, cursor, slot));
     }
-    let tail: &[u8] = if body.rows() > 0 { b"\n" } else { b"" };
+    let tail: &[u8] = if body.rows() > 0 {
+        CSV_EOL.as_bytes()
+    } else {
+        b""
+    };
     let mut resp = (
         [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
         slot.body(body.finish(tail)),
@@ -500,7 +504,11 @@ impl KeyColumns {
     }
 }
 
-/// One RFC 4180 CSV line (no newline).
+/// The end of a CSV line: CRLF, as RFC 4180 has it (spreadsheets and
+/// strict parsers expect it; line-based tools take it too).
+const CSV_EOL: &str = "\r\n";
+
+/// One RFC 4180 CSV line (no line end).
 fn csv_line(values: impl Iterator<Item = Value>) -> String {
     let field = |v: Value| -> String {
         let raw = match v {

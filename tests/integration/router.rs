@@ -451,3 +451,106 @@ async fn status_answers_a_plain_503_with_retry_after_when_redis_does_not() {
     stop.cancel();
     env.cleanup().await;
 }
+
+/// The JSON keys of each object in `rows` of a raw answer, in the order
+/// they were written (serde_json's `Value` would sort them).
+fn row_keys_as_written(text: &str) -> Vec<Vec<String>> {
+    struct Keys(Vec<String>);
+    impl<'de> serde::Deserialize<'de> for Keys {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Keys;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("an object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut m: A,
+                ) -> Result<Keys, A::Error> {
+                    let mut keys = Vec::new();
+                    while let Some((k, _)) = m.next_entry::<String, serde::de::IgnoredAny>()? {
+                        keys.push(k);
+                    }
+                    Ok(Keys(keys))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        rows: Vec<Keys>,
+    }
+    let a: Answer = serde_json::from_str(text).expect("a rollup answer");
+    a.rows.into_iter().map(|k| k.0).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rollup_rows_keep_column_order_and_csv_lines_end_in_crlf() {
+    let env = TestEnv::new("router_rows");
+    env.migrate().await;
+    let store = env.store().await;
+    sqlx::query(
+        "INSERT INTO http_hourly (service, endpoint, method, hour, requests, duration_sum_ms) VALUES \
+         ('a,b', '/x', 'GET', '2026-03-01 10:00:00', 1, 1.5), \
+         ('c', '/y \"q\"', 'GET', '2026-03-01 11:00:00', 2, 2.5)",
+    )
+    .execute(store.pool())
+    .await
+    .expect("rows");
+    let (api, stop) = router(&env, "api").await;
+    let q = "/v1/rollups/hourly?kind=http&from=2026-03-01&to=2026-03-02";
+
+    // JSON: each row's keys in the order of `columns` (the table's), not sorted
+    let resp = api.clone().oneshot(get(q)).await.expect("infallible");
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    let text = String::from_utf8_lossy(&bytes);
+    let v: Value = serde_json::from_str(&text).expect("json");
+    let columns: Vec<String> = serde_json::from_value(v["columns"].clone()).expect("columns");
+    assert_eq!(
+        columns[..4],
+        ["service", "endpoint", "method", "hour"],
+        "{v}"
+    );
+    let rows = row_keys_as_written(&text);
+    assert_eq!(rows.len(), 2, "{text}");
+    for keys in rows {
+        assert_eq!(keys, columns, "{text}");
+    }
+
+    // CSV: RFC 4180, every line ends in CRLF, quoted fields quoted
+    let (s, h, v) = answer(&api, get(&format!("{q}&format=csv"))).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(h[header::CONTENT_TYPE], "text/csv; charset=utf-8");
+    let csv = v.as_str().expect("text");
+    let lines: Vec<&str> = csv.split_inclusive('\n').collect();
+    assert_eq!(lines.len(), 3, "{csv:?}");
+    assert!(lines.iter().all(|l| l.ends_with("\r\n")), "{csv:?}");
+    assert!(
+        lines[0].starts_with("service,endpoint,method,hour,"),
+        "{csv:?}"
+    );
+    assert!(
+        lines[1].starts_with("\"a,b\",/x,GET,2026-03-01T10:00:00Z,"),
+        "{csv:?}"
+    );
+    assert!(lines[2].starts_with("c,\"/y \"\"q\"\"\",GET,"), "{csv:?}");
+
+    // cut by `limit`: said in the body and in the headers, with a cursor
+    let (_, h, v) = answer(&api, get(&format!("{q}&limit=1"))).await;
+    assert_eq!(
+        (&v["truncated"], v["count"].as_u64()),
+        (&Value::Bool(true), Some(1))
+    );
+    assert!(v["cursor"].is_string(), "{v}");
+    let (_, h_csv, _) = answer(&api, get(&format!("{q}&limit=1&format=csv"))).await;
+    for h in [h, h_csv] {
+        assert_eq!(h["x-flowmeter-truncated"], "true");
+        assert!(h.contains_key("x-flowmeter-cursor"));
+    }
+    stop.cancel();
+    env.cleanup().await;
+}
