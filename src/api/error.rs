@@ -56,6 +56,14 @@ pub enum ApiError {
     },
     #[error("request body is larger than {limit} bytes")]
     TooLarge { limit: usize },
+    /// A body in a media type the endpoint does not read (415); `got` is
+    /// the request's `Content-Type` (capped), `supported` what it reads.
+    /// Not worth retrying as it is.
+    #[error("Content-Type {got:?} is not one this endpoint reads: send one of {}; nothing was written{}", .supported.join(", "), form_hint(.got))]
+    UnsupportedMediaType {
+        got: String,
+        supported: &'static [&'static str],
+    },
     #[error("{0}")]
     TooManyEvents(String),
     /// A dependency is down or busy; the client should retry after
@@ -80,6 +88,15 @@ pub enum ApiError {
     /// The request took longer than `server.request_timeout_ms` (408).
     #[error("the request took longer than {limit_ms} ms (server.request_timeout_ms)")]
     RequestTimeout { limit_ms: u64 },
+}
+
+/// What to do when a form was sent: curl's `-d` sends one unless told.
+fn form_hint(got: &str) -> &'static str {
+    if got.starts_with("application/x-www-form-urlencoded") {
+        " (curl -d sends application/x-www-form-urlencoded: add -H 'Content-Type: application/json')"
+    } else {
+        ""
+    }
 }
 
 /// Most characters of client-supplied text (a parameter name, an origin)
@@ -144,6 +161,11 @@ impl IntoResponse for ApiError {
             ApiError::BadParams { errors, omitted } => {
                 (StatusCode::BAD_REQUEST, params_body(errors, *omitted))
             }
+            ApiError::UnsupportedMediaType { got, supported } => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                json!({"error": self.to_string(), "accepted": 0, "content_type": got,
+                       "supported": supported}),
+            ),
             ApiError::TooLarge { .. } | ApiError::TooManyEvents(_) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 json!({"error": self.to_string(), "accepted": 0}),

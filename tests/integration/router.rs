@@ -285,10 +285,74 @@ async fn ingest_answers_without_a_socket() {
     );
 
     let one = Value::Array(vec![common::http_event(1, now)]).to_string();
-    let (s, v) = call(&api, post("/v1/events", one)).await;
+    let (s, v) = call(&api, post("/v1/events", one.clone())).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{v}");
     let mut r = env.redis().await;
     assert_eq!(common::stream_total_on(&mut r, &env).await, 1);
+
+    // media types: JSON (also as text/plain, what sendBeacon sends, and
+    // without any), NDJSON; anything else is 415, unread and unwritten
+    let with_type = |ct: Option<&str>, body: String| {
+        let mut req = Request::post("/v1/events");
+        if let Some(ct) = ct {
+            req = req.header("content-type", ct);
+        }
+        req.body(Body::from(body)).expect("request")
+    };
+    let ndjson = format!(
+        "{}\n{}\n",
+        common::http_event(2, now),
+        common::http_event(3, now)
+    );
+    for (ct, body, n) in [
+        (Some("text/plain;charset=UTF-8"), one.clone(), 1),
+        (Some("Application/JSON; charset=utf-8"), one.clone(), 1),
+        (None, one.clone(), 1),
+        (Some("application/x-ndjson"), ndjson, 2),
+    ] {
+        let (s, v) = call(&api, with_type(ct, body)).await;
+        assert_eq!(
+            (s, v["accepted"].as_u64()),
+            (StatusCode::ACCEPTED, Some(n)),
+            "{ct:?}: {v}"
+        );
+    }
+    assert_eq!(common::stream_total_on(&mut r, &env).await, 6);
+    let refused = flowmeter::telemetry::metrics::REQUESTS_UNSUPPORTED_MEDIA_TYPE.get();
+    for ct in [
+        "application/x-www-form-urlencoded",
+        "application/xml",
+        "multipart/form-data; boundary=x",
+    ] {
+        let (s, h, v) = answer(&api, with_type(Some(ct), one.clone())).await;
+        assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{ct}: {v}");
+        assert_eq!(h[header::CONTENT_TYPE], "application/json");
+        assert_eq!(v["content_type"], ct);
+        assert_eq!(v["accepted"], 0);
+        assert_eq!(
+            v["supported"],
+            serde_json::json!([
+                "application/json",
+                "application/x-ndjson",
+                "application/jsonl",
+                "text/plain"
+            ])
+        );
+        let error = v["error"].as_str().unwrap_or_default();
+        assert!(error.contains("nothing was written"), "{v}");
+        // the usual way to get here: curl -d without -H
+        assert_eq!(
+            error.contains("curl -d"),
+            ct.contains("form-urlencoded"),
+            "{v}"
+        );
+    }
+    assert!(flowmeter::telemetry::metrics::REQUESTS_UNSUPPORTED_MEDIA_TYPE.get() >= refused + 3);
+    assert_eq!(
+        common::stream_total_on(&mut r, &env).await,
+        6,
+        "nothing written"
+    );
     stop.cancel();
     env.cleanup().await;
 }
