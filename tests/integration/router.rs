@@ -130,8 +130,8 @@ async fn a_method_a_route_lacks_gets_405_as_a_json_error_with_allow() {
     let (api, stop) = router(&env, "ingest,api").await;
     for (method, uri, allow) in [
         ("GET", "/v1/events", "POST,OPTIONS"),
-        ("POST", "/v1/status", "GET,HEAD"),
-        ("DELETE", "/v1/rollups/hourly?kind=http", "GET,HEAD"),
+        ("POST", "/v1/status", "GET,HEAD,OPTIONS"),
+        ("DELETE", "/v1/rollups/hourly?kind=http", "GET,HEAD,OPTIONS"),
         ("PUT", "/healthz", "GET,HEAD"),
     ] {
         let req = Request::builder()
@@ -615,6 +615,85 @@ async fn rollup_rows_keep_column_order_and_csv_lines_end_in_crlf() {
         assert_eq!(h["x-flowmeter-truncated"], "true");
         assert!(h.contains_key("x-flowmeter-cursor"));
     }
+    stop.cancel();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn read_endpoints_answer_listed_origins_with_cors() {
+    let mut env = TestEnv::new("router_read_cors");
+    env.settings.auth.tokens = common::read_and_ingest_tokens("r-secret", "i-secret");
+    env.settings.query.cors_origins = vec!["https://grafana.example.com".into()];
+    env.settings.query.cors_max_age_secs = 120;
+    env.migrate().await;
+    let (api, stop) = router(&env, "ingest,api").await;
+    let listed = "https://grafana.example.com";
+    let request = |method: &str, uri: &str, origin: &str| {
+        Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::ORIGIN, origin)
+            .header(header::ACCESS_CONTROL_REQUEST_METHOD, "GET")
+            .header(header::ACCESS_CONTROL_REQUEST_HEADERS, "authorization")
+            .body(Body::empty())
+            .expect("request")
+    };
+    for uri in [
+        "/v1/rollups/hourly",
+        "/v1/rollups/daily",
+        "/v1/status",
+        "/v1/alerts",
+        "/v1/events/search",
+    ] {
+        // the preflight: no token needed, the CORS headers of the read endpoints
+        let (s, h, _) = answer(&api, request("OPTIONS", uri, listed)).await;
+        assert_eq!(s, StatusCode::NO_CONTENT, "{uri}");
+        assert_eq!(h[header::ACCESS_CONTROL_ALLOW_ORIGIN], listed, "{uri}");
+        assert_eq!(h[header::ACCESS_CONTROL_ALLOW_METHODS], "GET, OPTIONS");
+        assert!(h[header::ACCESS_CONTROL_ALLOW_HEADERS]
+            .to_str()
+            .is_ok_and(|v| v.contains("authorization")));
+        assert_eq!(h[header::ACCESS_CONTROL_MAX_AGE], "120");
+        // an unlisted origin's preflight gets none, so the browser stops there
+        let (s, h, _) = answer(&api, request("OPTIONS", uri, "https://evil.example.net")).await;
+        assert_eq!(s, StatusCode::NO_CONTENT, "{uri}");
+        assert!(
+            !h.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN),
+            "{uri}"
+        );
+    }
+    // the answer, errors included, carries them to a listed origin
+    let q = "/v1/rollups/daily?kind=http";
+    let (s, h, _) = answer(&api, request("GET", &format!("{q}&token=r-secret"), listed)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(h[header::ACCESS_CONTROL_ALLOW_ORIGIN], listed);
+    assert!(h[header::ACCESS_CONTROL_EXPOSE_HEADERS]
+        .to_str()
+        .is_ok_and(|v| v.contains("x-flowmeter-cursor") && v.contains("retry-after")));
+    let (s, h, _) = answer(&api, request("GET", q, listed)).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(h[header::ACCESS_CONTROL_ALLOW_ORIGIN], listed);
+    // an unlisted origin is answered (a read changes nothing) without them
+    let (s, h, _) = answer(
+        &api,
+        request(
+            "GET",
+            &format!("{q}&token=r-secret"),
+            "https://evil.example.net",
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(!h.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
+    // ingest keeps its own list: this origin may read, not send
+    let (s, _, v) = answer(&api, request("POST", "/v1/events?token=i-secret", listed)).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("ingest.cors_origins")),
+        "{v}"
+    );
     stop.cancel();
     env.cleanup().await;
 }
