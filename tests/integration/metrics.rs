@@ -192,7 +192,17 @@ async fn every_role_serves_the_contract_and_promtool_accepts_it() {
         );
     }
 
+    let refused = client
+        .post(ingest.url("/v1/events"))
+        .header("content-type", "application/xml")
+        .body("<event/>")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(refused.status(), 415);
     let (_, text) = scrape(&client, ingest, None).await;
+    let refused = "flowmeter_ingest_requests_total{outcome=\"unsupported_media_type\"}";
+    assert!(value_in(&text, refused).is_some_and(|v| v >= 1.0), "{text}");
     assert!(value_in(
         &text,
         "flowmeter_ingest_requests_total{outcome=\"accepted\"}"
