@@ -102,6 +102,8 @@ async fn serve_waits_for_redis_and_readiness_follows_an_outage() {
     }
     let (code, reply) = post_ndjson(&client, &server.url("/v1/events"), events).await;
     assert_eq!(code, 202, "{reply}");
+    // WebSocket upgrades pass through the router that answered the wait
+    common::ws::hub_ticking(&server).await;
 
     // an outage: not ready (Redis, and the hub's feed once it is late),
     // alive throughout
