@@ -17,7 +17,7 @@ use crate::store::{Store, StoreError};
 use crate::stream::{Keys, Producer, Redis, StreamError};
 
 mod start;
-use start::{bind, connect, log_listening, Connected};
+use start::{bind, connect, log_listening, Connected, Waiter};
 
 /// What can stop `serve` or `migrate`; each says what to do next.
 #[derive(Debug, thiserror::Error)]
@@ -328,12 +328,7 @@ pub async fn serve(
     let http_stop = shutdown.child_token();
     let stop_on_error = http_stop.clone().drop_guard();
     let mut listener = listener;
-    let startup = crate::api::health::Startup::new();
-    let mut retry = crate::processor::core::Backoff::new(
-        Duration::from_millis(100),
-        Duration::from_millis(settings.health.startup_retry_max_ms),
-    );
-    let mut waited: Option<String> = None;
+    let mut waiter = Waiter::new(&settings.health);
     let needs_store = roles.has(Role::Rollup) || alerting;
     let (Connected { redis, keys, store }, mut state) = loop {
         let attempt = async {
@@ -358,29 +353,15 @@ pub async fn serve(
             // answer probes while waiting
             let l = bind(listener.take(), &settings, &roles).await?;
             log_listening(&l, &roles, http.tls());
-            tracker.spawn(http.run(l, startup.clone().router(), http_stop.clone()));
+            tracker.spawn(http.run(l, waiter.router(), http_stop.clone()));
         }
-        let checks = e.waiting_checks();
-        let now = checks
-            .iter()
-            .map(|c| format!("{}: {}", c.name, c.reason))
-            .collect::<Vec<_>>()
-            .join("; ");
-        if waited.as_deref() != Some(now.as_str()) {
-            tracing::warn!(error = %e, "waiting for Redis and MySQL before starting the roles; retrying (GET /health/ready answers 503 meanwhile)");
-            waited = Some(now);
-        }
-        startup.waiting_for(checks);
-        tokio::select! {
-            () = shutdown.cancelled() => {
-                tracker.close();
-                tracker.wait().await;
-                return Ok(());
-            }
-            () = tokio::time::sleep(retry.next_pause()) => {}
+        if !waiter.wait(&e, &shutdown).await {
+            tracker.close();
+            tracker.wait().await;
+            return Ok(());
         }
     };
-    if waited.is_some() {
+    if waiter.waited() {
         tracing::info!("Redis and MySQL answer: starting the roles");
     }
     // workers, hubs and backpressure follow a change of the layout
@@ -469,7 +450,7 @@ pub async fn serve(
             log_listening(&l, &roles, http.tls());
             tracker.spawn(http.run(l, app, http_stop));
         }
-        None => startup.started(app),
+        None => waiter.started(app),
     }
     stop_on_error.disarm();
     tracker.close();

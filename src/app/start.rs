@@ -2,11 +2,17 @@
 //! it waits out (unreachable servers) and which stop it (the
 //! configuration), and what `/health/ready` says while it waits.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use super::{check_replicas, redis_and_keys, AppError, Role, Roles};
-use crate::config::Settings;
+use crate::api::health::Startup;
+use crate::config::{HealthConfig, Settings};
 use crate::event::SchemaRegistry;
+use crate::processor::core::Backoff;
 use crate::store::{Store, StoreError};
 use crate::stream::{Keys, Redis, StreamError};
 
@@ -57,6 +63,66 @@ impl AppError {
                 ]
             }
             other => vec![waiting("start", other.to_string())],
+        }
+    }
+}
+
+/// What `serve` does between two attempts to reach Redis and MySQL: says
+/// what it waits for (in `/health/ready`, and in the log once per change,
+/// not once per attempt) and waits, from 100 ms, doubling up to
+/// `health.startup_retry_max_ms`.
+pub(super) struct Waiter {
+    startup: Arc<Startup>,
+    retry: Backoff,
+    /// What it last logged waiting for.
+    logged: Option<String>,
+}
+
+impl Waiter {
+    pub fn new(cfg: &HealthConfig) -> Self {
+        Self {
+            startup: Startup::new(),
+            retry: Backoff::new(
+                Duration::from_millis(100),
+                Duration::from_millis(cfg.startup_retry_max_ms),
+            ),
+            logged: None,
+        }
+    }
+
+    /// The router that answers while it waits, then hands over to the
+    /// roles' router ([`Waiter::started`]).
+    pub fn router(&self) -> axum::Router {
+        self.startup.clone().router()
+    }
+
+    /// The roles run: every request goes to `app`.
+    pub fn started(&self, app: axum::Router) {
+        self.startup.started(app);
+    }
+
+    /// Whether it ever waited.
+    pub fn waited(&self) -> bool {
+        self.logged.is_some()
+    }
+
+    /// After `e` (an unreachable server): the next pause, or false when
+    /// `shutdown` comes first.
+    pub async fn wait(&mut self, e: &AppError, shutdown: &CancellationToken) -> bool {
+        let checks = e.waiting_checks();
+        let now = checks
+            .iter()
+            .map(|c| format!("{}: {}", c.name, c.reason))
+            .collect::<Vec<_>>()
+            .join("; ");
+        if self.logged.as_deref() != Some(now.as_str()) {
+            tracing::warn!(error = %e, "waiting for Redis and MySQL before starting the roles; retrying (GET /health/ready answers 503 meanwhile)");
+            self.logged = Some(now);
+        }
+        self.startup.waiting_for(checks);
+        tokio::select! {
+            () = shutdown.cancelled() => false,
+            () = tokio::time::sleep(self.retry.next_pause()) => true,
         }
     }
 }
