@@ -16,6 +16,9 @@ use crate::processor::{new_worker_id, ProcessorContext, ProcessorError, Processo
 use crate::store::{Store, StoreError};
 use crate::stream::{Keys, Producer, Redis, StreamError};
 
+mod start;
+use start::{bind, connect, log_listening, Connected, Waiter};
+
 /// What can stop `serve` or `migrate`; each says what to do next.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -149,29 +152,58 @@ pub async fn redis_and_keys(settings: &Settings) -> Result<(Redis, Keys), AppErr
     Ok((redis, keys))
 }
 
-/// The figures of `GET /v1/status`, read straight from Redis and MySQL (for
-/// `flowmeter status`). Without MySQL the checkpoints are left out and a
-/// warning is logged.
+/// What `flowmeter status` reads the figures of `GET /v1/status` from,
+/// straight from Redis and MySQL, connected once (`--watch` reads again
+/// and again). Without MySQL the checkpoints are left out and a warning is
+/// logged.
+pub struct StatusReader {
+    schemas: SchemaRegistry,
+    processors: ProcessorRegistry,
+    redis: Redis,
+    keys: Keys,
+    store: Option<Store>,
+    retention: crate::config::RetentionConfig,
+}
+
+impl StatusReader {
+    pub async fn connect(settings: &Settings) -> Result<Self, AppError> {
+        let schemas = SchemaRegistry::load(&settings.paths.schemas)?;
+        let processors = ProcessorRegistry::load(&settings.paths.processors, &schemas)?;
+        let (redis, keys) = redis_and_keys(settings).await?;
+        let store = match Store::from_config(&settings.mysql, 2).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "MySQL: checkpoints are not shown");
+                None
+            }
+        };
+        Ok(Self {
+            schemas,
+            processors,
+            redis,
+            keys,
+            store,
+            retention: settings.retention.clone(),
+        })
+    }
+
+    /// The figures now.
+    pub async fn read(&self) -> Result<crate::status::Status, AppError> {
+        Ok(crate::status::gather(
+            &self.redis,
+            &self.keys,
+            &self.schemas,
+            &self.processors,
+            self.store.as_ref(),
+            &self.retention,
+        )
+        .await?)
+    }
+}
+
+/// The figures of `GET /v1/status`, read once (see [`StatusReader`]).
 pub async fn status(settings: &Settings) -> Result<crate::status::Status, AppError> {
-    let schemas = SchemaRegistry::load(&settings.paths.schemas)?;
-    let processors = ProcessorRegistry::load(&settings.paths.processors, &schemas)?;
-    let (redis, keys) = redis_and_keys(settings).await?;
-    let store = match Store::from_config(&settings.mysql, 2).await {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!(error = %e, "MySQL: checkpoints are not shown");
-            None
-        }
-    };
-    Ok(crate::status::gather(
-        &redis,
-        &keys,
-        &schemas,
-        &processors,
-        store.as_ref(),
-        &settings.retention,
-    )
-    .await?)
+    StatusReader::connect(settings).await?.read().await
 }
 
 /// `flowmeter replay`: rebuilds processor `name`'s rows for the range while
@@ -267,7 +299,11 @@ async fn listen_addrs(
 ///
 /// Refuses to start, before touching anything, when a role that serves data
 /// (ingest, api, hub) would be open to anyone on an address that is not
-/// loopback (see [`crate::auth::check_exposure`]).
+/// loopback (see [`crate::auth::check_exposure`]); any other error of the
+/// configuration or the files stops it too. Redis or MySQL out of reach
+/// does not: it serves `/health/live` (200) and `/health/ready` (503,
+/// saying what it waits for) and retries, waiting up to
+/// `health.startup_retry_max_ms`, until they answer, then runs the roles.
 pub async fn serve(
     settings: Settings,
     roles: Roles,
@@ -278,38 +314,12 @@ pub async fn serve(
         let addrs = listen_addrs(&settings, listener.as_ref()).await?;
         crate::auth::check_exposure(&settings.auth, &addrs)?;
     }
-    let http = crate::api::server::HttpServer::new(&settings.server)?;
+    let mut http = Some(crate::api::server::HttpServer::new(&settings.server)?);
     let schemas = Arc::new(SchemaRegistry::load(&settings.paths.schemas)?);
     let processors = Arc::new(ProcessorRegistry::load(
         &settings.paths.processors,
         &schemas,
     )?);
-    let (redis, keys) = redis_and_keys(&settings).await?;
-    if roles.has(Role::Ingest) && settings.ingest.wait_replicas > 0 {
-        check_replicas(&redis, settings.ingest.wait_replicas).await?;
-    }
-    let layout = keys.layout();
-    if layout.is_stored() && layout.current().shards != settings.redis.shards {
-        tracing::info!(
-            configured = settings.redis.shards,
-            layout = %crate::stream::layout::describe(&layout),
-            "redis.shards differs from the stored shard layout (flowmeter shards); the stored layout is used"
-        );
-    }
-    if layout.is_stored() {
-        // the layout lists every kind any process writes, so a change seals
-        // and retires the streams of kinds its own host does not know
-        let kinds: Vec<String> = schemas.kinds().iter().map(|k| k.name.clone()).collect();
-        crate::shards::add_kinds(&redis, &keys, &kinds).await?;
-    }
-    let tracker = TaskTracker::new();
-    // workers, hubs and backpressure follow a change of the layout
-    tracker.spawn(crate::stream::layout::follow(
-        redis.clone(),
-        keys.clone(),
-        Duration::from_millis(settings.redis.layout_refresh_ms),
-        shutdown.child_token(),
-    ));
     // read (and checked) by every role, as the processors are
     let views = Arc::new(crate::view::Views::load(
         &settings.paths.processors,
@@ -318,11 +328,66 @@ pub async fn serve(
     )?);
     let alerts = crate::alert::AlertRules::load(&settings.paths.processors, &views)?;
     let alerting = roles.has(Role::Hub) && !alerts.rules.is_empty();
-    let store = if roles.has(Role::Rollup) || alerting {
-        Some(Store::from_config(&settings.mysql, settings.mysql.max_connections).await?)
-    } else {
-        None
+    let hub = roles.has(Role::Hub).then(|| {
+        if views.is_empty() {
+            tracing::warn!(
+                processors = %settings.paths.processors.display(),
+                "no view files (type = \"view\") in the processors directory: the hub serves only the alerts channel; copy processors/http_view.toml and webrtc_view.toml there (docs/views.md)"
+            );
+        }
+        crate::hub::Hub::new(settings.hub.clone(), views.clone())
+    });
+    let tracker = TaskTracker::new();
+    // the HTTP server stops with `shutdown`, or when the start fails
+    let http_stop = shutdown.child_token();
+    let stop_on_error = http_stop.clone().drop_guard();
+    let mut listener = listener;
+    let mut waiter = Waiter::new(&settings.health);
+    let needs_store = roles.has(Role::Rollup) || alerting;
+    let (Connected { redis, keys, store }, mut state) = loop {
+        let attempt = async {
+            let c = connect(&settings, &roles, needs_store, &schemas).await?;
+            let shared = Shared {
+                schemas: schemas.clone(),
+                processors: processors.clone(),
+                redis: c.redis.clone(),
+                keys: c.keys.clone(),
+            };
+            let state =
+                http_state(&settings, &roles, shared, hub.clone(), &tracker, &shutdown).await?;
+            Ok::<_, AppError>((c, state))
+        }
+        .await;
+        let e = match attempt {
+            Ok(c) => break c,
+            Err(e) if e.unreachable() => e,
+            Err(e) => return Err(e),
+        };
+        if let Some(http) = http.take() {
+            // answer probes while waiting
+            let l = bind(listener.take(), &settings, &roles).await?;
+            log_listening(&l, &roles, http.tls());
+            tracker.spawn(http.run(l, waiter.router(), http_stop.clone()));
+        }
+        if !waiter.wait(&e, &shutdown).await {
+            tracker.close();
+            tracker.wait().await;
+            return Ok(());
+        }
     };
+    if waiter.waited() {
+        tracing::info!("Redis and MySQL answer: starting the roles");
+    }
+    // workers, hubs and backpressure follow a change of the layout
+    tracker.spawn(crate::stream::layout::follow(
+        redis.clone(),
+        keys.clone(),
+        Duration::from_millis(settings.redis.layout_refresh_ms),
+        shutdown.child_token(),
+    ));
+    if let Some(store) = &store {
+        state.health = state.health.clone().with_mysql("mysql", store.clone());
+    }
 
     if roles.has(Role::Rollup) {
         let store = store.clone().ok_or_else(|| {
@@ -349,26 +414,26 @@ pub async fn serve(
             ctx.worker_id.clone(),
             shutdown.child_token(),
         ));
+        let mut names = Vec::new();
         for def in processors.enabled() {
             let p = def.build(ctx.clone()).await?;
             let token = shutdown.child_token();
             let name = def.name().to_string();
+            names.push(name.clone());
             tracker.spawn(async move {
                 if let Err(e) = p.run(token).await {
                     tracing::error!(processor = %name, error = %e, "processor stopped with an error");
                 }
             });
         }
+        state.health =
+            state
+                .health
+                .clone()
+                .with_processors(keys.clone(), names, ctx.worker_id.clone());
     }
 
-    let hub = roles.has(Role::Hub).then(|| {
-        if views.is_empty() {
-            tracing::warn!(
-                processors = %settings.paths.processors.display(),
-                "no view files (type = \"view\") in the processors directory: the hub serves only the alerts channel; copy processors/http_view.toml and webrtc_view.toml there (docs/views.md)"
-            );
-        }
-        let hub = crate::hub::Hub::new(settings.hub.clone(), views.clone());
+    if let Some(hub) = &hub {
         tracker.spawn(hub.clone().run(
             redis.clone(),
             keys.clone(),
@@ -386,51 +451,22 @@ pub async fn serve(
                 shutdown.child_token(),
             ));
         }
-        hub
-    });
-    // Every role serves HTTP: `/healthz` and `/metrics` always (liveness
-    // probes and Prometheus scrape rollup-only workers too), the ingest and
+    }
+    // Every role serves HTTP: the health endpoints and `/metrics` always
+    // (probes and Prometheus reach rollup-only workers too), the ingest and
     // query endpoints only with their roles. Workers bind
     // `server.worker_listen` (a free port by default), so several run side
     // by side on one machine.
-    {
-        let state = http_state(
-            &settings,
-            &roles,
-            Shared {
-                schemas: schemas.clone(),
-                processors: processors.clone(),
-                redis: redis.clone(),
-                keys: keys.clone(),
-            },
-            hub.clone(),
-            &tracker,
-            &shutdown,
-        )
-        .await?;
-        let listener = match listener {
-            Some(l) => l,
-            None => {
-                let addr = roles.listen_addr(&settings.server);
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| AppError::Listen {
-                        addr: addr.to_string(),
-                        source,
-                    })?
-            }
-        };
-        if let Ok(addr) = listener.local_addr() {
-            let scheme = if http.tls() { "https" } else { "http" };
-            let serves = if roles.serves_data() {
-                "the API"
-            } else {
-                "/healthz and /metrics only (server.worker_listen)"
-            };
-            tracing::info!(%addr, scheme, roles = ?roles.0, serves, "listening");
+    let app = api::router(state);
+    match http.take() {
+        Some(http) => {
+            let l = bind(listener, &settings, &roles).await?;
+            log_listening(&l, &roles, http.tls());
+            tracker.spawn(http.run(l, app, http_stop));
         }
-        tracker.spawn(http.run(listener, api::router(state), shutdown.clone()));
+        None => waiter.started(app),
     }
+    stop_on_error.disarm();
     tracker.close();
     shutdown.cancelled().await;
     tracing::info!("shutting down: flushing and acknowledging");
@@ -531,6 +567,13 @@ pub async fn http_state(
                 Duration::from_millis(settings.ingest.wait_replicas_timeout_ms),
             )
     });
+    let mut health = crate::api::health::Readiness::new(&settings.health, redis.clone());
+    if let Some(s) = &api_store {
+        health = health.with_mysql("mysql_query", s.clone());
+    }
+    if let Some(h) = &hub {
+        health = health.with_hub(h.clone());
+    }
     let role_names: Vec<&str> = roles.0.iter().map(|r| r.name()).collect();
     let metrics = crate::api::MetricsEndpoint::new(
         &settings.metrics,
@@ -545,6 +588,7 @@ pub async fn http_state(
         hub.clone(),
     )?;
     Ok(AppState {
+        health,
         metrics: Arc::new(metrics),
         producer,
         // The query API's own pool: queries never take the connections

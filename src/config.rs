@@ -4,7 +4,9 @@
 //! (`flowmeter.toml` in the working directory when present, or `--config PATH`,
 //! which must exist) < the profile (`--profile NAME` or `FLOWMETER_PROFILE=NAME`,
 //! see [`Profile`]) < environment variables `FLOWMETER__SECTION__KEY`
-//! (e.g. `FLOWMETER__REDIS__URL`). Unknown keys are an error that names the key.
+//! (e.g. `FLOWMETER__REDIS__URL`; a list setting takes a JSON array or
+//! comma-separated strings, see `env_lists`). Unknown keys are an error that
+//! names the key.
 //! Every field is documented here; `flowmeter.example.toml` repeats these docs.
 
 // `[auth]` is defined beside the code it configures; named here with the
@@ -13,6 +15,8 @@ pub use crate::auth::{AuthConfig, TokenConfig};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+mod env_lists;
 
 /// Replaces the password of a URL with `***` (flowmeter-core's, which the
 /// Redis connection uses too).
@@ -45,6 +49,7 @@ pub struct Settings {
     pub clickhouse: ClickhouseConfig,
     pub query: QueryConfig,
     pub metrics: MetricsConfig,
+    pub health: HealthConfig,
     /// The profile these settings were loaded with (`--profile`,
     /// `FLOWMETER_PROFILE`), if any; not a key of the file.
     #[serde(skip)]
@@ -362,6 +367,41 @@ impl Default for MetricsConfig {
             pipeline: true,
             pipeline_refresh_ms: 5_000,
             max_streams: 1_024,
+        }
+    }
+}
+
+/// `GET /health/ready` and the start of `serve` (docs/operations.md,
+/// "Health and readiness").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Longest one readiness check may take (a Redis `PING`, a MySQL
+    /// `SELECT 1`, reading this process's worker figures); a check that
+    /// takes longer fails (default 1,000).
+    pub check_timeout_ms: u64,
+    /// The hub's feed is current while its reader has reached the end of
+    /// every stream it tails within this long; past it (Redis slow or
+    /// unreachable, or a backlog the hub does not catch up with) readiness
+    /// fails (default 10,000).
+    pub hub_feed_max_age_ms: u64,
+    /// A processor worker of this process whose flushes (deliveries) have
+    /// kept failing for longer than this fails readiness; 0: from its first
+    /// failure (default 30,000).
+    pub max_stall_ms: u64,
+    /// While Redis or MySQL cannot be reached at start, `serve` answers
+    /// `/health/live` 200 and `/health/ready` 503 and retries, waiting from
+    /// 100 ms, doubling up to this (default 5,000).
+    pub startup_retry_max_ms: u64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            check_timeout_ms: 1_000,
+            hub_feed_max_age_ms: 10_000,
+            max_stall_ms: 30_000,
+            startup_retry_max_ms: 5_000,
         }
     }
 }
@@ -799,16 +839,22 @@ impl Settings {
             .into_iter()
             .filter(|(k, _)| k.starts_with("FLOWMETER__"))
             .collect();
+        // list settings (a JSON array, or comma-separated strings) are
+        // parsed apart: the environment source reads only scalars
+        let defaults = serde_json::to_value(Settings::default())
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let env = env_lists::split(env, &defaults)?;
         builder = builder.add_source(
             config::Environment::with_prefix("FLOWMETER")
                 .separator("__")
                 .try_parsing(true)
-                .source(Some(env)),
+                .source(Some(env.rest.clone())),
         );
-        let mut settings: Settings = builder
+        let settings: Settings = builder
             .build()
             .and_then(|c| c.try_deserialize())
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let mut settings = env.apply(settings)?;
         settings.validate()?;
         settings.profile = profile;
         Ok(settings)
@@ -868,6 +914,12 @@ impl Settings {
         }
         if q.max_hourly_range_days == 0 || q.max_daily_range_days == 0 {
             return bad("query.max_hourly_range_days and query.max_daily_range_days must be > 0");
+        }
+        if self.health.check_timeout_ms == 0
+            || self.health.hub_feed_max_age_ms == 0
+            || self.health.startup_retry_max_ms < 100
+        {
+            return bad("health.check_timeout_ms and health.hub_feed_max_age_ms must be > 0, health.startup_retry_max_ms at least 100");
         }
         if self.clickhouse.search_max_execution_secs == 0 {
             return bad("clickhouse.search_max_execution_secs must be > 0");
@@ -1152,6 +1204,80 @@ mod tests {
         assert!(err.to_string().contains("command_timeout_ms"), "{err}");
         // off: the timeout is not looked at
         assert!(load(&[("FLOWMETER__INGEST__WAIT_REPLICAS_TIMEOUT_MS", "0")]).is_ok());
+    }
+
+    #[test]
+    fn list_settings_come_from_the_environment() {
+        let sha = "a".repeat(64);
+        let tokens = format!(
+            r#"[{{"name":"collectors","token_sha256":"{sha}","scopes":["ingest"]}},
+                {{"name":"dashboards","token":"a-long-enough-secret","scopes":["read","metrics"]}}]"#
+        );
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("FLOWMETER__AUTH__TOKENS", tokens.as_str()),
+                (
+                    "FLOWMETER__INGEST__CORS_ORIGINS",
+                    "https://a.example, https://b.example",
+                ),
+                ("FLOWMETER__REDIS__CLUSTER_NODES", r#"["redis://n1:6379"]"#),
+                ("FLOWMETER__REDIS__PREFIX", "scalar,stays,whole"),
+            ]),
+        )
+        .expect("loads");
+        let names: Vec<&str> = s.auth.tokens.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["collectors", "dashboards"]);
+        assert_eq!(s.auth.tokens[0].token_sha256, sha);
+        assert_eq!(s.auth.tokens[1].scopes, ["read", "metrics"]);
+        assert_eq!(
+            s.ingest.cors_origins,
+            ["https://a.example", "https://b.example"]
+        );
+        assert_eq!(s.redis.cluster_nodes, ["redis://n1:6379"]);
+        assert_eq!(s.redis.prefix, "scalar,stays,whole");
+        // the environment wins over the file, lists included
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("fm.toml");
+        std::fs::write(
+            &p,
+            "[ingest]\ncors_origins = [\"https://f1.example\", \"https://f2.example\"]\n",
+        )
+        .expect("write");
+        let s = Settings::load_from(Some(&p), env(&[("FLOWMETER__INGEST__CORS_ORIGINS", "")]))
+            .expect("loads");
+        assert!(s.ingest.cors_origins.is_empty(), "an empty value clears");
+        let s = Settings::load_from(
+            Some(&p),
+            env(&[("FLOWMETER__INGEST__CORS_ORIGINS", "https://env.example")]),
+        )
+        .expect("loads");
+        assert_eq!(
+            s.ingest.cors_origins,
+            ["https://env.example"],
+            "the whole list is replaced, not merged item by item"
+        );
+    }
+
+    #[test]
+    fn tokens_in_a_comma_list_say_to_use_json() {
+        let err = Settings::load_from(None, env(&[("FLOWMETER__AUTH__TOKENS", "abc,def")]))
+            .expect_err("tokens are tables");
+        let text = err.to_string();
+        assert!(
+            text.contains("FLOWMETER__AUTH__TOKENS") && text.contains("JSON array"),
+            "{text}"
+        );
+        // the checks of the file apply to tokens from the environment
+        let err = Settings::load_from(
+            None,
+            env(&[(
+                "FLOWMETER__AUTH__TOKENS",
+                r#"[{"name":"short","token":"tiny","scopes":["read"]}]"#,
+            )]),
+        )
+        .expect_err("a short token");
+        assert!(err.to_string().contains("16"), "{err}");
     }
 
     #[test]

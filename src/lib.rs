@@ -33,7 +33,7 @@
 //! | [`hub`] | the realtime WebSocket hub: sliding windows per view subject fed from the streams, `GET /v1/ws` (with its own state, which the api builds) |
 //! | [`alert`] | alert rules (threshold, spike, anomaly; loaded from the `type = "alerts"` files of processors/), their state machine and the one evaluator |
 //! | [`auth`] | bearer tokens (kept hashed) and scopes; the fail-closed rule for open servers; the client key of per-client limits |
-//! | [`api`] | the HTTP API: ingest, rollup queries, status; its server (connection cap, timeouts, TLS) and the ingest rate limit |
+//! | [`api`] | the HTTP API: ingest, rollup queries, status, health and readiness; its server (connection cap, timeouts, TLS) and the ingest rate limit |
 //! | [`web`] | the dashboard and the browser SDK, embedded in the binary |
 //! | [`app`] | wiring: builds every component from the config and runs the roles |
 //! | [`telemetry`] | tracing setup, every metric named once (counters, labelled families, process and worker gauges) and the registry `/metrics` writes as Prometheus text or OpenMetrics |

@@ -166,16 +166,24 @@ pub async fn plan(
     let wanted = by_age.max(by_len);
     let needs = group_needs(redis, stream).await?;
     let floor = needs.iter().min_by_key(|n| n.floor());
+    // what the group needs as it exists: a group created at 0, or behind
+    // entries already trimmed, needs nothing older than the first entry
+    // (measured from 0-0 it held retention back by ~57 years)
+    let first = match floor {
+        Some(_) => ids(redis, stream, "-", "+", 1).await?.first().copied(),
+        None => None,
+    };
+    let floor_id = floor.map(|n| first.map_or(n.floor(), |f| n.floor().max(f)));
     plan.wanted = wanted.map(|w| w.to_string());
-    plan.floor = floor.map(|n| n.floor().to_string());
+    plan.floor = floor_id.map(|f| f.to_string());
     plan.floor_group = floor.map(|n| n.group.clone());
-    let mut trim_to = match (wanted, floor) {
-        (Some(w), Some(f)) if w > f.floor() => {
+    let mut trim_to = match (wanted, floor, floor_id) {
+        (Some(w), Some(f), Some(needed)) if w > needed => {
             plan.held_by = Some(f.group.clone());
-            plan.held_secs = w.ms.saturating_sub(f.floor().ms) as f64 / 1000.0;
-            Some(f.floor())
+            plan.held_secs = w.ms.saturating_sub(needed.ms) as f64 / 1000.0;
+            Some(needed)
         }
-        (w, _) => w,
+        (w, _, _) => w,
     };
     let hard = minid_for_len(redis, stream, length, cfg.hard_max_len, cfg.max_scan).await?;
     if let Some(h) = hard.filter(|h| Some(*h) > trim_to) {

@@ -44,7 +44,11 @@ pub struct GroupSummary {
     pub processors: Vec<String>,
     /// Shard streams the group exists on.
     pub shards: u32,
-    /// The furthest-behind last-delivered id over its shards.
+    /// The furthest-behind last-delivered id over the shards where it has
+    /// entries left to read or acknowledge; where it has none anywhere, the
+    /// furthest-ahead one. Null when nothing was ever delivered to it and
+    /// nothing waits (a shard it sits at `0-0` on because the shard is
+    /// empty is not "behind").
     pub position: Option<String>,
     /// Entries not yet delivered, summed; null when Redis cannot tell for a shard.
     pub lag: Option<u64>,
@@ -87,9 +91,9 @@ pub struct GroupStatus {
     /// The group's oldest entry not yet acknowledged: the oldest pending one,
     /// else the first not yet delivered; null when the group is caught up.
     pub oldest_unacked_id: Option<String>,
-    /// Seconds from that entry (its id's clock: when it was appended) to
-    /// now: how far behind the group is in time, growing while the group is
-    /// stuck even with no new traffic. 0 when caught up.
+    /// Seconds from that entry (its id's time) to now: how long the group
+    /// has been behind. It grows while the group is stuck, with or without
+    /// new traffic. 0 when caught up.
     pub lag_age_secs: f64,
     /// Seconds from the oldest entry delivered but not yet acknowledged to
     /// now; 0 when nothing is pending.
@@ -199,11 +203,7 @@ pub async fn gather(
                         }
                     }
                 }
-                g.lag_age_secs = g
-                    .oldest_unacked_id
-                    .as_deref()
-                    .and_then(|id| id.parse::<StreamId>().ok())
-                    .map_or(0.0, |o| now_ms.saturating_sub(o.ms) as f64 / 1000.0);
+                g.lag_age_secs = lag_age(g.oldest_unacked_id.as_deref(), now_ms);
                 // pending entries are older than undelivered ones: with any
                 // pending, the oldest unacknowledged entry is the oldest pending
                 if g.pending > 0 {
@@ -326,12 +326,7 @@ async fn summarize(
             .collect();
         consumers.sort_unstable();
         consumers.dedup();
-        let position = gs
-            .iter()
-            .filter_map(|g| g.last_delivered_id.as_deref())
-            .filter_map(|id| id.parse::<StreamId>().ok())
-            .min()
-            .map(|id| id.to_string());
+        let position = position(&gs).map(|id| id.to_string());
         out.push(GroupSummary {
             group: name.to_string(),
             processors: processors
@@ -355,6 +350,37 @@ async fn summarize(
         });
     }
     Ok(out)
+}
+
+/// Seconds from the entry `oldest` (its id's milliseconds, Redis' clock)
+/// to `now_ms`; 0 without one.
+fn lag_age(oldest: Option<&str>, now_ms: u64) -> f64 {
+    oldest
+        .and_then(|id| id.parse::<StreamId>().ok())
+        .map_or(0.0, |o| now_ms.saturating_sub(o.ms) as f64 / 1000.0)
+}
+
+/// A group's position over its shards (see [`GroupSummary::position`]).
+fn position(shards: &[&GroupStatus]) -> Option<StreamId> {
+    let id = |g: &&GroupStatus| {
+        g.last_delivered_id
+            .as_deref()
+            .and_then(|id| id.parse::<StreamId>().ok())
+    };
+    // lag unknown (a stream with deleted entries) counts as behind
+    let behind = |g: &&&GroupStatus| g.lag != Some(0) || g.pending > 0;
+    shards
+        .iter()
+        .filter(behind)
+        .filter_map(id)
+        .min()
+        .or_else(|| {
+            shards
+                .iter()
+                .filter_map(id)
+                .filter(|id| *id != StreamId::ZERO)
+                .max()
+        })
 }
 
 /// The oldest pending entry of the group, else its first undelivered one.
@@ -419,5 +445,56 @@ impl Status {
             .collect();
         out.sort_by(|a, b| b.2.total_cmp(&a.2));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn on(last: &str, lag: Option<u64>, pending: u64) -> GroupStatus {
+        GroupStatus {
+            group: "g".into(),
+            consumers: 0,
+            pending,
+            lag,
+            last_delivered_id: Some(last.into()),
+            oldest_unacked_id: None,
+            lag_age_secs: 0.0,
+            oldest_pending_age_secs: 0.0,
+            idle_secs: None,
+            consumer_names: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn lag_age_is_measured_to_now() {
+        assert_eq!(lag_age(None, 10_000), 0.0);
+        assert_eq!(lag_age(Some("4000-3"), 10_000), 6.0);
+        // an id from a clock ahead of this one: not negative
+        assert_eq!(lag_age(Some("12000-0"), 10_000), 0.0);
+        assert_eq!(lag_age(Some("not-an-id"), 10_000), 0.0);
+    }
+
+    #[test]
+    fn an_empty_shard_at_zero_does_not_hold_the_position_back() {
+        let id = |s: &str| s.parse::<StreamId>().ok();
+        let (empty, done, behind) = (
+            on("0-0", Some(0), 0),
+            on("900-0", Some(0), 0),
+            on("500-1", Some(3), 0),
+        );
+        assert_eq!(position(&[&empty, &done]), id("900-0"));
+        assert_eq!(position(&[&empty, &done, &behind]), id("500-1"));
+        // pending entries, or a lag Redis cannot tell, count as behind
+        let pending = on("100-0", Some(0), 2);
+        assert_eq!(position(&[&done, &pending]), id("100-0"));
+        let unknown = on("200-0", None, 0);
+        assert_eq!(position(&[&done, &unknown]), id("200-0"));
+        // never delivered anything, nothing to read: no position
+        assert_eq!(position(&[&empty]), None);
+        // never delivered anything on a shard with entries: the beginning
+        let fresh = on("0-0", Some(5), 0);
+        assert_eq!(position(&[&fresh, &done]), id("0-0"));
     }
 }

@@ -4,8 +4,9 @@
 //! - `GET /v1/rollups/hourly`, `GET /v1/rollups/daily`: rollup rows as JSON or CSV (role `api`);
 //! - `GET /v1/status`: streams, groups, checkpoints, runners (role `api`);
 //! - `GET /v1/events/search`: raw events from the ClickHouse archive (role `api`);
-//! - `GET /healthz`, `GET /metrics`: always (`/metrics` with a token when
-//!   `auth.metrics_requires_token`).
+//! - `GET /health/live` (and its alias `GET /healthz`), `GET /health/ready`
+//!   ([`health`]), `GET /metrics`: always, every role (`/metrics` with a
+//!   token when `auth.metrics_requires_token`; the health endpoints never).
 //!
 //! [`router`] builds the whole thing from an [`AppState`] (built by
 //! `app::http_state`), so tests drive it with `tower::ServiceExt::oneshot`
@@ -17,6 +18,7 @@ mod access;
 mod alerts;
 mod error;
 mod events;
+pub mod health;
 mod ingest;
 mod limits;
 mod metrics;
@@ -75,6 +77,8 @@ pub struct AppState {
     pub ingest_limit: Arc<RateLimiter>,
     /// What `GET /metrics` writes.
     pub metrics: Arc<MetricsEndpoint>,
+    /// What `GET /health/ready` checks for these roles.
+    pub health: health::Readiness,
 }
 
 /// The WebSocket handler's part of the state (the hub takes only what it
@@ -91,7 +95,9 @@ impl axum::extract::FromRef<AppState> for crate::hub::ws::WsState {
 /// Builds the router for the roles present in `state`.
 pub fn router(state: AppState) -> Router {
     let mut r = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/health/live", get(health::live))
+        .route("/healthz", get(health::live))
+        .route("/health/ready", get(health::ready))
         .route(
             "/metrics",
             get(metrics::metrics).route_layer(from_fn_with_state(state.clone(), access::metrics)),

@@ -1,31 +1,62 @@
 //! `flowmeter status`: streams, groups, retention, shards and workers as
 //! aligned tables, or the JSON of `GET /v1/status`; with `--max-lag-secs` a
-//! probe that exits 2 when a group falls behind.
+//! probe that exits 2 when a group falls behind; with `--watch` the tables
+//! redrawn every `--interval` seconds until q or Ctrl-C.
 
+use std::io::Write;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Args;
+use tokio_util::sync::CancellationToken;
 
 use super::human::position_or_dash;
 use super::table::table;
+use crate::app::StatusReader;
 use crate::config::Settings;
 use crate::status::{GroupSummary, Status, StreamStatus};
 use crate::stream::StreamId;
 
+/// The shortest `--interval` of `--watch` (seconds): each refresh reads
+/// every stream and group of the prefix.
+const MIN_WATCH_INTERVAL_SECS: f64 = 0.2;
+
 #[derive(Args)]
 pub struct StatusArgs {
     /// Exit 2 when any group's lag age (seconds from its oldest unacked
-    /// entry to the stream's newest) is above this.
+    /// entry to now) is above this.
     #[arg(long, value_name = "SECS")]
     max_lag_secs: Option<f64>,
     /// Print JSON (the same as GET /v1/status) instead of tables.
     #[arg(long)]
     json: bool,
+    /// Redraw the tables every --interval seconds until q or Ctrl-C.
+    #[arg(long, conflicts_with_all = ["json", "max_lag_secs"])]
+    watch: bool,
+    /// Seconds between two refreshes of --watch (at least 0.2).
+    #[arg(long, value_name = "SECS", default_value_t = 2.0, value_parser = watch_interval)]
+    interval: f64,
+    /// Stop --watch after this many refreshes (for tests and scripts).
+    #[arg(long, hide = true, value_name = "N")]
+    iterations: Option<u64>,
+}
+
+fn watch_interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= MIN_WATCH_INTERVAL_SECS => Ok(v),
+        Ok(_) => Err(format!("at least {MIN_WATCH_INTERVAL_SECS} seconds")),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 pub async fn run(settings: &Settings, args: StatusArgs) -> anyhow::Result<ExitCode> {
     crate::telemetry::init();
-    let status = crate::app::status(settings).await?;
+    let reader = StatusReader::connect(settings).await?;
+    if args.watch {
+        watch(&reader, args.interval, args.iterations).await;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let status = reader.read().await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
@@ -44,6 +75,93 @@ pub async fn run(settings: &Settings, args: StatusArgs) -> anyhow::Result<ExitCo
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--watch`: on a terminal each refresh redraws the screen in place
+/// (cursor home, every line cleared to its end, the rest of the screen
+/// cleared) and q, Esc or Ctrl-C quits; elsewhere the frames follow one
+/// another. A refresh that fails shows why and the next one tries again.
+async fn watch(reader: &StatusReader, interval_secs: f64, iterations: Option<u64>) {
+    let stop = super::stop_on_signal();
+    let term = console::Term::stdout();
+    let tty = term.is_term();
+    if tty {
+        quit_on_key(term, stop.clone());
+    }
+    let interval = Duration::from_secs_f64(interval_secs);
+    let mut done = 0u64;
+    loop {
+        let body = match reader.read().await {
+            Ok(status) => render(&status),
+            Err(e) => format!(
+                "cannot read the status: {e}
+"
+            ),
+        };
+        let head = format!(
+            "flowmeter status at {}, every {interval_secs} s{}\n\n",
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            if tty { " (q or Ctrl-C quits)" } else { "" },
+        );
+        let frame = match tty {
+            true => redraw(&(head + &body)),
+            false => head + &body + "\n",
+        };
+        let mut out = std::io::stdout().lock();
+        if out
+            .write_all(frame.as_bytes())
+            .and_then(|()| out.flush())
+            .is_err()
+        {
+            return; // stdout closed (a pipe whose reader left)
+        }
+        drop(out);
+        done += 1;
+        if iterations.is_some_and(|n| done >= n) {
+            return;
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// `text` drawn over the previous frame without clearing the screen first
+/// (no flicker): from the top left, each line cleared to its end, then
+/// everything below the last line.
+fn redraw(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 8 * text.lines().count() + 16);
+    out.push_str("\x1b[H");
+    for line in text.lines() {
+        out.push_str(line);
+        out.push_str("\x1b[K\n");
+    }
+    out.push_str("\x1b[J");
+    out
+}
+
+/// Cancels `stop` when q, Q, Esc or Ctrl-C is pressed. The terminal reads
+/// key by key (no echo, no signal from Ctrl-C) only while a key is awaited,
+/// on a thread of its own: the runtime never waits for it.
+fn quit_on_key(term: console::Term, stop: CancellationToken) {
+    let spawned = std::thread::Builder::new()
+        .name("status-keys".into())
+        .spawn(move || loop {
+            match term.read_key() {
+                Ok(console::Key::Char('q' | 'Q' | '\u{3}'))
+                | Ok(console::Key::Escape | console::Key::CtrlC) => {
+                    stop.cancel();
+                    return;
+                }
+                Ok(_) => {}
+                // no terminal to read keys from: Ctrl-C still quits (a signal)
+                Err(_) => return,
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot read keys: quit --watch with Ctrl-C");
+    }
 }
 
 /// Aligned tables: streams, groups, shards (checkpoint, owner), workers.
@@ -297,4 +415,23 @@ pub fn render_groups(groups: &[GroupSummary]) -> String {
         ]);
     }
     table(&rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_redraw_clears_each_line_and_what_is_below() {
+        assert_eq!(redraw("a\nbb\n"), "\x1b[Ha\x1b[K\nbb\x1b[K\n\x1b[J");
+    }
+
+    #[test]
+    fn the_watch_interval_has_a_floor() {
+        assert_eq!(watch_interval("2"), Ok(2.0));
+        assert_eq!(watch_interval("0.5"), Ok(0.5));
+        for bad in ["0", "0.1", "-1", "inf", "NaN", "x"] {
+            assert!(watch_interval(bad).is_err(), "{bad}");
+        }
+    }
 }

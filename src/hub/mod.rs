@@ -32,7 +32,7 @@ mod window;
 pub mod ws;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -93,6 +93,9 @@ pub struct Hub {
     pub(crate) connections: Mutex<HashMap<String, usize>>,
     /// Open WebSocket connections (each holds its `ws::Slots`).
     pub(crate) open: AtomicUsize,
+    /// When the feed last reached the end of every stream it tails (unix
+    /// ms; 0: not yet): what readiness checks ([`Hub::feed_age`]).
+    caught_up_ms: AtomicI64,
 }
 
 /// Alert announcements buffered per slow subscriber before it is sent a
@@ -144,6 +147,19 @@ impl Hub {
             shared,
             connections: Mutex::new(HashMap::new()),
             open: AtomicUsize::new(0),
+            caught_up_ms: AtomicI64::new(0),
+        })
+    }
+
+    /// How long ago the feed last read to the end of every stream it tails
+    /// (a read in which no stream filled `hub.read_count`); None before the
+    /// first such read. It grows while Redis does not answer and while the
+    /// hub reads a backlog it has not caught up with.
+    pub fn feed_age(&self) -> Option<Duration> {
+        let at = self.caught_up_ms.load(Ordering::Relaxed);
+        (at > 0).then(|| {
+            let now = chrono::Utc::now().timestamp_millis();
+            Duration::from_millis(u64::try_from(now - at).unwrap_or(0))
         })
     }
 
@@ -475,6 +491,9 @@ impl Hub {
         }
         let mut n = 0u64;
         let mut batch = Vec::new();
+        let caught_up = reply
+            .iter()
+            .all(|(_, entries)| entries.len() < self.cfg.read_count);
         for (stream, entries) in reply {
             let Some((i, feed)) = streams
                 .iter()
@@ -507,6 +526,10 @@ impl Hub {
                 .send(Command::Fold(batch))
                 .await
                 .map_err(|_| ReadError::Worker(WorkerGone))?;
+        }
+        if caught_up {
+            self.caught_up_ms
+                .store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
         }
         Ok(n)
     }

@@ -25,6 +25,7 @@ mod exactly_once;
 mod first_run;
 mod golden;
 mod groups;
+mod health;
 mod hub;
 mod ingest;
 mod kafka_bridge;

@@ -267,3 +267,103 @@ async fn the_trimmer_in_serve_loses_nothing() {
     server.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_created_at_zero_on_an_empty_shard_is_not_decades_behind() {
+    let env = TestEnv::new("retention_zero");
+    let redis = Redis::connect(REDIS_URL, Duration::from_secs(5))
+        .await
+        .expect("redis");
+    let keys = Keys::new(env.name.clone(), env.settings.redis.shards);
+    let mut r = env.redis().await;
+    let shard = |i: u32| format!("{}:{{http:{i}}}", env.name);
+    let conn = r.clone();
+    let create = |stream: String, group: &'static str| {
+        let mut r = conn.clone();
+        async move {
+            let _: () = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(stream)
+                .arg(group)
+                .arg("0")
+                .arg("MKSTREAM")
+                .query_async(&mut r)
+                .await
+                .expect("group");
+        }
+    };
+    // `groups create audit --from 0` on empty shards; entries arrive on
+    // shard 0 only, and audit reads and acknowledges them
+    for i in 0..env.settings.redis.shards {
+        create(shard(i), "audit").await;
+    }
+    for _ in 0..10 {
+        xadd(&mut r, &shard(0), "*").await;
+    }
+    let got = read(&mut r, &shard(0), "audit", 100).await;
+    ack(&mut r, &shard(0), "audit", &got).await;
+    // another group created at 0 reads nothing
+    create(shard(0), "idle").await;
+    let now = chrono::Utc::now().timestamp_millis() as u64;
+    let week = RetentionConfig {
+        max_age_secs: 7 * 86_400,
+        ..RetentionConfig::default()
+    };
+    // every entry is younger than a week: nothing is held back (measured
+    // from 0-0, idle held it back by ~57 years)
+    let plan = retention::plan(&redis, &shard(0), &week, now)
+        .await
+        .expect("plan");
+    assert_eq!(
+        (plan.held_by.as_deref(), plan.held_secs),
+        (None, 0.0),
+        "{plan:?}"
+    );
+    assert_eq!(
+        plan.floor.as_deref(),
+        got.first().map(String::as_str),
+        "{plan:?}"
+    );
+    // the length limit: idle holds it back, by seconds of the stream's own entries
+    let short = RetentionConfig {
+        max_age_secs: 0,
+        max_len: 5,
+        ..RetentionConfig::default()
+    };
+    let plan = retention::plan(&redis, &shard(0), &short, now)
+        .await
+        .expect("plan");
+    assert_eq!(plan.held_by.as_deref(), Some("idle"), "{plan:?}");
+    assert!(plan.held_secs < 60.0, "{plan:?}");
+
+    // groups list: audit is where it read to on shard 0, not at 0-0 of
+    // the shards that stayed empty
+    let schemas = SchemaRegistry::load(&env.settings.paths.schemas).expect("schemas");
+    let processors =
+        ProcessorRegistry::load(&env.settings.paths.processors, &schemas).expect("processors");
+    let status = flowmeter::status::gather(&redis, &keys, &schemas, &processors, None, &week)
+        .await
+        .expect("status");
+    let position = |name: &str| {
+        status
+            .groups
+            .iter()
+            .find(|g| g.group == name)
+            .and_then(|g| g.position.clone())
+    };
+    assert_eq!(position("audit"), got.last().cloned());
+    assert_eq!(
+        position("idle").as_deref(),
+        Some("0-0"),
+        "it read nothing yet"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = env.write_config(dir.path());
+    let table = cli_ok(&config, &["groups", "list"]);
+    let audit = table
+        .lines()
+        .find(|l| l.starts_with("audit "))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(!audit.contains("beginning"), "{table}");
+    env.cleanup().await;
+}

@@ -152,17 +152,47 @@ async fn status_shows_checkpoints_owners_and_lag_age() {
         !stderr.contains('\x1b'),
         "colour codes into a pipe: {stderr:?}"
     );
-    let json: Value = serde_json::from_slice(&run(&["--json"]).stdout).expect("json");
-    let ages: Vec<f64> = json["streams"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|s| s["groups"].as_array().cloned().unwrap_or_default())
-        .filter(|g| g["group"] == "laggard")
-        .filter_map(|g| g["lag_age_secs"].as_f64())
-        .collect();
+    // the laggard's lag age on each shard, from `status --json`
+    let laggard_ages = || {
+        let json: Value = serde_json::from_slice(&run(&["--json"]).stdout).expect("json");
+        json["streams"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s["groups"].as_array().cloned().unwrap_or_default())
+            .filter(|g| g["group"] == "laggard")
+            .filter_map(|g| g["lag_age_secs"].as_f64())
+            .collect::<Vec<f64>>()
+    };
+    let ages = laggard_ages();
     assert_eq!(ages.len(), 2);
     assert!(ages.iter().any(|a| *a >= 1.5), "{ages:?}");
+    // no new traffic: the stuck group's lag age still grows (measured to now)
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let later = laggard_ages();
+    for (before, after) in ages.iter().zip(&later) {
+        assert!(after - before >= 1.0, "{ages:?} then {later:?}");
+    }
+
+    // --watch redraws until stopped (here: after 2 refreshes, not a terminal)
+    let started = std::time::Instant::now();
+    let watched = run(&["--watch", "--interval", "0.2", "--iterations", "2"]);
+    let text = String::from_utf8_lossy(&watched.stdout);
+    assert!(watched.status.success(), "{text}");
+    assert_eq!(text.matches("flowmeter status at").count(), 2, "{text}");
+    assert_eq!(text.matches("\nGROUP TOTALS\n").count(), 2, "{text}");
+    assert!(
+        !text.contains('\x1b'),
+        "no cursor moves into a pipe: {text:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let refused = run(&["--watch", "--interval", "0.05"]);
+    assert_eq!(
+        refused.status.code(),
+        Some(2),
+        "an interval below the floor"
+    );
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("0.2"));
     env.cleanup().await;
 }
 

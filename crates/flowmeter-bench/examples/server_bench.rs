@@ -110,6 +110,7 @@ async fn bare_axum(
     let state = AppState {
         schemas,
         processors,
+        health: flowmeter::api::health::Readiness::new(&s.health, redis.clone()),
         producer: Some(Producer::new(redis.clone(), keys.clone())),
         redis,
         keys,

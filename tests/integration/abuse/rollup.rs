@@ -306,6 +306,8 @@ async fn a_stalled_rollup_shows_since_when_and_why_then_recovers() {
     let mut env = TestEnv::new("abuse_stall");
     env.settings.redis.shards = 1;
     env.settings.rollup.flush_interval_ms = 100;
+    // readiness fails from the first failed flush
+    env.settings.health.max_stall_ms = 0;
     env.migrate().await;
     let store = env.store().await;
     let server = env.start("ingest,api,rollup").await;
@@ -336,6 +338,32 @@ async fn a_stalled_rollup_shows_since_when_and_why_then_recovers() {
         text.contains("STALLED http_rollup") && text.contains("http_hourly"),
         "{text}"
     );
+    // not ready, naming the processor and why; alive all the same
+    let ready = client
+        .get(server.url("/health/ready"))
+        .send()
+        .await
+        .expect("ready");
+    assert_eq!(ready.status(), 503);
+    let body: serde_json::Value = ready.json().await.expect("JSON");
+    let stalled = body["checks"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == "processor:http_rollup"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(stalled["ok"], false, "{body}");
+    assert!(
+        stalled["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("stalled since") && r.contains("http_hourly")),
+        "{body}"
+    );
+    let live = client
+        .get(server.url("/healthz"))
+        .send()
+        .await
+        .expect("live");
+    assert_eq!(live.status(), 200);
     sqlx::query("RENAME TABLE http_hourly_away TO http_hourly")
         .execute(store.pool())
         .await
@@ -352,6 +380,12 @@ async fn a_stalled_rollup_shows_since_when_and_why_then_recovers() {
             .all(|w| w["stalled_since"].is_null())
     })
     .await;
+    let ready = client
+        .get(server.url("/health/ready"))
+        .send()
+        .await
+        .expect("ready");
+    assert_eq!(ready.status(), 200, "ready again once it flushes");
     assert!(dead_letters(&env, "rollup").await.is_empty());
     server.stop().await;
     env.cleanup().await;

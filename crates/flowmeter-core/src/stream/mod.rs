@@ -36,10 +36,15 @@ pub enum StreamError {
     Timeout(Duration),
     #[error("unexpected reply from redis: {0}")]
     Protocol(String),
-    /// The first connection failed (refused, unreachable, no answer, a
-    /// password Redis refused): names the URL tried, password masked.
+    /// The first connection failed (refused, unreachable, no answer):
+    /// names the URL tried, password masked. Worth retrying.
     #[error("cannot connect to {url}: {reason}")]
     Connect { url: String, reason: String },
+    /// Redis refused the credentials of the URL (a wrong password or
+    /// user, or a user without the permission): fix `redis.url`; retrying
+    /// cannot help.
+    #[error("Redis at {url} refused the credentials: {reason} (check the user and password in redis.url)")]
+    Auth { url: String, reason: String },
     /// The TLS settings cannot work as they are (a file missing or not
     /// PEM, TLS files with a plain URL): fix `[redis]`.
     #[error("TLS to Redis: {0}")]
@@ -66,6 +71,7 @@ impl StreamError {
             }
             StreamError::Timeout(_) | StreamError::Connect { .. } => true,
             StreamError::Protocol(_)
+            | StreamError::Auth { .. }
             | StreamError::TlsConfig(_)
             | StreamError::TlsHandshake { .. } => false,
         }
@@ -111,6 +117,13 @@ impl redis::aio::ConnectionLike for Conn {
             Conn::Cluster(c) => c.get_db(),
         }
     }
+}
+
+/// Whether Redis refused the client's credentials (AUTH failed, or the
+/// user may not run what it was asked), as opposed to not being reachable.
+fn refused_credentials(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
 }
 
 /// The shortest wait before a retry of the cluster client (ms). The waits
@@ -204,6 +217,10 @@ impl Redis {
         .map_err(|_| StreamError::Timeout(timeout))
         .and_then(|r| r.map_err(|e| tls::explain_connect_error(url, tls, e)))
         .map_err(|e| match e {
+            StreamError::Redis(e) if refused_credentials(&e) => StreamError::Auth {
+                url: crate::mask_url(url),
+                reason: e.to_string(),
+            },
             StreamError::Redis(e) => StreamError::Connect {
                 url: crate::mask_url(url),
                 reason: e.to_string(),
@@ -273,7 +290,13 @@ impl Redis {
         let conn = tokio::time::timeout(timeout, client.get_async_connection())
             .await
             .map_err(|_| bad(format!("no answer within {timeout:?}")))?
-            .map_err(|e| bad(e.to_string()))?;
+            .map_err(|e| match refused_credentials(&e) {
+                true => StreamError::Auth {
+                    url: shown.clone(),
+                    reason: e.to_string(),
+                },
+                false => bad(e.to_string()),
+            })?;
         Ok(Self {
             conn: Conn::Cluster(conn),
             timeout,

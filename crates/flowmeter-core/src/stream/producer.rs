@@ -842,7 +842,8 @@ fn classify(e: StreamError) -> SubmitError {
         // TLS fails while connecting, before any command is sent
         StreamError::TlsConfig(_)
         | StreamError::TlsHandshake { .. }
-        | StreamError::Connect { .. } => true,
+        | StreamError::Connect { .. }
+        | StreamError::Auth { .. } => true,
         StreamError::Timeout(_) | StreamError::Protocol(_) => false,
     };
     if refused {

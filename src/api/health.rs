@@ -1,0 +1,469 @@
+//! `GET /health/live`, its alias `GET /healthz`, and `GET /health/ready`
+//! (docs/operations.md, "Health and readiness").
+//!
+//! - live: 200 `ok` while the process answers HTTP, whatever Redis or MySQL
+//!   do (a liveness probe restarts a process; a dependency's outage is no
+//!   reason to).
+//! - ready: 200 when every check of this process's roles passes, else 503;
+//!   the JSON names each check with a reason. The checks, each bounded by
+//!   `health.check_timeout_ms` and run together:
+//!   - `redis`: a `PING` answered (every role);
+//!   - `mysql`: a `SELECT 1` on the pool of the processors and alerts
+//!     (roles rollup, and hub with alert rules); `mysql_query`: the same on
+//!     the query API's own pool (role api);
+//!   - `processor:NAME`: this process's worker of each enabled processor
+//!     has not been stalled (failing every flush) for longer than
+//!     `health.max_stall_ms` (role rollup);
+//!   - `hub_feed`: the hub's reader reached the end of every stream it
+//!     tails within `health.hub_feed_max_age_ms` (role hub).
+//!
+//! Neither asks for a token (probes carry none) and neither says more than
+//! whether a dependency answers: no data, no URL, no password.
+//!
+//! While `serve` waits for Redis or MySQL at start, [`Startup`] answers in
+//! place of the router: live 200, ready 503 with what it waits for, every
+//! other path 503; once the roles run it hands every request to them.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use serde::Serialize;
+use tower::ServiceExt;
+
+use super::{ApiError, AppState};
+use crate::config::HealthConfig;
+use crate::hub::Hub;
+use crate::processor::RunnerStats;
+use crate::store::Store;
+use crate::stream::{Keys, Redis};
+
+/// One readiness check's outcome.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Check {
+    /// `redis`, `mysql`, `mysql_query`, `processor:NAME`, `hub_feed`.
+    pub name: String,
+    pub ok: bool,
+    /// Why it passed or failed, for a person.
+    pub reason: String,
+}
+
+impl Check {
+    fn new(name: impl Into<String>, ok: bool, reason: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            ok,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The answer of `GET /health/ready`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// `ready` or `not ready`.
+    pub status: &'static str,
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    fn of(checks: Vec<Check>) -> Self {
+        let ready = checks.iter().all(|c| c.ok);
+        Self {
+            status: if ready { "ready" } else { "not ready" },
+            checks,
+        }
+    }
+
+    pub fn ready(&self) -> bool {
+        self.checks.iter().all(|c| c.ok)
+    }
+}
+
+impl IntoResponse for Report {
+    fn into_response(self) -> Response {
+        let code = match self.ready() {
+            true => StatusCode::OK,
+            false => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        (code, Json(self)).into_response()
+    }
+}
+
+/// The workers of this process: which processors it runs, under which
+/// worker id their figures are published.
+#[derive(Clone)]
+struct Workers {
+    keys: Keys,
+    names: Vec<String>,
+    worker_id: String,
+}
+
+#[derive(Clone)]
+struct Checks {
+    cfg: HealthConfig,
+    redis: Redis,
+    mysql: Vec<(&'static str, Store)>,
+    workers: Option<Workers>,
+    hub: Option<Arc<Hub>>,
+}
+
+/// What `/health/ready` checks for the roles of this process (see the
+/// module doc); built by `app::http_state` and completed by `serve`.
+#[derive(Clone)]
+pub struct Readiness(Arc<Checks>);
+
+impl Readiness {
+    /// Checks Redis alone.
+    pub fn new(cfg: &HealthConfig, redis: Redis) -> Self {
+        Self(Arc::new(Checks {
+            cfg: cfg.clone(),
+            redis,
+            mysql: Vec::new(),
+            workers: None,
+            hub: None,
+        }))
+    }
+
+    /// Also checks the MySQL pool `store`, reported as check `name`.
+    pub fn with_mysql(mut self, name: &'static str, store: Store) -> Self {
+        Arc::make_mut(&mut self.0).mysql.push((name, store));
+        self
+    }
+
+    /// Also checks that none of this process's workers (`worker_id`) of the
+    /// processors `names` is stalled.
+    pub fn with_processors(mut self, keys: Keys, names: Vec<String>, worker_id: String) -> Self {
+        Arc::make_mut(&mut self.0).workers = Some(Workers {
+            keys,
+            names,
+            worker_id,
+        });
+        self
+    }
+
+    /// Also checks that `hub`'s feed is current.
+    pub fn with_hub(mut self, hub: Arc<Hub>) -> Self {
+        Arc::make_mut(&mut self.0).hub = Some(hub);
+        self
+    }
+
+    /// Runs every check (together, each within `health.check_timeout_ms`).
+    pub async fn report(&self) -> Report {
+        let c = &*self.0;
+        let limit = Duration::from_millis(c.cfg.check_timeout_ms);
+        let redis = within(limit, "redis", redis_check(&c.redis));
+        let mysql = futures::future::join_all(
+            c.mysql
+                .iter()
+                .map(|(name, store)| within(limit, name, mysql_check(name, store))),
+        );
+        let workers = async {
+            let Some(w) = &c.workers else {
+                return Vec::new();
+            };
+            tokio::time::timeout(limit, worker_checks(&c.redis, w, &c.cfg))
+                .await
+                .unwrap_or_else(|_| vec![Check::new("processors", false, late(limit))])
+        };
+        let (redis, mysql, workers) = tokio::join!(redis, mysql, workers);
+        let mut checks = vec![redis];
+        checks.extend(mysql);
+        checks.extend(workers);
+        if let Some(hub) = &c.hub {
+            checks.push(hub_check(hub, &c.cfg));
+        }
+        Report::of(checks)
+    }
+}
+
+/// `check`, or a failed check `name` when it takes longer than `limit`.
+async fn within(limit: Duration, name: &str, check: impl Future<Output = Check>) -> Check {
+    tokio::time::timeout(limit, check)
+        .await
+        .unwrap_or_else(|_| Check::new(name, false, late(limit)))
+}
+
+fn late(limit: Duration) -> String {
+    format!(
+        "no answer within {} ms (health.check_timeout_ms)",
+        limit.as_millis()
+    )
+}
+
+async fn redis_check(redis: &Redis) -> Check {
+    let mut conn = redis.conn.clone();
+    let started = std::time::Instant::now();
+    match redis
+        .run(redis::cmd("PING").query_async::<String>(&mut conn))
+        .await
+    {
+        Ok(_) => Check::new(
+            "redis",
+            true,
+            format!("PING answered in {:.1} ms", ms(started.elapsed())),
+        ),
+        Err(e) => Check::new("redis", false, format!("PING failed: {e}")),
+    }
+}
+
+async fn mysql_check(name: &str, store: &Store) -> Check {
+    let started = std::time::Instant::now();
+    match sqlx::query("SELECT 1").execute(store.pool()).await {
+        Ok(_) => Check::new(
+            name,
+            true,
+            format!("SELECT 1 answered in {:.1} ms", ms(started.elapsed())),
+        ),
+        Err(e) => Check::new(name, false, format!("SELECT 1 failed: {e}")),
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// One check per processor: this process's worker of it, from the figures
+/// it publishes (`RunnerStats`, one pipelined read).
+async fn worker_checks(redis: &Redis, w: &Workers, cfg: &HealthConfig) -> Vec<Check> {
+    let mut pipe = redis::pipe();
+    for name in &w.names {
+        pipe.cmd("HGET").arg(w.keys.stats(name)).arg(&w.worker_id);
+    }
+    let mut conn = redis.conn.clone();
+    let raw: Vec<Option<String>> = match redis.run(pipe.query_async(&mut conn)).await {
+        Ok(r) => r,
+        Err(e) => {
+            return vec![Check::new(
+                "processors",
+                false,
+                format!("cannot read this process's worker figures: {e}"),
+            )]
+        }
+    };
+    let now = chrono::Utc::now();
+    w.names
+        .iter()
+        .zip(raw)
+        .map(|(name, json)| {
+            let stats = json.and_then(|j| serde_json::from_str::<RunnerStats>(&j).ok());
+            let (ok, reason) = stall(stats.as_ref(), now, cfg.max_stall_ms);
+            Check::new(format!("processor:{name}"), ok, reason)
+        })
+        .collect()
+}
+
+/// Whether a worker with figures `stats` passes at `now`, and why.
+fn stall(
+    stats: Option<&RunnerStats>,
+    now: chrono::DateTime<chrono::Utc>,
+    max_stall_ms: u64,
+) -> (bool, String) {
+    let Some(s) = stats else {
+        return (true, "no figures published yet (the worker publishes them after its first flush or shard change)".into());
+    };
+    let Some(since) = &s.stalled_since else {
+        return (
+            true,
+            match &s.last_flush_at {
+                Some(at) => format!("last flush {at}, {} shard(s)", s.shards.len()),
+                None => format!("not stalled, {} shard(s)", s.shards.len()),
+            },
+        );
+    };
+    let stalled_ms = chrono::DateTime::parse_from_rfc3339(since)
+        .map(|t| {
+            (now - t.with_timezone(&chrono::Utc))
+                .num_milliseconds()
+                .max(0) as u64
+        })
+        .unwrap_or(u64::MAX);
+    let what = format!(
+        "stalled since {since} ({} failed attempts): {}",
+        s.consecutive_failures,
+        s.last_error.as_deref().unwrap_or("-")
+    );
+    if stalled_ms > max_stall_ms {
+        (
+            false,
+            format!("{what}; longer than health.max_stall_ms = {max_stall_ms}"),
+        )
+    } else {
+        (
+            true,
+            format!("{what}; within health.max_stall_ms = {max_stall_ms}"),
+        )
+    }
+}
+
+fn hub_check(hub: &Hub, cfg: &HealthConfig) -> Check {
+    let max = cfg.hub_feed_max_age_ms;
+    match hub.feed_age() {
+        Some(age) if age.as_millis() <= u128::from(max) => Check::new(
+            "hub_feed",
+            true,
+            format!("read to the end of its streams {:.1} s ago", age.as_secs_f64()),
+        ),
+        Some(age) => Check::new(
+            "hub_feed",
+            false,
+            format!(
+                "has not read to the end of its streams for {:.1} s (health.hub_feed_max_age_ms = {max}): Redis slow or unreachable, or a backlog it does not catch up with",
+                age.as_secs_f64()
+            ),
+        ),
+        None => Check::new(
+            "hub_feed",
+            false,
+            "has not read to the end of its streams yet (rebuilding its windows from them, or Redis unreachable)",
+        ),
+    }
+}
+
+/// `GET /health/live` and `GET /healthz`.
+pub(super) async fn live() -> &'static str {
+    "ok\n"
+}
+
+/// `GET /health/ready`.
+pub(super) async fn ready(State(st): State<AppState>) -> Report {
+    st.health.report().await
+}
+
+/// What `serve` answers while it waits for Redis or MySQL at start, then
+/// the roles' router once they run.
+#[derive(Default)]
+pub struct Startup {
+    waiting: Mutex<Vec<Check>>,
+    app: OnceLock<Router>,
+}
+
+impl Startup {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// What readiness reports while waiting.
+    pub fn waiting_for(&self, checks: Vec<Check>) {
+        *self.waiting.lock().unwrap_or_else(|p| p.into_inner()) = checks;
+    }
+
+    /// From now on every request goes to `app` (once; later calls are ignored).
+    pub fn started(&self, app: Router) {
+        let _ = self.app.set(app);
+    }
+
+    /// The router to serve from the start: answers as the module doc says
+    /// until [`Startup::started`], then hands each request to the roles.
+    pub fn router(self: Arc<Self>) -> Router {
+        Router::new().fallback(move |req: Request| {
+            let me = self.clone();
+            async move { me.answer(req).await }
+        })
+    }
+
+    async fn answer(&self, req: Request) -> Response {
+        if let Some(app) = self.app.get() {
+            return match app.clone().oneshot(req).await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            };
+        }
+        match req.uri().path() {
+            "/health/live" | "/healthz" => live().await.into_response(),
+            "/health/ready" => {
+                let checks = self
+                    .waiting
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                Report::of(checks).into_response()
+            }
+            _ => ApiError::Unavailable {
+                reason: "flowmeter is starting: it waits for Redis or MySQL (GET /health/ready says which)".into(),
+                retry_after: 1,
+            }
+            .into_response(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(stalled_secs_ago: Option<i64>) -> RunnerStats {
+        RunnerStats {
+            stalled_since: stalled_secs_ago.map(|s| {
+                (chrono::Utc::now() - chrono::Duration::seconds(s))
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            }),
+            consecutive_failures: 3,
+            last_error: Some("mysql: table gone".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_worker_fails_readiness_once_stalled_past_the_bound() {
+        let now = chrono::Utc::now();
+        assert!(stall(None, now, 0).0, "nothing published yet");
+        assert!(stall(Some(&stats(None)), now, 0).0);
+        let (ok, reason) = stall(Some(&stats(Some(5))), now, 30_000);
+        assert!(ok, "{reason}");
+        let (ok, reason) = stall(Some(&stats(Some(60))), now, 30_000);
+        assert!(!ok);
+        assert!(
+            reason.contains("mysql: table gone") && reason.contains("health.max_stall_ms"),
+            "{reason}"
+        );
+        let (ok, _) = stall(
+            Some(&stats(Some(0))),
+            now + chrono::Duration::milliseconds(5),
+            0,
+        );
+        assert!(!ok, "0: from the first failure");
+    }
+
+    #[tokio::test]
+    async fn startup_answers_live_and_not_ready_then_hands_over() {
+        let s = Startup::new();
+        s.waiting_for(vec![Check::new("redis", false, "cannot connect")]);
+        let app = s.clone().router();
+        let call = |path: &'static str| {
+            let app = app.clone();
+            async move {
+                let req = Request::builder()
+                    .uri(path)
+                    .body(axum::body::Body::empty())
+                    .expect("request");
+                let resp = app.oneshot(req).await.expect("infallible");
+                let code = resp.status();
+                let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+                    .await
+                    .expect("body");
+                (code, String::from_utf8_lossy(&body).into_owned())
+            }
+        };
+        assert_eq!(call("/healthz").await, (StatusCode::OK, "ok\n".into()));
+        assert_eq!(call("/health/live").await.0, StatusCode::OK);
+        let (code, body) = call("/health/ready").await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            body.contains("cannot connect") && body.contains("not ready"),
+            "{body}"
+        );
+        let (code, body) = call("/v1/events").await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("starting"), "{body}");
+        s.started(Router::new().fallback(|| async { (StatusCode::IM_A_TEAPOT, "roles") }));
+        assert_eq!(
+            call("/health/ready").await,
+            (StatusCode::IM_A_TEAPOT, "roles".into())
+        );
+    }
+}
