@@ -4,6 +4,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::notify::{self, NotifierDef};
 use crate::processor::registry::{
     definition_error, definition_files, definition_type, ALERTS_TYPE,
 };
@@ -19,6 +20,9 @@ pub struct AlertRules {
     pub kind: String,
     #[serde(default, rename = "rule")]
     pub rules: Vec<Rule>,
+    /// Where alerts are sent (`[[notifier]]`; docs/alerts.md#notifiers).
+    #[serde(default, rename = "notifier")]
+    pub notifiers: Vec<NotifierDef>,
 }
 
 /// How a rule decides that its condition holds.
@@ -129,6 +133,7 @@ impl AlertRules {
         let mut all = AlertRules {
             kind: ALERTS_TYPE.into(),
             rules: Vec::new(),
+            notifiers: Vec::new(),
         };
         for (file, text) in definition_files(dir)? {
             if definition_type(&text).as_deref() != Some(ALERTS_TYPE) {
@@ -140,8 +145,12 @@ impl AlertRules {
                 .check(views)
                 .map_err(|reason| definition_error(&file, reason))?;
             all.rules.extend(rules.rules);
+            all.notifiers.extend(rules.notifiers);
         }
         all.check(views)
+            .map_err(|reason| definition_error(dir, reason))?;
+        // notifiers may name the rules of any file
+        notify::check(&all.notifiers, &all.rules)
             .map_err(|reason| definition_error(dir, reason))?;
         Ok(all)
     }

@@ -46,7 +46,9 @@ async fn next_alert(ws: &mut Ws, limit: Duration) -> Option<Value> {
     }
 }
 
-async fn burst(client: &reqwest::Client, url: &str, status: u16, n: usize) {
+/// Posts `n` http events of service `bad` answered `status` (the test
+/// rules' error rate is over these).
+pub(crate) async fn burst(client: &reqwest::Client, url: &str, status: u16, n: usize) {
     let now = chrono::Utc::now().timestamp_millis();
     let body: Vec<String> = (0..n)
         .map(|i| {
