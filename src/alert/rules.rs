@@ -231,6 +231,27 @@ mod tests {
     }
 
     #[test]
+    fn notifiers_of_any_file_may_name_the_rules_of_another() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rule = "type = \"alerts\"\n[[rule]]\nname = \"a\"\ntype = \"threshold\"\nview = \"http\"\nmeasure = \"error_rate\"\nscope = \"service\"\nvalue = 0.1\nseverity = \"high\"";
+        let notifier = |rules: &str| {
+            format!("type = \"alerts\"\n[[notifier]]\nname = \"chat\"\ntype = \"slack\"\nurl = \"https://hooks.example/x\"\nrules = [{rules}]")
+        };
+        std::fs::write(dir.path().join("a_rules.toml"), rule).expect("write");
+        std::fs::write(dir.path().join("b_notify.toml"), notifier("\"a\"")).expect("write");
+        let loaded = AlertRules::load(dir.path(), &Views::of_repo()).expect("loads");
+        assert_eq!((loaded.rules.len(), loaded.notifiers.len()), (1, 1));
+        std::fs::write(dir.path().join("b_notify.toml"), notifier("\"b\"")).expect("write");
+        let e = AlertRules::load(dir.path(), &Views::of_repo())
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            e.contains("notifier \"chat\": rules: no rule named \"b\""),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn errors_say_what_exists() {
         let rule = |view: &str, scope: &str, measure: &str| {
             check(&format!(

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::Row;
 
-use super::outbox::{enqueue_fired, enqueue_resolved, DELIVERY_COLUMN};
+use super::outbox::{enqueue, Transition, DELIVERY_COLUMN};
 use super::{Store, StoreError};
 
 /// One alert row.
@@ -116,7 +116,7 @@ impl Store {
         if done.rows_affected() == 0 {
             return Ok(None);
         }
-        enqueue_fired(&mut tx, done.last_insert_id(), notify).await?;
+        enqueue(&mut tx, done.last_insert_id(), Transition::Fired, notify).await?;
         let r = sqlx::query(&format!("SELECT {COLUMNS} FROM alerts WHERE id = ?"))
             .bind(done.last_insert_id())
             .fetch_one(&mut *tx)
@@ -154,7 +154,7 @@ impl Store {
         if done.rows_affected() == 0 {
             return Ok(None);
         }
-        enqueue_resolved(&mut tx, a.id, notify).await?;
+        enqueue(&mut tx, a.id, Transition::Resolved, notify).await?;
         tx.commit().await?;
         a.resolved_at = Some(at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string());
         Ok(Some(a))

@@ -75,45 +75,34 @@ pub enum Finish {
 /// Longest `last_error` kept (the column's size).
 pub const MAX_ERROR_CHARS: usize = 512;
 
-/// Outbox rows of `alert_id` for `notifiers`, in the transaction that
-/// opened the alert.
-pub(super) async fn enqueue_fired(
+/// Outbox rows telling `notifiers` of transition `t` of `alert_id`, in
+/// the transaction that records it. A resolution is queued only for those
+/// of `notifiers` queued the firing.
+pub(super) async fn enqueue(
     tx: &mut Transaction<'_, MySql>,
     alert_id: u64,
+    t: Transition,
     notifiers: &[&str],
 ) -> Result<(), StoreError> {
-    for n in notifiers {
-        sqlx::query(
+    let sql = match t {
+        Transition::Fired => {
             "INSERT IGNORE INTO alert_notifications \
              (alert_id, transition, notifier, state, created_at, next_attempt_at) \
-             VALUES (?, 'fired', ?, 'pending', NOW(3), NOW(3))",
-        )
-        .bind(alert_id)
-        .bind(n)
-        .execute(&mut **tx)
-        .await?;
-    }
-    Ok(())
-}
-
-/// Outbox rows telling that `alert_id` resolved, for those of `notifiers`
-/// that were told it fired, in the transaction that resolved it.
-pub(super) async fn enqueue_resolved(
-    tx: &mut Transaction<'_, MySql>,
-    alert_id: u64,
-    notifiers: &[&str],
-) -> Result<(), StoreError> {
-    for n in notifiers {
-        sqlx::query(
+             SELECT ?, 'fired', ?, 'pending', NOW(3), NOW(3)"
+        }
+        Transition::Resolved => {
             "INSERT IGNORE INTO alert_notifications \
              (alert_id, transition, notifier, state, created_at, next_attempt_at) \
              SELECT alert_id, 'resolved', notifier, 'pending', NOW(3), NOW(3) \
-             FROM alert_notifications WHERE alert_id = ? AND transition = 'fired' AND notifier = ?",
-        )
-        .bind(alert_id)
-        .bind(n)
-        .execute(&mut **tx)
-        .await?;
+             FROM alert_notifications WHERE alert_id = ? AND transition = 'fired' AND notifier = ?"
+        }
+    };
+    for n in notifiers {
+        sqlx::query(sql)
+            .bind(alert_id)
+            .bind(n)
+            .execute(&mut **tx)
+            .await?;
     }
     Ok(())
 }

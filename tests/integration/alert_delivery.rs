@@ -7,7 +7,7 @@
 //! prometheus-alertmanager, started here, shows the alert active (kept
 //! alive by re-sends) and then no longer.
 
-use crate::alerts::burst;
+use crate::alerts::{api_and_two_hubs, burst};
 use crate::common;
 
 use std::collections::BTreeMap;
@@ -180,6 +180,27 @@ async fn outbox(store: &flowmeter::store::Store, sql_where: &str) -> i64 {
     .await
 }
 
+/// Posts bursts of events answered `status` until `rows` outbox rows
+/// match `sql_where` (the evaluator queued the transition).
+async fn burst_until(
+    client: &reqwest::Client,
+    url: &str,
+    status: u16,
+    store: &flowmeter::store::Store,
+    sql_where: &str,
+    rows: i64,
+) {
+    let from = Instant::now();
+    while outbox(store, sql_where).await < rows {
+        assert!(
+            from.elapsed() < Duration::from_secs(15),
+            "no {sql_where} after 15 s of events answered {status}"
+        );
+        burst(client, url, status, 40).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_transition_reaches_each_notifier_once_after_an_outage() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -215,10 +236,7 @@ send_resolved = false
     // the one variable this test sets; nothing else reads it
     std::env::set_var("FM_TEST_ALERT_DELIVERY_SECRET", SECRET);
     fast_delivery(&mut env);
-    env.migrate().await;
-    let api = env.start("ingest,api").await;
-    let hub_a = env.start("hub").await;
-    let hub_b = env.start("hub").await;
+    let (api, hub_a, hub_b) = api_and_two_hubs(&env).await;
     let client = http_client();
     let url = api.url("/v1/events");
     let store = env.store().await;
@@ -226,24 +244,8 @@ send_resolved = false
     tokio::time::sleep(Duration::from_millis(1_200)).await;
 
     // the receiver is down (refused) while the alert fires and resolves
-    let fired = Instant::now();
-    while outbox(store, "transition = 'fired'").await < 3 {
-        assert!(
-            fired.elapsed() < Duration::from_secs(15),
-            "the alert never fired"
-        );
-        burst(&client, &url, 503, 20).await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let resolving = Instant::now();
-    while outbox(store, "transition = 'resolved'").await < 2 {
-        assert!(
-            resolving.elapsed() < Duration::from_secs(15),
-            "the alert never resolved"
-        );
-        burst(&client, &url, 200, 40).await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    burst_until(&client, &url, 503, store, "transition = 'fired'", 3).await;
+    burst_until(&client, &url, 200, store, "transition = 'resolved'", 2).await;
     assert_eq!(
         outbox(store, "notifier = 'strict'").await,
         1,
@@ -358,14 +360,7 @@ send_resolved = false
 
     // the two hubs run in this one process and share its counters: one
     // scrape holds both deliverers' attempts
-    let text = client
-        .get(hub_b.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = metrics_text(&client, &hub_b).await;
     let (mut delivered, mut failed, mut gave_up) = (0.0, 0.0, 0.0);
     for n in ["hook", "chat", "strict"] {
         let s = |o: &str| {
