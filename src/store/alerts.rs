@@ -196,6 +196,15 @@ impl Store {
             .and_then(|r| async move { row_with_delivery(&r) })
     }
 
+    /// The alert `id`, if it exists.
+    pub async fn alert(&self, id: u64) -> Result<Option<AlertRow>, StoreError> {
+        let r = sqlx::query(&format!("SELECT {COLUMNS} FROM alerts WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
+        r.map(|r| row(&r, 0)).transpose()
+    }
+
     /// Every open alert (for an evaluator taking over).
     pub async fn open_alerts(&self) -> Result<Vec<AlertRow>, StoreError> {
         let rows = sqlx::query(&format!(

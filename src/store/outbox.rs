@@ -102,7 +102,8 @@ pub(super) async fn enqueue(
             .bind(alert_id)
             .bind(n)
             .execute(&mut **tx)
-            .await?;
+            .await
+            .map_err(super::on_table("alert_notifications"))?;
     }
     Ok(())
 }

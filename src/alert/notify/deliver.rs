@@ -194,11 +194,37 @@ impl Deliverer {
             self.cfg.alertmanager_refresh_secs,
         );
         match self.send(n, &req).await {
-            Ok(()) => metrics::attempt(&n.name, Outcome::Delivered),
+            Ok(()) => {
+                metrics::attempt(&n.name, Outcome::Delivered);
+                self.after_refresh(n, a).await;
+            }
             Err(e) => {
                 metrics::attempt(&n.name, Outcome::Failed);
                 tracing::warn!(notifier = %n.name, alert = a.id, error = %e, "alert re-send to Alertmanager failed; next try in alert_delivery.alertmanager_refresh_secs");
             }
+        }
+    }
+
+    /// A re-send that raced the alert's resolution may have reached
+    /// Alertmanager after the resolution did, and revived it there: if the
+    /// alert is resolved by now, its resolution is sent once more (a repeat
+    /// changes nothing in Alertmanager).
+    async fn after_refresh(&self, n: &Notifier, a: &AlertRow) {
+        let Ok(Some(now)) = self.store.alert(a.id).await else {
+            return;
+        };
+        if now.resolved_at.is_none() {
+            return;
+        }
+        let req = payload::request(
+            n,
+            NotificationTransition::Resolved,
+            &now,
+            Utc::now(),
+            self.cfg.alertmanager_refresh_secs,
+        );
+        if let Err(e) = self.send(n, &req).await {
+            tracing::warn!(notifier = %n.name, alert = a.id, error = %e, "alert re-send raced its resolution, and the resolution could not be sent again: Alertmanager may show it firing until its endsAt");
         }
     }
 
