@@ -265,17 +265,23 @@ send_resolved = false
 
     // back, answering 500 for a while, then 200
     rx.listen().await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
     assert!(
         !rx.bodies("/hook").is_empty(),
         "tried while it answered 500"
     );
     rx.status.store(200, Ordering::SeqCst);
+    let back = Instant::now();
     wait_until(Duration::from_secs(10), || async {
         outbox(store, "state = 'delivered'").await == 4
             && outbox(store, "state = 'gave_up'").await == 1
     })
     .await;
+    eprintln!(
+        "4 notifications delivered {:?} after the receiver answered 200 again (backoff_max_ms 400), after {} failed requests",
+        back.elapsed(),
+        rx.got.lock().expect("log").iter().filter(|r| r.answered == 500).count()
+    );
     // time for a second delivery, if anything would make one
     tokio::time::sleep(Duration::from_millis(1_000)).await;
 
