@@ -58,14 +58,7 @@ impl Deliverer {
         cfg: AlertDeliveryConfig,
         owner: String,
     ) -> Result<Self, String> {
-        let timeout = Duration::from_millis(cfg.timeout_ms);
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("flowmeter/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("cannot make the alert notifiers' HTTP client: {e}"))?;
+        let client = http_client(cfg.timeout_ms)?;
         let names = notifiers.iter().map(|n| n.name.clone()).collect();
         Ok(Self {
             store,
@@ -230,51 +223,75 @@ impl Deliverer {
 
     /// One request; 2xx delivers.
     async fn send(&self, n: &Notifier, req: &Request) -> Result<(), SendError> {
-        let mut rb = self.client.post(n.url.clone()).body(req.body.clone());
-        for (h, v) in &req.headers {
-            rb = rb.header(*h, v);
-        }
-        let mut resp = match rb.send().await {
-            Ok(r) => r,
-            Err(e) => {
-                return Err(SendError::Retry {
-                    reason: describe(&e, &n.url, self.cfg.timeout_ms),
-                    retry_after: None,
-                })
-            }
-        };
-        let status = resp.status();
-        if status.is_success() {
-            return Ok(());
-        }
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        // a few bytes of the answer say why; the rest is not read
-        let mut said = Vec::new();
-        while said.len() < ERROR_BODY_BYTES {
-            match resp.chunk().await {
-                Ok(Some(c)) => said.extend_from_slice(&c),
-                _ => break,
-            }
-        }
-        said.truncate(ERROR_BODY_BYTES);
-        let said = String::from_utf8_lossy(&said);
-        let reason = format!("answered {status}: {}", said.trim());
-        if status.is_server_error()
-            || status == reqwest::StatusCode::TOO_MANY_REQUESTS
-            || status == reqwest::StatusCode::REQUEST_TIMEOUT
-        {
-            Err(SendError::Retry {
-                reason,
-                retry_after,
+        send(&self.client, &n.url, req, self.cfg.timeout_ms).await
+    }
+}
+
+/// The notifiers' client: `timeout_ms` per request, connecting included,
+/// and no redirects (a receiver is where its URL says).
+fn http_client(timeout_ms: u64) -> Result<reqwest::Client, String> {
+    let timeout = Duration::from_millis(timeout_ms);
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("flowmeter/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("cannot make the alert notifiers' HTTP client: {e}"))
+}
+
+/// POSTs `req` to `url`; 2xx delivers, 408, 429, 5xx and no answer are
+/// worth a retry, any other answer is refused.
+async fn send(
+    client: &reqwest::Client,
+    url: &url::Url,
+    req: &Request,
+    timeout_ms: u64,
+) -> Result<(), SendError> {
+    let mut rb = client.post(url.clone()).body(req.body.clone());
+    for (h, v) in &req.headers {
+        rb = rb.header(*h, v);
+    }
+    let mut resp = match rb.send().await {
+        Ok(r) => r,
+        Err(e) => {
+            return Err(SendError::Retry {
+                reason: describe(&e, url, timeout_ms),
+                retry_after: None,
             })
-        } else {
-            Err(SendError::Refused(reason))
         }
+    };
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    // a few bytes of the answer say why; the rest is not read
+    let mut said = Vec::new();
+    while said.len() < ERROR_BODY_BYTES {
+        match resp.chunk().await {
+            Ok(Some(c)) => said.extend_from_slice(&c),
+            _ => break,
+        }
+    }
+    said.truncate(ERROR_BODY_BYTES);
+    let said = String::from_utf8_lossy(&said);
+    let reason = format!("answered {status}: {}", said.trim());
+    if status.is_server_error()
+        || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+        || status == reqwest::StatusCode::REQUEST_TIMEOUT
+    {
+        Err(SendError::Retry {
+            reason,
+            retry_after,
+        })
+    } else {
+        Err(SendError::Refused(reason))
     }
 }
 
@@ -425,6 +442,99 @@ mod tests {
             SendError::Refused("answered 400".into()),
         ));
         assert!(e.contains("not retried"), "{e}");
+    }
+
+    /// A one-connection server on 127.0.0.1 that reads a request and
+    /// writes `answer` (nothing, and holds the connection, when empty).
+    async fn server(answer: &'static str) -> url::Url {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            if answer.is_empty() {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            }
+            let _ = s.write_all(answer.as_bytes()).await;
+        });
+        url::Url::parse(&format!("http://{addr}/hook")).expect("url")
+    }
+
+    async fn send_to(answer: &'static str, timeout_ms: u64) -> Result<(), SendError> {
+        let req = Request {
+            body: b"{}".to_vec(),
+            headers: vec![("Content-Type", "application/json".into())],
+        };
+        let client = http_client(timeout_ms).expect("client");
+        send(&client, &server(answer).await, &req, timeout_ms).await
+    }
+
+    #[tokio::test]
+    async fn answers_are_delivered_retried_or_refused() {
+        assert_eq!(
+            send_to(
+                "HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
+                2_000
+            )
+            .await,
+            Ok(())
+        );
+        assert_eq!(
+            send_to(
+                "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 7\r\nContent-Length: 4\r\n\r\nslow",
+                2_000
+            )
+            .await,
+            Err(SendError::Retry {
+                reason: "answered 429 Too Many Requests: slow".into(),
+                retry_after: Some(Duration::from_secs(7)),
+            })
+        );
+        let e = send_to("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", 2_000).await;
+        assert!(
+            matches!(&e, Err(SendError::Refused(r)) if r.starts_with("answered 404")),
+            "{e:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_receiver_that_never_answers_is_cut_at_timeout_ms() {
+        let from = std::time::Instant::now();
+        let e = send_to("", 300).await;
+        let took = from.elapsed();
+        let Err(SendError::Retry { reason, .. }) = e else {
+            panic!("not a retry: {e:?}");
+        };
+        assert!(
+            reason.contains("within alert_delivery.timeout_ms (300 ms)"),
+            "{reason}"
+        );
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        // a closed port: refused, retried, the URL's path not in the error
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr")
+        };
+        let url = url::Url::parse(&format!("http://{closed}/T000/secret-token")).expect("url");
+        let req = Request {
+            body: Vec::new(),
+            headers: Vec::new(),
+        };
+        let e = send(&http_client(300).expect("client"), &url, &req, 300).await;
+        let Err(SendError::Retry { reason, .. }) = e else {
+            panic!("not a retry: {e:?}");
+        };
+        assert!(
+            reason.starts_with("cannot connect to 127.0.0.1:"),
+            "{reason}"
+        );
+        assert!(!reason.contains("secret-token"), "{reason}");
     }
 
     #[test]
