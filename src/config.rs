@@ -303,8 +303,21 @@ pub struct QueryConfig {
     pub max_hourly_range_days: u64,
     /// Widest `from`..`to` of one daily rollup or alerts query.
     pub max_daily_range_days: u64,
-    /// Seconds a client is told to wait (Retry-After) when every query slot is taken.
+    /// Seconds a client is told to wait (`Retry-After`, and
+    /// `retry_after_secs` in the body) when every query slot is taken or a
+    /// read endpoint's store cannot answer (Redis for `/v1/status`, MySQL,
+    /// the archive).
     pub retry_after_secs: u64,
+    /// Browser origins (e.g. `https://grafana.example.com`, or `*`) whose
+    /// pages may read the read endpoints (`/v1/rollups/*`, `/v1/status`,
+    /// `/v1/alerts`, `/v1/events/search`; a `read` token is still needed):
+    /// preflights and answers get CORS headers. Other origins get their
+    /// answer without them, which browsers keep from the page. Separate
+    /// from `ingest.cors_origins`: a page that sends events need not read.
+    pub cors_origins: Vec<String>,
+    /// How long browsers may cache a preflight answer of the read endpoints
+    /// (`Access-Control-Max-Age`).
+    pub cors_max_age_secs: u64,
 }
 
 impl Default for QueryConfig {
@@ -316,6 +329,8 @@ impl Default for QueryConfig {
             max_hourly_range_days: 92,
             max_daily_range_days: 1_830,
             retry_after_secs: 1,
+            cors_origins: Vec::new(),
+            cors_max_age_secs: 600,
         }
     }
 }

@@ -99,6 +99,10 @@ pub mod metrics {
         "flowmeter_ingest_requests_unavailable_total",
         "ingest requests answered 503 (Redis unreachable, outcome unknown, or backpressure)",
     );
+    pub static REQUESTS_UNSUPPORTED_MEDIA_TYPE: Counter = Counter::new(
+        "flowmeter_ingest_requests_unsupported_media_type_total",
+        "ingest requests answered 415: a Content-Type POST /v1/events does not read (nothing was read or written)",
+    );
     pub static REQUESTS_BACKPRESSURE: Counter = Counter::new(
         "flowmeter_ingest_requests_backpressure_total",
         "ingest requests answered 503 because a stream's backlog passed ingest.max_backlog_entries",
@@ -267,6 +271,7 @@ pub mod metrics {
         &REQUESTS_ACCEPTED,
         &REQUESTS_REJECTED,
         &REQUESTS_UNAVAILABLE,
+        &REQUESTS_UNSUPPORTED_MEDIA_TYPE,
         &REQUESTS_BACKPRESSURE,
         &REQUESTS_OUTCOME_UNKNOWN,
         &REQUESTS_NOT_REPLICATED,

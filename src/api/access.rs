@@ -1,6 +1,7 @@
 //! Who may call what: bearer tokens per scope (`[auth]`) on every data
-//! endpoint, and CORS on ingest for the browser collector
-//! (`ingest.cors_origins`).
+//! endpoint, and CORS for browser pages on other origins: on ingest for the
+//! browser collector (`ingest.cors_origins`), on the read endpoints for
+//! dashboards (`query.cors_origins`), one code path ([`Cors`]).
 //!
 //! - `read` endpoints (rollups, status, alerts, event search) and `ingest`
 //!   take the token from `Authorization: Bearer` or the `token` query
@@ -10,7 +11,10 @@
 //! - `/metrics` asks for a `metrics` token with `auth.metrics_requires_token`;
 //! - a request to `/v1/events` whose `Origin` is neither the server's own nor
 //!   listed is refused with 403 before its body is read; listed origins get
-//!   `Access-Control-Allow-Origin` on the answer and on preflights.
+//!   `Access-Control-Allow-Origin` on the answer and on preflights;
+//! - the read endpoints answer listed origins the same way; an unlisted one
+//!   is answered without CORS headers (a read changes nothing, and the
+//!   browser keeps the answer from the page).
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
@@ -64,17 +68,143 @@ fn without_token(uri: &Uri) -> Option<Uri> {
     Uri::from_parts(parts).ok()
 }
 
-/// Middleware of the query endpoints: a token with the `read` scope.
-pub async fn read(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
-    match check(&st, &mut req, Scope::Read) {
-        Ok(()) => {
-            if let Some(uri) = without_token(req.uri()) {
-                *req.uri_mut() = uri;
-            }
-            next.run(req).await
-        }
-        Err(e) => e.into_response(),
+/// How a request's `Origin` relates to an endpoint's CORS list.
+#[derive(Debug, PartialEq, Eq)]
+enum Origin {
+    /// No `Origin` header (not a browser), or the server's own origin.
+    SameOrNone,
+    /// A configured origin: answer with CORS headers.
+    Allowed(HeaderValue),
+    /// Not listed (capped for echoing).
+    Other(String),
+}
+
+fn origin(allowed: &[String], headers: &HeaderMap) -> Origin {
+    let Some(o) = headers.get(header::ORIGIN) else {
+        return Origin::SameOrNone;
+    };
+    let text = o.to_str().unwrap_or("");
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let authority = text.split_once("://").map(|(_, a)| a).unwrap_or("");
+    if !host.is_empty() && authority == host {
+        return Origin::SameOrNone;
     }
+    if allowed.iter().any(|a| a == "*" || a == text) {
+        Origin::Allowed(o.clone())
+    } else {
+        Origin::Other(capped(text, MAX_ECHOED_CHARS))
+    }
+}
+
+/// The CORS of one family of endpoints: ingest (`ingest.cors_origins`) or
+/// the read endpoints (`query.cors_origins`).
+struct Cors<'a> {
+    origins: &'a [String],
+    max_age_secs: u64,
+    /// `Access-Control-Allow-Methods`.
+    methods: &'static str,
+    /// `Access-Control-Expose-Headers`: what a page may read of the answer.
+    expose: &'static str,
+    /// For endpoints with side effects: the refusal of an unlisted origin
+    /// (the setting to add it to is named), before anything is read. A
+    /// read has none: an unlisted origin gets its answer without CORS
+    /// headers, which the browser then withholds from the page.
+    refuse: Option<(&'static str, &'static str)>,
+}
+
+impl Cors<'_> {
+    fn headers(&self, resp: &mut Response, origin: HeaderValue) {
+        let h = resp.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        h.insert(header::VARY, HeaderValue::from_static("Origin"));
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static(self.methods),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("authorization, content-type"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static(self.expose),
+        );
+        if let Ok(v) = HeaderValue::from_str(&self.max_age_secs.to_string()) {
+            h.insert(header::ACCESS_CONTROL_MAX_AGE, v);
+        }
+    }
+
+    /// The origin check, the preflight, then `scope`'s token check and the
+    /// handler (`strip_token`: without the `token` parameter), with CORS
+    /// headers on whatever is answered to a listed origin (errors too, so
+    /// the page can read why).
+    async fn guard(
+        &self,
+        st: &AppState,
+        scope: Scope,
+        strip_token: bool,
+        mut req: Request,
+        next: Next,
+    ) -> Response {
+        let allow = match origin(self.origins, req.headers()) {
+            Origin::Other(o) => match self.refuse {
+                Some((what, setting)) => {
+                    return ApiError::Forbidden(format!(
+                        "origin {o:?} may not {what}: add it to {setting}"
+                    ))
+                    .into_response()
+                }
+                None => None,
+            },
+            Origin::Allowed(v) => Some(v),
+            Origin::SameOrNone => None,
+        };
+        if req.method() == Method::OPTIONS {
+            let mut resp = StatusCode::NO_CONTENT.into_response();
+            if let Some(o) = allow {
+                self.headers(&mut resp, o);
+            }
+            return resp;
+        }
+        let mut resp = match check(st, &mut req, scope) {
+            Ok(()) => {
+                if strip_token {
+                    if let Some(uri) = without_token(req.uri()) {
+                        *req.uri_mut() = uri;
+                    }
+                }
+                next.run(req).await
+            }
+            Err(e) => e.into_response(),
+        };
+        if let Some(o) = allow {
+            self.headers(&mut resp, o);
+        }
+        resp
+    }
+}
+
+/// The handler of `OPTIONS` on a guarded route; [`Cors::guard`] answers
+/// preflights before it, so it only makes `OPTIONS` a route's method (and
+/// its `Allow` header say so).
+pub async fn preflight() -> StatusCode {
+    StatusCode::NO_CONTENT
+}
+
+/// Middleware of the query endpoints: CORS for `query.cors_origins`, then
+/// a token with the `read` scope; the `token` parameter is removed.
+pub async fn read(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let cors = Cors {
+        origins: &st.queries.cfg.cors_origins,
+        max_age_secs: st.queries.cfg.cors_max_age_secs,
+        methods: "GET, OPTIONS",
+        expose: "retry-after, x-flowmeter-truncated, x-flowmeter-cursor",
+        refuse: None,
+    };
+    cors.guard(&st, Scope::Read, true, req, next).await
 }
 
 /// Middleware of `/metrics`: a token with the `metrics` scope when
@@ -88,87 +218,18 @@ pub async fn metrics(State(st): State<AppState>, mut req: Request, next: Next) -
     next.run(req).await
 }
 
-/// How an `Origin` relates to the ingest endpoint.
-#[derive(Debug, PartialEq, Eq)]
-enum Origin {
-    /// No `Origin` header (not a browser), or the server's own origin.
-    SameOrNone,
-    /// A configured origin: answer with CORS headers.
-    Allowed(HeaderValue),
-    Refused(String),
-}
-
-fn origin(st: &AppState, headers: &HeaderMap) -> Origin {
-    let Some(o) = headers.get(header::ORIGIN) else {
-        return Origin::SameOrNone;
-    };
-    let text = o.to_str().unwrap_or("");
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("");
-    let authority = text.split_once("://").map(|(_, a)| a).unwrap_or("");
-    if !host.is_empty() && authority == host {
-        return Origin::SameOrNone;
-    }
-    let allowed = &st.ingest.cors_origins;
-    if allowed.iter().any(|a| a == "*" || a == text) {
-        Origin::Allowed(o.clone())
-    } else {
-        Origin::Refused(capped(text, MAX_ECHOED_CHARS))
-    }
-}
-
-fn cors_headers(resp: &mut Response, origin: HeaderValue, max_age: u64) {
-    let h = resp.headers_mut();
-    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-    h.insert(header::VARY, HeaderValue::from_static("Origin"));
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("POST, OPTIONS"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("authorization, content-type"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static("retry-after"),
-    );
-    if let Ok(v) = HeaderValue::from_str(&max_age.to_string()) {
-        h.insert(header::ACCESS_CONTROL_MAX_AGE, v);
-    }
-}
-
-/// Middleware of `/v1/events`: origin, preflight, then a token with the
+/// Middleware of `/v1/events`: origin (`ingest.cors_origins`; others are
+/// refused before the body is read), preflight, then a token with the
 /// `ingest` scope.
-pub async fn ingest(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
-    let allow = match origin(&st, req.headers()) {
-        Origin::Refused(o) => {
-            return ApiError::Forbidden(format!(
-                "origin {o:?} may not send events: add it to ingest.cors_origins"
-            ))
-            .into_response()
-        }
-        Origin::Allowed(v) => Some(v),
-        Origin::SameOrNone => None,
+pub async fn ingest(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let cors = Cors {
+        origins: &st.ingest.cors_origins,
+        max_age_secs: st.ingest.cors_max_age_secs,
+        methods: "POST, OPTIONS",
+        expose: "retry-after",
+        refuse: Some(("send events", "ingest.cors_origins")),
     };
-    let max_age = st.ingest.cors_max_age_secs;
-    if req.method() == Method::OPTIONS {
-        let mut resp = StatusCode::NO_CONTENT.into_response();
-        if let Some(o) = allow {
-            cors_headers(&mut resp, o, max_age);
-        }
-        return resp;
-    }
-    let mut resp = match check(&st, &mut req, Scope::Ingest) {
-        Ok(()) => next.run(req).await,
-        Err(e) => e.into_response(),
-    };
-    if let Some(o) = allow {
-        cors_headers(&mut resp, o, max_age);
-    }
-    resp
+    cors.guard(&st, Scope::Ingest, false, req, next).await
 }
 
 #[cfg(test)]

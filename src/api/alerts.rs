@@ -4,8 +4,6 @@
 //! `max_daily_range_days`, one query slot, and an answer of at most
 //! `max_response_bytes` ending with `truncated` and a `cursor` to continue.
 
-use std::collections::BTreeMap;
-
 use axum::extract::State;
 use axum::response::Response;
 use chrono::Utc;
@@ -14,7 +12,7 @@ use serde_json::Value;
 
 use super::error::{bad_param, ParamErrors};
 use super::limits::{decode_cursor, encode_cursor, json_page, CappedBody};
-use super::params::{AlertState, Limit, Param, Params, Time};
+use super::params::{AlertState, Limit, Param, Params, Rest, Time};
 use super::{ApiError, AppState};
 use serde::Deserialize;
 
@@ -32,7 +30,7 @@ pub struct AlertParams {
     limit: Option<Param<Limit<DEFAULT_LIMIT, MAX_LIMIT>>>,
     cursor: Option<String>,
     #[serde(flatten)]
-    unknown: BTreeMap<String, String>,
+    unknown: Rest,
 }
 
 pub async fn list(
@@ -44,7 +42,8 @@ pub async fn list(
     };
     // every bad parameter is noted, and answered together
     let mut errs = ParamErrors::default();
-    errs.unknown(&p.unknown, &[], "use state, from, to, limit, cursor");
+    let unknown = errs.rest(p.unknown);
+    errs.unknown(&unknown, &[], "use state, from, to, limit, cursor");
     let open = match errs.param("state", p.state).flatten() {
         None | Some(AlertState::All) => None,
         Some(AlertState::Open) => Some(true),
@@ -80,9 +79,13 @@ pub async fn list(
     let mut rows = Box::pin(store.alerts(open, from, to, before, limit + 1));
     let mut last = None;
     let mut truncated = false;
-    while let Some(a) = rows.try_next().await.map_err(|e| ApiError::Unavailable {
-        reason: format!("cannot read alerts from MySQL: {e}"),
-        retry_after: st.queries.cfg.retry_after_secs,
+    while let Some(a) = rows.try_next().await.map_err(|e| {
+        // MySQL's own text stays in the log
+        tracing::warn!(error = %e, "GET /v1/alerts: cannot read alerts from MySQL");
+        ApiError::Unavailable {
+            reason: "cannot read alerts from MySQL right now (the server log says why); retry after Retry-After seconds".into(),
+            retry_after: st.queries.cfg.retry_after_secs,
+        }
     })? {
         if body.rows() as u64 == limit {
             truncated = true;

@@ -1,7 +1,9 @@
 //! The one API error type: a status code and a JSON body that names what is
 //! wrong without exposing internals.
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::extract::Request;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
@@ -54,9 +56,19 @@ pub enum ApiError {
     },
     #[error("request body is larger than {limit} bytes")]
     TooLarge { limit: usize },
+    /// A body in a media type the endpoint does not read (415); `got` is
+    /// the request's `Content-Type` (capped), `supported` what it reads.
+    /// Not worth retrying as it is.
+    #[error("Content-Type {got:?} is not one this endpoint reads: send one of {}; nothing was written{}", .supported.join(", "), form_hint(.got))]
+    UnsupportedMediaType {
+        got: String,
+        supported: &'static [&'static str],
+    },
     #[error("{0}")]
     TooManyEvents(String),
-    /// A dependency is down; the client should retry after `retry_after` seconds.
+    /// A dependency is down or busy; the client should retry after
+    /// `retry_after` seconds. `reason` is shown to the client: say what and
+    /// what to do, and log the dependency's own error text instead.
     #[error("{reason}")]
     Unavailable { reason: String, retry_after: u64 },
     #[error("{0}")]
@@ -76,6 +88,15 @@ pub enum ApiError {
     /// The request took longer than `server.request_timeout_ms` (408).
     #[error("the request took longer than {limit_ms} ms (server.request_timeout_ms)")]
     RequestTimeout { limit_ms: u64 },
+}
+
+/// What to do when a form was sent: curl's `-d` sends one unless told.
+fn form_hint(got: &str) -> &'static str {
+    if got.starts_with("application/x-www-form-urlencoded") {
+        " (curl -d sends application/x-www-form-urlencoded: add -H 'Content-Type: application/json')"
+    } else {
+        ""
+    }
 }
 
 /// Most characters of client-supplied text (a parameter name, an origin)
@@ -115,13 +136,23 @@ impl IntoResponse for ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 json!({"error": self.to_string(), "header": header, "accepted": 0}),
             ),
-            ApiError::WriteFailed { unknown: true, .. } => (
+            ApiError::WriteFailed {
+                unknown: true,
+                retry_after,
+                ..
+            } => (
                 StatusCode::SERVICE_UNAVAILABLE,
-                json!({"error": self.to_string(), "outcome": "unknown"}),
+                json!({"error": self.to_string(), "outcome": "unknown",
+                       "retry_after_secs": retry_after}),
             ),
-            ApiError::WriteFailed { unknown: false, .. } => (
+            ApiError::WriteFailed {
+                unknown: false,
+                retry_after,
+                ..
+            } => (
                 StatusCode::SERVICE_UNAVAILABLE,
-                json!({"error": self.to_string(), "outcome": "not_written", "accepted": 0}),
+                json!({"error": self.to_string(), "outcome": "not_written", "accepted": 0,
+                       "retry_after_secs": retry_after}),
             ),
             ApiError::BadParam { param, reason } => (
                 StatusCode::BAD_REQUEST,
@@ -130,13 +161,18 @@ impl IntoResponse for ApiError {
             ApiError::BadParams { errors, omitted } => {
                 (StatusCode::BAD_REQUEST, params_body(errors, *omitted))
             }
+            ApiError::UnsupportedMediaType { got, supported } => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                json!({"error": self.to_string(), "accepted": 0, "content_type": got,
+                       "supported": supported}),
+            ),
             ApiError::TooLarge { .. } | ApiError::TooManyEvents(_) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 json!({"error": self.to_string(), "accepted": 0}),
             ),
-            ApiError::Unavailable { .. } => (
+            ApiError::Unavailable { retry_after, .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,
-                json!({"error": self.to_string(), "accepted": 0}),
+                json!({"error": self.to_string(), "retry_after_secs": retry_after}),
             ),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, json!({"error": m})),
             ApiError::Auth(e) => (e.status(), json!({"error": self.to_string()})),
@@ -168,6 +204,71 @@ impl IntoResponse for ApiError {
         }
         resp
     }
+}
+
+/// Most bytes of a non-JSON error body (the text of an axum rejection) read
+/// to be repeated in the JSON answer; a longer one is not repeated.
+const MAX_REJECTION_BODY_BYTES: usize = 4096;
+
+/// Whether `headers` say the body is JSON.
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"))
+}
+
+/// `app` inside [`json_errors`]: outside its routes, so the middleware sees
+/// the router's own answers too (a 405 with the `Allow` its method router
+/// sets once it has answered).
+pub fn with_json_errors(app: axum::Router) -> axum::Router {
+    axum::Router::new()
+        .fallback_service(app)
+        .layer(axum::middleware::from_fn(json_errors))
+}
+
+/// Middleware around the whole router ([`with_json_errors`]): an error
+/// answer that is not JSON — axum's own, which [`ApiError`] never sees (a
+/// 405 from the router, the 400/413/415/422 of an extractor, a refused
+/// WebSocket upgrade) — gets the API's shape, `{"error": "..."}`, with its status and headers kept
+/// (`Allow` on a 405, which `error` repeats). Answers to `HEAD` have no body
+/// and are left alone.
+pub async fn json_errors(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error())
+        || method == Method::HEAD
+        || is_json(resp.headers())
+    {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, MAX_REJECTION_BODY_BYTES)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let reason = status.canonical_reason().unwrap_or("error").to_lowercase();
+    let error = if status == StatusCode::METHOD_NOT_ALLOWED {
+        let allow = parts
+            .headers
+            .get(header::ALLOW)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .replace(',', ", ");
+        format!("method {method} is not allowed here; allowed: {allow} (see docs/api.md)")
+    } else if text.is_empty() {
+        reason
+    } else {
+        format!("{reason}: {}", capped(&text, MAX_ECHOED_CHARS))
+    };
+    parts.headers.remove(header::CONTENT_TYPE);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let mut out = (status, Json(json!({ "error": error }))).into_response();
+    for (name, value) in parts.headers.iter() {
+        out.headers_mut().append(name.clone(), value.clone());
+    }
+    out
 }
 
 /// The 400 body of bad parameters: `error` says each, `param` and `reason`
@@ -313,6 +414,91 @@ mod tests {
         assert_eq!(v["errors"].as_array().map(Vec::len), Some(MAX_PARAM_ERRORS));
         assert_eq!(v["errors_omitted"], 7);
         assert!(ParamErrors::default().finish().is_ok());
+    }
+
+    /// A router with an extractor that rejects, under [`json_errors`].
+    fn rejecting_router() -> axum::Router {
+        use axum::routing::{get, post};
+        with_json_errors(
+            axum::Router::new()
+                .route(
+                    "/json",
+                    post(|Json(v): Json<serde_json::Value>| async move { Json(v) }),
+                )
+                .route(
+                    "/text",
+                    get(|| async { (StatusCode::BAD_GATEWAY, "upstream said no") }),
+                )
+                .route(
+                    "/api",
+                    get(|| async { ApiError::NotFound("no such thing".into()) }),
+                ),
+        )
+    }
+
+    async fn answer(
+        req: axum::http::Request<axum::body::Body>,
+    ) -> (StatusCode, HeaderMap, serde_json::Value) {
+        use tower::ServiceExt;
+        let resp = rejecting_router().oneshot(req).await.expect("infallible");
+        let (parts, body) = resp.into_parts();
+        let bytes = axum::body::to_bytes(body, 1 << 20).await.expect("body");
+        let v = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|e| panic!("{}: not JSON ({e}): {bytes:?}", parts.status));
+        (parts.status, parts.headers, v)
+    }
+
+    #[tokio::test]
+    async fn the_routers_own_refusals_answer_the_json_error_shape() {
+        use axum::body::Body;
+        use axum::http::Request;
+        // an extractor's rejections: 415 (not a JSON content type), 400
+        // (not JSON)
+        let (s, h, v) = answer(
+            Request::post("/json")
+                .header("content-type", "text/csv")
+                .body(Body::from("{}"))
+                .expect("request"),
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{v}");
+        assert_eq!(h[header::CONTENT_TYPE], "application/json");
+        let e = v["error"].as_str().expect("error");
+        assert!(
+            e.starts_with("unsupported media type: ") && e.contains("application/json"),
+            "{e}"
+        );
+        let (s, _, v) = answer(
+            Request::post("/json")
+                .header("content-type", "application/json")
+                .body(Body::from("{"))
+                .expect("request"),
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        // the router's 405 names the methods allowed, and keeps `Allow`
+        let (s, h, v) = answer(
+            Request::delete("/json")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+        assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(h[header::ALLOW], "POST");
+        assert_eq!(
+            v["error"],
+            "method DELETE is not allowed here; allowed: POST (see docs/api.md)"
+        );
+        // any other non-JSON error: its text, capped, after the reason
+        let (s, _, v) = answer(Request::get("/text").body(Body::empty()).expect("request")).await;
+        assert_eq!(s, StatusCode::BAD_GATEWAY);
+        assert_eq!(v["error"], "bad gateway: upstream said no");
+        // the API's own errors pass unchanged
+        let (s, _, v) = answer(Request::get("/api").body(Body::empty()).expect("request")).await;
+        assert_eq!(
+            (s, v),
+            (StatusCode::NOT_FOUND, json!({"error": "no such thing"}))
+        );
     }
 
     #[test]

@@ -30,7 +30,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::error::{bad_param, ParamErrors};
-use super::params::{FromParam, Limit, Order, Param, Params, Time};
+use super::params::{echo_time, now_secs, FromParam, Limit, Order, Param, Params, Rest, Time};
 use super::{ApiError, AppState};
 
 /// What the search needs: the archive and its table per kind.
@@ -85,7 +85,7 @@ pub struct SearchParams {
     order_by: Option<String>,
     order: Option<Param<Order>>,
     #[serde(flatten)]
-    filters: BTreeMap<String, String>,
+    filters: Rest,
 }
 
 pub async fn search(
@@ -110,7 +110,7 @@ pub async fn search(
     let mut filters = Vec::new();
     let mut min = Vec::new();
     // a map in name order: filters and errors come out sorted
-    for (k, v) in p.filters {
+    for (k, v) in errs.rest(p.filters) {
         if k == "token" {
             continue;
         }
@@ -129,7 +129,7 @@ pub async fn search(
         }
         Some(kind) => errs.take(es.table(&kind).map_err(|reason| bad_param("kind", reason))),
     };
-    let to = to.map_or_else(chrono::Utc::now, |t| t.0);
+    let to = to.map_or_else(now_secs, |t| t.0);
     let from = from.map_or(to - chrono::Duration::hours(1), |t| t.0);
     if from >= to && times_parse {
         errs.add("from", "must be before to");
@@ -163,14 +163,14 @@ pub async fn search(
                 // ClickHouse's text and the SQL stay in the log
                 tracing::warn!(error = %e, table = %s.table, "archive search failed");
                 ApiError::Unavailable {
-                    reason: "the event archive cannot answer right now; retry later".into(),
-                    retry_after: 5,
+                    reason: "the event archive cannot answer right now (the server log says why); retry after Retry-After seconds".into(),
+                    retry_after: st.queries.cfg.retry_after_secs,
                 }
             }
         })?;
         // the rows are spliced in as ClickHouse wrote them: one copy
         let head = json!({
-            "table": table, "from": from.to_rfc3339(), "to": to.to_rfc3339(),
+            "table": table, "from": echo_time(from), "to": echo_time(to),
             "total": found.total, "columns": found.columns, "truncated": found.truncated,
             "count": found.rows.len(),
         })

@@ -96,7 +96,7 @@ pub fn router(state: AppState) -> Router {
     if state.producer.is_some() {
         let mut events = Router::new().route(
             "/v1/events",
-            post(ingest::ingest).options(|| async { axum::http::StatusCode::NO_CONTENT }),
+            post(ingest::ingest).options(access::preflight),
         );
         // Layers run outside in: the access check (origin, token), then the
         // rate limit of the token it found.
@@ -111,14 +111,25 @@ pub fn router(state: AppState) -> Router {
     if state.store.is_some() {
         r = r.merge(
             Router::new()
-                .route("/v1/rollups/hourly", get(rollups::hourly))
-                .route("/v1/rollups/daily", get(rollups::daily))
-                .route("/v1/status", get(status::status))
-                .route("/v1/alerts", get(alerts::list))
-                .route("/v1/events/search", get(events::search))
+                .route(
+                    "/v1/rollups/hourly",
+                    get(rollups::hourly).options(access::preflight),
+                )
+                .route(
+                    "/v1/rollups/daily",
+                    get(rollups::daily).options(access::preflight),
+                )
+                .route("/v1/status", get(status::status).options(access::preflight))
+                .route("/v1/alerts", get(alerts::list).options(access::preflight))
+                .route(
+                    "/v1/events/search",
+                    get(events::search).options(access::preflight),
+                )
                 .route_layer(from_fn_with_state(state.clone(), access::read)),
         );
     }
-    r.fallback(|| async { ApiError::NotFound("no such endpoint; see docs/api.md".into()) })
-        .with_state(state)
+    error::with_json_errors(
+        r.fallback(|| async { ApiError::NotFound("no such endpoint; see docs/api.md".into()) })
+            .with_state(state),
+    )
 }

@@ -7,14 +7,16 @@
 //! rejected at once, so [`ParamErrors`] can list every bad parameter of the
 //! request in one answer (`errors[]`), as users of the API expect.
 //! Parameters a struct does not name (a rollup's dimension filters, the
-//! archive's column filters) are kept in a `#[serde(flatten)]` map for the
-//! handler to check against its table.
+//! archive's column filters) are kept in a `#[serde(flatten)]` [`Rest`] for
+//! the handler to check against its table; one given more than once is
+//! refused by name (as a named one is), not silently narrowed to its last
+//! value.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use axum::extract::{FromRequestParts, Query};
 use axum::http::request::Parts;
-use serde::de::{Deserialize, Deserializer};
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 
 use super::error::{capped, ParamErrors, MAX_ECHOED_CHARS};
 use super::ApiError;
@@ -36,7 +38,50 @@ impl<'de, T: FromParam> Deserialize<'de> for Param<T> {
     }
 }
 
+/// The parameters a handler's struct does not name (`#[serde(flatten)]`),
+/// by name, remembering the names given more than once.
+#[derive(Debug, Default)]
+pub struct Rest {
+    values: BTreeMap<String, String>,
+    repeated: BTreeSet<String>,
+}
+
+impl<'de> Deserialize<'de> for Rest {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct RestVisitor;
+        impl<'de> Visitor<'de> for RestVisitor {
+            type Value = Rest;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("query parameters")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Rest, A::Error> {
+                let mut rest = Rest::default();
+                while let Some((k, v)) = map.next_entry::<String, String>()? {
+                    if rest.values.insert(k.clone(), v).is_some() {
+                        rest.repeated.insert(k);
+                    }
+                }
+                Ok(rest)
+            }
+        }
+        d.deserialize_map(RestVisitor)
+    }
+}
+
 impl ParamErrors {
+    /// The parameters of `rest` by name, noting each given more than once
+    /// (`service=a&service=b`): a filter takes one value, and keeping the
+    /// last would answer another question than the one asked.
+    pub fn rest(&mut self, rest: Rest) -> BTreeMap<String, String> {
+        for name in rest.repeated.iter().filter(|n| *n != "token") {
+            self.add(
+                name,
+                "is given more than once; a filter takes one value: make one request per value, or leave it out for all",
+            );
+        }
+        rest.values
+    }
+
     /// The value of parameter `name` (`None` when absent), noting its error
     /// when its text did not parse. `Some(None)` is "absent"; `None` is
     /// "bad, and noted".
@@ -164,6 +209,19 @@ fn rejected(text: &str) -> ApiError {
     super::error::bad_param("query", capped(text, MAX_ECHOED_CHARS))
 }
 
+/// Now, to the whole second: a default `to` the answer can echo exactly.
+pub fn now_secs() -> chrono::DateTime<chrono::Utc> {
+    use chrono::SubsecRound;
+    chrono::Utc::now().trunc_subsecs(0)
+}
+
+/// A time as answers write it (`from`, `to`): RFC 3339 in UTC with `Z`, to
+/// the second like the rows' times (`2026-03-01T10:00:00Z`), with a fraction
+/// only when the request gave one.
+pub fn echo_time(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}
+
 /// A query time: RFC 3339 (`2026-03-01T10:00:00Z`, any offset) or a date
 /// (`2026-03-01`, midnight UTC). An offset whose `+` a URL turned into a
 /// space (`…T10:00:00 01:00`) is refused with a hint to write `%2B`.
@@ -207,7 +265,7 @@ mod tests {
         limit: Option<Param<Limit<500, 10_000>>>,
         format: Option<Param<Format>>,
         #[serde(flatten)]
-        rest: BTreeMap<String, String>,
+        rest: Rest,
     }
 
     fn q(s: &str) -> Result<Q, ApiError> {
@@ -238,7 +296,8 @@ mod tests {
         assert_eq!(errs.param("from", p.from), None);
         assert_eq!(errs.param("limit", p.limit), None);
         assert_eq!(errs.param("format", p.format), None);
-        errs.unknown(&p.rest, &[], "filters: service");
+        let rest = errs.rest(p.rest);
+        errs.unknown(&rest, &[], "filters: service");
         let Err(ApiError::BadParams { errors, omitted: 0 }) = errs.finish() else {
             panic!("several errors")
         };
@@ -259,6 +318,31 @@ mod tests {
         assert_eq!(errs.param("format", p.format), Some(Some(Format::Csv)));
         assert!(errs.finish().is_ok());
         assert_eq!(Limit::<500, 10_000>::or_default(Some(None)), 500);
+    }
+
+    #[test]
+    fn times_are_echoed_with_z_to_the_second() {
+        let t = |s: &str| echo_time(parse_time(s).expect("time"));
+        assert_eq!(t("2026-03-01T11:00:00+01:00"), "2026-03-01T10:00:00Z");
+        assert_eq!(t("2026-03-01"), "2026-03-01T00:00:00Z");
+        assert_eq!(t("2026-03-01T10:00:00.250Z"), "2026-03-01T10:00:00.250Z");
+        let now = echo_time(now_secs());
+        assert!(now.ends_with('Z') && now.len() == 20, "{now}");
+    }
+
+    #[test]
+    fn a_filter_given_twice_is_named_once_and_others_kept() {
+        let p = q("service=a&route=%2Fx&service=b&service=c").expect("structure");
+        let mut errs = ParamErrors::default();
+        let rest = errs.rest(p.rest);
+        assert_eq!(rest.get("route").map(String::as_str), Some("/x"));
+        match errs.finish() {
+            Err(ApiError::BadParam { param, reason }) => {
+                assert_eq!(param, "service");
+                assert!(reason.starts_with("is given more than once"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -17,8 +17,6 @@
 //! with `truncated: true` and a `cursor`: the key of the last row, from
 //! which the same request continues (keyset pagination, every row once).
 
-use std::collections::BTreeMap;
-
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -29,7 +27,7 @@ use sqlx::{MySql, QueryBuilder, Row};
 
 use super::error::{bad_param, ParamErrors};
 use super::limits::{decode_cursor, encode_cursor, json_page, page_headers, CappedBody};
-use super::params::{Format, Limit, Param, Params, Time};
+use super::params::{echo_time, now_secs, Format, Limit, Param, Params, Rest, Time};
 use super::{ApiError, AppState};
 use crate::processor::rollup::Window;
 use crate::processor::ProcessorRegistry;
@@ -111,7 +109,7 @@ pub struct RollupParams {
     format: Option<Param<Format>>,
     cursor: Option<String>,
     #[serde(flatten)]
-    filters: BTreeMap<String, String>,
+    filters: Rest,
 }
 
 pub async fn hourly(st: State<AppState>, q: Params<RollupParams>) -> Result<Response, ApiError> {
@@ -168,7 +166,7 @@ async fn query(
     // only a range whose ends both parse can be checked
     let (from, to) = match (from, to) {
         (Some(from), Some(to)) => {
-            let to = to.map_or_else(|| Utc::now() + chrono::Duration::hours(1), |t| t.0);
+            let to = to.map_or_else(|| now_secs() + chrono::Duration::hours(1), |t| t.0);
             let from = from.map_or(to - span, |t| t.0);
             if from > to {
                 errs.add("from", "must not be after `to`");
@@ -184,15 +182,16 @@ async fn query(
     // the rest are filters on the table's dimensions; a map in name order,
     // so the answer lists unknown parameters in a stable order
     let mut filters = Vec::new();
+    let given = errs.rest(p.filters);
     if let Some(t) = table {
         let dims: Vec<&str> = t.dims.iter().map(String::as_str).collect();
         errs.unknown(
-            &p.filters,
+            &given,
             &dims,
             &format!("filters for this table: {}", t.dims.join(", ")),
         );
         filters.extend(
-            p.filters
+            given
                 .into_iter()
                 .filter(|(k, _)| dims.contains(&k.as_str())),
         );
@@ -222,10 +221,10 @@ async fn query(
     let names: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
     let mut body = if csv {
         let mut head = csv_line(names.iter().map(|n| Value::from(*n)));
-        head.push('\n');
+        head.push_str(CSV_EOL);
         CappedBody::new(st.queries.cfg.max_response_bytes, head.as_bytes())
     } else {
-        let head = json!({"table": table.table, "from": from.to_rfc3339(), "to": to.to_rfc3339(),
+        let head = json!({"table": table.table, "from": echo_time(from), "to": echo_time(to),
                           "time_column": table.time_column, "dimensions": table.dims,
                           "columns": names})
         .to_string();
@@ -242,7 +241,7 @@ async fn query(
     while let Some(r) = rows
         .try_next()
         .await
-        .map_err(|e| query_failed(&table.table, e))?
+        .map_err(|e| query_failed(&table.table, e, st.queries.cfg.retry_after_secs))?
     {
         if body.rows() as u64 == limit {
             truncated = true;
@@ -255,7 +254,7 @@ async fn query(
         } else {
             json_object(&mut piece, &names, &values);
         }
-        if !body.push_row(if csv { b"\n" } else { b"," }, &piece) {
+        if !body.push_row(if csv { CSV_EOL.as_bytes() } else { b"," }, &piece) {
             truncated = true;
             break;
         }
@@ -269,7 +268,11 @@ async fn query(
     if !csv {
         return Ok(json_page(body, truncated, cursor, slot));
     }
-    let tail: &[u8] = if body.rows() > 0 { b"\n" } else { b"" };
+    let tail: &[u8] = if body.rows() > 0 {
+        CSV_EOL.as_bytes()
+    } else {
+        b""
+    };
     let mut resp = (
         [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
         slot.body(body.finish(tail)),
@@ -279,12 +282,13 @@ async fn query(
     Ok(resp)
 }
 
-/// A failed rollup query: a busy pool is worth retrying, the rest is logged.
-fn query_failed(table: &str, e: sqlx::Error) -> ApiError {
+/// A failed rollup query: a busy pool is worth retrying (after
+/// `retry_after` seconds), the rest is logged.
+fn query_failed(table: &str, e: sqlx::Error, retry_after: u64) -> ApiError {
     match e {
         sqlx::Error::PoolTimedOut => ApiError::Unavailable {
             reason: "every MySQL connection of the query API is busy (query.max_connections); retry shortly".into(),
-            retry_after: 1,
+            retry_after,
         },
         e => ApiError::Internal(format!("rollup query on {table}: {e}")),
     }
@@ -500,7 +504,11 @@ impl KeyColumns {
     }
 }
 
-/// One RFC 4180 CSV line (no newline).
+/// The end of a CSV line: CRLF, as RFC 4180 has it (spreadsheets and
+/// strict parsers expect it; line-based tools take it too).
+const CSV_EOL: &str = "\r\n";
+
+/// One RFC 4180 CSV line (no line end).
 fn csv_line(values: impl Iterator<Item = Value>) -> String {
     let field = |v: Value| -> String {
         let raw = match v {

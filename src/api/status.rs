@@ -20,9 +20,13 @@ pub async fn status(State(st): State<AppState>) -> Result<Json<Status>, ApiError
     )
     .await
     .map(Json)
-    .map_err(|e| ApiError::Unavailable {
-        reason: format!("cannot read stream status from Redis: {e}"),
-        retry_after: 1,
+    .map_err(|e| {
+        // Redis' own text (addresses, script errors) stays in the log
+        tracing::warn!(error = %e, "GET /v1/status: cannot read the streams from Redis");
+        ApiError::Unavailable {
+            reason: "cannot read the streams' status from Redis right now (the server log says why); retry after Retry-After seconds".into(),
+            retry_after: st.queries.cfg.retry_after_secs,
+        }
     })
 }
 

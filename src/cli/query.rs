@@ -45,6 +45,7 @@ pub async fn run(settings: &Settings, args: QueryArgs) -> anyhow::Result<()> {
     use anyhow::Context as _;
 
     use super::table::table;
+    use crate::api::params::echo_time;
     use crate::processor::clickhouse_archive::client::Search;
 
     let QueryArgs {
@@ -65,7 +66,7 @@ pub async fn run(settings: &Settings, args: QueryArgs) -> anyhow::Result<()> {
     };
     let to = match &to {
         Some(v) => time("to", v)?,
-        None => chrono::Utc::now(),
+        None => crate::api::params::now_secs(),
     };
     let from = match &from {
         Some(v) => time("from", v)?,
@@ -106,7 +107,7 @@ pub async fn run(settings: &Settings, args: QueryArgs) -> anyhow::Result<()> {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
-                "from": from.to_rfc3339(), "to": to.to_rfc3339(), "total": found.total,
+                "from": echo_time(from), "to": echo_time(to), "total": found.total,
                 "columns": found.columns, "rows": found.parsed_rows(),
                 "truncated": found.truncated,
             }))?
@@ -135,8 +136,8 @@ pub async fn run(settings: &Settings, args: QueryArgs) -> anyhow::Result<()> {
         "{} of {} matching {kind} events from {} to {}",
         found.rows.len(),
         found.total,
-        from.to_rfc3339(),
-        to.to_rfc3339()
+        echo_time(from),
+        echo_time(to)
     );
     Ok(())
 }

@@ -470,6 +470,7 @@ impl Connection {
         );
         let mut named = HashSet::new();
         let mut ok = Vec::new();
+        let mut resumed = Vec::new();
         let mut over = 0usize;
         for name in channels {
             if !named.insert(name.clone()) {
@@ -540,7 +541,7 @@ impl Connection {
                 // update per message outside the snapshot budget
                 Some(seq) if new && !alerts => {
                     sub.last_seq = *seq;
-                    self.deliver(&name, true);
+                    resumed.push(name.clone());
                 }
                 _ => self.owe(&name, "subscribe"),
             }
@@ -552,7 +553,12 @@ impl Connection {
                 cfg.max_subscriptions
             ));
         }
+        // `subscribed` first, then what each channel is owed: the resumed
+        // ones' updates, then the snapshots (docs/websocket.md, "Protocol")
         let _ = self.send(&json!({"type": "subscribed", "channels": ok, "interval_ms": interval.as_millis() as u64}));
+        for name in resumed {
+            self.deliver(&name, true);
+        }
         self.send_snapshots().await;
     }
 

@@ -175,3 +175,51 @@ async fn two_rollup_workers_on_one_config_both_run() {
     assert!(b.terminate().success());
     env.cleanup().await;
 }
+
+/// `serve` with its log written to a file, as a service manager or
+/// `2> file` does: the lines are plain text, without ANSI colour codes
+/// (telemetry colours only a terminal), whatever NO_COLOR says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_written_to_a_file_carry_no_colour_codes() {
+    let env = TestEnv::new("log_file");
+    env.migrate().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = env.write_config(dir.path());
+    let log = dir.path().join("serve.log");
+    let child = ChildGuard(
+        Command::new(env!("CARGO_BIN_EXE_flowmeter"))
+            .arg("--config")
+            .arg(&config)
+            .args([
+                "serve",
+                "--roles",
+                "ingest,api,rollup",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .env("RUST_LOG", "info")
+            .env_remove("NO_COLOR")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn flowmeter"),
+    );
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until(Duration::from_secs(60), || {
+        let up = read().contains("listening");
+        async move { up }
+    })
+    .await;
+    assert!(child.terminate().success());
+    let text = read();
+    // levels and fields are written, and shutdown too: the whole run
+    assert!(
+        text.contains(" INFO ") && text.contains("roles=") && text.contains("shutting down"),
+        "{text}"
+    );
+    assert!(
+        !text.contains('\x1b'),
+        "colour codes in a log file: {text:?}"
+    );
+    env.cleanup().await;
+}

@@ -7,7 +7,7 @@
 use crate::common;
 
 use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::{header, HeaderMap, Request, StatusCode};
 use axum::Router;
 use common::TestEnv;
 use flowmeter::app::{self, Roles, Shared};
@@ -41,18 +41,24 @@ async fn router(env: &TestEnv, roles: &str) -> (Router, CancellationToken) {
     (flowmeter::api::router(state), stop)
 }
 
-/// Status and body (JSON when it parses, else the text as a JSON string).
-async fn call(r: &Router, req: Request<Body>) -> (StatusCode, Value) {
+/// Status, headers and body (JSON when it parses, else the text as a JSON
+/// string).
+async fn answer(r: &Router, req: Request<Body>) -> (StatusCode, HeaderMap, Value) {
     let resp = r.clone().oneshot(req).await.expect("infallible");
-    let status = resp.status();
-    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
-        .await
-        .expect("body");
+    let (parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, 1 << 20).await.expect("body");
     let text = String::from_utf8_lossy(&bytes).to_string();
     (
-        status,
+        parts.status,
+        parts.headers,
         serde_json::from_str(&text).unwrap_or(Value::String(text)),
     )
+}
+
+/// Status and body (JSON when it parses, else the text as a JSON string).
+async fn call(r: &Router, req: Request<Body>) -> (StatusCode, Value) {
+    let (status, _, body) = answer(r, req).await;
+    (status, body)
 }
 
 fn get(uri: &str) -> Request<Body> {
@@ -118,6 +124,41 @@ async fn routes_follow_the_roles() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_method_a_route_lacks_gets_405_as_a_json_error_with_allow() {
+    let env = TestEnv::new("router_405");
+    env.migrate().await;
+    let (api, stop) = router(&env, "ingest,api").await;
+    for (method, uri, allow) in [
+        ("GET", "/v1/events", "POST,OPTIONS"),
+        ("POST", "/v1/status", "GET,HEAD,OPTIONS"),
+        ("DELETE", "/v1/rollups/hourly?kind=http", "GET,HEAD,OPTIONS"),
+        ("PUT", "/healthz", "GET,HEAD"),
+    ] {
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::empty())
+            .expect("request");
+        let (s, h, v) = answer(&api, req).await;
+        assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED, "{method} {uri}: {v}");
+        assert_eq!(h[header::ALLOW], allow, "{method} {uri}");
+        assert_eq!(
+            h[header::CONTENT_TYPE],
+            "application/json",
+            "{method} {uri}"
+        );
+        let error = v["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(&format!("method {method} is not allowed"))
+                && error.contains(&allow.replace(',', ", ")),
+            "{method} {uri}: {v}"
+        );
+    }
+    stop.cancel();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn query_parameters_are_typed_and_every_bad_one_is_named() {
     let env = TestEnv::new("router_params");
     env.migrate().await;
@@ -157,6 +198,20 @@ async fn query_parameters_are_typed_and_every_bad_one_is_named() {
         (v["param"].as_str(), v["reason"].as_str()),
         (Some("from"), Some("is given more than once"))
     );
+    // so is a filter given twice: it is not an OR, and the last does not win
+    for uri in [
+        "/v1/rollups/hourly?kind=http&service=a&service=b",
+        "/v1/alerts?colour=a&colour=b",
+    ] {
+        let (s, v) = call(&api, get(uri)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{uri}: {v}");
+        assert!(
+            v["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("is given more than once")),
+            "{uri}: {v}"
+        );
+    }
 
     // dimension filters and dates pass; the answer names its range
     let (s, v) = call(
@@ -165,8 +220,31 @@ async fn query_parameters_are_typed_and_every_bad_one_is_named() {
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    assert_eq!(v["from"], "2026-03-01T00:00:00+00:00");
     assert_eq!(v["rows"], Value::Array(vec![]));
+    // in the rows' format: Z, to the second
+    assert_eq!(
+        (v["from"].as_str(), v["to"].as_str()),
+        (Some("2026-03-01T00:00:00Z"), Some("2026-03-02T00:00:00Z"))
+    );
+    let (_, v) = call(
+        &api,
+        get("/v1/rollups/hourly?kind=http&from=2026-03-01T11:00:00%2B01:00&to=2026-03-01T12:00:00.5Z"),
+    )
+    .await;
+    assert_eq!(
+        (v["from"].as_str(), v["to"].as_str()),
+        (
+            Some("2026-03-01T10:00:00Z"),
+            Some("2026-03-01T12:00:00.500Z")
+        ),
+        "{v}"
+    );
+    // the defaults are whole seconds
+    let (_, v) = call(&api, get("/v1/rollups/hourly?kind=http")).await;
+    for end in ["from", "to"] {
+        let t = v[end].as_str().unwrap_or_default();
+        assert!(t.len() == 20 && t.ends_with('Z'), "{end}: {v}");
+    }
 
     let (s, v) = call(&api, get("/v1/alerts?state=burning&limit=99999999&since=1")).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
@@ -207,10 +285,74 @@ async fn ingest_answers_without_a_socket() {
     );
 
     let one = Value::Array(vec![common::http_event(1, now)]).to_string();
-    let (s, v) = call(&api, post("/v1/events", one)).await;
+    let (s, v) = call(&api, post("/v1/events", one.clone())).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{v}");
     let mut r = env.redis().await;
     assert_eq!(common::stream_total_on(&mut r, &env).await, 1);
+
+    // media types: JSON (also as text/plain, what sendBeacon sends, and
+    // without any), NDJSON; anything else is 415, unread and unwritten
+    let with_type = |ct: Option<&str>, body: String| {
+        let mut req = Request::post("/v1/events");
+        if let Some(ct) = ct {
+            req = req.header("content-type", ct);
+        }
+        req.body(Body::from(body)).expect("request")
+    };
+    let ndjson = format!(
+        "{}\n{}\n",
+        common::http_event(2, now),
+        common::http_event(3, now)
+    );
+    for (ct, body, n) in [
+        (Some("text/plain;charset=UTF-8"), one.clone(), 1),
+        (Some("Application/JSON; charset=utf-8"), one.clone(), 1),
+        (None, one.clone(), 1),
+        (Some("application/x-ndjson"), ndjson, 2),
+    ] {
+        let (s, v) = call(&api, with_type(ct, body)).await;
+        assert_eq!(
+            (s, v["accepted"].as_u64()),
+            (StatusCode::ACCEPTED, Some(n)),
+            "{ct:?}: {v}"
+        );
+    }
+    assert_eq!(common::stream_total_on(&mut r, &env).await, 6);
+    let refused = flowmeter::telemetry::metrics::REQUESTS_UNSUPPORTED_MEDIA_TYPE.get();
+    for ct in [
+        "application/x-www-form-urlencoded",
+        "application/xml",
+        "multipart/form-data; boundary=x",
+    ] {
+        let (s, h, v) = answer(&api, with_type(Some(ct), one.clone())).await;
+        assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{ct}: {v}");
+        assert_eq!(h[header::CONTENT_TYPE], "application/json");
+        assert_eq!(v["content_type"], ct);
+        assert_eq!(v["accepted"], 0);
+        assert_eq!(
+            v["supported"],
+            serde_json::json!([
+                "application/json",
+                "application/x-ndjson",
+                "application/jsonl",
+                "text/plain"
+            ])
+        );
+        let error = v["error"].as_str().unwrap_or_default();
+        assert!(error.contains("nothing was written"), "{v}");
+        // the usual way to get here: curl -d without -H
+        assert_eq!(
+            error.contains("curl -d"),
+            ct.contains("form-urlencoded"),
+            "{v}"
+        );
+    }
+    assert!(flowmeter::telemetry::metrics::REQUESTS_UNSUPPORTED_MEDIA_TYPE.get() >= refused + 3);
+    assert_eq!(
+        common::stream_total_on(&mut r, &env).await,
+        6,
+        "nothing written"
+    );
     stop.cancel();
     env.cleanup().await;
 }
@@ -338,5 +480,220 @@ async fn a_write_no_replica_confirms_is_stored_and_answered_unknown() {
             .contains("ingest.wait_replicas = 1, but this Redis has 0 connected replica"),
         "{err}"
     );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_answers_a_plain_503_with_retry_after_when_redis_does_not() {
+    // Redis through a proxy that can hold its replies back
+    let proxy =
+        common::TcpProxy::start("127.0.0.1:0", "127.0.0.1:6379".parse().expect("addr")).await;
+    let mut env = TestEnv::new("router_status_503");
+    env.settings.redis.url = format!("redis://{}", proxy.addr);
+    env.settings.redis.command_timeout_ms = 400;
+    env.settings.query.retry_after_secs = 7;
+    env.migrate().await;
+    let (api, stop) = router(&env, "api").await;
+    assert_eq!(call(&api, get("/v1/status")).await.0, StatusCode::OK);
+
+    proxy.hold_replies(true);
+    let (s, h, v) = answer(&api, get("/v1/status")).await;
+    proxy.hold_replies(false);
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_eq!(h[header::RETRY_AFTER], "7", "query.retry_after_secs");
+    assert_eq!(v["retry_after_secs"], 7, "{v}");
+    // a generic reason (Redis' own text is logged), and nothing of ingest
+    assert_eq!(
+        v["error"],
+        "cannot read the streams' status from Redis right now (the server log says why); retry after Retry-After seconds"
+    );
+    let keys: Vec<&str> = v
+        .as_object()
+        .map(|o| o.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    assert_eq!(keys, ["error", "retry_after_secs"], "{v}");
+    stop.cancel();
+    env.cleanup().await;
+}
+
+/// The JSON keys of each object in `rows` of a raw answer, in the order
+/// they were written (serde_json's `Value` would sort them).
+fn row_keys_as_written(text: &str) -> Vec<Vec<String>> {
+    struct Keys(Vec<String>);
+    impl<'de> serde::Deserialize<'de> for Keys {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Keys;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("an object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut m: A,
+                ) -> Result<Keys, A::Error> {
+                    let mut keys = Vec::new();
+                    while let Some((k, _)) = m.next_entry::<String, serde::de::IgnoredAny>()? {
+                        keys.push(k);
+                    }
+                    Ok(Keys(keys))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        rows: Vec<Keys>,
+    }
+    let a: Answer = serde_json::from_str(text).expect("a rollup answer");
+    a.rows.into_iter().map(|k| k.0).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rollup_rows_keep_column_order_and_csv_lines_end_in_crlf() {
+    let env = TestEnv::new("router_rows");
+    env.migrate().await;
+    let store = env.store().await;
+    sqlx::query(
+        "INSERT INTO http_hourly (service, endpoint, method, hour, requests, duration_sum_ms) VALUES \
+         ('a,b', '/x', 'GET', '2026-03-01 10:00:00', 1, 1.5), \
+         ('c', '/y \"q\"', 'GET', '2026-03-01 11:00:00', 2, 2.5)",
+    )
+    .execute(store.pool())
+    .await
+    .expect("rows");
+    let (api, stop) = router(&env, "api").await;
+    let q = "/v1/rollups/hourly?kind=http&from=2026-03-01&to=2026-03-02";
+
+    // JSON: each row's keys in the order of `columns` (the table's), not sorted
+    let resp = api.clone().oneshot(get(q)).await.expect("infallible");
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    let text = String::from_utf8_lossy(&bytes);
+    let v: Value = serde_json::from_str(&text).expect("json");
+    let columns: Vec<String> = serde_json::from_value(v["columns"].clone()).expect("columns");
+    assert_eq!(
+        columns[..4],
+        ["service", "endpoint", "method", "hour"],
+        "{v}"
+    );
+    let rows = row_keys_as_written(&text);
+    assert_eq!(rows.len(), 2, "{text}");
+    for keys in rows {
+        assert_eq!(keys, columns, "{text}");
+    }
+
+    // CSV: RFC 4180, every line ends in CRLF, quoted fields quoted
+    let (s, h, v) = answer(&api, get(&format!("{q}&format=csv"))).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(h[header::CONTENT_TYPE], "text/csv; charset=utf-8");
+    let csv = v.as_str().expect("text");
+    let lines: Vec<&str> = csv.split_inclusive('\n').collect();
+    assert_eq!(lines.len(), 3, "{csv:?}");
+    assert!(lines.iter().all(|l| l.ends_with("\r\n")), "{csv:?}");
+    assert!(
+        lines[0].starts_with("service,endpoint,method,hour,"),
+        "{csv:?}"
+    );
+    assert!(
+        lines[1].starts_with("\"a,b\",/x,GET,2026-03-01T10:00:00Z,"),
+        "{csv:?}"
+    );
+    assert!(lines[2].starts_with("c,\"/y \"\"q\"\"\",GET,"), "{csv:?}");
+
+    // cut by `limit`: said in the body and in the headers, with a cursor
+    let (_, h, v) = answer(&api, get(&format!("{q}&limit=1"))).await;
+    assert_eq!(
+        (&v["truncated"], v["count"].as_u64()),
+        (&Value::Bool(true), Some(1))
+    );
+    assert!(v["cursor"].is_string(), "{v}");
+    let (_, h_csv, _) = answer(&api, get(&format!("{q}&limit=1&format=csv"))).await;
+    for h in [h, h_csv] {
+        assert_eq!(h["x-flowmeter-truncated"], "true");
+        assert!(h.contains_key("x-flowmeter-cursor"));
+    }
+    stop.cancel();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn read_endpoints_answer_listed_origins_with_cors() {
+    let mut env = TestEnv::new("router_read_cors");
+    env.settings.auth.tokens = common::read_and_ingest_tokens("r-secret", "i-secret");
+    env.settings.query.cors_origins = vec!["https://grafana.example.com".into()];
+    env.settings.query.cors_max_age_secs = 120;
+    env.migrate().await;
+    let (api, stop) = router(&env, "ingest,api").await;
+    let listed = "https://grafana.example.com";
+    let request = |method: &str, uri: &str, origin: &str| {
+        Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::ORIGIN, origin)
+            .header(header::ACCESS_CONTROL_REQUEST_METHOD, "GET")
+            .header(header::ACCESS_CONTROL_REQUEST_HEADERS, "authorization")
+            .body(Body::empty())
+            .expect("request")
+    };
+    for uri in [
+        "/v1/rollups/hourly",
+        "/v1/rollups/daily",
+        "/v1/status",
+        "/v1/alerts",
+        "/v1/events/search",
+    ] {
+        // the preflight: no token needed, the CORS headers of the read endpoints
+        let (s, h, _) = answer(&api, request("OPTIONS", uri, listed)).await;
+        assert_eq!(s, StatusCode::NO_CONTENT, "{uri}");
+        assert_eq!(h[header::ACCESS_CONTROL_ALLOW_ORIGIN], listed, "{uri}");
+        assert_eq!(h[header::ACCESS_CONTROL_ALLOW_METHODS], "GET, OPTIONS");
+        assert!(h[header::ACCESS_CONTROL_ALLOW_HEADERS]
+            .to_str()
+            .is_ok_and(|v| v.contains("authorization")));
+        assert_eq!(h[header::ACCESS_CONTROL_MAX_AGE], "120");
+        // an unlisted origin's preflight gets none, so the browser stops there
+        let (s, h, _) = answer(&api, request("OPTIONS", uri, "https://evil.example.net")).await;
+        assert_eq!(s, StatusCode::NO_CONTENT, "{uri}");
+        assert!(
+            !h.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN),
+            "{uri}"
+        );
+    }
+    // the answer, errors included, carries them to a listed origin
+    let q = "/v1/rollups/daily?kind=http";
+    let (s, h, _) = answer(&api, request("GET", &format!("{q}&token=r-secret"), listed)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(h[header::ACCESS_CONTROL_ALLOW_ORIGIN], listed);
+    assert!(h[header::ACCESS_CONTROL_EXPOSE_HEADERS]
+        .to_str()
+        .is_ok_and(|v| v.contains("x-flowmeter-cursor") && v.contains("retry-after")));
+    let (s, h, _) = answer(&api, request("GET", q, listed)).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(h[header::ACCESS_CONTROL_ALLOW_ORIGIN], listed);
+    // an unlisted origin is answered (a read changes nothing) without them
+    let (s, h, _) = answer(
+        &api,
+        request(
+            "GET",
+            &format!("{q}&token=r-secret"),
+            "https://evil.example.net",
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(!h.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
+    // ingest keeps its own list: this origin may read, not send
+    let (s, _, v) = answer(&api, request("POST", "/v1/events?token=i-secret", listed)).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("ingest.cors_origins")),
+        "{v}"
+    );
+    stop.cancel();
     env.cleanup().await;
 }

@@ -1,6 +1,7 @@
 //! `POST /v1/events`: one JSON object, a JSON array, or NDJSON
-//! (`Content-Type: application/x-ndjson`). All or nothing: any invalid event
-//! rejects the whole request (400, every problem counted, the first ones
+//! (`Content-Type: application/x-ndjson`); another media type than
+//! [`MEDIA_TYPES`] is refused with 415 before the body is read. All or
+//! nothing: any invalid event rejects the whole request (400, every problem counted, the first ones
 //! listed within `ingest.max_error_body_bytes`); otherwise every event is
 //! appended in one Redis transaction and the answer is `202 {"accepted": N}`
 //! once Redis has acknowledged it.
@@ -59,9 +60,47 @@ pub async fn ingest(
         Err(ApiError::Unavailable { .. } | ApiError::WriteFailed { .. }) => {
             metrics::REQUESTS_UNAVAILABLE.inc()
         }
+        Err(ApiError::UnsupportedMediaType { .. }) => {
+            metrics::REQUESTS_UNSUPPORTED_MEDIA_TYPE.inc()
+        }
         Err(_) => metrics::REQUESTS_REJECTED.inc(),
     }
     result
+}
+
+/// The media types `POST /v1/events` reads. `text/plain` is JSON too: what
+/// `navigator.sendBeacon` sends for a string, and the one type a browser
+/// page may send to another origin without a preflight (the WebRTC SDK).
+/// A request without `Content-Type` is read as JSON.
+pub const MEDIA_TYPES: &[&str] = &[
+    "application/json",
+    "application/x-ndjson",
+    "application/jsonl",
+    "text/plain",
+];
+
+/// Whether the body is NDJSON (else JSON), from its `Content-Type`
+/// (parameters such as `charset` ignored, case-insensitive); 415 for a
+/// type not in [`MEDIA_TYPES`].
+fn is_ndjson(headers: &HeaderMap) -> Result<bool, ApiError> {
+    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(false);
+    };
+    let text = String::from_utf8_lossy(ct.as_bytes());
+    let essence = text
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match essence.as_str() {
+        "application/json" | "text/plain" => Ok(false),
+        "application/x-ndjson" | "application/jsonl" => Ok(true),
+        _ => Err(ApiError::UnsupportedMediaType {
+            got: super::error::capped(&text, super::error::MAX_ECHOED_CHARS),
+            supported: MEDIA_TYPES,
+        }),
+    }
 }
 
 async fn handle(
@@ -71,6 +110,8 @@ async fn handle(
     write: Option<&Uninterruptible>,
 ) -> Result<Response, ApiError> {
     let cfg = &st.ingest;
+    // before the body is read: a type it cannot read costs nothing
+    let ndjson = is_ndjson(headers)?;
     let key = key::idempotency_key(headers, cfg.max_idempotency_key_bytes)?;
     let limits = ReportLimits::from(cfg);
     // `_held` keeps the body's bytes counted until the request is done.
@@ -82,22 +123,17 @@ async fn handle(
             ReadError::TooLarge { limit } => ApiError::TooLarge { limit },
             ReadError::Budget { held, max } => {
                 metrics::INGEST_BODY_BUDGET_REFUSED.inc();
-                ApiError::Unavailable {
+                ApiError::WriteFailed {
                     reason: format!(
                         "request bodies in flight hold {held} of {max} bytes (ingest.max_inflight_body_bytes); this body was not read and nothing was written: retry after Retry-After, or raise ingest.max_inflight_body_bytes"
                     ),
                     retry_after: cfg.retry_after_secs,
+                    unknown: false,
                 }
             }
             ReadError::Broken(e) => ErrorReport::new(&limits)
                 .into_error(format!("could not read the request body: {e}"), 0),
         })?;
-    let ndjson = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            ct.starts_with("application/x-ndjson") || ct.starts_with("application/jsonl")
-        });
     let values = parse_body(&bytes, ndjson, cfg.max_events_per_request, &limits)?;
     let Some(producer) = &st.producer else {
         return Err(ApiError::NotFound("ingest role is not running".into()));

@@ -195,3 +195,35 @@ async fn connection_caps_count_an_ipv6_64_and_a_token_as_one_client() {
         "address 2001:db8:1:2::/64"
     );
 }
+
+#[tokio::test]
+async fn subscribed_comes_first_then_each_channels_snapshot_or_resumed_update() {
+    let hub = hub(HubConfig::default());
+    let (a, b) = ("http:service:order_a", "http:service:order_b");
+    publish(&hub, a, 101, 104);
+    publish(&hub, b, 101, 104);
+    let (mut c, mut rx) = connection(&hub, 1_000);
+    // a plain subscription: subscribed, then the snapshots
+    op(
+        &mut c,
+        json!({"op": "subscribe", "channels": [a, "http:overview"]}),
+    )
+    .await;
+    let got = received(&mut rx);
+    let types: Vec<&str> = got.iter().filter_map(|v| v["type"].as_str()).collect();
+    assert_eq!(types, ["subscribed", "snapshot", "snapshot"], "{got:?}");
+    assert_eq!(got[0]["channels"], json!([a, "http:overview"]));
+    // a resume: subscribed, then the update with the seconds missed
+    op(
+        &mut c,
+        json!({"op": "subscribe", "channels": [b], "resume": {b: 102}}),
+    )
+    .await;
+    let got = received(&mut rx);
+    let types: Vec<&str> = got.iter().filter_map(|v| v["type"].as_str()).collect();
+    assert_eq!(types, ["subscribed", "update"], "{got:?}");
+    assert_eq!(
+        (&got[1]["resumed"], &got[1]["after"]),
+        (&json!(true), &json!(102))
+    );
+}
