@@ -33,6 +33,7 @@ pub async fn status(State(st): State<AppState>) -> Result<Json<Status>, ApiError
 pub async fn metrics() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        counters::render(),
+        // the alert delivery families keep their own labelled series
+        counters::render() + &crate::alert::notify::metrics::render(),
     )
 }
