@@ -47,6 +47,9 @@ pub enum AppError {
     /// `ingest.wait_replicas` asks more of a single Redis than it has.
     #[error("ingest.wait_replicas = {wanted}, but this Redis has {connected} connected replica(s) (INFO replication): every request would wait ingest.wait_replicas_timeout_ms and be answered 503; attach replicas (replicaof) or lower ingest.wait_replicas (0 = off)")]
     TooFewReplicas { wanted: u32, connected: u32 },
+    /// A `[[notifier]]` cannot be built (an unset variable, no TLS roots).
+    #[error("alert notifiers (processors/*.toml, [[notifier]]): {0}")]
+    Notifier(String),
     #[error("unknown role {0:?}; roles are ingest, api, rollup, hub")]
     UnknownRole(String),
     #[error("no processor named {0:?} in processors/; the names are: {1}")]
@@ -328,6 +331,14 @@ pub async fn serve(
     )?);
     let alerts = crate::alert::AlertRules::load(&settings.paths.processors, &views)?;
     let alerting = roles.has(Role::Hub) && !alerts.rules.is_empty();
+    // urls and secrets named by `url_env` / `secret_env` are read here, once
+    let notifiers: Arc<[crate::alert::notify::Notifier]> = if alerting {
+        crate::alert::notify::build(&alerts.notifiers, |var| std::env::var(var).ok())
+            .map_err(AppError::Notifier)?
+            .into()
+    } else {
+        Arc::from(Vec::new())
+    };
     let hub = roles.has(Role::Hub).then(|| {
         if views.is_empty() {
             tracing::warn!(
@@ -433,6 +444,19 @@ pub async fn serve(
                 .with_processors(keys.clone(), names, ctx.worker_id.clone());
     }
 
+    // every hub instance with notifiers delivers (one sender per row)
+    let mut deliverer = match (&store, notifiers.is_empty()) {
+        (Some(store), false) => Some(
+            crate::alert::notify::Deliverer::new(
+                store.clone(),
+                notifiers.to_vec(),
+                settings.alert_delivery.clone(),
+                new_worker_id(),
+            )
+            .map_err(AppError::Notifier)?,
+        ),
+        _ => None,
+    };
     if let Some(hub) = &hub {
         tracker.spawn(hub.clone().run(
             redis.clone(),
@@ -441,9 +465,13 @@ pub async fn serve(
             shutdown.child_token(),
         ));
         if let (true, Some(store)) = (alerting, store.clone()) {
+            if let Some(deliverer) = deliverer.take() {
+                tracker.spawn(Arc::new(deliverer).run(shutdown.child_token()));
+            }
             tracker.spawn(crate::alert::run(
                 hub.clone(),
                 alerts,
+                notifiers.clone(),
                 redis.clone(),
                 keys.clone(),
                 store,

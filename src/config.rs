@@ -50,6 +50,7 @@ pub struct Settings {
     pub query: QueryConfig,
     pub metrics: MetricsConfig,
     pub health: HealthConfig,
+    pub alert_delivery: AlertDeliveryConfig,
     /// The profile these settings were loaded with (`--profile`,
     /// `FLOWMETER_PROFILE`), if any; not a key of the file.
     #[serde(skip)]
@@ -719,6 +720,86 @@ impl Default for HubConfig {
     }
 }
 
+/// How hub instances deliver alert transitions to the notifiers of
+/// `processors/alerts.toml` (`[[notifier]]`) through the MySQL outbox
+/// `alert_notifications`; see docs/alerts.md.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertDeliveryConfig {
+    /// How often each deliverer looks for due notifications.
+    pub poll_ms: u64,
+    /// Notifications one deliverer claims and sends at once (concurrently).
+    pub max_in_flight: usize,
+    /// Longest one request may take, connecting included; a claim on a
+    /// notification lasts this plus 10 s, so no other deliverer sends it
+    /// meanwhile.
+    pub timeout_ms: u64,
+    /// Attempts per notification; after the last failed one it is given up
+    /// (`gave_up`, with its last error).
+    pub max_attempts: u32,
+    /// A notification not delivered this long after its transition is
+    /// given up at its next failure.
+    pub max_age_secs: u64,
+    /// Pause after the first failed attempt; doubled after each further
+    /// one, up to `backoff_max_ms`. A receiver's `Retry-After` (429, 503)
+    /// is honoured up to `backoff_max_ms`.
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Largest request body; a larger one (a long message or label set) is
+    /// given up at once rather than sent.
+    pub max_body_bytes: usize,
+    /// Open alerts are re-sent to Alertmanager this often (it forgets an
+    /// alert nobody re-sends); each firing alert says it ends 4 × this
+    /// from its sending unless re-sent, as Prometheus does.
+    pub alertmanager_refresh_secs: u64,
+}
+
+impl Default for AlertDeliveryConfig {
+    fn default() -> Self {
+        Self {
+            poll_ms: 1_000,
+            max_in_flight: 16,
+            timeout_ms: 10_000,
+            max_attempts: 100,
+            max_age_secs: 6 * 3_600,
+            backoff_initial_ms: 1_000,
+            backoff_max_ms: 300_000,
+            max_body_bytes: 64 * 1024,
+            alertmanager_refresh_secs: 60,
+        }
+    }
+}
+
+impl AlertDeliveryConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(format!("alert_delivery.{m}")));
+        if self.poll_ms < 10 {
+            return bad("poll_ms must be at least 10");
+        }
+        if self.max_in_flight == 0 || self.max_in_flight > 1_000 {
+            return bad("max_in_flight must be 1 to 1000");
+        }
+        if self.timeout_ms == 0 {
+            return bad("timeout_ms must be > 0");
+        }
+        if self.max_attempts == 0 || self.max_age_secs == 0 {
+            return bad("max_attempts and max_age_secs must be > 0");
+        }
+        if self.backoff_initial_ms == 0 || self.backoff_max_ms < self.backoff_initial_ms {
+            return bad(
+                "backoff_initial_ms must be > 0 and backoff_max_ms at least backoff_initial_ms",
+            );
+        }
+        if self.max_body_bytes < 1_024 {
+            return bad("max_body_bytes must be at least 1024");
+        }
+        if self.alertmanager_refresh_secs == 0 {
+            return bad("alertmanager_refresh_secs must be > 0");
+        }
+        Ok(())
+    }
+}
+
 /// A named set of settings chosen on the command line (`--profile NAME`)
 /// or with `FLOWMETER_PROFILE=NAME`. It sits above the file and below the
 /// `FLOWMETER__SECTION__KEY` variables, so it moves a whole setup to another
@@ -899,6 +980,7 @@ impl Settings {
         }
         crate::auth::validate(&self.auth).map_err(ConfigError::Invalid)?;
         self.validate_server()?;
+        self.alert_delivery.validate()?;
         if self.retention.max_scan == 0 {
             return bad("retention.max_scan must be > 0");
         }
@@ -1103,6 +1185,38 @@ mod tests {
             toml::to_string(&s.ingest).ok(),
             toml::to_string(&IngestConfig::default()).ok()
         );
+    }
+
+    #[test]
+    fn alert_delivery_example_is_the_default_and_bounds_are_checked() {
+        let s = Settings::load_from(Some(Path::new("flowmeter.example.toml")), env(&[]))
+            .expect("example config loads");
+        assert_eq!(
+            toml::to_string(&s.alert_delivery).ok(),
+            toml::to_string(&AlertDeliveryConfig::default()).ok()
+        );
+        for (key, value, says) in [
+            ("TIMEOUT_MS", "0", "timeout_ms"),
+            ("MAX_IN_FLIGHT", "0", "max_in_flight"),
+            ("MAX_IN_FLIGHT", "1001", "max_in_flight"),
+            ("BACKOFF_MAX_MS", "10", "backoff_max_ms"),
+            ("MAX_ATTEMPTS", "0", "max_attempts"),
+            ("MAX_BODY_BYTES", "1023", "max_body_bytes"),
+            ("POLL_MS", "9", "poll_ms"),
+            (
+                "ALERTMANAGER_REFRESH_SECS",
+                "0",
+                "alertmanager_refresh_secs",
+            ),
+        ] {
+            let e = Settings::load_from(
+                None,
+                env(&[(&format!("FLOWMETER__ALERT_DELIVERY__{key}"), value)]),
+            )
+            .expect_err("refused");
+            let e = e.to_string();
+            assert!(e.contains("alert_delivery.") && e.contains(says), "{e}");
+        }
     }
 
     #[test]

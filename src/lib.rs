@@ -20,7 +20,7 @@
 //! | [`config`] | the one typed, layered configuration (defaults < file < env) |
 //! | [`event`] | event kinds, their JSON Schemas, validation, timestamps (the valid event and timestamps: `flowmeter_core::event`) |
 //! | [`stream`] | Redis: every key name, the producer (XADD; idempotent, behind backpressure), fenced group reads, leases (keys, connection and producer: `flowmeter_core::stream`) |
-//! | [`store`] | MySQL: pool, migrations, checkpoints, generic rollup upserts |
+//! | [`store`] | MySQL: pool, migrations, checkpoints, generic rollup upserts, alerts and their notification outbox |
 //! | [`processor`] | processor definitions (`processors/*.toml`), registry, and the shard core every type runs on (`processor::core`); one directory per processor type |
 //! | [`sketch`] | mergeable quantile (DDSketch) and distinct-count (HyperLogLog) sketches |
 //! | [`expr`] | the small filter/value expression language of processor definitions |
@@ -31,7 +31,7 @@
 //! | [`status`] | the figures of `GET /v1/status` and `flowmeter status` |
 //! | [`view`] | realtime views declared in `processors/*_view.toml`: channels, points, summaries, top and member lists, and the measures alert rules name |
 //! | [`hub`] | the realtime WebSocket hub: sliding windows per view subject fed from the streams, `GET /v1/ws` (with its own state, which the api builds) |
-//! | [`alert`] | alert rules (threshold, spike, anomaly; loaded from the `type = "alerts"` files of processors/), their state machine and the one evaluator |
+//! | [`alert`] | alert rules (threshold, spike, anomaly; loaded from the `type = "alerts"` files of processors/), their state machine and the one evaluator, and the notifiers (webhook, Slack, Alertmanager) fed by the MySQL outbox |
 //! | [`auth`] | bearer tokens (kept hashed) and scopes; the fail-closed rule for open servers; the client key of per-client limits |
 //! | [`api`] | the HTTP API: ingest, rollup queries, status, health and readiness; its server (connection cap, timeouts, TLS) and the ingest rate limit |
 //! | [`web`] | the dashboard and the browser SDK, embedded in the binary |

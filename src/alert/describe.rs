@@ -175,6 +175,7 @@ mod tests {
                 min_events: 0,
                 target: None,
             }],
+            notifiers: Vec::new(),
         };
         rules
             .check(&crate::view::Views::of_repo())

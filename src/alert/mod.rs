@@ -4,7 +4,9 @@
 //! - `rules.rs`: the rule file (threshold, spike, anomaly; metric, scope,
 //!   severity, `for`, `clear_for`);
 //! - `eval.rs`: the per (rule, subject) state machine;
-//! - `describe.rs`: alert messages for people (metric names and units).
+//! - `describe.rs`: alert messages for people (metric names and units);
+//! - `notify/`: notifiers (webhook, Slack, Alertmanager) and the deliverer
+//!   of the outbox.
 //!
 //! Among hub instances one evaluates at a time, holding the Redis lease
 //! `{prefix}:lease:alerts`. A firing alert is written to the `alerts` table
@@ -12,10 +14,12 @@
 //! two evaluators racing after a lease loss cannot double it), then appended
 //! to the stream `{prefix}:alerts`, which every hub instance tails and
 //! pushes at once to its `alerts` subscribers. A new evaluator starts from
-//! the open alerts in the table.
+//! the open alerts in the table. The transaction that records a transition
+//! also queues it for each notifier that wants it (`notify/`).
 
 mod describe;
 mod eval;
+pub mod notify;
 mod rules;
 
 use std::sync::Arc;
@@ -29,7 +33,7 @@ pub use rules::{AlertRules, Rule, RuleKind, Severity, Target};
 
 use crate::event::subject;
 use crate::hub::Hub;
-use crate::store::{AlertRow, NewAlert, Store};
+use crate::store::{AlertRow, NewAlert, NotificationTransition, Store};
 use crate::stream::{hold_singleton, release_singleton, Keys, Redis};
 
 /// Alert messages kept in `{prefix}:alerts` (`XADD MAXLEN ~`).
@@ -48,10 +52,13 @@ fn name_of<T: serde::Serialize>(v: &T) -> String {
 }
 
 /// Runs the evaluator loop of one hub instance until `shutdown`: on every
-/// closed second, if it holds (or takes) the lease, steps every rule.
+/// closed second, if it holds (or takes) the lease, steps every rule, and
+/// queues each transition for the `notifiers` that want it.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     hub: Arc<Hub>,
     rules: AlertRules,
+    notifiers: Arc<[notify::Notifier]>,
     redis: Redis,
     keys: Keys,
     store: Store,
@@ -103,7 +110,7 @@ pub async fn run(
                 break; // the hub is stopping
             };
             for t in ev.step(rule, sec, &values) {
-                if let Err(e) = apply(&t, rule, sec, &store, &redis, &keys).await {
+                if let Err(e) = apply(&t, rule, &notifiers, sec, &store, &redis, &keys).await {
                     tracing::warn!(error = %e, "alerts: cannot record a transition; restarting the evaluator from the table");
                     failed = true;
                 }
@@ -128,6 +135,7 @@ enum ApplyError {
 async fn apply(
     t: &Transition,
     rule: &Rule,
+    notifiers: &[notify::Notifier],
     sec: i64,
     store: &Store,
     redis: &Redis,
@@ -143,24 +151,34 @@ async fn apply(
             ..
         } => {
             let row = store
-                .open_alert(&NewAlert {
-                    rule: &rule.name,
-                    kind: &name_of(&rule.kind),
-                    severity: &name_of(&rule.severity),
-                    protocol: &rule.view,
-                    subject,
-                    metric: &rule.measure,
-                    value: *value,
-                    threshold: *threshold,
-                    message,
-                    at,
-                })
+                .open_alert(
+                    &NewAlert {
+                        rule: &rule.name,
+                        kind: &name_of(&rule.kind),
+                        severity: &name_of(&rule.severity),
+                        protocol: &rule.view,
+                        subject,
+                        metric: &rule.measure,
+                        value: *value,
+                        threshold: *threshold,
+                        message,
+                        at,
+                    },
+                    &notify::recipients(notifiers, rule, NotificationTransition::Fired),
+                )
                 .await?;
             ("fired", row)
         }
         Transition::Resolve { subject, .. } => (
             "resolved",
-            store.resolve_alert(&rule.name, subject, at).await?,
+            store
+                .resolve_alert(
+                    &rule.name,
+                    subject,
+                    at,
+                    &notify::recipients(notifiers, rule, NotificationTransition::Resolved),
+                )
+                .await?,
         ),
     };
     let Some(row) = row else {

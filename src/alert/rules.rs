@@ -4,6 +4,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::notify::{self, NotifierDef};
 use crate::processor::registry::{
     definition_error, definition_files, definition_type, ALERTS_TYPE,
 };
@@ -19,6 +20,9 @@ pub struct AlertRules {
     pub kind: String,
     #[serde(default, rename = "rule")]
     pub rules: Vec<Rule>,
+    /// Where alerts are sent (`[[notifier]]`; docs/alerts.md#notifiers).
+    #[serde(default, rename = "notifier")]
+    pub notifiers: Vec<NotifierDef>,
 }
 
 /// How a rule decides that its condition holds.
@@ -129,6 +133,7 @@ impl AlertRules {
         let mut all = AlertRules {
             kind: ALERTS_TYPE.into(),
             rules: Vec::new(),
+            notifiers: Vec::new(),
         };
         for (file, text) in definition_files(dir)? {
             if definition_type(&text).as_deref() != Some(ALERTS_TYPE) {
@@ -140,8 +145,12 @@ impl AlertRules {
                 .check(views)
                 .map_err(|reason| definition_error(&file, reason))?;
             all.rules.extend(rules.rules);
+            all.notifiers.extend(rules.notifiers);
         }
         all.check(views)
+            .map_err(|reason| definition_error(dir, reason))?;
+        // notifiers may name the rules of any file
+        notify::check(&all.notifiers, &all.rules)
             .map_err(|reason| definition_error(dir, reason))?;
         Ok(all)
     }
@@ -219,6 +228,27 @@ mod tests {
         assert_eq!(t.label, "Error rate (4xx + 5xx)");
         assert_eq!(t.unit.as_deref(), Some("percent"));
         assert!(!t.overview);
+    }
+
+    #[test]
+    fn notifiers_of_any_file_may_name_the_rules_of_another() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rule = "type = \"alerts\"\n[[rule]]\nname = \"a\"\ntype = \"threshold\"\nview = \"http\"\nmeasure = \"error_rate\"\nscope = \"service\"\nvalue = 0.1\nseverity = \"high\"";
+        let notifier = |rules: &str| {
+            format!("type = \"alerts\"\n[[notifier]]\nname = \"chat\"\ntype = \"slack\"\nurl = \"https://hooks.example/x\"\nrules = [{rules}]")
+        };
+        std::fs::write(dir.path().join("a_rules.toml"), rule).expect("write");
+        std::fs::write(dir.path().join("b_notify.toml"), notifier("\"a\"")).expect("write");
+        let loaded = AlertRules::load(dir.path(), &Views::of_repo()).expect("loads");
+        assert_eq!((loaded.rules.len(), loaded.notifiers.len()), (1, 1));
+        std::fs::write(dir.path().join("b_notify.toml"), notifier("\"b\"")).expect("write");
+        let e = AlertRules::load(dir.path(), &Views::of_repo())
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            e.contains("notifier \"chat\": rules: no rule named \"b\""),
+            "{e}"
+        );
     }
 
     #[test]

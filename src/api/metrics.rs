@@ -23,7 +23,7 @@ use crate::processor::ProcessorRegistry;
 use crate::status::Status;
 use crate::stream::{Keys, Redis};
 use crate::telemetry::exposition::{
-    self, base_registry, ExpositionError, Format, GaugeSeries, Labels, Registry,
+    self, base_registry, CounterSeries, ExpositionError, Format, GaugeSeries, Labels, Registry,
 };
 use crate::telemetry::metrics::PIPELINE_READ_FAILURES;
 
@@ -228,6 +228,26 @@ impl MetricsEndpoint {
                 }),
             )?;
         }
+        registry.register(
+            "flowmeter_alert_notifications_total",
+            "alert notification attempts by notifier and outcome (delivered, failed: retried later, gave_up)",
+            CounterSeries::new(|| {
+                crate::alert::notify::metrics::notifications()
+                    .into_iter()
+                    .map(|(n, o, v)| (Labels::of([("notifier", n.as_str()), ("outcome", o)]), v))
+                    .collect()
+            }),
+        )?;
+        registry.register(
+            "flowmeter_alert_outbox_pending",
+            "alert notifications waiting in the outbox, by notifier (the same figure from every hub instance)",
+            GaugeSeries::new(|| {
+                crate::alert::notify::metrics::outbox()
+                    .into_iter()
+                    .map(|(n, v)| (Labels::of([("notifier", n.as_str())]), v as f64))
+                    .collect()
+            }),
+        )?;
         if let Some(hub) = hub {
             let (h1, h2, h3) = (hub.clone(), hub.clone(), hub);
             registry.register(

@@ -8,6 +8,7 @@
 mod alerts;
 mod checkpoint;
 mod columns;
+mod outbox;
 mod tls;
 
 use std::path::Path;
@@ -21,6 +22,7 @@ use sqlx::{ConnectOptions, Connection, Executor, MySqlPool};
 pub use alerts::{AlertRow, NewAlert};
 pub use checkpoint::{advance as advance_checkpoint, Checkpoint};
 pub use columns::{date_ms, datetime_ms, ms_datetime, ColumnInfo, ColumnKind};
+pub use outbox::{DueNotification, Finish, NotificationKey, Transition as NotificationTransition};
 
 /// MySQL error numbers worth retrying the whole transaction for.
 const ER_LOCK_DEADLOCK: u16 = 1213;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use fastmetrics::encoder::{EncodeLabelSet, EncodeMetric, LabelSetEncoder, MetricEncoder};
 use fastmetrics::format::text::{self, TextProfile};
-use fastmetrics::metrics::counter::LazyCounter;
+use fastmetrics::metrics::counter::{ConstCounter, LazyCounter};
 use fastmetrics::metrics::gauge::{ConstGauge, LazyGauge};
 use fastmetrics::raw::{LabelSetSchema, MetricLabelSet, MetricType, TypedMetric};
 pub use fastmetrics::registry::Registry;
@@ -89,6 +89,42 @@ impl EncodeMetric for GaugeSeries {
     fn encode(&self, encoder: &mut dyn MetricEncoder) -> fastmetrics::error::Result<()> {
         for (labels, value) in (self.collect)() {
             encoder.encode(&labels, &ConstGauge::new(value))?;
+        }
+        Ok(())
+    }
+
+    fn is_empty(&self) -> bool {
+        (self.collect)().is_empty()
+    }
+}
+
+/// A counter family whose series are read when it is written (counts
+/// another module keeps).
+#[derive(Clone)]
+pub struct CounterSeries {
+    collect: Arc<dyn Fn() -> Vec<(Labels, u64)> + Send + Sync>,
+}
+
+impl CounterSeries {
+    pub fn new(collect: impl Fn() -> Vec<(Labels, u64)> + Send + Sync + 'static) -> Self {
+        Self {
+            collect: Arc::new(collect),
+        }
+    }
+}
+
+impl TypedMetric for CounterSeries {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl MetricLabelSet for CounterSeries {
+    type LabelSet = Labels;
+}
+
+impl EncodeMetric for CounterSeries {
+    fn encode(&self, encoder: &mut dyn MetricEncoder) -> fastmetrics::error::Result<()> {
+        for (labels, value) in (self.collect)() {
+            encoder.encode(&labels, &ConstCounter::new(value))?;
         }
         Ok(())
     }

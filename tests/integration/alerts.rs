@@ -46,7 +46,19 @@ async fn next_alert(ws: &mut Ws, limit: Duration) -> Option<Value> {
     }
 }
 
-async fn burst(client: &reqwest::Client, url: &str, status: u16, n: usize) {
+/// Migrates, then starts an ingest+api server and two hub instances
+/// (which share the alerts lease and the outbox).
+pub(crate) async fn api_and_two_hubs(env: &TestEnv) -> (Server, Server, Server) {
+    env.migrate().await;
+    let api = env.start("ingest,api").await;
+    let hub_a = env.start("hub").await;
+    let hub_b = env.start("hub").await;
+    (api, hub_a, hub_b)
+}
+
+/// Posts `n` http events of service `bad` answered `status` (the test
+/// rules' error rate is over these).
+pub(crate) async fn burst(client: &reqwest::Client, url: &str, status: u16, n: usize) {
     let now = chrono::Utc::now().timestamp_millis();
     let body: Vec<String> = (0..n)
         .map(|i| {
@@ -85,10 +97,7 @@ min_events = 5
     )
     .expect("rules");
     env.settings.hub.tick_grace_ms = 200;
-    env.migrate().await;
-    let api = env.start("ingest,api").await;
-    let hub_a = env.start("hub").await;
-    let hub_b = env.start("hub").await;
+    let (api, hub_a, hub_b) = api_and_two_hubs(&env).await;
     let client = http_client();
     let url = api.url("/v1/events");
     let mut ws_a = alerts_socket(&hub_a).await;

@@ -14,6 +14,7 @@ mod common;
 
 mod abuse;
 mod access;
+mod alert_delivery;
 mod alerts;
 mod archive;
 mod bench_cli;

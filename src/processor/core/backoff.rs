@@ -33,6 +33,21 @@ impl Backoff {
         self.current
     }
 
+    /// The pause after the `n`th failure in a row (1: `initial`) of a
+    /// backoff starting at `initial` and capped at `max`, for retries whose
+    /// count is stored rather than held in a `Backoff` (the alert outbox).
+    pub fn after_failures(initial: Duration, max: Duration, n: u32) -> Duration {
+        let cap = max.max(initial);
+        let mut pause = initial;
+        for _ in 1..n {
+            if pause >= cap {
+                break;
+            }
+            pause = pause.saturating_mul(2);
+        }
+        pause.min(cap)
+    }
+
     /// After a success: the next failure waits the first pause again.
     pub fn reset(&mut self) {
         self.current = self.initial;
@@ -52,6 +67,20 @@ mod tests {
         b.reset();
         assert_eq!(b.peek(), ms(100));
         assert_eq!(b.next_pause(), ms(100));
+    }
+
+    #[test]
+    fn after_failures_is_the_nth_pause_of_a_backoff() {
+        let ms = Duration::from_millis;
+        let mut b = Backoff::new(ms(100), ms(500));
+        for n in 1..=6 {
+            assert_eq!(Backoff::after_failures(ms(100), ms(500), n), b.next_pause());
+        }
+        assert_eq!(Backoff::after_failures(ms(100), ms(500), 0), ms(100));
+        assert_eq!(
+            Backoff::after_failures(ms(1), Duration::from_secs(300), u32::MAX),
+            Duration::from_secs(300)
+        );
     }
 
     #[test]

@@ -396,16 +396,21 @@ pub fn cli_ok(config: &Path, args: &[&str]) -> String {
     text
 }
 
-/// The value of counter `name` in the server's `/metrics` (0 when absent).
-pub async fn metric(client: &reqwest::Client, server: &Server, name: &str) -> f64 {
-    let text = client
+/// The server's `/metrics` text.
+pub async fn metrics_text(client: &reqwest::Client, server: &Server) -> String {
+    client
         .get(server.url("/metrics"))
         .send()
         .await
         .expect("metrics")
         .text()
         .await
-        .expect("text");
+        .expect("text")
+}
+
+/// The value of counter `name` in the server's `/metrics` (0 when absent).
+pub async fn metric(client: &reqwest::Client, server: &Server, name: &str) -> f64 {
+    let text = metrics_text(client, server).await;
     flowmeter::telemetry::metrics::value_in(&text, name).unwrap_or(0.0)
 }
 
