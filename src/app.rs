@@ -42,6 +42,8 @@ pub enum AppError {
     Shards(#[from] crate::shards::ShardsError),
     #[error(transparent)]
     Server(#[from] crate::api::server::ServerError),
+    #[error(transparent)]
+    Metrics(#[from] crate::telemetry::exposition::ExpositionError),
     /// `ingest.wait_replicas` asks more of a single Redis than it has.
     #[error("ingest.wait_replicas = {wanted}, but this Redis has {connected} connected replica(s) (INFO replication): every request would wait ingest.wait_replicas_timeout_ms and be answered 503; attach replicas (replicaof) or lower ingest.wait_replicas (0 = off)")]
     TooFewReplicas { wanted: u32, connected: u32 },
@@ -72,6 +74,18 @@ pub enum Role {
     Rollup,
     /// The realtime WebSocket hub (`GET /v1/ws`).
     Hub,
+}
+
+impl Role {
+    /// Its name in `--roles` (and the `role` label of `flowmeter_build_info`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Ingest => "ingest",
+            Role::Api => "api",
+            Role::Rollup => "rollup",
+            Role::Hub => "hub",
+        }
+    }
 }
 
 impl FromStr for Role {
@@ -588,8 +602,22 @@ pub async fn http_state(
     if let Some(h) = &hub {
         health = health.with_hub(h.clone());
     }
+    let role_names: Vec<&str> = roles.0.iter().map(|r| r.name()).collect();
+    let metrics = crate::api::MetricsEndpoint::new(
+        &settings.metrics,
+        &role_names,
+        Some(crate::api::PipelineSource {
+            redis: redis.clone(),
+            keys: keys.clone(),
+            schemas: schemas.clone(),
+            processors: processors.clone(),
+            retention: settings.retention.clone(),
+        }),
+        hub.clone(),
+    )?;
     Ok(AppState {
         health,
+        metrics: Arc::new(metrics),
         producer,
         // The query API's own pool: queries never take the connections
         // the processors flush with.

@@ -48,6 +48,7 @@ pub struct Settings {
     pub kafka: KafkaConfig,
     pub clickhouse: ClickhouseConfig,
     pub query: QueryConfig,
+    pub metrics: MetricsConfig,
     pub health: HealthConfig,
     pub alert_delivery: AlertDeliveryConfig,
     /// The profile these settings were loaded with (`--profile`,
@@ -336,6 +337,37 @@ impl Default for QueryConfig {
             retry_after_secs: 1,
             cors_origins: Vec::new(),
             cors_max_age_secs: 600,
+        }
+    }
+}
+
+/// `GET /metrics` (docs/operations.md#metrics lists every metric).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve the per-stream and per-group gauges read from Redis
+    /// (`flowmeter_stream_*`, `flowmeter_group_*`,
+    /// `flowmeter_processor_workers`). Every process serving them reports
+    /// the same figures: aggregate them with `max`, not `sum`, or turn this
+    /// off on all but one deployment (default true).
+    pub pipeline: bool,
+    /// Shortest time between two Redis reads of those gauges; scrapes in
+    /// between get the figures of the last read, so a scrape storm costs
+    /// Redis one read per interval (default 5,000).
+    pub pipeline_refresh_ms: u64,
+    /// Most shard streams whose per-stream and per-group series are
+    /// written; the rest are left out and counted in
+    /// `flowmeter_metrics_streams_skipped` (default 1,024: 4 kinds of 256
+    /// shards).
+    pub max_streams: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            pipeline: true,
+            pipeline_refresh_ms: 5_000,
+            max_streams: 1_024,
         }
     }
 }

@@ -36,7 +36,7 @@
 //! | [`api`] | the HTTP API: ingest, rollup queries, status, health and readiness; its server (connection cap, timeouts, TLS) and the ingest rate limit |
 //! | [`web`] | the dashboard and the browser SDK, embedded in the binary |
 //! | [`app`] | wiring: builds every component from the config and runs the roles |
-//! | [`telemetry`] | tracing setup and the names of every counter |
+//! | [`telemetry`] | tracing setup, every metric named once (counters, labelled families, process and worker gauges) and the registry `/metrics` writes as Prometheus text or OpenMetrics |
 //! | [`collector`] | the in-process tower layer that records `http` events, with its batching, spilling sender (the `flowmeter-collector` crate) |
 //! | [`cli`] | the command line: the parser, one module per subcommand with its rendering (tables, progress bars, human text), and the forwarding of `loadgen`, `verify` and `bench` to the `flowmeter-bench` binary; `main.rs` only calls it. Nothing else imports it |
 //! | [`pem`] | PEM files of the TLS settings, read and checked at start (`flowmeter_core::pem`) |

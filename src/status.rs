@@ -95,6 +95,9 @@ pub struct GroupStatus {
     /// has been behind. It grows while the group is stuck, with or without
     /// new traffic. 0 when caught up.
     pub lag_age_secs: f64,
+    /// Seconds from the oldest entry delivered but not yet acknowledged to
+    /// now; 0 when nothing is pending.
+    pub oldest_pending_age_secs: f64,
     /// Seconds since a consumer of the group last interacted with this
     /// stream; null without consumers.
     pub idle_secs: Option<f64>,
@@ -159,6 +162,7 @@ pub async fn gather(
                         last_delivered_id: text(g.get("last-delivered-id")),
                         oldest_unacked_id: None,
                         lag_age_secs: 0.0,
+                        oldest_pending_age_secs: 0.0,
                         idle_secs: None,
                         consumer_names: Vec::new(),
                     })
@@ -200,6 +204,11 @@ pub async fn gather(
                     }
                 }
                 g.lag_age_secs = lag_age(g.oldest_unacked_id.as_deref(), now_ms);
+                // pending entries are older than undelivered ones: with any
+                // pending, the oldest unacknowledged entry is the oldest pending
+                if g.pending > 0 {
+                    g.oldest_pending_age_secs = g.lag_age_secs;
+                }
             }
             let retention = if info.is_empty() {
                 None
@@ -452,6 +461,7 @@ mod tests {
             last_delivered_id: Some(last.into()),
             oldest_unacked_id: None,
             lag_age_secs: 0.0,
+            oldest_pending_age_secs: 0.0,
             idle_secs: None,
             consumer_names: Vec::new(),
         }

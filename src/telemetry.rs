@@ -1,9 +1,18 @@
-//! Logging setup and every counter flowmeter keeps, named once here.
+//! Logging setup and every metric flowmeter keeps, named once here.
 //!
-//! Counters are process-wide atomics exported in Prometheus text format at
-//! `GET /metrics`.
+//! The unlabelled counters and gauges are process-wide atomics
+//! ([`metrics`]); the labelled counters and histograms are in
+//! [`families`], this process' processor workers in [`workers`], the
+//! process figures in [`process`]. [`exposition`] puts them in one
+//! registry that `GET /metrics` writes as Prometheus text or OpenMetrics
+//! (docs/operations.md lists every metric).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+
+pub mod exposition;
+pub mod families;
+pub mod process;
+pub mod workers;
 
 /// Installs the tracing subscriber (log lines on stderr). `RUST_LOG`
 /// overrides the default level (`info`). Lines are coloured only when stderr
@@ -109,19 +118,15 @@ pub mod metrics {
     );
     pub static REQUESTS_OUTCOME_UNKNOWN: Counter = Counter::new(
         "flowmeter_ingest_requests_outcome_unknown_total",
-        "ingest requests answered 503 \"outcome\": \"unknown\" (Redis did not confirm a write it may have applied)",
+        "ingest requests answered 503 with outcome unknown (Redis did not confirm a write it may have applied)",
     );
     pub static REQUESTS_NOT_REPLICATED: Counter = Counter::new(
         "flowmeter_ingest_requests_not_replicated_total",
-        "ingest requests stored but answered 503 \"outcome\": \"unknown\" because fewer replicas than ingest.wait_replicas confirmed them in time (also counted in outcome_unknown)",
+        "ingest requests stored but answered 503 with outcome unknown because fewer replicas than ingest.wait_replicas confirmed them in time (also counted in outcome_unknown)",
     );
     pub static IDEMPOTENT_REPLAYS: Counter = Counter::new(
         "flowmeter_ingest_idempotent_replays_total",
         "ingest requests whose Idempotency-Key was already written (answered the first outcome, wrote nothing)",
-    );
-    pub static EVENTS_INGESTED: Counter = Counter::new(
-        "flowmeter_events_ingested_total",
-        "events appended to streams",
     );
     pub static EVENTS_APPLIED: Counter = Counter::new(
         "flowmeter_rollup_events_applied_total",
@@ -253,6 +258,10 @@ pub mod metrics {
         "flowmeter_ingest_requests_body_budget_refused_total",
         "ingest requests answered 503 because the bodies in flight held ingest.max_inflight_body_bytes",
     );
+    pub static PIPELINE_READ_FAILURES: Counter = Counter::new(
+        "flowmeter_metrics_pipeline_read_failures_total",
+        "reads of the pipeline gauges from Redis that failed (the last figures were served)",
+    );
     pub static INGEST_WRITES_PAST_DEADLINE: Counter = Counter::new(
         "flowmeter_ingest_writes_past_request_timeout_total",
         "ingest requests whose Redis write was still running at server.request_timeout_ms and was let finish",
@@ -276,7 +285,6 @@ pub mod metrics {
         &REQUESTS_OUTCOME_UNKNOWN,
         &REQUESTS_NOT_REPLICATED,
         &IDEMPOTENT_REPLAYS,
-        &EVENTS_INGESTED,
         &EVENTS_APPLIED,
         &EVENTS_INVALID,
         &DEAD_LETTERED,
@@ -311,37 +319,19 @@ pub mod metrics {
         &INGEST_RATE_LIMITED,
         &INGEST_BODY_BUDGET_REFUSED,
         &INGEST_WRITES_PAST_DEADLINE,
+        &PIPELINE_READ_FAILURES,
     ];
 
-    /// The value of counter `name` in a Prometheus text exposition (e.g. a
-    /// scraped `/metrics`).
+    /// The value of series `name` in a Prometheus text or OpenMetrics
+    /// exposition (e.g. a scraped `/metrics`): a bare name, or a name with
+    /// its labels as the exposition writes them
+    /// (`flowmeter_ingest_requests_total{outcome="accepted"}`).
     pub fn value_in(text: &str, name: &str) -> Option<f64> {
         text.lines()
-            .find(|l| l.split_whitespace().next() == Some(name))
-            .and_then(|l| l.split_whitespace().nth(1))
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+            .and_then(|r| r.split_whitespace().next())
             .and_then(|n| n.parse().ok())
-    }
-
-    /// Prometheus text exposition of every counter and gauge.
-    pub fn render() -> String {
-        let mut out = String::new();
-        for c in ALL {
-            out.push_str(&format!(
-                "# HELP {0} {1}\n# TYPE {0} counter\n{0} {2}\n",
-                c.name,
-                c.help,
-                c.get()
-            ));
-        }
-        for g in GAUGES {
-            out.push_str(&format!(
-                "# HELP {0} {1}\n# TYPE {0} gauge\n{0} {2}\n",
-                g.name,
-                g.help,
-                g.get()
-            ));
-        }
-        out
     }
 }
 

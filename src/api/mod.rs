@@ -21,6 +21,7 @@ mod events;
 pub mod health;
 mod ingest;
 mod limits;
+mod metrics;
 pub mod params;
 mod rate;
 mod rollups;
@@ -37,6 +38,7 @@ pub use error::ApiError;
 pub use events::EventSearch;
 pub use ingest::{parse_body, BodyBudget, ErrorReport, ReportLimits};
 pub use limits::QueryLimits;
+pub use metrics::{MetricsEndpoint, PipelineSource};
 pub use rate::RateLimiter;
 pub use rollups::{QueryCatalog, RollupTable};
 
@@ -73,6 +75,8 @@ pub struct AppState {
     pub events: Option<EventSearch>,
     /// `server.ingest_rate_limit` on `POST /v1/events`.
     pub ingest_limit: Arc<RateLimiter>,
+    /// What `GET /metrics` writes.
+    pub metrics: Arc<MetricsEndpoint>,
     /// What `GET /health/ready` checks for these roles.
     pub health: health::Readiness,
 }
@@ -96,7 +100,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health/ready", get(health::ready))
         .route(
             "/metrics",
-            get(status::metrics).route_layer(from_fn_with_state(state.clone(), access::metrics)),
+            get(metrics::metrics).route_layer(from_fn_with_state(state.clone(), access::metrics)),
         )
         .merge(crate::web::router());
     if state.producer.is_some() {

@@ -166,6 +166,10 @@ pub async fn ingest(State(st): State<AppState>, req: Request, next: Next) -> Res
         Ok(()) => next.run(req).await,
         Err(retry_after) => {
             metrics::INGEST_RATE_LIMITED.inc();
+            crate::telemetry::families::ingest_request(
+                crate::telemetry::families::IngestOutcome::RateLimited,
+                now.elapsed().as_secs_f64(),
+            );
             ApiError::RateLimited {
                 reason: format!(
                     "{who} is past its ingest rate limit of {} requests/s (burst {}; server.ingest_rate_limit); nothing was written, retry after {retry_after} s",

@@ -1,13 +1,10 @@
-//! `GET /v1/status` and `GET /metrics`.
+//! `GET /v1/status`.
 
 use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
 use axum::Json;
 
 use super::{ApiError, AppState};
 use crate::status::{gather, Status};
-use crate::telemetry::metrics as counters;
 
 pub async fn status(State(st): State<AppState>) -> Result<Json<Status>, ApiError> {
     gather(
@@ -28,12 +25,4 @@ pub async fn status(State(st): State<AppState>) -> Result<Json<Status>, ApiError
             retry_after: st.queries.cfg.retry_after_secs,
         }
     })
-}
-
-pub async fn metrics() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        // the alert delivery families keep their own labelled series
-        counters::render() + &crate::alert::notify::metrics::render(),
-    )
 }

@@ -110,7 +110,7 @@ impl Channels {
         }
     }
 
-    #[cfg(test)]
+    /// Channels in the table (`flowmeter_hub_channels`).
     pub fn len(&self) -> usize {
         self.map.len()
     }

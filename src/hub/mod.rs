@@ -32,7 +32,7 @@ mod window;
 pub mod ws;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -57,6 +57,10 @@ struct Shared {
     tick: watch::Sender<i64>,
     /// Alert announcements, pushed at once to `alerts` subscribers.
     alerts: tokio::sync::broadcast::Sender<Arc<Value>>,
+    /// Subjects the windows hold, as of the last closed second.
+    subjects: AtomicUsize,
+    /// When the last second was closed (the delivery lag counts from it).
+    closed_at: Mutex<Option<std::time::Instant>>,
 }
 
 impl Shared {
@@ -72,6 +76,8 @@ impl Shared {
             channels: Mutex::new(Channels::new(10, 10, 300)),
             tick: watch::channel(0).0,
             alerts: tokio::sync::broadcast::channel(4).0,
+            subjects: AtomicUsize::new(0),
+            closed_at: Mutex::new(None),
         }
     }
 }
@@ -85,6 +91,8 @@ pub struct Hub {
     shared: Arc<Shared>,
     /// Connections per token or client address (limits; see `ws::Slots`).
     pub(crate) connections: Mutex<HashMap<String, usize>>,
+    /// Open WebSocket connections (each holds its `ws::Slots`).
+    pub(crate) open: AtomicUsize,
     /// When the feed last reached the end of every stream it tails (unix
     /// ms; 0: not yet): what readiness checks ([`Hub::feed_age`]).
     caught_up_ms: AtomicI64,
@@ -123,6 +131,8 @@ impl Hub {
             )),
             tick,
             alerts: tokio::sync::broadcast::channel(ALERT_BUFFER).0,
+            subjects: AtomicUsize::new(0),
+            closed_at: Mutex::new(None),
         });
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         state::start(
@@ -136,6 +146,7 @@ impl Hub {
             tx,
             shared,
             connections: Mutex::new(HashMap::new()),
+            open: AtomicUsize::new(0),
             caught_up_ms: AtomicI64::new(0),
         })
     }
@@ -164,6 +175,32 @@ impl Hub {
     /// The views whose channels it serves.
     pub fn views(&self) -> &Views {
         &self.views
+    }
+
+    /// Open WebSocket connections (`flowmeter_hub_connections`).
+    pub fn connections_open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Channels watched now, overviews included (`flowmeter_hub_channels`,
+    /// at most `hub.max_channels` plus the overviews).
+    pub fn channels_watched(&self) -> usize {
+        self.shared.channels().len()
+    }
+
+    /// Subjects the windows hold (`flowmeter_hub_subjects`, at most
+    /// `hub.max_subjects`), as of the last closed second.
+    pub fn subjects_held(&self) -> usize {
+        self.shared.subjects.load(Ordering::Relaxed)
+    }
+
+    /// When the last second was closed.
+    pub(crate) fn last_close(&self) -> Option<std::time::Instant> {
+        *self
+            .shared
+            .closed_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Wakes on every closed second (its unix time).

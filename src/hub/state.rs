@@ -421,6 +421,11 @@ impl State {
                 channels.publish(&name, sec, c);
             }
         }
+        shared
+            .subjects
+            .store(self.subjects.len(), std::sync::atomic::Ordering::Relaxed);
+        *shared.closed_at.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(std::time::Instant::now());
         shared.tick.send_replace(sec);
     }
 

@@ -23,7 +23,7 @@ use super::channels::update_text;
 use super::{Channel, Hub, Refused, Since};
 use crate::auth::{Auth, ClientKey, Scope};
 use crate::config::HubConfig;
-use crate::telemetry::metrics;
+use crate::telemetry::{families, metrics};
 
 /// What `GET /v1/ws` needs of the server's state: the hub (absent when the
 /// hub role does not run in this process) and the tokens. The API builds it
@@ -174,6 +174,7 @@ impl Slots {
         for w in &wants {
             *conns.entry(w.key.clone()).or_default() += 1;
         }
+        hub.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(Slots {
             hub: hub.clone(),
             keys: wants.into_iter().map(|w| w.key).collect(),
@@ -183,6 +184,9 @@ impl Slots {
 
 impl Drop for Slots {
     fn drop(&mut self) {
+        self.hub
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         let mut conns = self
             .hub
             .connections
@@ -221,7 +225,10 @@ struct Connection {
     /// Its client, charged for the channels it brings into the table.
     client: Arc<str>,
     subs: HashMap<String, Sub>,
-    out: Option<mpsc::Sender<Message>>,
+    out: Option<mpsc::Sender<Outgoing>>,
+    /// While delivering what a closed second produced: when the hub closed
+    /// it (the delivery lag of what is queued counts from there).
+    tick_at: Option<Instant>,
     /// Alert announcements, while subscribed to `alerts`.
     alerts: Option<tokio::sync::broadcast::Receiver<Arc<Value>>>,
     /// Start of the current one-second window and the messages received in it.
@@ -233,6 +240,9 @@ struct Connection {
     /// most, and no more entries than `subs` (`hub.max_subscriptions`).
     owed: VecDeque<String>,
 }
+
+/// A message for the socket, with the tick it delivers (if any).
+type Outgoing = (Message, Option<Instant>);
 
 /// A connection's subscriptions are given back however it ends.
 impl Drop for Connection {
@@ -275,6 +285,7 @@ impl Connection {
             client,
             subs: HashMap::new(),
             out: None,
+            tick_at: None,
             alerts: None,
             window: (Instant::now(), 0),
             snapshots_left,
@@ -290,7 +301,7 @@ impl Connection {
         let Some(out) = &self.out else {
             return Sent::Closed;
         };
-        match out.try_send(Message::Text(text)) {
+        match out.try_send((Message::Text(text), self.tick_at)) {
             Ok(()) => Sent::Ok,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 metrics::HUB_DROPPED.inc();
@@ -320,12 +331,15 @@ impl Connection {
 
     async fn run(mut self, socket: WebSocket) {
         let (mut sink, mut stream) = socket.split();
-        let (tx, mut rx) = mpsc::channel::<Message>(self.hub.config().send_queue);
+        let (tx, mut rx) = mpsc::channel::<Outgoing>(self.hub.config().send_queue);
         self.out = Some(tx);
         let writer = tokio::spawn(async move {
-            while let Some(m) = rx.recv().await {
+            while let Some((m, tick)) = rx.recv().await {
                 if sink.send(m).await.is_err() {
                     break;
+                }
+                if let Some(t) = tick {
+                    families::ws_delivery_lag(t.elapsed().as_secs_f64());
                 }
             }
             let _ = sink.close().await;
@@ -372,7 +386,9 @@ impl Connection {
                 r = ticks.changed() => {
                     if r.is_err() { break }
                     self.snapshots_left = cfg.max_snapshots_per_sec;
+                    self.tick_at = self.hub.last_close();
                     self.deliver_due().await;
+                    self.tick_at = None;
                 }
                 _ = ping.tick() => {
                     if heard.elapsed() > Duration::from_millis(cfg.pong_timeout_ms) {
@@ -380,7 +396,7 @@ impl Connection {
                         break;
                     }
                     if let Some(out) = &self.out {
-                        let _ = out.try_send(Message::Ping(Vec::new().into()));
+                        let _ = out.try_send((Message::Ping(Vec::new().into()), None));
                     }
                 }
             }

@@ -31,6 +31,7 @@ mod hub;
 mod ingest;
 mod kafka_bridge;
 mod loadgen;
+mod metrics;
 mod new_kind;
 mod outage;
 mod processors;

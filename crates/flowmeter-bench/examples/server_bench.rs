@@ -124,6 +124,12 @@ async fn bare_axum(
         events: None,
         queries: flowmeter::api::QueryLimits::new(&s.query),
         ingest_limit: Arc::new(RateLimiter::new(&s.server.ingest_rate_limit)),
+        metrics: Arc::new(flowmeter::api::MetricsEndpoint::new(
+            &s.metrics,
+            &["ingest"],
+            None,
+            None,
+        )?),
     };
     axum::serve(listener, flowmeter::api::router(state))
         .with_graceful_shutdown(async move { stop.cancelled().await })

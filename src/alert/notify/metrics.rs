@@ -50,6 +50,26 @@ pub fn pending(configured: &[String], counts: &[(String, u64)]) {
     }
 }
 
+/// `flowmeter_alert_notifications_total`: (notifier, outcome, attempts).
+pub fn notifications() -> Vec<(String, &'static str, u64)> {
+    NOTIFICATIONS.lock().map_or_else(
+        |_| Vec::new(),
+        |m| {
+            m.iter()
+                .map(|((n, o), v)| (n.clone(), o.label(), *v))
+                .collect()
+        },
+    )
+}
+
+/// `flowmeter_alert_outbox_pending`: (notifier, notifications waiting).
+pub fn outbox() -> Vec<(String, u64)> {
+    PENDING.lock().map_or_else(
+        |_| Vec::new(),
+        |m| m.iter().map(|(n, v)| (n.clone(), *v)).collect(),
+    )
+}
+
 /// Prometheus text exposition of both families (nothing before the first
 /// notifier is configured).
 pub fn render() -> String {

@@ -42,6 +42,7 @@ pub use report::{ErrorReport, ReportLimits};
 use super::server::Uninterruptible;
 use super::{ApiError, AppState};
 use crate::stream::{Idempotency, SubmitError, Submitted};
+use crate::telemetry::families::{self, IngestOutcome};
 use crate::telemetry::metrics;
 
 /// Header on a 202 that repeats an earlier request's outcome.
@@ -53,19 +54,43 @@ pub async fn ingest(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
     let write = uninterruptible.map(|Extension(u)| u);
     let result = handle(&st, &headers, body, write.as_ref()).await;
-    match &result {
-        Ok(_) => metrics::REQUESTS_ACCEPTED.inc(),
-        Err(ApiError::Unavailable { .. } | ApiError::WriteFailed { .. }) => {
+    let outcome = match &result {
+        Ok(_) => IngestOutcome::Accepted,
+        Err(r) => r.outcome,
+    };
+    match outcome {
+        IngestOutcome::Accepted => metrics::REQUESTS_ACCEPTED.inc(),
+        IngestOutcome::Unavailable | IngestOutcome::Backpressure => {
             metrics::REQUESTS_UNAVAILABLE.inc()
         }
-        Err(ApiError::UnsupportedMediaType { .. }) => {
-            metrics::REQUESTS_UNSUPPORTED_MEDIA_TYPE.inc()
-        }
-        Err(_) => metrics::REQUESTS_REJECTED.inc(),
+        IngestOutcome::UnsupportedMediaType => metrics::REQUESTS_UNSUPPORTED_MEDIA_TYPE.inc(),
+        _ => metrics::REQUESTS_REJECTED.inc(),
     }
-    result
+    families::ingest_request(outcome, started.elapsed().as_secs_f64());
+    result.map_err(|r| r.error)
+}
+
+/// A request not accepted: the answer, and how `/metrics` counts it.
+struct Refusal {
+    error: ApiError,
+    outcome: IngestOutcome,
+}
+
+impl From<ApiError> for Refusal {
+    fn from(error: ApiError) -> Self {
+        let outcome = match &error {
+            ApiError::TooLarge { .. } => IngestOutcome::TooLarge,
+            ApiError::UnsupportedMediaType { .. } => IngestOutcome::UnsupportedMediaType,
+            ApiError::Unavailable { .. } | ApiError::WriteFailed { .. } => {
+                IngestOutcome::Unavailable
+            }
+            _ => IngestOutcome::Rejected,
+        };
+        Self { error, outcome }
+    }
 }
 
 /// The media types `POST /v1/events` reads. `text/plain` is JSON too: what
@@ -108,7 +133,7 @@ async fn handle(
     headers: &HeaderMap,
     body: Body,
     write: Option<&Uninterruptible>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Refusal> {
     let cfg = &st.ingest;
     // before the body is read: a type it cannot read costs nothing
     let ndjson = is_ndjson(headers)?;
@@ -136,7 +161,7 @@ async fn handle(
         })?;
     let values = parse_body(&bytes, ndjson, cfg.max_events_per_request, &limits)?;
     let Some(producer) = &st.producer else {
-        return Err(ApiError::NotFound("ingest role is not running".into()));
+        return Err(ApiError::NotFound("ingest role is not running".into()).into());
     };
     let mut valid = Vec::with_capacity(values.len());
     let mut report = ErrorReport::new(&limits);
@@ -151,13 +176,15 @@ async fn handle(
         }
     }
     if invalid > 0 {
-        return Err(report.into_error(
-            format!(
-                "{invalid} of {} events are invalid; nothing from this request was written",
-                values.len()
-            ),
-            invalid,
-        ));
+        return Err(report
+            .into_error(
+                format!(
+                    "{invalid} of {} events are invalid; nothing from this request was written",
+                    values.len()
+                ),
+                invalid,
+            )
+            .into());
     }
     let idempotency = key.map(|key| Idempotency {
         key,
@@ -174,7 +201,7 @@ async fn handle(
         .await
     {
         Ok(Submitted::Written) => {
-            metrics::EVENTS_INGESTED.add(valid.len() as u64);
+            count_by_kind(&st.schemas, &valid);
             Ok(accepted(valid.len() as u64, false))
         }
         Ok(Submitted::Replayed { accepted: n }) => {
@@ -185,7 +212,31 @@ async fn handle(
             if matches!(e, SubmitError::NotReplicated { .. }) {
                 count_not_replicated(st).await;
             }
-            Err(failed(e, key, cfg.retry_after_secs))
+            let outcome = match e {
+                SubmitError::Backlog { .. } => IngestOutcome::Backpressure,
+                _ => IngestOutcome::Unavailable,
+            };
+            Err(Refusal {
+                error: failed(e, key, cfg.retry_after_secs),
+                outcome,
+            })
+        }
+    }
+}
+
+/// `flowmeter_events_ingested_total{kind}` of a written request (kinds
+/// are the configured schemas: validated events name no other).
+fn count_by_kind(schemas: &crate::event::SchemaRegistry, valid: &[crate::event::ValidEvent]) {
+    let kinds = schemas.kinds();
+    let mut by_kind = vec![0u64; kinds.len()];
+    for e in valid {
+        if let Some(n) = by_kind.get_mut(e.kind) {
+            *n += 1;
+        }
+    }
+    for (kind, n) in kinds.iter().zip(by_kind) {
+        if n > 0 {
+            families::events_ingested(&kind.name, n);
         }
     }
 }

@@ -12,7 +12,7 @@ fn hub(cfg: HubConfig) -> Arc<Hub> {
 }
 
 /// A connection to `hub` whose outgoing queue holds `queue` messages.
-fn connection(hub: &Arc<Hub>, queue: usize) -> (Connection, mpsc::Receiver<Message>) {
+fn connection(hub: &Arc<Hub>, queue: usize) -> (Connection, mpsc::Receiver<Outgoing>) {
     let mut c = Connection::new(hub.clone(), Arc::from("address 192.0.2.1"));
     let (tx, rx) = mpsc::channel(queue);
     c.out = Some(tx);
@@ -20,9 +20,9 @@ fn connection(hub: &Arc<Hub>, queue: usize) -> (Connection, mpsc::Receiver<Messa
 }
 
 /// Every JSON message queued so far.
-fn received(rx: &mut mpsc::Receiver<Message>) -> Vec<Value> {
+fn received(rx: &mut mpsc::Receiver<Outgoing>) -> Vec<Value> {
     let mut out = Vec::new();
-    while let Ok(m) = rx.try_recv() {
+    while let Ok((m, _)) = rx.try_recv() {
         if let Message::Text(t) = m {
             out.push(serde_json::from_str(t.as_str()).expect("json"));
         }
@@ -61,7 +61,7 @@ async fn owed_snapshots_stay_within_the_subscriptions_however_a_client_churns() 
             let _ = c
                 .out
                 .as_ref()
-                .map(|o| o.try_send(Message::Text("{}".into())));
+                .map(|o| o.try_send((Message::Text("{}".into()), None)));
         }
         for round in 0..2_000u32 {
             let other = format!("http:service:b{}", round % 50);

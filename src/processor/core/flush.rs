@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use super::runner::Runner;
 use super::{CommitError, Committed, Fence, Letter, Move, ShardHandler};
 use crate::stream::{ack, StreamError, StreamId};
+use crate::telemetry::families::EntryOutcome;
 use crate::telemetry::metrics;
 
 impl<H: ShardHandler> Runner<H> {
@@ -35,7 +36,8 @@ impl<H: ShardHandler> Runner<H> {
             return true;
         }
         let letters = std::mem::take(&mut self.letters);
-        if let Err(e) = self.dead_letter(&letters).await {
+        if let Err(e) = self.dead_letter(&letters, EntryOutcome::Invalid).await {
+            self.figures.flush_failed();
             self.letters = letters;
             self.stats
                 .record_failure(&format!("cannot write the dead-letter stream: {e}"));
@@ -53,18 +55,21 @@ impl<H: ShardHandler> Runner<H> {
             }
             Err(CommitError::Moved(reason)) => {
                 tracing::warn!(processor = %self.spec.name, %reason, "checkpoint moved under us: dropping uncommitted state and re-reading pending entries");
+                self.figures.flush_failed();
                 self.stats.record_failure(&reason);
                 self.reset_all().await;
                 false
             }
             Err(CommitError::Refused(reason)) if self.applied > 0 => {
                 self.spec.metrics.failures.inc();
+                self.figures.flush_failed();
                 self.stats.record_failure(&reason);
                 self.on_refused(reason).await;
                 false
             }
             Err(e) => {
                 self.spec.metrics.failures.inc();
+                self.figures.flush_failed();
                 self.stats.record_failure(&e.to_string());
                 let wait = self.backoff.next_pause();
                 tracing::warn!(processor = %self.spec.name, entries = self.applied, error = %e, backoff_ms = wait.as_millis() as u64, "commit failed; holding state and pausing reads");
@@ -119,7 +124,10 @@ impl<H: ShardHandler> Runner<H> {
         // Rejected entries are acknowledged only once their letters are
         // written; if that fails they wait for the next commit's letters.
         let mut hold = HashSet::new();
-        if let Err(e) = self.dead_letter(&committed.rejected).await {
+        if let Err(e) = self
+            .dead_letter(&committed.rejected, EntryOutcome::DeadLettered)
+            .await
+        {
             tracing::warn!(processor = %self.spec.name, error = %e, "cannot write dead letters; the rejected entries stay unacknowledged until they are written");
             self.stats
                 .record_failure(&format!("cannot write dead letters: {e}"));
@@ -160,6 +168,7 @@ impl<H: ShardHandler> Runner<H> {
             committed.rows,
         );
         self.h.committed(events, committed.rows, &mut self.stats);
+        self.gauges.committed();
         // status shows every commit, not only the last lease tick's
         self.publish_stats().await;
         tracing::debug!(
@@ -204,7 +213,11 @@ impl<H: ShardHandler> Runner<H> {
     /// Appends `letters` to `{prefix}:dlq:{group}` (one MULTI/EXEC) before
     /// the entries are acknowledged. A crash in between writes them again
     /// on redelivery.
-    async fn dead_letter(&mut self, letters: &[Letter]) -> Result<(), StreamError> {
+    async fn dead_letter(
+        &mut self,
+        letters: &[Letter],
+        outcome: EntryOutcome,
+    ) -> Result<(), StreamError> {
         if letters.is_empty() {
             return Ok(());
         }
@@ -225,6 +238,7 @@ impl<H: ShardHandler> Runner<H> {
         )
         .await?;
         let n = letters.len() as u64;
+        self.figures.entries(outcome, n);
         self.stats.invalid_total += n;
         if let Some(c) = self.spec.metrics.invalid {
             c.add(n);

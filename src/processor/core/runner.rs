@@ -17,6 +17,8 @@ use super::stats::Throughput;
 use super::{Backoff, Fence, Letter, Origin, ShardHandler, Spec};
 use crate::processor::{ProcessorContext, ProcessorError, RunnerStats};
 use crate::stream::{LeaseManager, ReadOutcome, Shard, StreamId};
+use crate::telemetry::families::ProcessorMetrics;
+use crate::telemetry::workers::WorkerGauges;
 
 /// Longest the graceful stop tries to commit what is held.
 const STOP_DEADLINE: Duration = Duration::from_secs(10);
@@ -62,6 +64,10 @@ pub(super) struct Runner<H: ShardHandler> {
     pub(super) rx: mpsc::Receiver<Batch>,
     pub(super) stats: RunnerStats,
     pub(super) throughput: Throughput,
+    /// This processor's labelled series (`/metrics`).
+    pub(super) figures: ProcessorMetrics,
+    /// This worker's row of the per-worker gauges, for as long as it runs.
+    pub(super) gauges: WorkerGauges,
     /// Entries applied since the last commit (all shards).
     pub(super) applied: usize,
     /// When the oldest entry held since the last commit arrived.
@@ -103,6 +109,8 @@ impl<H: ShardHandler> Runner<H> {
             ..Default::default()
         };
         let backoff = spec.backoff.clone();
+        let figures = ProcessorMetrics::new(&spec.name, &spec.group);
+        let gauges = WorkerGauges::new(&spec.name, &ctx.worker_id);
         Self {
             h,
             spec,
@@ -113,7 +121,9 @@ impl<H: ShardHandler> Runner<H> {
             tx,
             rx,
             stats,
-            throughput: Throughput::new(),
+            throughput: Throughput::new(figures.clone()),
+            figures,
+            gauges,
             applied: 0,
             oldest: None,
             letters: Vec::new(),
@@ -309,6 +319,8 @@ impl<H: ShardHandler> Runner<H> {
 
     pub(super) async fn publish_stats(&mut self) {
         self.stats.shards = self.shards.keys().map(Shard::label).collect();
+        self.gauges
+            .update(self.stats.stalled_since.is_some(), self.shards.len());
         self.stats.publish(&self.ctx, &self.spec.name).await;
     }
 }

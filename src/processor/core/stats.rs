@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::processor::ProcessorContext;
 use crate::sketch::DdSketch;
 use crate::stream::StreamId;
+use crate::telemetry::families::{EntryOutcome, ProcessorMetrics};
 
 /// Longest `last_error` published, in characters.
 const MAX_ERROR_CHARS: usize = 500;
@@ -121,13 +122,16 @@ pub(crate) struct Throughput {
     /// XADD-to-commit latency of every entry acknowledged by a commit (ms).
     latency: DdSketch,
     last_commit: Instant,
+    /// The same figures as `/metrics` histograms and counters.
+    metrics: ProcessorMetrics,
 }
 
 impl Throughput {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(metrics: ProcessorMetrics) -> Self {
         Self {
             latency: DdSketch::new(),
             last_commit: Instant::now(),
+            metrics,
         }
     }
 
@@ -143,8 +147,12 @@ impl Throughput {
     ) {
         let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
         for id in acked {
-            self.latency.add(now_ms.saturating_sub(id.ms) as f64);
+            let ms = now_ms.saturating_sub(id.ms) as f64;
+            self.latency.add(ms);
+            self.metrics.xadd_to_commit(ms / 1000.0);
         }
+        self.metrics.flushed(took.as_secs_f64());
+        self.metrics.entries(EntryOutcome::Applied, events);
         stats.xadd_to_commit_p50_ms = self.latency.quantile(0.5).unwrap_or(0.0);
         stats.xadd_to_commit_p99_ms = self.latency.quantile(0.99).unwrap_or(0.0);
         stats.xadd_to_commit_max_ms = self.latency.quantile(1.0).unwrap_or(0.0);
@@ -168,7 +176,7 @@ mod tests {
     fn a_commit_sets_its_figures_and_ends_a_stall() {
         let mut s = RunnerStats::default();
         s.record_failure("down");
-        let mut t = Throughput::new();
+        let mut t = Throughput::new(ProcessorMetrics::new("stats-test", "g"));
         let now_ms = chrono::Utc::now().timestamp_millis() as u64;
         let acked = [StreamId {
             ms: now_ms - 250,

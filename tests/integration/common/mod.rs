@@ -694,19 +694,7 @@ pub fn read_and_ingest_tokens(read: &str, ingest: &str) -> Vec<flowmeter::config
 
 /// One value of /proc/self/status in KiB (`VmRSS`, `VmHWM`).
 pub fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .expect("/proc/self/status")
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(field)?
-                .trim_start_matches(':')
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse()
-                .ok()
-        })
-        .expect("status field")
+    flowmeter::telemetry::process::status_kb("self", &format!("{field}:")).expect("status field")
 }
 
 /// Runs the ignored test `name` (`module::test`) of the running test binary

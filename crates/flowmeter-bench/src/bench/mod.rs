@@ -403,42 +403,14 @@ async fn terminate(child: &mut Child) {
 
 /// A memory field (`VmRSS:`, `VmHWM:`) of process `pid`, from /proc (Linux), in MB.
 fn proc_mb(pid: u32, field: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
+    flowmeter::telemetry::process::status_kb(&pid.to_string(), field)
+        .map_or(0.0, |kb| kb as f64 / 1024.0)
 }
 
 /// CPU time (user + system) process `pid` has used, in seconds, from
 /// /proc (Linux); `None` when it cannot be read.
 fn cpu_secs(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // fields after the command name, which is in parentheses and may hold spaces
-    let rest = stat.rsplit_once(')')?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of proc(5), 12 and 13 after the name
-    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / clock_ticks())
-}
-
-/// Clock ticks per second of /proc's CPU times (`getconf CLK_TCK`, 100 on
-/// every usual Linux).
-fn clock_ticks() -> f64 {
-    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    *TICKS.get_or_init(|| {
-        std::process::Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-            .filter(|t: &f64| *t > 0.0)
-            .unwrap_or(100.0)
-    })
+    flowmeter::telemetry::process::cpu_secs(&pid.to_string())
 }
 
 /// Peak resident set of a child, in MB.
