@@ -32,6 +32,7 @@ mod loadgen;
 mod new_kind;
 mod outage;
 mod processors;
+mod prometheus;
 mod readme;
 mod replay;
 mod retention;
