@@ -38,7 +38,9 @@ test: services
 # The workspace, then the embeddable crates alone as a service builds them
 # (no features unified from the server's), the collector with and without
 # its default features, and the server without its optional sinks
-# (`--no-default-features`: no Kafka, no ClickHouse).
+# (`--no-default-features`: no Kafka, no ClickHouse); then the deployment
+# files (scripts/check-deploy: the k8s overlays rendered and validated, the
+# alert rules' promtool tests, the dashboards against Grafana's schema).
 lint: node
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
@@ -46,6 +48,7 @@ lint: node
 	$(CARGO) clippy -p flowmeter-collector -- -D warnings
 	$(CARGO) clippy -p flowmeter-collector --no-default-features -- -D warnings
 	$(CARGO) clippy -p flowmeter --lib --no-default-features -- -D warnings
+	scripts/check-deploy
 
 # The fuzz targets (crates/fuzz, run with scripts/fuzz on nightly) still
 # compile. Not in CI's `make lint`: outside the workspace, with its own

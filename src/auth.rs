@@ -453,47 +453,42 @@ mod tests {
         assert!(err.contains("metrics_requires_token"), "{err}");
     }
 
-    /// The tokens file of the k8s manifest's Secret: refused while it holds
-    /// the placeholders, loaded with digests in their place, and then the
-    /// pods may listen on 0.0.0.0.
+    /// The k8s manifests' config file (k8s/base/flowmeter.toml) with the
+    /// tokens of the example Secret (k8s/examples/flowmeter-auth.tokens.json,
+    /// which the pods get as `FLOWMETER__AUTH__TOKENS`): refused while they
+    /// hold the placeholders, accepted with digests in their place, and then
+    /// the pods may listen on 0.0.0.0; without tokens they may not.
     #[test]
-    fn the_k8s_secret_fails_closed_until_filled_in() {
-        let manifest = std::fs::read_to_string("k8s/flowmeter.yaml").expect("manifest");
-        let file: String = manifest
-            .lines()
-            .skip_while(|l| !l.trim_start().starts_with("flowmeter.toml: |"))
-            .skip(1)
-            .take_while(|l| l.starts_with("    "))
-            .map(|l| format!("{}\n", l.trim_start()))
-            .collect();
-        assert!(file.contains("[auth]"), "{file}");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("flowmeter.toml");
-        let env = vec![(
-            "FLOWMETER__SERVER__LISTEN".to_string(),
-            "0.0.0.0:8080".to_string(),
-        )];
-        std::fs::write(&path, &file).expect("write");
-        let err = crate::config::Settings::load_from(Some(&path), env.clone())
-            .expect_err("placeholders refused");
-        assert!(err.to_string().contains("token_sha256"), "{err}");
-        let digest = "ab".repeat(32);
-        let filled = file
-            .split('"')
-            .map(|part| {
-                if part.starts_with("REPLACE") {
-                    digest.as_str()
-                } else {
-                    part
+    fn the_k8s_tokens_fail_closed_until_filled_in() {
+        let path = std::path::Path::new("k8s/base/flowmeter.toml");
+        let settings =
+            crate::config::Settings::load_from(Some(path), Vec::new()).expect("the file loads");
+        let example = std::fs::read_to_string("k8s/examples/flowmeter-auth.tokens.json")
+            .expect("the example tokens");
+        let tokens: Vec<TokenConfig> = serde_json::from_str(&example).expect("a token list");
+        assert_eq!(tokens.len(), 2);
+        let with = |tokens| AuthConfig {
+            tokens,
+            ..settings.auth.clone()
+        };
+        let err = validate(&with(tokens.clone())).expect_err("placeholders refused");
+        assert!(err.contains("token_sha256"), "{err}");
+        let filled = tokens
+            .into_iter()
+            .map(|t| {
+                assert!(t.token_sha256.starts_with("REPLACE"), "{t:?}");
+                TokenConfig {
+                    token_sha256: "ab".repeat(32),
+                    ..t
                 }
             })
-            .collect::<Vec<_>>()
-            .join("\"");
-        std::fs::write(&path, filled).expect("write");
-        let s = crate::config::Settings::load_from(Some(&path), env).expect("loads");
-        assert_eq!(s.auth.tokens.len(), 2);
-        let addr: SocketAddr = s.server.listen.parse().expect("addr");
-        assert_eq!(check_exposure(&s.auth, &[addr]), Ok(()));
+            .collect();
+        let auth = with(filled);
+        assert_eq!(validate(&auth), Ok(()));
+        let addr: SocketAddr = settings.server.listen.parse().expect("addr");
+        assert!(!addr.ip().is_loopback(), "{addr}");
+        assert_eq!(check_exposure(&auth, &[addr]), Ok(()));
+        assert!(check_exposure(&settings.auth, &[addr]).is_err());
     }
 
     #[test]

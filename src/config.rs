@@ -70,7 +70,7 @@ pub struct ServerConfig {
     /// ingest, api and hub roles (`serve --roles rollup`), which serves
     /// nothing else. Default `127.0.0.1:0`: a free port, logged at start, so
     /// several workers on one machine do not collide on `listen`. Set a fixed
-    /// one where probes or Prometheus must find it (k8s/flowmeter.yaml sets
+    /// one where probes or Prometheus must find it (k8s/base/flowmeter.toml sets
     /// `0.0.0.0:8080`); `serve --listen` overrides it for such a process.
     pub worker_listen: String,
     /// Graceful shutdown: how long in-flight requests and the final flush may take.

@@ -85,7 +85,20 @@ pub enum StoreError {
     /// A value a column cannot hold, found before it was sent.
     #[error("table {table}: {reason}")]
     Value { table: String, reason: String },
+    /// Another `flowmeter migrate` of the same database held the migration
+    /// lock for [`MIGRATE_LOCK_WAIT_SECS`]: try again once it is done.
+    #[error("another `flowmeter migrate` of this database held the migration lock for {0} s; run it again once that one is done (SELECT IS_USED_LOCK({MIGRATE_LOCK}) names its connection)")]
+    MigrationLocked(u32),
 }
+
+/// The MySQL named lock `flowmeter migrate` runs under, one per database
+/// (a SQL expression: lock names are at most 64 characters, database names
+/// too).
+const MIGRATE_LOCK: &str = "CONCAT('flowmeter_migrate:', LEFT(SHA1(DATABASE()), 40))";
+
+/// How long `flowmeter migrate` waits for another run of the same
+/// database to finish before it gives up ([`StoreError::MigrationLocked`]).
+pub const MIGRATE_LOCK_WAIT_SECS: u32 = 600;
 
 /// MySQL/MariaDB errors about a value (not the server, not the schema):
 /// out of range, incorrect datetime/integer/string value, data too long,
@@ -119,7 +132,9 @@ impl StoreError {
     pub fn retryable(&self) -> bool {
         match self {
             StoreError::Db(e) => is_retryable_db(e),
-            StoreError::Timeout(_) | StoreError::Connect { .. } => true,
+            StoreError::Timeout(_)
+            | StoreError::Connect { .. }
+            | StoreError::MigrationLocked(_) => true,
             _ => false,
         }
     }
@@ -296,10 +311,26 @@ impl Store {
         &self.pool
     }
 
-    /// Applies the sqlx migrations in `dir` (idempotent).
+    /// Applies the sqlx migrations in `dir` (idempotent), one run at a time
+    /// per database, so pods that each migrate before they serve can start
+    /// together. Under a named lock of flowmeter's own: sqlx's
+    /// (`GET_LOCK(name, -1)`) locks nothing on MariaDB, which answers NULL at
+    /// once to a negative timeout, and concurrent runs then fail half-way
+    /// ("migration N is partially applied"). The connection is detached
+    /// from the pool and closed at the end, which releases the lock also
+    /// when the run fails or is cancelled.
     pub async fn migrate(&self, dir: &Path) -> Result<(), StoreError> {
         let migrator = sqlx::migrate::Migrator::new(dir).await?;
-        migrator.run(&self.pool).await?;
+        let mut conn = self.pool.acquire().await?.detach();
+        let locked: Option<i64> =
+            sqlx::query_scalar(&format!("SELECT GET_LOCK({MIGRATE_LOCK}, ?)"))
+                .bind(MIGRATE_LOCK_WAIT_SECS)
+                .fetch_one(&mut conn)
+                .await?;
+        if locked != Some(1) {
+            return Err(StoreError::MigrationLocked(MIGRATE_LOCK_WAIT_SECS));
+        }
+        migrator.run_direct(&mut conn).await?;
         Ok(())
     }
 

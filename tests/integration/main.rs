@@ -35,6 +35,7 @@ mod metrics;
 mod new_kind;
 mod outage;
 mod processors;
+mod prometheus;
 mod readme;
 mod replay;
 mod retention;
