@@ -30,7 +30,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::error::{bad_param, ParamErrors};
-use super::params::{echo_time, now_secs, FromParam, Limit, Order, Param, Params, Rest, Time};
+#[cfg(feature = "clickhouse")]
+use super::params::echo_time;
+use super::params::{now_secs, FromParam, Limit, Order, Param, Params, Rest, Time};
 use super::{ApiError, AppState};
 
 /// What the search needs: the archive and its table per kind.
