@@ -358,6 +358,9 @@ pub async fn serve(
     let (Connected { redis, keys, store }, mut state) = loop {
         let attempt = async {
             let c = connect(&settings, &roles, needs_store, &schemas).await?;
+            if let (true, Some(store)) = (alerting, &c.store) {
+                store.require_alert_outbox().await?;
+            }
             let shared = Shared {
                 schemas: schemas.clone(),
                 processors: processors.clone(),

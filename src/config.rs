@@ -732,7 +732,7 @@ pub struct AlertDeliveryConfig {
     pub max_in_flight: usize,
     /// Longest one request may take, connecting included; a claim on a
     /// notification lasts this plus 10 s, so no other deliverer sends it
-    /// meanwhile.
+    /// meanwhile. At most 300,000 (5 min).
     pub timeout_ms: u64,
     /// Attempts per notification; after the last failed one it is given up
     /// (`gave_up`, with its last error).
@@ -742,7 +742,7 @@ pub struct AlertDeliveryConfig {
     pub max_age_secs: u64,
     /// Pause after the first failed attempt; doubled after each further
     /// one, up to `backoff_max_ms`. A receiver's `Retry-After` (429, 503)
-    /// is honoured up to `backoff_max_ms`.
+    /// is honoured up to `backoff_max_ms`, at most 86,400,000 (a day).
     pub backoff_initial_ms: u64,
     pub backoff_max_ms: u64,
     /// Largest request body; a larger one (a long message or label set) is
@@ -750,7 +750,7 @@ pub struct AlertDeliveryConfig {
     pub max_body_bytes: usize,
     /// Open alerts are re-sent to Alertmanager this often (it forgets an
     /// alert nobody re-sends); each firing alert says it ends 4 × this
-    /// from its sending unless re-sent, as Prometheus does.
+    /// from its sending unless re-sent, as Prometheus does. At most 86,400.
     pub alertmanager_refresh_secs: u64,
 }
 
@@ -770,6 +770,11 @@ impl Default for AlertDeliveryConfig {
     }
 }
 
+/// Largest `alert_delivery.timeout_ms`: 5 minutes.
+const MAX_DELIVERY_TIMEOUT_MS: u64 = 300_000;
+/// Largest `alert_delivery.backoff_max_ms`: a day.
+const MAX_DELIVERY_BACKOFF_MS: u64 = 86_400_000;
+
 impl AlertDeliveryConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(format!("alert_delivery.{m}")));
@@ -779,8 +784,11 @@ impl AlertDeliveryConfig {
         if self.max_in_flight == 0 || self.max_in_flight > 1_000 {
             return bad("max_in_flight must be 1 to 1000");
         }
-        if self.timeout_ms == 0 {
-            return bad("timeout_ms must be > 0");
+        // the claim and the backoff are written as `NOW(3) + INTERVAL ? * 1000
+        // MICROSECOND` (store/outbox.rs): past these caps MySQL's product
+        // overflows and every claim would fail
+        if self.timeout_ms == 0 || self.timeout_ms > MAX_DELIVERY_TIMEOUT_MS {
+            return bad("timeout_ms must be 1 to 300000 (5 min)");
         }
         if self.max_attempts == 0 || self.max_age_secs == 0 {
             return bad("max_attempts and max_age_secs must be > 0");
@@ -790,11 +798,14 @@ impl AlertDeliveryConfig {
                 "backoff_initial_ms must be > 0 and backoff_max_ms at least backoff_initial_ms",
             );
         }
+        if self.backoff_max_ms > MAX_DELIVERY_BACKOFF_MS {
+            return bad("backoff_max_ms must be at most 86400000 (1 day)");
+        }
         if self.max_body_bytes < 1_024 {
             return bad("max_body_bytes must be at least 1024");
         }
-        if self.alertmanager_refresh_secs == 0 {
-            return bad("alertmanager_refresh_secs must be > 0");
+        if self.alertmanager_refresh_secs == 0 || self.alertmanager_refresh_secs > 86_400 {
+            return bad("alertmanager_refresh_secs must be 1 to 86400 (1 day)");
         }
         Ok(())
     }
@@ -1197,6 +1208,9 @@ mod tests {
         );
         for (key, value, says) in [
             ("TIMEOUT_MS", "0", "timeout_ms"),
+            ("TIMEOUT_MS", "300001", "timeout_ms"),
+            ("BACKOFF_MAX_MS", "86400001", "backoff_max_ms"),
+            ("BACKOFF_MAX_MS", "18446744073709551615", "backoff_max_ms"),
             ("MAX_IN_FLIGHT", "0", "max_in_flight"),
             ("MAX_IN_FLIGHT", "1001", "max_in_flight"),
             ("BACKOFF_MAX_MS", "10", "backoff_max_ms"),
@@ -1206,6 +1220,11 @@ mod tests {
             (
                 "ALERTMANAGER_REFRESH_SECS",
                 "0",
+                "alertmanager_refresh_secs",
+            ),
+            (
+                "ALERTMANAGER_REFRESH_SECS",
+                "86401",
                 "alertmanager_refresh_secs",
             ),
         ] {

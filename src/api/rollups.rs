@@ -58,6 +58,9 @@ pub struct QueryCatalog {
 
 impl QueryCatalog {
     pub async fn build(processors: &ProcessorRegistry, store: &Store) -> Result<Self, StoreError> {
+        // GET /v1/alerts reads the outbox too: an unmigrated database stops
+        // the start here, like a missing rollup table below
+        store.require_alert_outbox().await?;
         let mut tables = Vec::new();
         for p in processors.enabled() {
             let Some(def) = p.get::<crate::processor::rollup::RollupDef>() else {

@@ -241,6 +241,10 @@ mod tests {
                 reason: "Password authentication failed".into(),
             }),
             AppError::Stream(StreamError::TlsConfig("no CA file".into())),
+            AppError::Stream(StreamError::Config {
+                url: "rediss://r1:6379".into(),
+                reason: "TLS (rediss://) is not supported with redis.cluster yet".into(),
+            }),
             AppError::Store(StoreError::NoDatabase("fm".into())),
             AppError::Store(StoreError::BadUrl("no database".into())),
             AppError::Store(StoreError::Tls("handshake".into())),

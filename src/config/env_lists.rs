@@ -62,10 +62,31 @@ impl Split {
                     true => "; given as comma-separated strings: a list of tables such as auth.tokens needs a JSON array (docs/configuration.md)",
                     false => "",
                 };
-                ConfigError::Invalid(format!("{}: {e}{hint}", list.var))
+                ConfigError::Invalid(format!("{}: {}{hint}", list.var, without_value(&e)))
             })?;
         }
         Ok(out)
+    }
+}
+
+/// What serde found wrong with a list, without the value itself: serde's
+/// messages quote the input (`invalid type: string "…", expected …`,
+/// `unknown variant `…``), and the input may be a token. Kept: a missing
+/// or duplicate field (a name of the setting's shape) and what was
+/// expected; dropped: whatever serde quotes from the value.
+fn without_value(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    if text.starts_with("missing field `") || text.starts_with("duplicate field `") {
+        return text;
+    }
+    // "expected …" comes last and is written from the setting's type; the
+    // last ", expected " is serde's even if the value holds those words
+    match text.rfind(", expected ") {
+        Some(at) => format!(
+            "an item has the wrong type or value, {}",
+            &text[at + ", ".len()..]
+        ),
+        None => "an item does not fit the setting (its value is not shown)".to_string(),
     }
 }
 
@@ -193,6 +214,42 @@ mod tests {
         assert!(!comma);
         assert_eq!(parse("V", "").expect("empty").0, json!([]));
         assert_eq!(parse("V", " , ").expect("commas").0, json!([]));
+    }
+
+    /// A list of tables given as strings: serde's own message quotes the
+    /// string, i.e. the token; the error keeps the variable and the
+    /// expected type only.
+    #[test]
+    fn wrong_items_name_the_variable_and_type_not_the_value() {
+        let secret = "s3cret-s3cret-s3cret, expected x";
+        for (value, comma) in [
+            (json!([secret]), true),
+            (json!([{"name": "a", "token": secret, "scopes": 7}]), false),
+            (
+                json!([{"name": "a", "token": 12, "scopes": [secret]}]),
+                false,
+            ),
+        ] {
+            let split = Split {
+                rest: config::Map::new(),
+                lists: vec![EnvList {
+                    var: "FLOWMETER__AUTH__TOKENS".into(),
+                    path: vec!["auth".into(), "tokens".into()],
+                    value,
+                    comma,
+                }],
+            };
+            let text = match split.apply(Settings::default()) {
+                Ok(_) => panic!("wrong items accepted"),
+                Err(e) => e.to_string(),
+            };
+            assert!(text.contains("FLOWMETER__AUTH__TOKENS"), "{text}");
+            assert!(text.contains("expected"), "{text}");
+            assert!(!text.contains("s3cret"), "{text}");
+        }
+        let missing = serde_json::from_value::<crate::auth::TokenConfig>(json!({"name": "a"}))
+            .expect_err("no scopes");
+        assert_eq!(without_value(&missing), "missing field `scopes`");
     }
 
     #[test]

@@ -168,6 +168,18 @@ impl StoreError {
     }
 }
 
+/// Server errors that say the server cannot serve this connection now
+/// (too many connections, shutting down, gone away, lost, killed): the
+/// server is unreachable for the while, as when it refuses the connection,
+/// so `serve` waits for it rather than stopping.
+const SERVER_UNAVAILABLE: [u16; 5] = [
+    1040, // too many connections
+    1053, // server shutdown in progress
+    2006, // server has gone away
+    2013, // lost connection during query
+    1927, // connection killed
+];
+
 fn is_retryable_db(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Io(_)
@@ -175,14 +187,9 @@ fn is_retryable_db(e: &sqlx::Error) -> bool {
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed
         | sqlx::Error::Protocol(_) => true,
-        sqlx::Error::Database(_) => matches!(
-            db_number(e),
-            Some(
-                ER_LOCK_DEADLOCK | ER_LOCK_WAIT_TIMEOUT | 1040 /* too many connections */
-                    | 1053 /* server shutdown */ | 2006 | 2013 /* gone away, lost */
-                    | 1927 /* connection killed */
-            )
-        ),
+        sqlx::Error::Database(_) => db_number(e).is_some_and(|n| {
+            matches!(n, ER_LOCK_DEADLOCK | ER_LOCK_WAIT_TIMEOUT) || SERVER_UNAVAILABLE.contains(&n)
+        }),
         _ => false,
     }
 }
@@ -216,7 +223,10 @@ fn unreachable(url: &str, e: StoreError) -> StoreError {
 }
 
 fn is_unreachable(e: &sqlx::Error) -> bool {
-    !matches!(e, sqlx::Error::Database(_)) && is_retryable_db(e)
+    match e {
+        sqlx::Error::Database(_) => db_number(e).is_some_and(|n| SERVER_UNAVAILABLE.contains(&n)),
+        _ => is_retryable_db(e),
+    }
 }
 
 impl Store {
@@ -343,5 +353,25 @@ impl Store {
             .execute(format!("DROP DATABASE IF EXISTS `{}`", name.0).as_str())
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A busy or stopping server (1040, 1053) is waited for at start, like
+    /// a refused connection; a lock conflict is retried but is no outage.
+    #[test]
+    fn a_busy_or_stopping_server_counts_as_unreachable() {
+        for n in [1040, 1053] {
+            assert!(SERVER_UNAVAILABLE.contains(&n), "{n}");
+        }
+        for n in [ER_LOCK_DEADLOCK, ER_LOCK_WAIT_TIMEOUT, ER_NO_SUCH_TABLE] {
+            assert!(!SERVER_UNAVAILABLE.contains(&n), "{n}");
+        }
+        let io = sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(is_unreachable(&io));
+        assert!(!is_unreachable(&sqlx::Error::RowNotFound));
     }
 }

@@ -125,6 +125,15 @@ fn marks(n: usize) -> String {
 }
 
 impl Store {
+    /// Stops a start on a database migrated before the outbox (0007): the
+    /// alert list joins it and every alert transition writes to it, so
+    /// without it GET /v1/alerts and the alert evaluator would fail at each
+    /// use. The same check as a rollup table's ([`Store::columns`]), which
+    /// says to run `flowmeter migrate`.
+    pub async fn require_alert_outbox(&self) -> Result<(), StoreError> {
+        self.columns("alert_notifications").await.map(drop)
+    }
+
     /// Due notifications of `notifiers` (rows of others are left to the
     /// instances that know them), oldest due first. A `resolved` row waits
     /// while its `fired` row is still pending, so receivers hear of an

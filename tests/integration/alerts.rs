@@ -252,3 +252,43 @@ async fn loadgen_incident_trips_the_shipped_error_rate_rule() {
     server.stop().await;
     env.cleanup().await;
 }
+
+/// A database migrated before the alert outbox (0007): the query API stops
+/// its start saying to run `flowmeter migrate` instead of answering 503 on
+/// every GET /v1/alerts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_on_a_database_without_the_outbox_stops_saying_to_migrate() {
+    use tokio_util::sync::CancellationToken;
+    let env = TestEnv::new("alerts_no_outbox");
+    env.migrate().await;
+    let store = env.store().await;
+    store
+        .require_alert_outbox()
+        .await
+        .expect("migrated: present");
+    sqlx::query("DROP TABLE alert_notifications")
+        .execute(store.pool())
+        .await
+        .expect("drop");
+    let e = store.require_alert_outbox().await.expect_err("absent");
+    assert!(e.to_string().contains("flowmeter migrate"), "{e}");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let serve = flowmeter::app::serve(
+        env.settings.clone(),
+        "api".parse().expect("roles"),
+        Some(listener),
+        CancellationToken::new(),
+    );
+    let e = tokio::time::timeout(Duration::from_secs(20), serve)
+        .await
+        .expect("the start stops rather than waits")
+        .expect_err("refused");
+    let text = e.to_string();
+    assert!(
+        text.contains("alert_notifications") && text.contains("flowmeter migrate"),
+        "{text}"
+    );
+    env.cleanup().await;
+}

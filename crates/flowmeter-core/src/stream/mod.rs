@@ -45,6 +45,11 @@ pub enum StreamError {
     /// cannot help.
     #[error("Redis at {url} refused the credentials: {reason} (check the user and password in redis.url)")]
     Auth { url: String, reason: String },
+    /// The connection settings cannot work as they are (no cluster node,
+    /// `rediss://` with `redis.cluster`, a node list the client refuses):
+    /// fix `[redis]`; retrying cannot help.
+    #[error("redis settings for {url}: {reason} (fix [redis])")]
+    Config { url: String, reason: String },
     /// The TLS settings cannot work as they are (a file missing or not
     /// PEM, TLS files with a plain URL): fix `[redis]`.
     #[error("TLS to Redis: {0}")]
@@ -72,6 +77,7 @@ impl StreamError {
             StreamError::Timeout(_) | StreamError::Connect { .. } => true,
             StreamError::Protocol(_)
             | StreamError::Auth { .. }
+            | StreamError::Config { .. }
             | StreamError::TlsConfig(_)
             | StreamError::TlsHandshake { .. } => false,
         }
@@ -264,11 +270,15 @@ impl Redis {
             url: shown.clone(),
             reason,
         };
+        let config = |reason: String| StreamError::Config {
+            url: shown.clone(),
+            reason,
+        };
         if nodes.is_empty() {
-            return Err(bad("no cluster node to connect to".into()));
+            return Err(config("no cluster node to connect to".into()));
         }
         if nodes.iter().any(|n| n.starts_with("rediss://")) {
-            return Err(bad(
+            return Err(config(
                 "TLS (rediss://) is not supported with redis.cluster yet: use redis:// on a private network".into(),
             ));
         }
@@ -284,7 +294,7 @@ impl Redis {
                     .max(CLUSTER_MIN_RETRY_WAIT_MS + 1),
             )
             .build()
-            .map_err(|e| bad(e.to_string()))?;
+            .map_err(|e| config(e.to_string()))?;
         // `get_async_connection` can hang on a node that accepts and never
         // answers: bounded here
         let conn = tokio::time::timeout(timeout, client.get_async_connection())
@@ -401,6 +411,26 @@ pub async fn xinfo(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A node list that cannot work is a settings error, which `serve`
+    /// stops on, not a connection failure it would wait out for ever.
+    #[tokio::test]
+    async fn unusable_cluster_settings_are_not_retryable() {
+        let retry = ClusterRetry {
+            retries: 1,
+            max_wait: Duration::from_millis(10),
+        };
+        let timeout = Duration::from_millis(200);
+        for nodes in [vec![], vec!["rediss://:pw@r1:6379".to_string()]] {
+            let e = match Redis::connect_cluster(&nodes, timeout, retry).await {
+                Ok(_) => panic!("{nodes:?} connected"),
+                Err(e) => e,
+            };
+            assert!(matches!(e, StreamError::Config { .. }), "{e}");
+            assert!(!e.retryable(), "{e}");
+            assert!(!e.to_string().contains("pw"), "{e}");
+        }
+    }
 
     #[test]
     fn cluster_retry_waits_grow_up_to_the_maximum() {

@@ -841,6 +841,7 @@ fn classify(e: StreamError) -> SubmitError {
         }
         // TLS fails while connecting, before any command is sent
         StreamError::TlsConfig(_)
+        | StreamError::Config { .. }
         | StreamError::TlsHandshake { .. }
         | StreamError::Connect { .. }
         | StreamError::Auth { .. } => true,
