@@ -4,8 +4,12 @@
 //! - live: 200 `ok` while the process answers HTTP, whatever Redis or MySQL
 //!   do (a liveness probe restarts a process; a dependency's outage is no
 //!   reason to).
-//! - ready: 200 when every check of this process's roles passes, else 503;
-//!   the JSON names each check with a reason. The checks, each bounded by
+//! - ready: 200 when every required check of this process's roles passes
+//!   (`ready`, or `degraded` when a check that is not required fails),
+//!   else 503 (`not ready`, also with no check yet); the JSON names each
+//!   check, whether it is required, and a reason. MySQL and processor
+//!   checks are not required in a process that ingests (ingest needs only
+//!   Redis), nor the alerts' MySQL in a hub. The checks, each bounded by
 //!   `health.check_timeout_ms` and run together:
 //!   - `redis`: a `PING` answered (every role);
 //!   - `mysql`: a `SELECT 1` on the pool of the processors and alerts
@@ -13,12 +17,13 @@
 //!     the query API's own pool (role api);
 //!   - `processor:NAME`: this process's worker of each enabled processor
 //!     has not been stalled (failing every flush) for longer than
-//!     `health.max_stall_ms` (role rollup);
+//!     `health.max_stall_ms`, and its task has not ended (role rollup);
 //!   - `hub_feed`: the hub's reader reached the end of every stream it
 //!     tails within `health.hub_feed_max_age_ms` (role hub).
 //!
 //! Neither asks for a token (probes carry none) and neither says more than
-//! whether a dependency answers: no data, no URL, no password.
+//! whether a dependency answers: no data, no URL, no password, no error
+//! text (a stalled processor's error is in `/v1/status`, behind a token).
 //!
 //! While `serve` waits for Redis or MySQL at start, [`Startup`] answers in
 //! place of the router: live 200, ready 503 with what it waits for, every
