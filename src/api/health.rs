@@ -429,33 +429,40 @@ pub(super) async fn ready(State(st): State<AppState>) -> Report {
 
 /// What `serve` answers while it waits for Redis or MySQL at start, then
 /// the roles' router once they run.
-#[derive(Default)]
 pub struct Startup {
     waiting: Mutex<Vec<Check>>,
     app: OnceLock<Router>,
+    /// Whether the first attempt to reach Redis and MySQL has ended (in a
+    /// wait or with the roles running): until then a request other than
+    /// the health endpoints waits for it, as it did in the listen backlog.
+    settled: tokio::sync::watch::Sender<bool>,
 }
 
 impl Startup {
     /// Not ready until the first attempt to reach Redis and MySQL says
     /// what it waits for ([`Startup::waiting_for`]) or the roles run.
     pub fn new() -> Arc<Self> {
-        let me = Self::default();
-        me.waiting_for(vec![Check::new(
-            "start",
-            false,
-            "connecting to Redis and MySQL (the roles start once they answer)",
-        )]);
-        Arc::new(me)
+        Arc::new(Self {
+            waiting: Mutex::new(vec![Check::new(
+                "start",
+                false,
+                "connecting to Redis and MySQL (the roles start once they answer)",
+            )]),
+            app: OnceLock::new(),
+            settled: tokio::sync::watch::Sender::new(false),
+        })
     }
 
     /// What readiness reports while waiting.
     pub fn waiting_for(&self, checks: Vec<Check>) {
         *self.waiting.lock().unwrap_or_else(|p| p.into_inner()) = checks;
+        self.settled.send_replace(true);
     }
 
     /// From now on every request goes to `app` (once; later calls are ignored).
     pub fn started(&self, app: Router) {
         let _ = self.app.set(app);
+        self.settled.send_replace(true);
     }
 
     /// The router to serve from the start: answers as the module doc says
@@ -468,6 +475,14 @@ impl Startup {
     }
 
     async fn answer(&self, req: Request) -> Response {
+        let health = matches!(
+            req.uri().path(),
+            "/health/live" | "/healthz" | "/health/ready"
+        );
+        if !health {
+            // the sender lives as long as `self`: this ends when it settles
+            let _ = self.settled.subscribe().wait_for(|s| *s).await;
+        }
         if let Some(app) = self.app.get() {
             return match app.clone().oneshot(req).await {
                 Ok(r) => r,
@@ -596,7 +611,17 @@ mod tests {
             "before the first attempt"
         );
         assert!(body.contains("connecting to Redis and MySQL"), "{body}");
+        // other paths wait for the first attempt to end
+        let early = tokio::spawn(call("/v1/events"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !early.is_finished(),
+            "answered before the first attempt ended"
+        );
         s.waiting_for(vec![]);
+        let (code, body) = early.await.expect("early request");
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("starting"), "{body}");
         assert_eq!(
             call("/health/ready").await.0,
             StatusCode::SERVICE_UNAVAILABLE
