@@ -317,7 +317,7 @@ pub async fn serve(
         let addrs = listen_addrs(&settings, listener.as_ref()).await?;
         crate::auth::check_exposure(&settings.auth, &addrs)?;
     }
-    let mut http = Some(crate::api::server::HttpServer::new(&settings.server)?);
+    let http = crate::api::server::HttpServer::new(&settings.server)?;
     let schemas = Arc::new(SchemaRegistry::load(&settings.paths.schemas)?);
     let processors = Arc::new(ProcessorRegistry::load(
         &settings.paths.processors,
@@ -352,8 +352,12 @@ pub async fn serve(
     // the HTTP server stops with `shutdown`, or when the start fails
     let http_stop = shutdown.child_token();
     let stop_on_error = http_stop.clone().drop_guard();
-    let mut listener = listener;
     let mut waiter = Waiter::new(&settings.health);
+    // listen before the first attempt: probes get live 200 and ready 503
+    // while it connects, then the roles' router once they run
+    let l = bind(listener, &settings, &roles).await?;
+    log_listening(&l, &roles, http.tls());
+    tracker.spawn(http.run(l, waiter.router(), http_stop.clone()));
     let needs_store = roles.has(Role::Rollup) || alerting;
     let (Connected { redis, keys, store }, mut state) = loop {
         let attempt = async {
@@ -377,12 +381,6 @@ pub async fn serve(
             Err(e) if e.unreachable() => e,
             Err(e) => return Err(e),
         };
-        if let Some(http) = http.take() {
-            // answer probes while waiting
-            let l = bind(listener.take(), &settings, &roles).await?;
-            log_listening(&l, &roles, http.tls());
-            tracker.spawn(http.run(l, waiter.router(), http_stop.clone()));
-        }
         if !waiter.wait(&e, &shutdown).await {
             tracker.close();
             tracker.wait().await;
@@ -400,7 +398,14 @@ pub async fn serve(
         shutdown.child_token(),
     ));
     if let Some(store) = &store {
-        state.health = state.health.clone().with_mysql("mysql", store.clone());
+        // required only for a rollup process that does not ingest: ingest
+        // needs only Redis, and the hub's alerts wait for MySQL on their own
+        // (docs/operations.md, "Health and readiness")
+        let required = roles.has(Role::Rollup) && !roles.has(Role::Ingest);
+        state.health = state
+            .health
+            .clone()
+            .with_mysql("mysql", store.clone(), required);
     }
 
     if roles.has(Role::Rollup) {
@@ -429,22 +434,31 @@ pub async fn serve(
             shutdown.child_token(),
         ));
         let mut names = Vec::new();
+        let exits = crate::api::health::ProcessorExits::default();
         for def in processors.enabled() {
             let p = def.build(ctx.clone()).await?;
             let token = shutdown.child_token();
             let name = def.name().to_string();
             names.push(name.clone());
+            let exits = exits.clone();
             tracker.spawn(async move {
-                if let Err(e) = p.run(token).await {
+                let ended = p.run(token.clone()).await;
+                if let Err(e) = &ended {
                     tracing::error!(processor = %name, error = %e, "processor stopped with an error");
+                }
+                if ended.is_err() || !token.is_cancelled() {
+                    // /health/ready fails its check from now on
+                    exits.record(&name);
                 }
             });
         }
-        state.health =
-            state
-                .health
-                .clone()
-                .with_processors(keys.clone(), names, ctx.worker_id.clone());
+        state.health = state.health.clone().with_processors(
+            keys.clone(),
+            names,
+            ctx.worker_id.clone(),
+            exits,
+            !roles.has(Role::Ingest),
+        );
     }
 
     // every hub instance with notifiers delivers (one sender per row)
@@ -488,15 +502,7 @@ pub async fn serve(
     // query endpoints only with their roles. Workers bind
     // `server.worker_listen` (a free port by default), so several run side
     // by side on one machine.
-    let app = api::router(state);
-    match http.take() {
-        Some(http) => {
-            let l = bind(listener, &settings, &roles).await?;
-            log_listening(&l, &roles, http.tls());
-            tracker.spawn(http.run(l, app, http_stop));
-        }
-        None => waiter.started(app),
-    }
+    waiter.started(api::router(state));
     stop_on_error.disarm();
     tracker.close();
     shutdown.cancelled().await;
@@ -600,7 +606,9 @@ pub async fn http_state(
     });
     let mut health = crate::api::health::Readiness::new(&settings.health, redis.clone());
     if let Some(s) = &api_store {
-        health = health.with_mysql("mysql_query", s.clone());
+        // ingest needs only Redis: the query API's MySQL does not take an
+        // ingesting process out of its Service
+        health = health.with_mysql("mysql_query", s.clone(), !roles.has(Role::Ingest));
     }
     if let Some(h) = &hub {
         health = health.with_hub(h.clone());

@@ -4,8 +4,12 @@
 //! - live: 200 `ok` while the process answers HTTP, whatever Redis or MySQL
 //!   do (a liveness probe restarts a process; a dependency's outage is no
 //!   reason to).
-//! - ready: 200 when every check of this process's roles passes, else 503;
-//!   the JSON names each check with a reason. The checks, each bounded by
+//! - ready: 200 when every required check of this process's roles passes
+//!   (`ready`, or `degraded` when a check that is not required fails),
+//!   else 503 (`not ready`, also with no check yet); the JSON names each
+//!   check, whether it is required, and a reason. MySQL and processor
+//!   checks are not required in a process that ingests (ingest needs only
+//!   Redis), nor the alerts' MySQL in a hub. The checks, each bounded by
 //!   `health.check_timeout_ms` and run together:
 //!   - `redis`: a `PING` answered (every role);
 //!   - `mysql`: a `SELECT 1` on the pool of the processors and alerts
@@ -13,12 +17,13 @@
 //!     the query API's own pool (role api);
 //!   - `processor:NAME`: this process's worker of each enabled processor
 //!     has not been stalled (failing every flush) for longer than
-//!     `health.max_stall_ms` (role rollup);
+//!     `health.max_stall_ms`, and its task has not ended (role rollup);
 //!   - `hub_feed`: the hub's reader reached the end of every stream it
 //!     tails within `health.hub_feed_max_age_ms` (role hub).
 //!
 //! Neither asks for a token (probes carry none) and neither says more than
-//! whether a dependency answers: no data, no URL, no password.
+//! whether a dependency answers: no data, no URL, no password, no error
+//! text (a stalled processor's error is in `/v1/status`, behind a token).
 //!
 //! While `serve` waits for Redis or MySQL at start, [`Startup`] answers in
 //! place of the router: live 200, ready 503 with what it waits for, every
@@ -48,40 +53,58 @@ pub struct Check {
     /// `redis`, `mysql`, `mysql_query`, `processor:NAME`, `hub_feed`.
     pub name: String,
     pub ok: bool,
+    /// Whether a failure makes the process not ready (503); a failing check
+    /// that is not required only makes it `degraded` (still 200).
+    pub required: bool,
     /// Why it passed or failed, for a person.
     pub reason: String,
 }
 
 impl Check {
-    fn new(name: impl Into<String>, ok: bool, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(name: impl Into<String>, ok: bool, reason: impl Into<String>) -> Self {
         Self {
             name: name.into(),
             ok,
+            required: true,
             reason: reason.into(),
         }
+    }
+
+    /// This check with `required` set.
+    fn required(mut self, required: bool) -> Self {
+        self.required = required;
+        self
     }
 }
 
 /// The answer of `GET /health/ready`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    /// `ready` or `not ready`.
+    /// `ready` (every check passes), `degraded` (only checks that are not
+    /// required fail: still 200) or `not ready`.
     pub status: &'static str,
     pub checks: Vec<Check>,
 }
 
 impl Report {
     fn of(checks: Vec<Check>) -> Self {
-        let ready = checks.iter().all(|c| c.ok);
-        Self {
-            status: if ready { "ready" } else { "not ready" },
-            checks,
-        }
+        let status = match (all_required_pass(&checks), checks.iter().all(|c| c.ok)) {
+            (false, _) => "not ready",
+            (true, false) => "degraded",
+            (true, true) => "ready",
+        };
+        Self { status, checks }
     }
 
+    /// Every required check passes (and there is one: no checks at all
+    /// means nothing has been checked yet, not ready).
     pub fn ready(&self) -> bool {
-        self.checks.iter().all(|c| c.ok)
+        all_required_pass(&self.checks)
     }
+}
+
+fn all_required_pass(checks: &[Check]) -> bool {
+    !checks.is_empty() && checks.iter().all(|c| c.ok || !c.required)
 }
 
 impl IntoResponse for Report {
@@ -101,13 +124,42 @@ struct Workers {
     keys: Keys,
     names: Vec<String>,
     worker_id: String,
+    exits: ProcessorExits,
+    required: bool,
+}
+
+/// The processors of this process whose task ended while it was not
+/// shutting down (`serve` records them): their check fails from then on,
+/// whatever the figures in Redis say (other workers keep that hash alive).
+#[derive(Clone, Default)]
+pub struct ProcessorExits(Arc<Mutex<std::collections::HashMap<String, String>>>);
+
+impl ProcessorExits {
+    /// The task of processor `name` ended now.
+    pub fn record(&self, name: &str) {
+        let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), at);
+    }
+
+    /// When the task of processor `name` ended, if it did.
+    fn ended_at(&self, name: &str) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
 }
 
 #[derive(Clone)]
 struct Checks {
     cfg: HealthConfig,
     redis: Redis,
-    mysql: Vec<(&'static str, Store)>,
+    /// Each pool's check name, pool, and whether it is required.
+    mysql: Vec<(&'static str, Store, bool)>,
     workers: Option<Workers>,
     hub: Option<Arc<Hub>>,
 }
@@ -129,19 +181,33 @@ impl Readiness {
         }))
     }
 
-    /// Also checks the MySQL pool `store`, reported as check `name`.
-    pub fn with_mysql(mut self, name: &'static str, store: Store) -> Self {
-        Arc::make_mut(&mut self.0).mysql.push((name, store));
+    /// Also checks the MySQL pool `store`, reported as check `name`;
+    /// `required`: whether its failure makes the process not ready (else
+    /// only `degraded`).
+    pub fn with_mysql(mut self, name: &'static str, store: Store, required: bool) -> Self {
+        Arc::make_mut(&mut self.0)
+            .mysql
+            .push((name, store, required));
         self
     }
 
     /// Also checks that none of this process's workers (`worker_id`) of the
-    /// processors `names` is stalled.
-    pub fn with_processors(mut self, keys: Keys, names: Vec<String>, worker_id: String) -> Self {
+    /// processors `names` is stalled or has ended (`exits`); `required` as
+    /// for [`Readiness::with_mysql`].
+    pub fn with_processors(
+        mut self,
+        keys: Keys,
+        names: Vec<String>,
+        worker_id: String,
+        exits: ProcessorExits,
+        required: bool,
+    ) -> Self {
         Arc::make_mut(&mut self.0).workers = Some(Workers {
             keys,
             names,
             worker_id,
+            exits,
+            required,
         });
         self
     }
@@ -157,18 +223,21 @@ impl Readiness {
         let c = &*self.0;
         let limit = Duration::from_millis(c.cfg.check_timeout_ms);
         let redis = within(limit, "redis", redis_check(&c.redis));
-        let mysql = futures::future::join_all(
-            c.mysql
-                .iter()
-                .map(|(name, store)| within(limit, name, mysql_check(name, store))),
-        );
+        let mysql =
+            futures::future::join_all(c.mysql.iter().map(|(name, store, required)| async move {
+                within(limit, name, mysql_check(name, store))
+                    .await
+                    .required(*required)
+            }));
         let workers = async {
             let Some(w) = &c.workers else {
                 return Vec::new();
             };
             tokio::time::timeout(limit, worker_checks(&c.redis, w, &c.cfg))
                 .await
-                .unwrap_or_else(|_| vec![Check::new("processors", false, late(limit))])
+                .unwrap_or_else(|_| {
+                    vec![Check::new("processors", false, late(limit)).required(w.required)]
+                })
         };
         let (redis, mysql, workers) = tokio::join!(redis, mysql, workers);
         let mut checks = vec![redis];
@@ -242,7 +311,8 @@ async fn worker_checks(redis: &Redis, w: &Workers, cfg: &HealthConfig) -> Vec<Ch
                 "processors",
                 false,
                 format!("cannot read this process's worker figures: {e}"),
-            )]
+            )
+            .required(w.required)]
         }
     };
     let now = chrono::Utc::now();
@@ -251,10 +321,31 @@ async fn worker_checks(redis: &Redis, w: &Workers, cfg: &HealthConfig) -> Vec<Ch
         .zip(raw)
         .map(|(name, json)| {
             let stats = json.and_then(|j| serde_json::from_str::<RunnerStats>(&j).ok());
-            let (ok, reason) = stall(stats.as_ref(), now, cfg.max_stall_ms);
-            Check::new(format!("processor:{name}"), ok, reason)
+            worker_check(name, w.exits.ended_at(name), stats.as_ref(), now, cfg)
+                .required(w.required)
         })
         .collect()
+}
+
+/// The check of this process's worker of processor `name`: failed once its
+/// task has ended (`ended_at`), else as [`stall`] says.
+fn worker_check(
+    name: &str,
+    ended_at: Option<String>,
+    stats: Option<&RunnerStats>,
+    now: chrono::DateTime<chrono::Utc>,
+    cfg: &HealthConfig,
+) -> Check {
+    let name = format!("processor:{name}");
+    if let Some(at) = ended_at {
+        return Check::new(
+            name,
+            false,
+            format!("its task stopped with an error at {at} and does not run any more: the log says why (\"processor stopped with an error\"); restart the process"),
+        );
+    }
+    let (ok, reason) = stall(stats, now, cfg.max_stall_ms);
+    Check::new(name, ok, reason)
 }
 
 /// Whether a worker with figures `stats` passes at `now`, and why.
@@ -282,10 +373,12 @@ fn stall(
                 .max(0) as u64
         })
         .unwrap_or(u64::MAX);
+    // the error itself may quote stored values: it is shown only with a
+    // token (GET /v1/status, flowmeter status)
     let what = format!(
-        "stalled since {since} ({} failed attempts): {}",
+        "stalled for {:.1} s, since {since} ({} failed attempts; the error: GET /v1/status or flowmeter status)",
+        stalled_ms as f64 / 1000.0,
         s.consecutive_failures,
-        s.last_error.as_deref().unwrap_or("-")
     );
     if stalled_ms > max_stall_ms {
         (
@@ -336,25 +429,40 @@ pub(super) async fn ready(State(st): State<AppState>) -> Report {
 
 /// What `serve` answers while it waits for Redis or MySQL at start, then
 /// the roles' router once they run.
-#[derive(Default)]
 pub struct Startup {
     waiting: Mutex<Vec<Check>>,
     app: OnceLock<Router>,
+    /// Whether the first attempt to reach Redis and MySQL has ended (in a
+    /// wait or with the roles running): until then a request other than
+    /// the health endpoints waits for it, as it did in the listen backlog.
+    settled: tokio::sync::watch::Sender<bool>,
 }
 
 impl Startup {
+    /// Not ready until the first attempt to reach Redis and MySQL says
+    /// what it waits for ([`Startup::waiting_for`]) or the roles run.
     pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
+        Arc::new(Self {
+            waiting: Mutex::new(vec![Check::new(
+                "start",
+                false,
+                "connecting to Redis and MySQL (the roles start once they answer)",
+            )]),
+            app: OnceLock::new(),
+            settled: tokio::sync::watch::Sender::new(false),
+        })
     }
 
     /// What readiness reports while waiting.
     pub fn waiting_for(&self, checks: Vec<Check>) {
         *self.waiting.lock().unwrap_or_else(|p| p.into_inner()) = checks;
+        self.settled.send_replace(true);
     }
 
     /// From now on every request goes to `app` (once; later calls are ignored).
     pub fn started(&self, app: Router) {
         let _ = self.app.set(app);
+        self.settled.send_replace(true);
     }
 
     /// The router to serve from the start: answers as the module doc says
@@ -367,6 +475,14 @@ impl Startup {
     }
 
     async fn answer(&self, req: Request) -> Response {
+        let health = matches!(
+            req.uri().path(),
+            "/health/live" | "/healthz" | "/health/ready"
+        );
+        if !health {
+            // the sender lives as long as `self`: this ends when it settles
+            let _ = self.settled.subscribe().wait_for(|s| *s).await;
+        }
         if let Some(app) = self.app.get() {
             return match app.clone().oneshot(req).await {
                 Ok(r) => r,
@@ -418,9 +534,11 @@ mod tests {
         let (ok, reason) = stall(Some(&stats(Some(60))), now, 30_000);
         assert!(!ok);
         assert!(
-            reason.contains("mysql: table gone") && reason.contains("health.max_stall_ms"),
+            reason.contains("stalled for 60.") && reason.contains("health.max_stall_ms"),
             "{reason}"
         );
+        // the error may quote stored values: only behind a token
+        assert!(!reason.contains("table gone"), "{reason}");
         let (ok, _) = stall(
             Some(&stats(Some(0))),
             now + chrono::Duration::milliseconds(5),
@@ -429,10 +547,47 @@ mod tests {
         assert!(!ok, "0: from the first failure");
     }
 
+    #[test]
+    fn a_worker_whose_task_ended_fails_whatever_its_figures_say() {
+        let cfg = HealthConfig::default();
+        let now = chrono::Utc::now();
+        let c = worker_check("r", None, Some(&stats(None)), now, &cfg);
+        assert!(c.ok, "{c:?}");
+        let c = worker_check("r", Some("2026-12-02T10:00:00Z".into()), None, now, &cfg);
+        assert!(!c.ok && c.required, "{c:?}");
+        assert_eq!(c.name, "processor:r");
+        assert!(c
+            .reason
+            .contains("stopped with an error at 2026-12-02T10:00:00Z"));
+        let exits = ProcessorExits::default();
+        assert_eq!(exits.ended_at("r"), None);
+        exits.record("r");
+        assert!(exits.ended_at("r").is_some() && exits.ended_at("s").is_none());
+    }
+
+    #[test]
+    fn only_required_checks_decide_and_no_checks_is_not_ready() {
+        let r = Report::of(vec![]);
+        assert!(!r.ready());
+        assert_eq!(r.status, "not ready");
+        let up = Check::new("redis", true, "PING");
+        let down = |required| Check::new("mysql_query", false, "refused").required(required);
+        let r = Report::of(vec![up.clone(), down(false)]);
+        assert!(r.ready());
+        assert_eq!(r.status, "degraded");
+        assert_eq!(r.into_response().status(), StatusCode::OK);
+        let r = Report::of(vec![up.clone(), down(true)]);
+        assert_eq!((r.ready(), r.status), (false, "not ready"));
+        assert_eq!(r.into_response().status(), StatusCode::SERVICE_UNAVAILABLE);
+        let r = Report::of(vec![up]);
+        assert_eq!((r.ready(), r.status), (true, "ready"));
+        let json = serde_json::to_value(Report::of(vec![down(false)])).expect("json");
+        assert_eq!(json["checks"][0]["required"], false, "{json}");
+    }
+
     #[tokio::test]
     async fn startup_answers_live_and_not_ready_then_hands_over() {
         let s = Startup::new();
-        s.waiting_for(vec![Check::new("redis", false, "cannot connect")]);
         let app = s.clone().router();
         let call = |path: &'static str| {
             let app = app.clone();
@@ -449,6 +604,29 @@ mod tests {
                 (code, String::from_utf8_lossy(&body).into_owned())
             }
         };
+        let (code, body) = call("/health/ready").await;
+        assert_eq!(
+            code,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "before the first attempt"
+        );
+        assert!(body.contains("connecting to Redis and MySQL"), "{body}");
+        // other paths wait for the first attempt to end
+        let early = tokio::spawn(call("/v1/events"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !early.is_finished(),
+            "answered before the first attempt ended"
+        );
+        s.waiting_for(vec![]);
+        let (code, body) = early.await.expect("early request");
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("starting"), "{body}");
+        assert_eq!(
+            call("/health/ready").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        s.waiting_for(vec![Check::new("redis", false, "cannot connect")]);
         assert_eq!(call("/healthz").await, (StatusCode::OK, "ok\n".into()));
         assert_eq!(call("/health/live").await.0, StatusCode::OK);
         let (code, body) = call("/health/ready").await;

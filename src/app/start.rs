@@ -33,10 +33,12 @@ impl AppError {
     /// the reason without the URL (the endpoint asks for no token).
     pub(super) fn waiting_checks(&self) -> Vec<crate::api::health::Check> {
         use crate::api::health::Check;
-        let waiting = |name: &str, reason: String| Check {
-            name: name.into(),
-            ok: false,
-            reason: format!("{reason}; serve retries, and starts the roles once it answers"),
+        let waiting = |name: &str, reason: String| {
+            Check::new(
+                name,
+                false,
+                format!("{reason}; serve retries, and starts the roles once it answers"),
+            )
         };
         match self {
             AppError::Stream(StreamError::Connect { reason, .. }) => {
@@ -54,11 +56,7 @@ impl AppError {
                     other => other.to_string(),
                 };
                 vec![
-                    Check {
-                        name: "redis".into(),
-                        ok: true,
-                        reason: "connected".into(),
-                    },
+                    Check::new("redis", true, "connected"),
                     waiting("mysql", reason),
                 ]
             }

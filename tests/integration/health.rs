@@ -48,6 +48,20 @@ async fn until_ready(client: &reqwest::Client, server: &Server) {
     .await;
 }
 
+/// The readiness answer once the first attempt to connect has said what
+/// it waits for (before it, the only check is `start`: not ready).
+async fn first_wait(client: &reqwest::Client, server: &Server) -> (u16, Value) {
+    let started = std::time::Instant::now();
+    loop {
+        let answer = ready(client, server).await;
+        if answer.1.to_string().contains("serve retries") {
+            return answer;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{}", answer.1);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn live(client: &reqwest::Client, server: &Server) {
     for path in ["/health/live", "/healthz"] {
         let r = client.get(server.url(path)).send().await.expect("live");
@@ -70,6 +84,8 @@ async fn serve_waits_for_redis_and_readiness_follows_an_outage() {
     let client = http_client();
     live(&client, &server).await;
     let (code, body) = ready(&client, &server).await;
+    assert_eq!(code, 503, "before the first attempt ends: {body}");
+    let (code, body) = first_wait(&client, &server).await;
     assert_eq!(code, 503, "{body}");
     assert_eq!(body["status"], "not ready", "{body}");
     let redis_check = check(&body, "redis");
@@ -139,7 +155,7 @@ async fn serve_waits_for_mysql_but_stops_on_configuration_errors() {
     let server = env.start("rollup").await;
     let client = http_client();
     live(&client, &server).await;
-    let (code, body) = ready(&client, &server).await;
+    let (code, body) = first_wait(&client, &server).await;
     assert_eq!(code, 503, "{body}");
     assert_eq!(check(&body, "redis")["ok"], true, "{body}");
     let mysql = check(&body, "mysql");
@@ -178,5 +194,62 @@ async fn serve_waits_for_mysql_but_stops_on_configuration_errors() {
     assert!(!err.contains("wrong-password"), "{err}");
     let err = refuse("rediss-ish://127.0.0.1:6379").await;
     assert!(err.contains("Redis"), "{err}");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_down_degrades_an_ingesting_process_and_fails_a_rollup_worker() {
+    let mut db = tokio::task::spawn_blocking(common::servers::PrivateMariaDb::start)
+        .await
+        .expect("mariadb");
+    let mut env = TestEnv::new("health_degraded");
+    env.settings.mysql.url = db.url(&env.name);
+    env.settings.redis.shards = 1;
+    env.settings.health = quick();
+    env.migrate().await;
+    let ingest = env.start("ingest,api").await;
+    let rollup = env.start("rollup").await;
+    let client = http_client();
+    until_ready(&client, &ingest).await;
+    until_ready(&client, &rollup).await;
+
+    db.kill();
+    // ingest needs only Redis: 200 "degraded", the query pool's check
+    // listed as failing and not required
+    wait_until(Duration::from_secs(10), || {
+        let c = client.clone();
+        let s = &ingest;
+        async move {
+            let (code, body) = ready(&c, s).await;
+            code == 200 && body["status"] == "degraded"
+        }
+    })
+    .await;
+    let (_, body) = ready(&client, &ingest).await;
+    let q = check(&body, "mysql_query");
+    assert_eq!(
+        (&q["ok"], &q["required"]),
+        (&false.into(), &false.into()),
+        "{body}"
+    );
+    assert_eq!(check(&body, "redis")["required"], true, "{body}");
+    let events = http_event(1, chrono::Utc::now().timestamp_millis()).to_string();
+    let (code, reply) = post_ndjson(&client, &ingest.url("/v1/events"), events).await;
+    assert_eq!(
+        code, 202,
+        "ingest buffers in Redis while MySQL is down: {reply}"
+    );
+    // a rollup-only worker cannot do its job: not ready
+    wait_until(Duration::from_secs(10), || {
+        let c = client.clone();
+        let s = &rollup;
+        async move { ready(&c, s).await.0 == 503 }
+    })
+    .await;
+    let (_, body) = ready(&client, &rollup).await;
+    assert_eq!(body["status"], "not ready", "{body}");
+    assert_eq!(check(&body, "mysql")["required"], true, "{body}");
+    ingest.stop().await;
+    rollup.stop().await;
     env.cleanup().await;
 }

@@ -212,6 +212,22 @@ pub async fn start_with(settings: Settings, roles: &str) -> Server {
         async move { c.get(url).send().await.is_ok() }
     })
     .await;
+    // serve listens before it connects, answering a `start` check until
+    // its first attempt ends: wait for the roles (or for what it waits for)
+    wait_until(Duration::from_secs(20), || {
+        let c = client.clone();
+        let url = server.url("/health/ready");
+        async move {
+            let Ok(r) = c.get(url).send().await else {
+                return false;
+            };
+            !r.text()
+                .await
+                .unwrap_or_default()
+                .contains(r#""name":"start""#)
+        }
+    })
+    .await;
     server
 }
 
