@@ -338,24 +338,34 @@ async fn a_stalled_rollup_shows_since_when_and_why_then_recovers() {
         text.contains("STALLED http_rollup") && text.contains("http_hourly"),
         "{text}"
     );
-    // not ready, naming the processor and why; alive all the same
+    // the processor's check fails, naming it and since when (not the error,
+    // which may quote stored values: that is for GET /v1/status); this
+    // process also ingests, which needs only Redis, so it stays in its
+    // Service: 200 "degraded" (a rollup-only worker would answer 503, as
+    // health::mysql_down_degrades_an_ingesting_process_and_fails_a_rollup_worker
+    // shows); alive all the same
     let ready = client
         .get(server.url("/health/ready"))
         .send()
         .await
         .expect("ready");
-    assert_eq!(ready.status(), 503);
+    assert_eq!(ready.status(), 200);
     let body: serde_json::Value = ready.json().await.expect("JSON");
+    assert_eq!(body["status"], "degraded", "{body}");
     let stalled = body["checks"]
         .as_array()
         .and_then(|cs| cs.iter().find(|c| c["name"] == "processor:http_rollup"))
         .cloned()
         .unwrap_or_default();
-    assert_eq!(stalled["ok"], false, "{body}");
+    assert_eq!(
+        (&stalled["ok"], &stalled["required"]),
+        (&false.into(), &false.into()),
+        "{body}"
+    );
     assert!(
         stalled["reason"]
             .as_str()
-            .is_some_and(|r| r.contains("stalled since") && r.contains("http_hourly")),
+            .is_some_and(|r| r.contains("stalled for") && !r.contains("http_hourly")),
         "{body}"
     );
     let live = client
@@ -386,6 +396,8 @@ async fn a_stalled_rollup_shows_since_when_and_why_then_recovers() {
         .await
         .expect("ready");
     assert_eq!(ready.status(), 200, "ready again once it flushes");
+    let body: serde_json::Value = ready.json().await.expect("JSON");
+    assert_eq!(body["status"], "ready", "{body}");
     assert!(dead_letters(&env, "rollup").await.is_empty());
     server.stop().await;
     env.cleanup().await;
